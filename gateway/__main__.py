@@ -1,0 +1,50 @@
+"""Command line: ``ems-gateway``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from gateway import __version__
+from gateway.errors import ConfigError
+
+EXIT_CONFIG = 2
+
+# Each command module offers add_parser(subparsers); the parser's ``func`` returns an exit code.
+COMMAND_MODULES: tuple[str, ...] = ("gateway.cli_check",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ems-gateway",
+        description="Site energy management gateway for EV charging: keeps every circuit within its "
+        "limit, acts as the site's local OCPP controller and publishes telemetry over MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"ems-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    try:
+        return func(args)
+    except ConfigError as exc:
+        print(f"ems-gateway: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

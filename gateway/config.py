@@ -1,0 +1,532 @@
+"""The site configuration: TOML read once into frozen, validated dataclasses.
+
+Units are part of every key name. The circuit tree is rooted at the service; every circuit
+names its parent; chargers name the circuit that feeds them. `load_site` refuses anything
+it cannot vouch for with a ConfigError naming the key path and the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.confkit import Table, parse_toml, read_toml
+from gateway.errors import ConfigError
+from gateway.meters.config import MeterConfig, parse_meter
+from gateway.ocpp_proxy.config import ChargerOcppConfig, OcppConfig, parse_charger_ocpp, parse_ocpp
+from gateway.telemetry.config import MqttConfig, parse_mqtt
+
+PHASES = ("L1", "L2", "L3")
+CIRCUIT_KINDS = ("service", "transformer", "switchboard", "panel", "cabinet", "feeder")
+OcppVersion = Literal["1.6", "2.0.1"]
+ChargerKind = Literal["ac", "dc"]
+SQRT3 = math.sqrt(3.0)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    id: str
+    voltage_ll_v: float
+    phases: int
+    limit_a: float
+    margin_a: float
+    voltage_tolerance_pct: float
+    worst_case_non_ev_a: float
+
+
+@dataclass(frozen=True)
+class CircuitConfig:
+    id: str
+    kind: str
+    parent: str | None  # None for the service
+    limit_a: float  # per phase
+    margin_a: float
+    worst_case_non_ev_a: float  # worst-case non-EV load through this circuit, per phase
+    can_export: bool
+    meter: str | None = None  # filled from [[meters]]
+    key: str = ""  # its key path in the config file, for messages
+
+
+@dataclass(frozen=True)
+class ChargerConfig:
+    id: str
+    ocpp_version: OcppVersion
+    kind: ChargerKind
+    circuit: str
+    connectors: int
+    phases: int  # phases the charger itself uses (1 or 3)
+    phase_map: tuple[int, ...]  # charger phase i is site phase phase_map[i]
+    line_phases: tuple[int, ...]  # site phases that carry the charger's line current
+    min_limit: float  # A per phase (AC) or W (DC)
+    max_limit: float
+    failsafe_limit: float
+    efficiency: float  # DC: AC->DC conversion efficiency
+    power_factor: float  # DC: at the AC input
+    priority: str
+    ocpp: ChargerOcppConfig = field(default_factory=ChargerOcppConfig)
+    key: str = ""  # its key path in the config file, for messages
+
+    @property
+    def unit(self) -> Literal["A", "W"]:
+        return "A" if self.kind == "ac" else "W"
+
+
+@dataclass(frozen=True)
+class PriorityClass:
+    name: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    tick_s: float = 1.0
+    ramp_up_a_per_s: float = 2.0
+    ramp_up_w_per_s: float = 20_000.0
+    hysteresis_a: float = 0.5
+    hysteresis_w: float = 500.0
+    draw_allowance_a: float = 4.0
+    draw_allowance_w: float = 20_000.0
+    rotation_period_s: float = 900.0
+    noncompliance_tolerance_a: float = 2.0
+    noncompliance_tolerance_w: float = 5_000.0
+    noncompliance_grace_s: float = 10.0
+    stop_noncompliant: bool = False
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "auto"  # auto: JSON when stdout is not a terminal
+
+
+@dataclass(frozen=True)
+class Site:
+    id: str
+    name: str
+    service: ServiceConfig
+    circuits: Mapping[str, CircuitConfig]  # topological order, service first
+    chargers: Mapping[str, ChargerConfig]
+    priorities: Mapping[str, PriorityClass]
+    control: ControlConfig
+    meters: Mapping[str, MeterConfig]
+    ocpp: OcppConfig
+    mqtt: MqttConfig | None
+    logging: LoggingConfig
+    source: str = "<memory>"
+    # derived topology
+    children: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    path_to_root: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # circuit -> itself..service
+    chargers_under: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # transitive
+
+    @property
+    def root(self) -> str:
+        return self.service.id
+
+    def n_phases(self) -> int:
+        return self.service.phases
+
+    def amps_per_watt(self, charger: ChargerConfig) -> float:
+        """Line current per phase (A) drawn per W of DC output, at the conservative voltage."""
+        v = self.service.voltage_ll_v * (1.0 - self.service.voltage_tolerance_pct / 100.0)
+        per_phase_v = v * SQRT3 if len(charger.line_phases) == 3 else v
+        return 1.0 / (charger.efficiency * charger.power_factor * per_phase_v)
+
+    def to_line_a(self, charger: ChargerConfig, limit: float) -> float:
+        """Charger limit (A or W) -> line current per loaded phase (A)."""
+        return limit if charger.kind == "ac" else limit * self.amps_per_watt(charger)
+
+    def from_line_a(self, charger: ChargerConfig, line_a: float) -> float:
+        return line_a if charger.kind == "ac" else line_a / self.amps_per_watt(charger)
+
+    def failsafe_budget(self) -> dict[str, tuple[float, ...]]:
+        """Per circuit, per phase: worst-case non-EV load + sum of fail-safe line currents (A)."""
+        out: dict[str, tuple[float, ...]] = {}
+        for cid, c in self.circuits.items():
+            per = [c.worst_case_non_ev_a] * self.service.phases
+            for chid in self.chargers_under[cid]:
+                ch = self.chargers[chid]
+                a = self.to_line_a(ch, ch.failsafe_limit)
+                for p in ch.line_phases:
+                    per[p] += a
+            out[cid] = tuple(per)
+        return out
+
+
+# --------------------------------------------------------------------------------------
+def load_site(path: str | Path) -> Site:
+    data = read_toml(path)
+    try:
+        return site_from_dict(data, source=str(path))
+    except ConfigError as exc:
+        exc.file = str(path)
+        exc.args = (f"{path}: {exc.path}: {exc.reason}" if exc.path else f"{path}: {exc.reason}",)
+        raise
+
+
+def site_from_text(text: str, source: str = "<memory>") -> Site:
+    return site_from_dict(parse_toml(text, file=source), source=source)
+
+
+def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
+    root = Table(data)
+    site_t = root.table("site")
+    if site_t is None:
+        raise ConfigError("site", "required table is missing")
+    site_id = site_t.str("id", required=True)
+    site_name = site_t.str("name", site_id)
+    site_t.done()
+
+    service = _parse_service(root)
+    circuits = _parse_circuits(root, service)
+    priorities = _parse_priorities(root)
+    control = _parse_control(root.table("control"))
+    logging_cfg = _parse_logging(root.table("logging"))
+    meters = _parse_meters(root, circuits)
+    circuits = {
+        cid: _with_meter(c, meters) for cid, c in circuits.items()
+    }
+    chargers = _parse_chargers(root, service, circuits, priorities)
+    ocpp = parse_ocpp(root.table("ocpp"))
+    mqtt = parse_mqtt(root.table("mqtt"))
+    root.done()
+
+    children, path_to_root, order = _topology(circuits)
+    circuits = {cid: circuits[cid] for cid in order}
+    under: dict[str, list[str]] = {cid: [] for cid in circuits}
+    for ch in chargers.values():
+        for cid in path_to_root[ch.circuit]:
+            under[cid].append(ch.id)
+
+    site = Site(
+        id=site_id,
+        name=site_name,
+        service=service,
+        circuits=circuits,
+        chargers=chargers,
+        priorities=priorities,
+        control=control,
+        meters=meters,
+        ocpp=ocpp,
+        mqtt=mqtt,
+        logging=logging_cfg,
+        source=source,
+        children=children,
+        path_to_root=path_to_root,
+        chargers_under={k: tuple(v) for k, v in under.items()},
+    )
+    _check_electrical(site)
+    return site
+
+
+def _with_meter(c: CircuitConfig, meters: Mapping[str, MeterConfig]) -> CircuitConfig:
+    for m in meters.values():
+        if m.circuit == c.id:
+            return CircuitConfig(**{**c.__dict__, "meter": m.id})
+    return c
+
+
+def _parse_service(root: Table) -> ServiceConfig:
+    t = root.table("service")
+    if t is None:
+        raise ConfigError("service", "required table is missing")
+    s = ServiceConfig(
+        id=t.str("id", "service"),
+        voltage_ll_v=t.float("voltage_ll_v", min=100, max=1000),
+        phases=t.int("phases", 3),
+        limit_a=t.float("limit_a", gt=0),
+        margin_a=t.float("margin_a", 0.0, min=0),
+        voltage_tolerance_pct=t.float("voltage_tolerance_pct", 5.0, min=0, max=20),
+        worst_case_non_ev_a=t.float("worst_case_non_ev_a", -1.0) if t.has("worst_case_non_ev_a") else -1.0,
+    )
+    if s.phases not in (1, 3):
+        raise t.error("phases", f"must be 1 or 3, got {s.phases}")
+    if s.margin_a >= s.limit_a:
+        raise t.error("margin_a", f"must be below limit_a ({s.limit_a:g} A)")
+    if t.has("worst_case_non_ev_a") and s.worst_case_non_ev_a < 0:
+        raise t.error("worst_case_non_ev_a", "must be >= 0")
+    t.done()
+    return s
+
+
+def _parse_circuits(root: Table, service: ServiceConfig) -> dict[str, CircuitConfig]:
+    circuits: dict[str, CircuitConfig] = {}
+    explicit_wc: dict[str, bool] = {}
+    tables = root.tables("circuits")
+    for t in tables:
+        cid = t.str("id", required=True)
+        if cid == service.id or cid in circuits:
+            raise t.error("id", f"duplicate circuit id {cid!r}")
+        kind = t.choice("kind", CIRCUIT_KINDS[1:], "panel")
+        has_wc = t.has("worst_case_non_ev_a")
+        c = CircuitConfig(
+            id=cid,
+            kind=kind,
+            parent=t.str("parent", required=True),
+            limit_a=t.float("limit_a", gt=0),
+            margin_a=t.float("margin_a", 0.0, min=0),
+            worst_case_non_ev_a=t.float("worst_case_non_ev_a", 0.0, min=0),
+            can_export=t.bool("can_export", False),
+            key=t.path,
+        )
+        if c.margin_a >= c.limit_a:
+            raise t.error("margin_a", f"must be below limit_a ({c.limit_a:g} A)")
+        t.done()
+        circuits[cid] = c
+        explicit_wc[cid] = has_wc
+    for i, t in enumerate(tables):
+        c = list(circuits.values())[i]
+        if c.parent != service.id and c.parent not in circuits:
+            raise ConfigError(
+                t.key_path("parent"),
+                f"unknown circuit {c.parent!r}: circuit {c.id!r} has no path to the service {service.id!r}",
+            )
+    svc = CircuitConfig(
+        id=service.id,
+        kind="service",
+        parent=None,
+        limit_a=service.limit_a,
+        margin_a=service.margin_a,
+        worst_case_non_ev_a=max(service.worst_case_non_ev_a, 0.0),
+        can_export=False,
+        key="service",
+    )
+    allc = {service.id: svc, **circuits}
+    explicit_wc[service.id] = service.worst_case_non_ev_a >= 0
+    # cycles: walk each circuit's parents
+    for cid in circuits:
+        seen = [cid]
+        cur = allc[cid].parent
+        while cur is not None and cur != service.id:
+            if cur in seen:
+                cyc = " -> ".join([*seen[seen.index(cur):], cur])
+                raise ConfigError(f"{circuits[cid].key}.parent", f"cycle in the circuit tree: {cyc}")
+            seen.append(cur)
+            cur = allc[cur].parent
+    # a circuit's worst-case non-EV load defaults to the sum of its children's
+    _, _, order = _topology(allc)
+    wc = {cid: c.worst_case_non_ev_a for cid, c in allc.items()}
+    for cid in reversed(order):
+        if not explicit_wc[cid]:
+            wc[cid] = sum(wc[k] for k, c in allc.items() if c.parent == cid)
+    return {cid: CircuitConfig(**{**c.__dict__, "worst_case_non_ev_a": wc[cid]}) for cid, c in allc.items()}
+
+
+def _topology(
+    circuits: Mapping[str, CircuitConfig],
+) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]], list[str]]:
+    children: dict[str, list[str]] = {cid: [] for cid in circuits}
+    root = None
+    for cid, c in circuits.items():
+        if c.parent is None:
+            root = cid
+        else:
+            children[c.parent].append(cid)
+    assert root is not None
+    order: list[str] = []
+    stack = [root]
+    while stack:
+        cid = stack.pop()
+        order.append(cid)
+        stack.extend(reversed(children[cid]))
+    path: dict[str, tuple[str, ...]] = {}
+    for cid in order:
+        parent = circuits[cid].parent
+        path[cid] = (cid,) if parent is None else (cid, *path[parent])
+    return {k: tuple(v) for k, v in children.items()}, path, order
+
+
+def _parse_priorities(root: Table) -> dict[str, PriorityClass]:
+    out: dict[str, PriorityClass] = {}
+    for name, t in root.subtables("priorities"):
+        out[name] = PriorityClass(name=name, weight=t.float("weight", gt=0))
+        t.done()
+    if not out:
+        out["default"] = PriorityClass("default", 1.0)
+    return out
+
+
+def _parse_control(t: Table | None) -> ControlConfig:
+    if t is None:
+        return ControlConfig()
+    d = ControlConfig()
+    c = ControlConfig(
+        tick_s=t.float("tick_s", d.tick_s, min=0.2, max=10.0),
+        ramp_up_a_per_s=t.float("ramp_up_a_per_s", d.ramp_up_a_per_s, gt=0),
+        ramp_up_w_per_s=t.float("ramp_up_w_per_s", d.ramp_up_w_per_s, gt=0),
+        hysteresis_a=t.float("hysteresis_a", d.hysteresis_a, min=0),
+        hysteresis_w=t.float("hysteresis_w", d.hysteresis_w, min=0),
+        draw_allowance_a=t.float("draw_allowance_a", d.draw_allowance_a, min=0),
+        draw_allowance_w=t.float("draw_allowance_w", d.draw_allowance_w, min=0),
+        rotation_period_s=t.float("rotation_period_s", d.rotation_period_s, gt=0),
+        noncompliance_tolerance_a=t.float("noncompliance_tolerance_a", d.noncompliance_tolerance_a, min=0),
+        noncompliance_tolerance_w=t.float("noncompliance_tolerance_w", d.noncompliance_tolerance_w, min=0),
+        noncompliance_grace_s=t.float("noncompliance_grace_s", d.noncompliance_grace_s, min=0),
+        stop_noncompliant=t.bool("stop_noncompliant", d.stop_noncompliant),
+    )
+    t.done()
+    return c
+
+
+def _parse_logging(t: Table | None) -> LoggingConfig:
+    if t is None:
+        return LoggingConfig()
+    c = LoggingConfig(
+        level=t.choice("level", ("debug", "info", "warning", "error"), "info"),
+        format=t.choice("format", ("auto", "json", "console"), "auto"),
+    )
+    t.done()
+    return c
+
+
+def _parse_meters(root: Table, circuits: Mapping[str, CircuitConfig]) -> dict[str, MeterConfig]:
+    out: dict[str, MeterConfig] = {}
+    by_circuit: dict[str, str] = {}
+    for t in root.tables("meters"):
+        m = parse_meter(t)
+        if m.id in out:
+            raise t.error("id", f"duplicate meter id {m.id!r}")
+        if m.circuit not in circuits:
+            raise t.error("circuit", f"unknown circuit {m.circuit!r}")
+        if m.circuit in by_circuit:
+            raise t.error("circuit", f"circuit {m.circuit!r} is already measured by meter {by_circuit[m.circuit]!r}")
+        by_circuit[m.circuit] = m.id
+        out[m.id] = m
+    return out
+
+
+_ROTATIONS_3 = {"L1L2L3": (0, 1, 2), "L2L3L1": (1, 2, 0), "L3L1L2": (2, 0, 1)}
+_ROTATIONS_1 = {
+    "L1": ((0,), (0,)),
+    "L2": ((1,), (1,)),
+    "L3": ((2,), (2,)),
+    "L1-L2": ((0,), (0, 1)),
+    "L2-L3": ((1,), (1, 2)),
+    "L3-L1": ((2,), (2, 0)),
+}
+
+
+def _parse_chargers(
+    root: Table,
+    service: ServiceConfig,
+    circuits: Mapping[str, CircuitConfig],
+    priorities: Mapping[str, PriorityClass],
+) -> dict[str, ChargerConfig]:
+    out: dict[str, ChargerConfig] = {}
+    default_prio = "default" if "default" in priorities else next(iter(priorities))
+    for t in root.tables("chargers"):
+        cid = t.str("id", required=True)
+        if cid in out:
+            raise t.error("id", f"duplicate charger id {cid!r}")
+        if "/" in cid or cid.strip() != cid:
+            raise t.error("id", "must not contain '/' or surrounding spaces (it is the OCPP identity in the URL path)")
+        version_raw = t.choice("ocpp_version", ("1.6", "1.6J", "2.0.1"), "1.6J")
+        version: OcppVersion = "2.0.1" if version_raw == "2.0.1" else "1.6"
+        kind_raw = t.choice("kind", ("ac", "dc"), "ac")
+        kind: ChargerKind = "dc" if kind_raw == "dc" else "ac"
+        circuit = t.str("circuit", required=True)
+        if circuit not in circuits:
+            raise t.error("circuit", f"unknown circuit {circuit!r}")
+        connectors = t.int("connectors", 1, min=1, max=16)
+        default_phases = 3 if (service.phases == 3 and kind == "dc") else 1
+        phases = t.int("phases", default_phases)
+        if phases not in (1, 3):
+            raise t.error("phases", f"must be 1 or 3, got {phases}")
+        if phases == 3 and service.phases == 1:
+            raise t.error("phases", "a three-phase charger cannot sit on a single-phase service")
+        if phases == 3:
+            rot = t.str("phase_rotation", "L1L2L3")
+            if rot not in _ROTATIONS_3:
+                raise t.error("phase_rotation", f"must be one of {', '.join(_ROTATIONS_3)} for a three-phase charger")
+            phase_map = _ROTATIONS_3[rot]
+            line_phases: tuple[int, ...] = (0, 1, 2)
+        else:
+            rot = t.str("phase_rotation", "L1")
+            if rot not in _ROTATIONS_1:
+                raise t.error("phase_rotation", f"must be one of {', '.join(_ROTATIONS_1)} for a single-phase charger")
+            phase_map, line_phases = _ROTATIONS_1[rot]
+            if service.phases == 1 and rot != "L1":
+                raise t.error("phase_rotation", "a single-phase service has only L1")
+        if kind == "ac":
+            for bad in ("min_power_w", "max_power_w", "failsafe_power_w"):
+                if t.has(bad):
+                    raise t.error(bad, "AC chargers are limited in A per phase: use the *_current_a key")
+            lo = t.float("min_current_a", 6.0, min=0)
+            hi = t.float("max_current_a", gt=0)
+            fs = t.float("failsafe_current_a", min=0)
+            eff, pf = 1.0, 1.0
+            t.float("efficiency", 1.0, gt=0, max=1)
+            t.float("power_factor", 1.0, gt=0, max=1)
+            unit = "A"
+            lo_key, hi_key, fs_key = "min_current_a", "max_current_a", "failsafe_current_a"
+        else:
+            for bad in ("min_current_a", "max_current_a", "failsafe_current_a"):
+                if t.has(bad):
+                    raise t.error(bad, "DC chargers are limited in W: use the *_power_w key")
+            lo = t.float("min_power_w", 0.0, min=0)
+            hi = t.float("max_power_w", gt=0)
+            fs = t.float("failsafe_power_w", min=0)
+            eff = t.float("efficiency", 0.95, gt=0.5, max=1)
+            pf = t.float("power_factor", 0.99, gt=0.5, max=1)
+            unit = "W"
+            lo_key, hi_key, fs_key = "min_power_w", "max_power_w", "failsafe_power_w"
+        if lo > hi:
+            raise t.error(lo_key, f"minimum {lo:g} {unit} exceeds the maximum {hi_key} = {hi:g} {unit}")
+        if fs > hi:
+            raise t.error(fs_key, f"fail-safe limit {fs:g} {unit} exceeds the maximum {hi_key} = {hi:g} {unit}")
+        if 0 < fs < lo:
+            raise t.error(fs_key, f"fail-safe limit {fs:g} {unit} lies between 0 and the minimum {lo:g} {unit}")
+        prio = t.str("priority", default_prio)
+        if prio not in priorities:
+            raise t.error("priority", f"unknown priority class {prio!r} (known: {', '.join(priorities)})")
+        ocpp = parse_charger_ocpp(t.table("ocpp"))
+        t.done()
+        ch = ChargerConfig(
+            id=cid,
+            ocpp_version=version,
+            kind=kind,
+            circuit=circuit,
+            connectors=connectors,
+            phases=phases,
+            phase_map=phase_map,
+            line_phases=line_phases,
+            min_limit=lo,
+            max_limit=hi,
+            failsafe_limit=fs,
+            efficiency=eff,
+            power_factor=pf,
+            priority=prio,
+            ocpp=ocpp,
+            key=t.path,
+        )
+        out[cid] = ch
+    return out
+
+
+def _check_electrical(site: Site) -> None:
+    """Checks that need the whole tree: minimums that no circuit can carry, the fail-safe budget."""
+    for ch in site.chargers.values():
+        lo_a = site.to_line_a(ch, ch.min_limit)
+        for cid in site.path_to_root[ch.circuit]:
+            c = site.circuits[cid]
+            if lo_a > c.limit_a - c.margin_a:
+                key = "min_current_a" if ch.kind == "ac" else "min_power_w"
+                raise ConfigError(
+                    f"{ch.key}.{key}",
+                    f"charger {ch.id!r} minimum needs {lo_a:.1f} A per phase, more than circuit "
+                    f"{cid!r} can carry ({c.limit_a:g} A limit, {c.margin_a:g} A margin)",
+                )
+    budget = site.failsafe_budget()
+    for cid, per in budget.items():
+        c = site.circuits[cid]
+        for p, amps in enumerate(per):
+            if amps > c.limit_a + 1e-9:
+                raise ConfigError(
+                    c.key,
+                    f"fail-safe budget exceeded on circuit {cid!r} phase {PHASES[p]}: fail-safe limits "
+                    f"({amps - c.worst_case_non_ev_a:.1f} A) + worst-case non-EV load "
+                    f"({c.worst_case_non_ev_a:.1f} A) = {amps:.1f} A > limit {c.limit_a:g} A; lower the "
+                    f"chargers' failsafe limits beneath it",
+                )

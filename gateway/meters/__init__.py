@@ -1,0 +1,1 @@
+"""Meters: a generic Modbus driver reading register maps from TOML files."""

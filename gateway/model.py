@@ -1,0 +1,111 @@
+"""Frozen runtime values: what the loop measures (Snapshot) and what it decides (Allocation).
+
+All times are monotonic seconds (``time.monotonic()`` in the daemon, any float in tests).
+Per-phase tuples are indexed by *site* phase (0 = L1, 1 = L2, 2 = L3) and have as many
+entries as the service has phases; the layers that measure map device phases to site phases.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class ChargerState(enum.StrEnum):
+    NO_EV = "no_ev"
+    EV_CONNECTED = "ev_connected"  # plugged in, not (yet) drawing: preparing, authorizing
+    CHARGING = "charging"
+    SUSPENDED_EV = "suspended_ev"  # the EV paused itself (full, or by its own choice)
+    SUSPENDED_EVSE = "suspended_evse"  # the charger paused it (e.g. limit 0)
+    FAULTED = "faulted"
+    UNAVAILABLE = "unavailable"
+
+    @property
+    def has_session(self) -> bool:
+        return self in _SESSION_STATES
+
+
+_SESSION_STATES = {
+    ChargerState.EV_CONNECTED,
+    ChargerState.CHARGING,
+    ChargerState.SUSPENDED_EV,
+    ChargerState.SUSPENDED_EVSE,
+}
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    """One meter's reading, already mapped to site phases, CT ratio and direction applied."""
+
+    current_a: tuple[float, ...]  # per site phase
+    at: float  # monotonic time of the reading
+    valid: bool = True
+    reason: str = ""  # why it is invalid, if it is
+    voltage_v: tuple[float, ...] | None = None
+    power_w: tuple[float, ...] | None = None
+    total_power_w: float | None = None
+    frequency_hz: float | None = None
+    energy_import_wh: float | None = None
+
+
+@dataclass(frozen=True)
+class Session:
+    started_at: float  # monotonic
+    transaction_id: str | None = None
+    id_token: str | None = None
+    priority: str | None = None  # overrides the charger's class when set
+    departure_at: float | None = None  # monotonic, if the driver or fleet told us
+    energy_wh: float = 0.0
+
+
+@dataclass(frozen=True)
+class ChargerSnapshot:
+    id: str
+    online: bool  # its OCPP connection is up
+    state: ChargerState = ChargerState.NO_EV
+    draw_a: tuple[float, ...] | None = None  # measured line current per *site* phase (A)
+    draw_w: float | None = None  # measured power (W; DC output or AC active power)
+    draw_at: float | None = None  # when the draw was measured
+    session: Session | None = None
+    noncompliant: bool = False  # flagged by the control loop
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    taken_at: float
+    meters: Mapping[str, MeterReading | None]  # None: never read / unknown
+    chargers: Mapping[str, ChargerSnapshot]
+    site_cap_a: float | None = None  # remote, temporary cap on the service (per phase)
+
+
+@dataclass(frozen=True)
+class ChargerLimit:
+    limit: float  # in the charger's unit: A per phase (AC) or W (DC)
+    line_a: float  # line current per loaded site phase that the limit allows (A)
+    reason: str
+    paused_since: float | None = None  # when the session was paused (for rotation)
+    running_since: float | None = None  # when it last got its minimum or more
+
+
+@dataclass(frozen=True)
+class CircuitStatus:
+    limit_a: float  # effective per-phase limit (a remote cap may lower the service's)
+    measured_a: tuple[float, ...] | None  # None: no meter, or unknown
+    non_ev_a: tuple[float, ...]
+    headroom_a: tuple[float, ...]  # limit - margin - non-EV load
+    allocated_a: tuple[float, ...]  # EV current allocated beneath (fixed loads included)
+    state: str  # "ok" | "unmetered" | "stale:<meter>" | "failsafe:<meter>" (an ancestor's meter)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    at: float
+    limits: Mapping[str, ChargerLimit]
+    circuits: Mapping[str, CircuitStatus] = field(default_factory=dict)
+    mode: str = "normal"  # "normal" | "partial-failsafe" | "failsafe"
+    failsafe_meters: tuple[str, ...] = ()
+
+    def limit_of(self, charger_id: str) -> float | None:
+        cl = self.limits.get(charger_id)
+        return None if cl is None else cl.limit

@@ -1,0 +1,1 @@
+"""MQTT telemetry, events and remote commands."""
