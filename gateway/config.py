@@ -115,6 +115,7 @@ class Site:
     ocpp: OcppConfig
     mqtt: MqttConfig | None
     logging: LoggingConfig
+    state_dir: str = "/var/lib/ems-gateway"  # durable queues (OCPP store, MQTT events)
     source: str = "<memory>"
     # derived topology
     children: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -177,6 +178,7 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
         raise ConfigError("site", "required table is missing")
     site_id = site_t.str("id", required=True)
     site_name = site_t.str("name", site_id)
+    state_dir = site_t.str("state_dir", "/var/lib/ems-gateway")
     site_t.done()
 
     service = _parse_service(root)
@@ -212,6 +214,7 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
         ocpp=ocpp,
         mqtt=mqtt,
         logging=logging_cfg,
+        state_dir=state_dir,
         source=source,
         children=children,
         path_to_root=path_to_root,
