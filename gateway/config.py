@@ -443,7 +443,7 @@ def _parse_chargers(
             rot = t.str("phase_rotation", "L1L2L3")
             if rot not in _ROTATIONS_3:
                 raise t.error("phase_rotation", f"must be one of {', '.join(_ROTATIONS_3)} for a three-phase charger")
-            phase_map = _ROTATIONS_3[rot]
+            phase_map: tuple[int, ...] = _ROTATIONS_3[rot]
             line_phases: tuple[int, ...] = (0, 1, 2)
         else:
             rot = t.str("phase_rotation", "L1")

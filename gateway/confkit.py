@@ -12,11 +12,16 @@ import math
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from gateway.errors import ConfigError
 
 T = TypeVar("T")
+# builtins under other names, for annotations inside Table (whose methods are called str, float...)
+_S: TypeAlias = str
+_F: TypeAlias = float
+_I: TypeAlias = int
+_B: TypeAlias = bool
 
 _UNITS = {"a", "v", "w", "kw", "kva", "s", "ms", "pct", "hz", "wh", "kwh", "ma", "mw", "min", "h"}
 
@@ -64,27 +69,27 @@ def _type_name(value: object) -> str:
 class Table:
     """A TOML table being read, at a dotted ``path``."""
 
-    def __init__(self, data: Mapping[str, Any], path: str = "") -> None:
+    def __init__(self, data: Mapping[_S, Any], path: _S = "") -> None:
         if not isinstance(data, Mapping):
             raise ConfigError(path, f"expected a table, got {_type_name(data)}")
         self.data = data
         self.path = path
-        self._used: set[str] = set()
+        self._used: set[_S] = set()
 
     # -- helpers -------------------------------------------------------------------
-    def key_path(self, key: str) -> str:
+    def key_path(self, key: _S) -> _S:
         return f"{self.path}.{key}" if self.path else key
 
-    def error(self, key: str, reason: str) -> ConfigError:
+    def error(self, key: _S, reason: _S) -> ConfigError:
         return ConfigError(self.key_path(key), reason)
 
-    def has(self, key: str) -> bool:
+    def has(self, key: _S) -> _B:
         return key in self.data
 
-    def keys(self) -> Iterator[str]:
+    def keys(self) -> Iterator[_S]:
         return iter(self.data.keys())
 
-    def _get(self, key: str, required: bool) -> Any:
+    def _get(self, key: _S, required: _B) -> Any:
         self._used.add(key)
         if key not in self.data:
             if required:
@@ -93,27 +98,27 @@ class Table:
         return self.data[key]
 
     # -- scalars -------------------------------------------------------------------
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+    def str(self, key: _S, default: _S | None = None, *, required: _B = False) -> _S:
         v = self._get(key, required and default is None)
         if v is None:
             if default is None:
                 raise self.error(key, "required key is missing")
             return default
-        if not isinstance(v, str):
+        if not isinstance(v, _S):
             raise self.error(key, f"expected a string, got {_type_name(v)}")
         if not v.strip():
             raise self.error(key, "must not be empty")
-        return v
+        return _S(v)
 
-    def opt_str(self, key: str) -> str | None:
+    def opt_str(self, key: _S) -> _S | None:
         v = self._get(key, False)
         if v is None:
             return None
-        if not isinstance(v, str):
+        if not isinstance(v, _S):
             raise self.error(key, f"expected a string, got {_type_name(v)}")
         return v
 
-    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
+    def choice(self, key: _S, choices: tuple[_S, ...], default: _S | None = None) -> _S:
         v = self.str(key, default)
         if v not in choices:
             raise self.error(key, f"must be one of {', '.join(repr(c) for c in choices)}, got {v!r}")
@@ -121,13 +126,13 @@ class Table:
 
     def float(
         self,
-        key: str,
-        default: float | None = None,
+        key: _S,
+        default: _F | None = None,
         *,
-        min: float | None = None,  # noqa: A002
-        max: float | None = None,  # noqa: A002
-        gt: float | None = None,
-    ) -> float:
+        min: _F | None = None,
+        max: _F | None = None,
+        gt: _F | None = None,
+    ) -> _F:
         v = self._get(key, default is None)
         if v is None:
             assert default is not None
@@ -136,21 +141,21 @@ class Table:
 
     def opt_float(
         self,
-        key: str,
+        key: _S,
         *,
-        min: float | None = None,  # noqa: A002
-        max: float | None = None,  # noqa: A002
-        gt: float | None = None,
-    ) -> float | None:
+        min: _F | None = None,
+        max: _F | None = None,
+        gt: _F | None = None,
+    ) -> _F | None:
         v = self._get(key, False)
         if v is None:
             return None
         return self._check_number(key, v, min=min, max=max, gt=gt)
 
     def _check_number(
-        self, key: str, v: Any, *, min: float | None, max: float | None, gt: float | None  # noqa: A002
-    ) -> float:
-        if isinstance(v, bool) or not isinstance(v, int | float):
+        self, key: _S, v: Any, *, min: _F | None, max: _F | None, gt: _F | None
+    ) -> _F:
+        if isinstance(v, _B) or not isinstance(v, _I | _F):
             raise self.error(key, f"expected a number, got {_type_name(v)}")
         f = float(v)
         if not math.isfinite(f):
@@ -165,17 +170,17 @@ class Table:
 
     def int(
         self,
-        key: str,
-        default: int | None = None,
+        key: _S,
+        default: _I | None = None,
         *,
-        min: int | None = None,  # noqa: A002
-        max: int | None = None,  # noqa: A002
-    ) -> int:
+        min: _I | None = None,
+        max: _I | None = None,
+    ) -> _I:
         v = self._get(key, default is None)
         if v is None:
             assert default is not None
             return default
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, _B) or not isinstance(v, _I):
             raise self.error(key, f"expected an integer, got {_type_name(v)}")
         if min is not None and v < min:
             raise self.error(key, f"must be >= {min}, got {v}")
@@ -183,28 +188,28 @@ class Table:
             raise self.error(key, f"must be <= {max}, got {v}")
         return v
 
-    def bool(self, key: str, default: bool | None = None) -> bool:
+    def bool(self, key: _S, default: _B | None = None) -> _B:
         v = self._get(key, default is None)
         if v is None:
             assert default is not None
             return default
-        if not isinstance(v, bool):
+        if not isinstance(v, _B):
             raise self.error(key, f"expected true or false, got {_type_name(v)}")
         return v
 
-    def str_list(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    def str_list(self, key: _S, default: tuple[_S, ...] = ()) -> tuple[_S, ...]:
         v = self._get(key, False)
         if v is None:
             return default
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        if not isinstance(v, list) or not all(isinstance(x, _S) for x in v):
             raise self.error(key, "expected an array of strings")
         return tuple(v)
 
-    def raw(self, key: str) -> Any:
+    def raw(self, key: _S) -> Any:
         return self._get(key, False)
 
     # -- nested --------------------------------------------------------------------
-    def table(self, key: str) -> Table | None:
+    def table(self, key: _S) -> Table | None:
         v = self._get(key, False)
         if v is None:
             return None
@@ -212,7 +217,7 @@ class Table:
             raise self.error(key, f"expected a table, got {_type_name(v)}")
         return Table(v, self.key_path(key))
 
-    def tables(self, key: str) -> list[Table]:
+    def tables(self, key: _S) -> list[Table]:
         """An array of tables (``[[key]]``)."""
         v = self._get(key, False)
         if v is None:
@@ -226,7 +231,7 @@ class Table:
             out.append(Table(item, f"{self.key_path(key)}[{i}]"))
         return out
 
-    def subtables(self, key: str) -> list[tuple[str, Table]]:
+    def subtables(self, key: _S) -> list[tuple[_S, Table]]:
         """A table of named tables (``[key.name]``)."""
         t = self.table(key)
         if t is None:
