@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from gateway.confkit import Table, parse_toml, read_toml
 from gateway.errors import ConfigError
-from gateway.meters.config import MeterConfig, parse_meter
+from gateway.meters.config import MeterConfig, check_bus_settings, parse_meter
 from gateway.ocpp_proxy.config import ChargerOcppConfig, OcppConfig, parse_charger_ocpp, parse_ocpp
 from gateway.telemetry.config import MqttConfig, parse_mqtt
 
@@ -397,6 +397,7 @@ def _parse_meters(root: Table, circuits: Mapping[str, CircuitConfig]) -> dict[st
             raise t.error("circuit", f"circuit {m.circuit!r} is already measured by meter {by_circuit[m.circuit]!r}")
         by_circuit[m.circuit] = m.id
         out[m.id] = m
+    check_bus_settings(list(out.values()))
     return out
 
 

@@ -1,0 +1,218 @@
+"""MeterService: polls every configured meter and keeps the latest reading of each.
+
+One task per RS-485 bus (a serial device): its meters are polled one at a time, with the
+bus's gap (the largest ``bus_gap_s`` of its meters) between the end of one exchange and the
+next request. One task per TCP meter: they run concurrently. A failing meter never stops
+the others; failed polls back off (doubling, capped at the meter's stale timeout) and
+produce no reading, so the last reading ages until the meter is stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from gateway.config import Site
+from gateway.errors import MeterError
+from gateway.meters.config import MeterConfig, check_bus_settings
+from gateway.meters.driver import Bounds, MeterDriver, ModbusReader
+from gateway.meters.regmap import load_map
+from gateway.model import MeterReading
+
+log = structlog.get_logger(__name__)
+
+
+def bounds_for(site: Site, cfg: MeterConfig) -> Bounds:
+    circuit = site.circuits[cfg.circuit]
+    v_ln = site.service.voltage_ll_v / (3**0.5)
+    return Bounds(
+        max_current_a=cfg.max_current_a if cfg.max_current_a is not None else 2.0 * circuit.limit_a,
+        can_export=circuit.can_export,
+        export_tolerance_w=cfg.export_tolerance_w,
+        max_voltage_v=2.0 * v_ln,
+    )
+
+
+def make_client(cfg: MeterConfig, *, timeout_s: float | None = None) -> ModbusReader:
+    """A pymodbus client for the meter's transport; retries are ours, not pymodbus's."""
+    from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+
+    to = timeout_s if timeout_s is not None else cfg.timeout_s
+    if cfg.transport == "tcp":
+        c: ModbusReader = AsyncModbusTcpClient(
+            cfg.host, port=cfg.port, timeout=to, retries=0, reconnect_delay=0, name=cfg.id
+        )
+    else:
+        c = AsyncModbusSerialClient(
+            cfg.device,
+            baudrate=cfg.baud_rate,
+            parity=cfg.parity,
+            stopbits=cfg.stop_bits,
+            bytesize=8,
+            timeout=to,
+            retries=0,
+            reconnect_delay=0,
+            name=cfg.device,
+        )
+    return c
+
+
+async def ensure_connected(client: object) -> None:
+    if getattr(client, "connected", True):
+        return
+    connect = getattr(client, "connect", None)
+    if connect is None:
+        return
+    ok = await connect()
+    if not ok:
+        raise MeterError("cannot connect")
+
+
+@dataclass
+class _Slot:
+    cfg: MeterConfig
+    driver: MeterDriver | None = None
+    reading: MeterReading | None = None
+    state: str = "never-read"  # last logged state
+    fails: int = 0
+    next_due: float = 0.0  # loop time
+    error: str = ""
+    polls: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+class MeterService:
+    def __init__(
+        self,
+        site: Site,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_reading: Callable[[str, MeterReading], None] | None = None,
+    ) -> None:
+        self.site = site
+        self._clock = clock
+        self._on_reading = on_reading
+        check_bus_settings(list(site.meters.values()))
+        self._slots: dict[str, _Slot] = {mid: _Slot(cfg) for mid, cfg in site.meters.items()}
+        self._maps = {mid: load_map(cfg.map) for mid, cfg in site.meters.items()}
+        self._buses: dict[str, list[str]] = {}
+        for mid, cfg in site.meters.items():
+            self._buses.setdefault(cfg.bus_key, []).append(mid)
+
+    # -- the daemon's view -----------------------------------------------------------
+    def readings(self) -> dict[str, MeterReading | None]:
+        return {mid: s.reading for mid, s in self._slots.items()}
+
+    def status(self) -> dict[str, str]:
+        return {mid: self._status_of(s) for mid, s in self._slots.items()}
+
+    def buses(self) -> dict[str, tuple[str, ...]]:
+        return {k: tuple(v) for k, v in self._buses.items()}
+
+    def _status_of(self, s: _Slot) -> str:
+        r = s.reading
+        if r is None:
+            return "never-read"
+        if self._clock() - r.at > s.cfg.stale_after_s:
+            return "stale"
+        if not r.valid:
+            return f"invalid:{r.reason}"
+        return "ok"
+
+    # -- polling ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """Poll all meters until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for key, mids in self._buses.items():
+                tg.create_task(self._run_bus(key, mids), name=f"meters-{key}")
+
+    async def _run_bus(self, key: str, mids: list[str]) -> None:
+        cfgs = [self._slots[m].cfg for m in mids]
+        timeout = max(c.timeout_s for c in cfgs)
+        gap = max(c.bus_gap_s for c in cfgs)
+        client = make_client(cfgs[0], timeout_s=timeout)
+        for m in mids:
+            s = self._slots[m]
+            s.driver = MeterDriver(
+                s.cfg,
+                self._maps[m],
+                client,
+                bounds_for(self.site, s.cfg),
+                site_phases=self.site.service.phases,
+                clock=self._clock,
+            )
+        loop = asyncio.get_running_loop()
+        last_end = -1e9
+        try:
+            while True:
+                slot = min((self._slots[m] for m in mids), key=lambda s: s.next_due)
+                wait = max(slot.next_due - loop.time(), last_end + gap - loop.time())
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                started = loop.time()
+                await self._poll(slot, client)
+                last_end = loop.time()
+                slot.latencies.append(last_end - started)
+                del slot.latencies[:-50]
+                if slot.fails:
+                    cap = max(slot.cfg.stale_after_s, slot.cfg.poll_interval_s)
+                    backoff = min(slot.cfg.poll_interval_s * 2 ** (slot.fails - 1), cap)
+                    slot.next_due = last_end + backoff
+                else:
+                    slot.next_due = max(slot.next_due + slot.cfg.poll_interval_s, started)
+        finally:
+            close = getattr(client, "close", None)
+            if close is not None:
+                close()
+
+    async def _poll(self, slot: _Slot, client: object) -> None:
+        assert slot.driver is not None
+        slot.polls += 1
+        try:
+            await ensure_connected(client)
+            reading = await slot.driver.poll()
+        except MeterError as exc:
+            slot.fails += 1
+            slot.error = str(exc)
+            self._log_state(slot, failed=True)
+            return
+        except Exception as exc:  # a bug or a library surprise must not stop the other meters
+            slot.fails += 1
+            slot.error = f"{type(exc).__name__}: {exc}"
+            log.exception("meter_poll_crashed", meter=slot.cfg.id)
+            return
+        slot.fails = 0
+        slot.error = ""
+        slot.reading = reading
+        self._log_state(slot, failed=False)
+        if self._on_reading is not None:
+            try:
+                self._on_reading(slot.cfg.id, reading)
+            except Exception:
+                log.exception("on_reading_failed", meter=slot.cfg.id)
+
+    def _log_state(self, slot: _Slot, *, failed: bool) -> None:
+        status = self._status_of(slot)
+        state = status.split(":", 1)[0]
+        if failed and state in ("ok", "invalid"):
+            state = "failing"  # the last reading is still fresh, but the meter stopped answering
+        if failed and state == "never-read":
+            state = "failing"
+        if state == slot.state:
+            return
+        prev, slot.state = slot.state, state
+        mid = slot.cfg.id
+        if state == "ok":
+            log.info("meter_ok", meter=mid, previous=prev)
+        elif state == "invalid":
+            assert slot.reading is not None
+            log.warning("meter_invalid", meter=mid, reason=slot.reading.reason, previous=prev)
+        elif state == "failing":
+            log.warning("meter_read_failed", meter=mid, error=slot.error, previous=prev)
+        elif state == "stale":
+            age = None if slot.reading is None else round(self._clock() - slot.reading.at, 2)
+            log.error("meter_stale", meter=mid, age_s=age, error=slot.error, previous=prev)
