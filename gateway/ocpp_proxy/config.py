@@ -9,24 +9,103 @@ from gateway.confkit import Table
 
 @dataclass(frozen=True)
 class ChargerOcppConfig:
-    password: str | None = None
+    security_profile: int = 1  # 1: Basic auth over ws; 2: Basic auth over TLS; 3: TLS client certificate
+    password: str | None = None  # Basic auth password the charger presents (profile 1/2); None: none asked
+    cms_password: str | None = None  # Basic auth password the gateway presents to the CMS for this charger
+    cms_url: str | None = None  # overrides [ocpp] cms_url (the identity is still appended)
+    cms_security_profile: int | None = None  # overrides [ocpp] cms_security_profile
+    profile_purpose: str | None = None  # force "max" or "txdefault" instead of learning it
 
 
 @dataclass(frozen=True)
 class OcppConfig:
     listen_host: str = "0.0.0.0"
-    listen_port: int = 9000
-    cms_url: str | None = None
+    listen_port: int = 9000  # plain ws listener (security profile 1); 0 = ephemeral
+    tls_listen_port: int | None = None  # wss listener (profiles 2 and 3); needs the server cert/key
+    server_cert_file: str | None = None
+    server_key_file: str | None = None
+    client_ca_file: str | None = None  # CA that signs charger client certificates (profile 3)
+    cms_url: str | None = None  # ws:// or wss://; the charger identity is appended as last path segment
+    cms_security_profile: int = 1
+    cms_ca_file: str | None = None  # CA to verify the CMS's server certificate (None: system store)
+    cms_client_cert_file: str | None = None  # profile 3 towards the CMS
+    cms_client_key_file: str | None = None
+    lease_s: float = 120.0
+    renew_before_s: float = 30.0
+    significance_a: float = 1.0
+    significance_w: float = 2000.0
+    strict_offline: bool = False
+    offline_allow_list: tuple[str, ...] = ()
+    max_frame_bytes: int = 65536
+    call_timeout_s: float = 30.0
+    failsafe_stack_level: int = 0
+    limit_stack_level: int = 1
+    failsafe_profile_id: int = 900001
+    limit_profile_id: int = 900002
+    heartbeat_interval_s: int = 300  # what the gateway answers to BootNotification while the CMS is down
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    failsafe_timeout_s: float = 5.0  # apply_failsafe waits this long for the answers
+
+
+def _profile(t: Table, key: str, default: int | None) -> int | None:
+    if not t.has(key):
+        t.raw(key)
+        return default
+    v = t.int(key, min=1, max=3)
+    return v
 
 
 def parse_ocpp(t: Table | None) -> OcppConfig:
     if t is None:
         return OcppConfig()
+    d = OcppConfig()
+    tls_port = t.raw("tls_listen_port")
     c = OcppConfig(
-        listen_host=t.str("listen_host", "0.0.0.0"),
-        listen_port=t.int("listen_port", 9000, min=0, max=65535),
+        listen_host=t.str("listen_host", d.listen_host),
+        listen_port=t.int("listen_port", d.listen_port, min=0, max=65535),
+        tls_listen_port=t.int("tls_listen_port", min=0, max=65535) if tls_port is not None else None,
+        server_cert_file=t.opt_str("server_cert_file"),
+        server_key_file=t.opt_str("server_key_file"),
+        client_ca_file=t.opt_str("client_ca_file"),
         cms_url=t.opt_str("cms_url"),
+        cms_security_profile=_profile(t, "cms_security_profile", 1) or 1,
+        cms_ca_file=t.opt_str("cms_ca_file"),
+        cms_client_cert_file=t.opt_str("cms_client_cert_file"),
+        cms_client_key_file=t.opt_str("cms_client_key_file"),
+        lease_s=t.float("lease_s", d.lease_s, min=10, max=86400),
+        renew_before_s=t.float("renew_before_s", d.renew_before_s, gt=0),
+        significance_a=t.float("significance_a", d.significance_a, min=0),
+        significance_w=t.float("significance_w", d.significance_w, min=0),
+        strict_offline=t.bool("strict_offline", d.strict_offline),
+        offline_allow_list=t.str_list("offline_allow_list"),
+        max_frame_bytes=t.int("max_frame_bytes", d.max_frame_bytes, min=1024, max=16 * 1024 * 1024),
+        call_timeout_s=t.float("call_timeout_s", d.call_timeout_s, gt=0, max=600),
+        failsafe_stack_level=t.int("failsafe_stack_level", d.failsafe_stack_level, min=0, max=100),
+        limit_stack_level=t.int("limit_stack_level", d.limit_stack_level, min=0, max=100),
+        failsafe_profile_id=t.int("failsafe_profile_id", d.failsafe_profile_id, min=1),
+        limit_profile_id=t.int("limit_profile_id", d.limit_profile_id, min=1),
+        heartbeat_interval_s=t.int("heartbeat_interval_s", d.heartbeat_interval_s, min=1),
+        reconnect_min_s=t.float("reconnect_min_s", d.reconnect_min_s, gt=0),
+        reconnect_max_s=t.float("reconnect_max_s", d.reconnect_max_s, gt=0),
+        failsafe_timeout_s=t.float("failsafe_timeout_s", d.failsafe_timeout_s, gt=0, max=60),
     )
+    if c.renew_before_s >= c.lease_s:
+        raise t.error("renew_before_s", f"must be below lease_s ({c.lease_s:g} s)")
+    if c.limit_stack_level <= c.failsafe_stack_level:
+        raise t.error("limit_stack_level", "must be above failsafe_stack_level (the fail-safe lies beneath)")
+    if c.limit_profile_id == c.failsafe_profile_id:
+        raise t.error("limit_profile_id", "must differ from failsafe_profile_id")
+    if c.reconnect_max_s < c.reconnect_min_s:
+        raise t.error("reconnect_max_s", "must be >= reconnect_min_s")
+    if c.tls_listen_port is not None and not (c.server_cert_file and c.server_key_file):
+        raise t.error("tls_listen_port", "needs server_cert_file and server_key_file")
+    if c.cms_url is not None and not c.cms_url.startswith(("ws://", "wss://")):
+        raise t.error("cms_url", "must start with ws:// or wss://")
+    if c.cms_security_profile >= 2 and c.cms_url is not None and not c.cms_url.startswith("wss://"):
+        raise t.error("cms_security_profile", "profiles 2 and 3 need a wss:// cms_url")
+    if c.cms_security_profile == 3 and not (c.cms_client_cert_file and c.cms_client_key_file):
+        raise t.error("cms_security_profile", "profile 3 needs cms_client_cert_file and cms_client_key_file")
     t.done()
     return c
 
@@ -34,6 +113,18 @@ def parse_ocpp(t: Table | None) -> OcppConfig:
 def parse_charger_ocpp(t: Table | None) -> ChargerOcppConfig:
     if t is None:
         return ChargerOcppConfig()
-    c = ChargerOcppConfig(password=t.opt_str("password"))
+    purpose = t.raw("profile_purpose")
+    c = ChargerOcppConfig(
+        security_profile=_profile(t, "security_profile", 1) or 1,
+        password=t.opt_str("password"),
+        cms_password=t.opt_str("cms_password"),
+        cms_url=t.opt_str("cms_url"),
+        cms_security_profile=_profile(t, "cms_security_profile", None),
+        profile_purpose=t.choice("profile_purpose", ("max", "txdefault")) if purpose is not None else None,
+    )
+    if c.cms_url is not None and not c.cms_url.startswith(("ws://", "wss://")):
+        raise t.error("cms_url", "must start with ws:// or wss://")
+    if c.password is not None and len(c.password) < 8:
+        raise t.error("password", "must be at least 8 characters (OCPP security profile 1/2)")
     t.done()
     return c

@@ -1,0 +1,224 @@
+"""The facade the daemon uses: :class:`OcppController`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from gateway.config import ChargerConfig, Site
+from gateway.model import Allocation, ChargerSnapshot
+from gateway.ocpp_proxy.frames import SUBPROTOCOLS
+from gateway.ocpp_proxy.server import check_request, identity_of, server_ssl_context
+from gateway.ocpp_proxy.session import ChargerSession, LimitState
+from gateway.ocpp_proxy.state import ChargerTracker
+from gateway.ocpp_proxy.store import Store
+from gateway.ocpp_proxy.upstream import UpstreamTarget, target_for
+
+log = structlog.get_logger(__name__)
+
+
+class OcppController:
+    def __init__(
+        self,
+        site: Site,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[str, dict[str, object]], None] | None = None,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
+        self.site = site
+        self.clock = clock
+        self._on_event = on_event
+        self._on_change = on_change
+        self.store = Store(os.path.join(site.state_dir, "ocpp.sqlite"))
+        self._trackers: dict[str, ChargerTracker] = {}
+        self._limits: dict[str, LimitState] = {}
+        self.sessions: dict[str, ChargerSession] = {}
+        self._servers: list[Server] = []
+        self._started = asyncio.Event()
+        self._port = 0
+        self._tls_port: int | None = None
+        self._cms_contexts: dict[int, ssl.SSLContext] = {}
+        for ch in site.chargers.values():
+            self.tracker(ch.id)
+
+    # ------------------------------------------------------------------ plumbing for sessions
+    def tracker(self, charger_id: str) -> ChargerTracker:
+        tr = self._trackers.get(charger_id)
+        cfg = self.site.chargers[charger_id]
+        if tr is None or tr.cfg is not cfg:
+            old = tr
+            tr = ChargerTracker(cfg, self.site.service.phases, self.clock)
+            if old is not None:
+                tr.__dict__.update({k: v for k, v in old.__dict__.items() if k not in ("cfg", "n_phases")})
+            self._trackers[charger_id] = tr
+        return tr
+
+    def limit_state(self, charger_id: str) -> LimitState:
+        return self._limits.setdefault(charger_id, LimitState())
+
+    def upstream_target(self, cfg: ChargerConfig) -> UpstreamTarget | None:
+        return target_for(self.site.ocpp, cfg, self._cms_contexts)
+
+    def event(self, name: str, **fields: object) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(name, fields)
+            except Exception:
+                log.exception("on_event_failed", event_name=name)
+
+    def changed(self, charger_id: str) -> None:
+        if self._on_change is not None:
+            try:
+                self._on_change(charger_id)
+            except Exception:
+                log.exception("on_change_failed", charger=charger_id)
+
+    # ------------------------------------------------------------------ serving
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def tls_port(self) -> int | None:
+        return self._tls_port
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    def _select_subprotocol(self, conn: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+        ch = self.site.chargers.get(identity_of(conn.request.path)) if conn.request is not None else None
+        if ch is None:
+            return None
+        sub = SUBPROTOCOLS[ch.ocpp_version]
+        return Subprotocol(sub) if sub in offered else None
+
+    def _process_request(self, tls: bool) -> Callable[[ServerConnection, Request], Response | None]:
+        def check(conn: ServerConnection, request: Request) -> Response | None:
+            refusal, _ = check_request(conn, request, self.site.chargers, tls)
+            return refusal
+
+        return check
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        cid = identity_of(ws.request.path) if ws.request is not None else ""
+        cfg = self.site.chargers.get(cid)
+        if cfg is None:
+            await ws.close(1008, "unknown identity")
+            return
+        old = self.sessions.get(cid)
+        if old is not None:
+            log.info("charger_replaced_connection", charger=cid)
+            await old.close()
+        session = ChargerSession(self, cfg, ws)
+        self.sessions[cid] = session
+        try:
+            await session.run()
+        finally:
+            if self.sessions.get(cid) is session:
+                del self.sessions[cid]
+
+    async def run(self) -> None:
+        oc = self.site.ocpp
+        common: dict[str, Any] = {
+            "select_subprotocol": self._select_subprotocol,
+            "max_size": oc.max_frame_bytes * 4,
+            "compression": None,
+            "ping_interval": 60,
+            "ping_timeout": 60,
+            "server_header": None,
+        }
+        try:
+            srv = await serve(
+                self._handle, oc.listen_host, oc.listen_port, process_request=self._process_request(False), **common
+            )
+            self._servers.append(srv)
+            self._port = int(next(iter(srv.sockets)).getsockname()[1])
+            if oc.tls_listen_port is not None:
+                ctx = server_ssl_context(oc)
+                tsrv = await serve(
+                    self._handle,
+                    oc.listen_host,
+                    oc.tls_listen_port,
+                    ssl=ctx,
+                    process_request=self._process_request(True),
+                    **common,
+                )
+                self._servers.append(tsrv)
+                self._tls_port = int(next(iter(tsrv.sockets)).getsockname()[1])
+            log.info("ocpp_listening", port=self._port, tls_port=self._tls_port, chargers=len(self.site.chargers))
+            self._started.set()
+            await asyncio.Future()
+        finally:
+            for s in self._servers:
+                s.close(close_connections=False)
+            for sess in list(self.sessions.values()):
+                await sess.close()
+            for s in self._servers:
+                await s.wait_closed()
+            self._servers.clear()
+            self.store.close()
+            log.info("ocpp_stopped")
+
+    # ------------------------------------------------------------------ the daemon's API
+    def snapshot(self) -> dict[str, ChargerSnapshot]:
+        return {cid: self.tracker(cid).snapshot() for cid in self.site.chargers}
+
+    async def apply(self, allocation: Allocation) -> None:
+        for cid, cl in allocation.limits.items():
+            if cid in self.site.chargers:
+                self.limit_state(cid).target = cl.limit
+        now = self.clock()
+        due = [s for s in self.sessions.values() if s.needs_send(now)]
+        if due:
+            await asyncio.gather(*(s.push_limit() for s in due))
+
+    async def apply_failsafe(self) -> None:
+        sessions = list(self.sessions.values())
+        if not sessions:
+            return
+        try:
+            async with asyncio.timeout(self.site.ocpp.failsafe_timeout_s):
+                results = await asyncio.gather(*(s.failsafe_now() for s in sessions), return_exceptions=True)
+        except TimeoutError:
+            log.warning("failsafe_timeout", chargers=len(sessions))
+            return
+        for s, r in zip(sessions, results, strict=True):
+            if r is not True:
+                log.warning("failsafe_not_confirmed", charger=s.id, result=repr(r))
+
+    async def stop_transaction(self, charger_id: str) -> None:
+        s = self.sessions.get(charger_id)
+        if s is None:
+            log.warning("stop_transaction_offline", charger=charger_id)
+            return
+        ok = await s.stop_transaction()
+        log.info("stop_transaction_requested", charger=charger_id, accepted=ok)
+
+    def cms_online(self, charger_id: str) -> bool:
+        s = self.sessions.get(charger_id)
+        return s is not None and s.cms_online
+
+    def update_site(self, site: Site) -> None:
+        old = self.site
+        self.site = site
+        self._cms_contexts.clear()
+        for cid in site.chargers:
+            self.tracker(cid)
+        for cid in list(self._trackers):
+            if cid not in site.chargers:
+                del self._trackers[cid]
+        for cid, s in list(self.sessions.items()):
+            if cid not in site.chargers or site.chargers[cid] != old.chargers.get(cid):
+                # removed or changed (credentials, version, limits): let it reconnect under the new config
+                asyncio.get_running_loop().create_task(s.close())
+        log.info("ocpp_site_updated", chargers=len(site.chargers))

@@ -1,0 +1,137 @@
+"""OCPP-J frames: parse what the gateway must inspect, build what it sends itself.
+
+The relay forwards the raw text of every frame; these helpers only look at it. Parsing
+never raises anything but :class:`FrameError`, which carries the CALLERROR to answer with
+(or none, when the frame cannot be answered and is dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import ValidationError as SchemaValidationError  # type: ignore[import-untyped]
+from ocpp.messages import get_validator
+
+from gateway.errors import OcppError
+
+CALL, CALLRESULT, CALLERROR = 2, 3, 4
+VERSIONS = ("1.6", "2.0.1")
+SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
+_ID_RE = re.compile(r'^\s*\[\s*[0-9]+\s*,\s*"([^"\\]{1,36})"')
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int  # CALL, CALLRESULT or CALLERROR
+    message_id: str
+    action: str | None  # CALL only
+    payload: dict[str, Any]  # CALL / CALLRESULT payload; CALLERROR: {"code", "description", "details"}
+    raw: str
+
+
+class FrameError(OcppError):
+    """A frame that cannot be relayed. ``reply`` is the CALLERROR text to answer with, if any."""
+
+    def __init__(self, reason: str, reply: str | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reply = reply
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def call_text(message_id: str, action: str, payload: dict[str, Any]) -> str:
+    return json.dumps([CALL, message_id, action, payload], separators=(",", ":"))
+
+
+def result_text(message_id: str, payload: dict[str, Any]) -> str:
+    return json.dumps([CALLRESULT, message_id, payload], separators=(",", ":"))
+
+
+def error_text(message_id: str, code: str, description: str = "", details: dict[str, Any] | None = None) -> str:
+    return json.dumps([CALLERROR, message_id, code, description, details or {}], separators=(",", ":"))
+
+
+def error_code(version: str, generic: str) -> str:
+    """Map a 2.0.1 error code name to the version's spelling."""
+    if version == "1.6":
+        return {
+            "FormatViolation": "FormationViolation",
+            "OccurrenceConstraintViolation": "OccurenceConstraintViolation",
+            "RpcFrameworkError": "ProtocolError",
+            "MessageTypeNotSupported": "NotSupported",
+        }.get(generic, generic)
+    return generic
+
+
+def parse_frame(raw: str | bytes, version: str, max_bytes: int) -> Frame:
+    """Parse one WebSocket text message. Raises FrameError with the answer to give."""
+    if isinstance(raw, bytes):
+        raise FrameError("binary frame", None)
+    if len(raw) > max_bytes:
+        m = _ID_RE.match(raw)
+        reply = None
+        if m is not None and raw.lstrip()[1:].lstrip().startswith("2"):
+            reply = error_text(m.group(1), error_code(version, "FormatViolation"), f"frame exceeds {max_bytes} bytes")
+        raise FrameError(f"frame of {len(raw)} bytes exceeds {max_bytes}", reply)
+    try:
+        msg = json.loads(raw)
+    except (ValueError, RecursionError):
+        # 2.0.1 (Part 4, 4.2.3): an unreadable message id is answered with id "-1"
+        reply = error_text("-1", "RpcFrameworkError", "invalid JSON") if version == "2.0.1" else None
+        raise FrameError("invalid JSON", reply) from None
+    if not isinstance(msg, list) or len(msg) < 3:
+        reply = error_text("-1", "RpcFrameworkError", "not an OCPP-J array") if version == "2.0.1" else None
+        raise FrameError("not an OCPP-J array", reply)
+    kind, mid = msg[0], msg[1]
+    if not isinstance(mid, str) or not mid or len(mid) > 36:
+        reply = (
+            error_text("-1", "RpcFrameworkError", "message id is not a string of 1..36") if version == "2.0.1" else None
+        )
+        raise FrameError("bad message id", reply)
+    if isinstance(kind, bool) or not isinstance(kind, int) or kind not in (CALL, CALLRESULT, CALLERROR):
+        code = error_code(version, "MessageTypeNotSupported")
+        raise FrameError(f"unknown message type {kind!r}", error_text(mid, code, f"message type {kind!r}"))
+    if kind == CALL:
+        if len(msg) != 4 or not isinstance(msg[2], str) or not isinstance(msg[3], dict):
+            raise FrameError(
+                "malformed CALL", error_text(mid, error_code(version, "FormatViolation"), "malformed CALL")
+            )
+        return Frame(CALL, mid, msg[2], msg[3], raw)
+    if kind == CALLRESULT:
+        if len(msg) != 3 or not isinstance(msg[2], dict):
+            raise FrameError("malformed CALLRESULT", None)
+        return Frame(CALLRESULT, mid, None, msg[2], raw)
+    if len(msg) < 4 or not isinstance(msg[2], str):
+        raise FrameError("malformed CALLERROR", None)
+    details = msg[4] if len(msg) > 4 and isinstance(msg[4], dict) else {}
+    desc = msg[3] if isinstance(msg[3], str) else ""
+    return Frame(CALLERROR, mid, None, {"code": msg[2], "description": desc, "details": details}, raw)
+
+
+def validate(version: str, kind: int, action: str, payload: dict[str, Any]) -> str | None:
+    """Validate a payload against the official JSON schema. Returns the CALLERROR code, or None if valid.
+
+    Actions without a schema (vendor actions) are not validated here.
+    """
+    try:
+        validator = get_validator(kind, action, version)
+    except (OSError, ValueError):
+        return None
+    try:
+        validator.validate(payload)
+    except SchemaValidationError as exc:
+        if exc.validator in ("type", "maxLength"):
+            return "TypeConstraintViolation"
+        if exc.validator == "required":
+            return error_code(version, "OccurrenceConstraintViolation")
+        if exc.validator in ("enum", "minimum", "maximum", "pattern"):
+            return "PropertyConstraintViolation"
+        return error_code(version, "FormatViolation")
+    return None

@@ -1,0 +1,191 @@
+"""Limits as charging profiles: the gateway's lease and fail-safe profiles, the CMS's merged in.
+
+The gateway owns two profiles per charger, both station-wide (1.6 connector 0, 2.0.1 EVSE 0):
+a persistent fail-safe profile at ``failsafe_stack_level`` and the leased limit profile at
+``limit_stack_level`` whose schedule lapses after ``lease_s``. Station-wide profiles of the
+same purpose from the CMS would collide with them: the gateway keeps those itself and sends
+min(CMS limit, site allocation) in its own limit profile instead.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+MODES = ("max", "txdefault")
+
+
+def purpose(version: str, mode: str) -> str:
+    if mode == "txdefault":
+        return "TxDefaultProfile"
+    return "ChargePointMaxProfile" if version == "1.6" else "ChargingStationMaxProfile"
+
+
+def next_mode(mode: str) -> str | None:
+    i = MODES.index(mode)
+    return MODES[i + 1] if i + 1 < len(MODES) else None
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_iso(s: Any) -> datetime | None:
+    if not isinstance(s, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def round_limit(limit: float) -> float:
+    return math.floor(max(limit, 0.0) * 10.0 + 1e-6) / 10.0
+
+
+def set_profile_payload(
+    version: str,
+    mode: str,
+    *,
+    profile_id: int,
+    stack_level: int,
+    unit: str,
+    limit: float,
+    start: datetime,
+    duration_s: int | None,
+) -> dict[str, Any]:
+    """A SetChargingProfile request for a station-wide single-period profile."""
+    period = {"startPeriod": 0, "limit": round_limit(limit)}
+    schedule: dict[str, Any] = {
+        "startSchedule": iso(start),
+        "chargingRateUnit": unit,
+        "chargingSchedulePeriod": [period],
+    }
+    if duration_s is not None:
+        schedule["duration"] = duration_s
+    if version == "1.6":
+        prof: dict[str, Any] = {
+            "chargingProfileId": profile_id,
+            "stackLevel": stack_level,
+            "chargingProfilePurpose": purpose(version, mode),
+            "chargingProfileKind": "Absolute",
+            "chargingSchedule": schedule,
+        }
+        return {"connectorId": 0, "csChargingProfiles": prof}
+    schedule = {"id": profile_id, **schedule}
+    return {
+        "evseId": 0,
+        "chargingProfile": {
+            "id": profile_id,
+            "stackLevel": stack_level,
+            "chargingProfilePurpose": purpose(version, mode),
+            "chargingProfileKind": "Absolute",
+            "chargingSchedule": [schedule],
+        },
+    }
+
+
+def profile_of(version: str, set_payload: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
+    """(connector/EVSE id, profile) from a SetChargingProfile request."""
+    if version == "1.6":
+        prof = set_payload.get("csChargingProfiles")
+        conn = set_payload.get("connectorId")
+    else:
+        prof = set_payload.get("chargingProfile")
+        conn = set_payload.get("evseId")
+    return (conn if isinstance(conn, int) else None), (prof if isinstance(prof, dict) else {})
+
+
+def profile_id(version: str, prof: dict[str, Any]) -> int | None:
+    v = prof.get("chargingProfileId" if version == "1.6" else "id")
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def schedule_of(version: str, prof: dict[str, Any]) -> dict[str, Any]:
+    s = prof.get("chargingSchedule")
+    if version != "1.6" and isinstance(s, list):
+        s = s[0] if s else {}
+    return s if isinstance(s, dict) else {}
+
+
+def profile_limit_at(
+    version: str, prof: dict[str, Any], received_at: datetime, now: datetime
+) -> tuple[float, str] | None:
+    """The limit (value, unit) a profile sets at ``now``, or None when it sets none then."""
+    vf, vt = parse_iso(prof.get("validFrom")), parse_iso(prof.get("validTo"))
+    if (vf is not None and now < vf) or (vt is not None and now >= vt):
+        return None
+    sched = schedule_of(version, prof)
+    periods = sched.get("chargingSchedulePeriod")
+    if not isinstance(periods, list) or not periods:
+        return None
+    kind = prof.get("chargingProfileKind")
+    start = parse_iso(sched.get("startSchedule")) or received_at
+    if kind == "Relative":
+        start = received_at
+    elif kind == "Recurring":
+        span = timedelta(days=7 if prof.get("recurrencyKind") == "Weekly" else 1)
+        if now >= start:
+            start = start + span * ((now - start) // span)
+    elapsed = (now - start).total_seconds()
+    if elapsed < 0:
+        return None
+    duration = sched.get("duration")
+    if isinstance(duration, int | float) and not isinstance(duration, bool) and elapsed >= duration:
+        return None
+    limit: float | None = None
+    for p in sorted((p for p in periods if isinstance(p, dict)), key=lambda p: float(p.get("startPeriod", 0))):
+        if float(p.get("startPeriod", 0)) <= elapsed:
+            v = p.get("limit")
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                limit = float(v)
+    if limit is None:
+        return None
+    return limit, str(sched.get("chargingRateUnit", "A"))
+
+
+def convert(value: float, unit: str, to_unit: str, *, voltage_ll_v: float, phases: int, line_to_line: bool) -> float:
+    """Convert between A per phase and W for one charger (nominal voltage)."""
+    if unit.upper() == to_unit.upper():
+        return value
+    if phases == 3:
+        per_amp = voltage_ll_v * math.sqrt(3.0)
+    else:
+        per_amp = voltage_ll_v if line_to_line else voltage_ll_v / math.sqrt(3.0)
+    if to_unit.upper() == "A":
+        return value / per_amp
+    return value * per_amp
+
+
+def composite_16(connector_id: int, duration: int, unit: str, limit: float | None, now: datetime) -> dict[str, Any]:
+    """A GetCompositeSchedule answer (1.6) that shows the CMS its own limit."""
+    if limit is None:
+        return {"status": "Rejected"}
+    return {
+        "status": "Accepted",
+        "connectorId": connector_id,
+        "scheduleStart": iso(now),
+        "chargingSchedule": {
+            "duration": duration,
+            "startSchedule": iso(now),
+            "chargingRateUnit": unit,
+            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": round_limit(limit)}],
+        },
+    }
+
+
+def composite_201(evse_id: int, duration: int, unit: str, limit: float | None, now: datetime) -> dict[str, Any]:
+    if limit is None:
+        return {"status": "Rejected"}
+    return {
+        "status": "Accepted",
+        "schedule": {
+            "evseId": evse_id,
+            "duration": duration,
+            "scheduleStart": iso(now),
+            "chargingRateUnit": unit,
+            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": round_limit(limit)}],
+        },
+    }

@@ -1,0 +1,785 @@
+"""One charger's pair of sockets: the charger's connection and its upstream to the CMS.
+
+Frames are relayed as received (the raw text), message ids untouched; the gateway looks at
+what it must (state, tokens, transaction ids, charging profiles) and answers locally while
+the CMS is unreachable, writing transaction-related messages to the durable queue first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from gateway.config import ChargerConfig
+from gateway.errors import OcppError, StoreError
+from gateway.ocpp_proxy import policy
+from gateway.ocpp_proxy.frames import (
+    CALL,
+    CALLRESULT,
+    Frame,
+    FrameError,
+    call_text,
+    error_text,
+    new_message_id,
+    parse_frame,
+    result_text,
+    validate,
+)
+from gateway.ocpp_proxy.relay import CallChannel, CallFailed, OutCall
+from gateway.ocpp_proxy.state import ChargerTracker
+from gateway.ocpp_proxy.upstream import Backoff, UpstreamTarget, open_upstream
+
+if TYPE_CHECKING:
+    from gateway.ocpp_proxy.controller import OcppController
+
+log = structlog.get_logger(__name__)
+
+# charger -> CMS messages that are queued durably while the CMS is unreachable
+QUEUED = frozenset({"StartTransaction", "StopTransaction", "TransactionEvent", "MeterValues", "StatusNotification"})
+# charger -> CMS messages the gateway inspects (validated against the schema)
+INSPECTED = QUEUED | {"BootNotification", "Authorize", "Heartbeat"}
+# notifications acknowledged (and not kept) while the CMS is unreachable
+NOTIFICATIONS = frozenset(
+    {
+        "FirmwareStatusNotification",
+        "DiagnosticsStatusNotification",
+        "SecurityEventNotification",
+        "LogStatusNotification",
+        "NotifyEvent",
+        "NotifyReport",
+        "NotifyChargingLimit",
+        "NotifyMonitoringReport",
+        "NotifyCustomerInformation",
+        "NotifyDisplayMessages",
+        "NotifyEVChargingSchedule",
+        "PublishFirmwareStatusNotification",
+        "ReservationStatusUpdate",
+        "ClearedChargingLimit",
+        "ReportChargingProfiles",
+        "SignCertificate",
+    }
+)
+FAILSAFE_START = datetime(2020, 1, 1, tzinfo=UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LimitState:
+    def __init__(self) -> None:
+        self.target: float | None = None  # last allocation (charger unit)
+        self.sent: float | None = None  # limit in the last profile written
+        self.sent_at: float = 0.0  # clock() when written
+        self.ok = False  # the charger accepted it
+        self.retry_at: float = 0.0
+
+
+class ChargerSession:
+    def __init__(self, ctrl: OcppController, cfg: ChargerConfig, ws: ServerConnection) -> None:
+        self.ctrl = ctrl
+        self.cfg = cfg
+        self.id = cfg.id
+        self.version = cfg.ocpp_version
+        self.ws = ws
+        self.ocpp = ctrl.site.ocpp
+        self.log = log.bind(charger=cfg.id)
+        self.tracker: ChargerTracker = ctrl.tracker(cfg.id)
+        self.to_charger = CallChannel("to_charger", cfg.id, ws.send, self.ocpp.call_timeout_s)
+        self.to_cms = CallChannel("to_cms", cfg.id, None, self.ocpp.call_timeout_s)
+        self.up: ClientConnection | None = None
+        self.draining = False
+        self.closed = False
+        self.pending_boot: dict[str, Any] | None = None
+        self.limit = ctrl.limit_state(cfg.id)
+        self.mode = self._initial_mode()
+        self.profiles_ready = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.target: UpstreamTarget | None = ctrl.upstream_target(cfg)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _initial_mode(self) -> str:
+        if self.cfg.ocpp.profile_purpose is not None:
+            return self.cfg.ocpp.profile_purpose
+        mode = self.ctrl.store.caps(self.id).get("mode")
+        return mode if mode in policy.MODES else "max"
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.log.error("session_task_failed", error=repr(exc))
+
+    @property
+    def cms_online(self) -> bool:
+        return self.up is not None
+
+    async def run(self) -> None:
+        self.tracker.online = True
+        self.ctrl.changed(self.id)
+        self.ctrl.event("charger_connected", charger=self.id, version=self.version)
+        if self.target is not None:
+            self.spawn(self._upstream_loop())
+        self.spawn(self._init_charger())
+        try:
+            async for raw in self.ws:
+                try:
+                    await self.on_charger_frame(raw)
+                except (ConnectionClosed, CallFailed):
+                    raise
+                except Exception:
+                    self.log.exception("charger_frame_failed")
+        except ConnectionClosed:
+            pass
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.tracker.online = False
+        self.to_charger.fail_all("charger disconnected")
+        self.to_cms.fail_all("charger disconnected")
+        for t in list(self._tasks):
+            t.cancel()
+        up, self.up = self.up, None
+        if up is not None:
+            await up.close()
+        await self.ws.close()
+        self.ctrl.changed(self.id)
+        self.ctrl.event("charger_disconnected", charger=self.id)
+
+    # ------------------------------------------------------------------ upstream
+    async def _upstream_loop(self) -> None:
+        assert self.target is not None
+        backoff = Backoff(self.ocpp.reconnect_min_s, self.ocpp.reconnect_max_s)
+        while not self.closed:
+            try:
+                up = await open_upstream(
+                    self.target, max_size=self.ocpp.max_frame_bytes * 4, open_timeout_s=self.ocpp.call_timeout_s
+                )
+            except (OSError, InvalidHandshake, InvalidURI, TimeoutError, OcppError, ConnectionClosed) as exc:
+                self.log.info("cms_connect_failed", url=self.target.url, error=str(exc) or type(exc).__name__)
+                if self.ocpp.strict_offline:
+                    self.log.warning("charger_closed_strict_offline")
+                    await self.ws.close(1011, "CMS unavailable")
+                    return
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            backoff.reset()
+            self.up = up
+            self.draining = True
+            self.to_cms.attach(up.send)
+            self.ctrl.event("cms_link_up", charger=self.id)
+            self.ctrl.changed(self.id)
+            drain = self.spawn(self._drain())
+            try:
+                async for raw in up:
+                    try:
+                        await self.on_cms_frame(raw)
+                    except ConnectionClosed:
+                        if self.closed:
+                            raise
+                    except Exception:
+                        self.log.exception("cms_frame_failed")
+            except ConnectionClosed:
+                pass
+            finally:
+                drain.cancel()
+                self.up = None
+                self.draining = False
+                self.to_cms.attach(None)
+            if self.closed:
+                return
+            self.ctrl.event("cms_link_down", charger=self.id)
+            self.ctrl.changed(self.id)
+            if self.ocpp.strict_offline:
+                self.log.warning("charger_closed_strict_offline")
+                await self.ws.close(1011, "CMS unavailable")
+                return
+            await asyncio.sleep(backoff.next_delay())
+
+    def _own_to_cms(self, action: str, payload: dict[str, Any]) -> OutCall:
+        mid = new_message_id()
+        return self.to_cms.submit(OutCall(mid, call_text(mid, action, payload), action, True, payload))
+
+    async def _drain(self) -> None:
+        """Replay the durable queue in order; only then relay transaction messages live."""
+        store = self.ctrl.store
+        if self.pending_boot is not None:
+            boot = self.pending_boot
+            try:
+                ans = await self._own_to_cms("BootNotification", boot).result
+                if ans.kind == CALLRESULT:
+                    self.pending_boot = None
+            except CallFailed:
+                return
+        while self.up is not None:
+            batch = store.pending(self.id, 50)
+            if not batch:
+                self.draining = False
+                self.log.info("replay_done")
+                return
+            for m in batch:
+                payload = dict(m.payload)
+                local_tx = payload.pop("__local_tx", None)
+                if self.version == "1.6" and m.action in ("StopTransaction", "MeterValues"):
+                    payload = self._rewrite_tx_up(payload)
+                try:
+                    ans = await self._own_to_cms(m.action, payload).result
+                except CallFailed:
+                    return  # the link went down: replay resumes on reconnect
+                if ans.kind == CALLRESULT:
+                    self._learn_from_answer(m.action, payload, ans.payload)
+                    cms_id = ans.payload.get("transactionId")
+                    if m.action == "StartTransaction" and isinstance(local_tx, int) and isinstance(cms_id, int):
+                        store.map_tx(self.id, local_tx, cms_id, delete_seq=m.seq)
+                        self.log.info("tx_id_mapped", local_tx=local_tx, cms_tx=cms_id)
+                        continue
+                else:
+                    self.log.warning("replay_rejected", action=m.action, seq=m.seq, error=ans.payload.get("code"))
+                store.delete(m.seq)
+                self.ctrl.event("replayed", charger=self.id, action=m.action, seq=m.seq)
+
+    # ------------------------------------------------------------------ charger -> gateway
+    async def on_charger_frame(self, raw: str | bytes) -> None:
+        try:
+            frame = parse_frame(raw, self.version, self.ocpp.max_frame_bytes)
+        except FrameError as exc:
+            self.log.warning("frame_rejected", side="charger", reason=exc.reason, answered=exc.reply is not None)
+            if exc.reply is not None:
+                await self.ws.send(exc.reply)
+            return
+        if frame.kind == CALL:
+            await self._charger_call(frame)
+            return
+        out = self.to_charger.on_answer(frame)
+        if out is not None or frame.message_id in self.to_charger.late_own:
+            return  # answered CALLs are forwarded (or consumed) by their on_answer
+        if self.up is not None:
+            await self.up.send(frame.raw)
+        else:
+            self.log.info("answer_dropped_cms_offline", message_id=frame.message_id)
+
+    async def _charger_call(self, frame: Frame) -> None:
+        action = frame.action or ""
+        if action in INSPECTED:
+            code = validate(self.version, CALL, action, frame.payload)
+            if code is not None:
+                self.log.warning("frame_rejected", side="charger", action=action, reason=code)
+                await self.ws.send(error_text(frame.message_id, code, f"{action} payload fails its schema"))
+                return
+            self._track_request(action, frame.payload)
+        live = self.up is not None and (action not in QUEUED or not self.draining)
+        if not live:
+            await self._answer_locally(frame)
+            return
+        text = frame.raw
+        if self.version == "1.6" and action in ("StopTransaction", "MeterValues"):
+            rewritten = self._rewrite_tx_up(frame.payload)
+            if rewritten is not frame.payload:
+                text = call_text(frame.message_id, action, rewritten)
+        self.to_cms.submit(
+            OutCall(frame.message_id, text, action, False, frame.payload, on_answer=self._relayed_up_answered)
+        )
+
+    def _relayed_up_answered(self, out: OutCall, ans: Frame | None) -> None:
+        if ans is None:
+            # the CMS did not answer (timeout or link lost): keep the message and answer locally
+            if out.action in QUEUED or out.action in ("BootNotification", "Heartbeat", "Authorize"):
+                frame = Frame(CALL, out.message_id, out.action, out.payload, out.text)
+                self.spawn(self._answer_locally(frame))
+            else:
+                code = "InternalError"
+                self.spawn(self._send_charger(error_text(out.message_id, code, "CMS did not answer")))
+            return
+        self.spawn(self._send_charger(ans.raw))
+        if ans.kind == CALLRESULT:
+            self._learn_from_answer(out.action, out.payload, ans.payload)
+
+    async def _send_charger(self, text: str) -> None:
+        try:
+            await self.ws.send(text)
+        except ConnectionClosed:
+            self.log.info("charger_send_failed_closed")
+
+    def _track_request(self, action: str, p: dict[str, Any]) -> None:
+        t = self.tracker
+        if self.version == "1.6":
+            if action == "StatusNotification":
+                t.on_status_16(p)
+            elif action == "MeterValues":
+                t.on_meter_values_16(p)
+            elif action == "StartTransaction":
+                t.on_start_16(p, None)
+            elif action == "StopTransaction":
+                t.on_stop_16(p)
+            else:
+                return
+        else:
+            if action == "StatusNotification":
+                t.on_status_201(p)
+            elif action == "MeterValues":
+                t.on_meter_values_201(p)
+            elif action == "TransactionEvent":
+                t.on_transaction_event(p)
+            else:
+                return
+        self.ctrl.changed(self.id)
+
+    def _learn_from_answer(self, action: str, req: dict[str, Any], ans: dict[str, Any]) -> None:
+        """Token cache and 1.6 transaction ids from the CMS's answers."""
+        token: Any = None
+        info: Any = None
+        if self.version == "1.6":
+            token, info = req.get("idTag"), ans.get("idTagInfo")
+        else:
+            token, info = (req.get("idToken") or {}).get("idToken"), ans.get("idTokenInfo")
+        if isinstance(token, str) and isinstance(info, dict) and isinstance(info.get("status"), str):
+            try:
+                self.ctrl.store.remember_token(token, info["status"])
+            except StoreError as exc:
+                self.log.error("token_cache_write_failed", error=str(exc))
+        if self.version == "1.6" and action == "StartTransaction" and isinstance(ans.get("transactionId"), int):
+            s = self.tracker.session
+            if s is not None and s.transaction_id is None:
+                self.tracker.on_start_16(req, ans["transactionId"])
+                self.ctrl.changed(self.id)
+
+    def _token_status(self, token: Any) -> str:
+        if not isinstance(token, str):
+            return "Invalid"
+        if token in self.ocpp.offline_allow_list:
+            return "Accepted"
+        status = self.ctrl.store.token_status(token)
+        return "Accepted" if status == "Accepted" else "Invalid"
+
+    async def _answer_locally(self, frame: Frame) -> None:
+        action, p, mid = frame.action or "", frame.payload, frame.message_id
+        now = policy.iso(_now())
+        keep = self.target is not None  # nothing to replay to without a CMS
+        answer: dict[str, Any] | None
+        try:
+            if action == "BootNotification":
+                self.pending_boot = p if keep else None
+                answer = {"status": "Accepted", "currentTime": now, "interval": self.ocpp.heartbeat_interval_s}
+            elif action == "Heartbeat":
+                answer = {"currentTime": now}
+            elif action == "Authorize":
+                if self.version == "1.6":
+                    answer = {"idTagInfo": {"status": self._token_status(p.get("idTag"))}}
+                else:
+                    tok = (p.get("idToken") or {}).get("idToken")
+                    answer = {"idTokenInfo": {"status": self._token_status(tok)}}
+            elif action == "StartTransaction" and self.version == "1.6":
+                status = self._token_status(p.get("idTag"))
+                if keep:
+                    local_id = self.ctrl.store.enqueue_start_16(self.id, p)
+                else:
+                    local_id = -int(time.time() * 1000) % 2_000_000_000 or 1
+                self.tracker.on_start_16(p, local_id)
+                self.ctrl.changed(self.id)
+                answer = {"idTagInfo": {"status": status}, "transactionId": local_id}
+            elif action in QUEUED:
+                if keep:
+                    self.ctrl.store.enqueue(self.id, action, p)
+                answer = {}
+                if action == "StopTransaction" and p.get("idTag") is not None:
+                    answer = {"idTagInfo": {"status": self._token_status(p.get("idTag"))}}
+                if action == "TransactionEvent" and isinstance(p.get("idToken"), dict):
+                    answer = {"idTokenInfo": {"status": self._token_status(p["idToken"].get("idToken"))}}
+            elif action == "DataTransfer":
+                answer = {"status": "Rejected"}
+            elif action in NOTIFICATIONS:
+                answer = {} if action != "SignCertificate" else {"status": "Rejected"}
+            else:
+                answer = None
+        except StoreError as exc:
+            # not on disk: do not acknowledge; the charger retries
+            self.log.error("queue_write_failed", action=action, error=str(exc))
+            await self._send_charger(error_text(mid, "InternalError", "durable queue unavailable"))
+            return
+        if answer is None:
+            await self._send_charger(error_text(mid, "InternalError", "CMS unavailable"))
+        else:
+            if action in QUEUED:
+                self.log.info("queued_offline", action=action)
+            await self._send_charger(result_text(mid, answer))
+
+    # ------------------------------------------------------------------ CMS -> gateway
+    async def on_cms_frame(self, raw: str | bytes) -> None:
+        up = self.up
+        try:
+            frame = parse_frame(raw, self.version, self.ocpp.max_frame_bytes)
+        except FrameError as exc:
+            self.log.warning("frame_rejected", side="cms", reason=exc.reason, answered=exc.reply is not None)
+            if exc.reply is not None and up is not None:
+                await up.send(exc.reply)
+            return
+        if frame.kind != CALL:
+            out = self.to_cms.on_answer(frame)
+            if out is None and frame.message_id in self.to_cms.late_own:
+                return
+            if out is None:
+                # late answer to a relayed CALL: the charger may still want it
+                await self._send_charger(frame.raw)
+            return
+        action = frame.action or ""
+        if action in ("SetChargingProfile", "ClearChargingProfile", "GetCompositeSchedule"):
+            code = validate(self.version, CALL, action, frame.payload)
+            if code is not None:
+                self.log.warning("frame_rejected", side="cms", action=action, reason=code)
+                if up is not None:
+                    await up.send(error_text(frame.message_id, code, f"{action} payload fails its schema"))
+                return
+            local = self._cms_profile_call(action, frame.payload)
+            if local is not None:
+                if up is not None:
+                    await up.send(result_text(frame.message_id, local))
+                return
+        text = frame.raw
+        if self.version == "1.6":
+            rewritten = self._rewrite_tx_down(frame.payload)
+            if rewritten is not frame.payload:
+                text = call_text(frame.message_id, action, rewritten)
+        self.to_charger.submit(
+            OutCall(frame.message_id, text, action, False, frame.payload, on_answer=self._relayed_down_answered)
+        )
+
+    def _relayed_down_answered(self, out: OutCall, ans: Frame | None) -> None:
+        if ans is None:
+            return  # the charger did not answer: the CMS times out as it would without us
+        if self.up is not None:
+            self.spawn(self._send_up(ans.raw))
+        if out.action == "ClearChargingProfile":
+            # it may have matched the gateway's own profiles: put them back
+            self.limit.sent = None
+            self.spawn(self.install_profiles())
+
+    async def _send_up(self, text: str) -> None:
+        up = self.up
+        if up is None:
+            return
+        try:
+            await up.send(text)
+        except ConnectionClosed:
+            self.log.info("cms_send_failed_closed")
+
+    # ------------------------------------------------------------------ 1.6 transaction ids
+    def _rewrite_tx_up(self, p: dict[str, Any]) -> dict[str, Any]:
+        tx = p.get("transactionId")
+        if isinstance(tx, int) and tx < 0:
+            cms = self.ctrl.store.cms_tx(self.id, tx)
+            if cms is not None:
+                return {**p, "transactionId": cms}
+        return p
+
+    def _rewrite_tx_down(self, p: dict[str, Any]) -> dict[str, Any]:
+        tx = p.get("transactionId")
+        if isinstance(tx, int) and not isinstance(tx, bool):
+            local = self.ctrl.store.local_tx(self.id, tx)
+            if local is not None:
+                return {**p, "transactionId": local}
+        prof = p.get("csChargingProfiles")
+        if isinstance(prof, dict) and isinstance(prof.get("transactionId"), int):
+            local = self.ctrl.store.local_tx(self.id, prof["transactionId"])
+            if local is not None:
+                return {**p, "csChargingProfiles": {**prof, "transactionId": local}}
+        return p
+
+    # ------------------------------------------------------------------ profiles
+    def _collides(self, conn: int | None, prof: dict[str, Any]) -> bool:
+        pid = policy.profile_id(self.version, prof)
+        if pid in (self.ocpp.failsafe_profile_id, self.ocpp.limit_profile_id):
+            return True
+        purpose = prof.get("chargingProfilePurpose")
+        if purpose == policy.purpose(self.version, "max"):
+            return True
+        return self.mode == "txdefault" and purpose == "TxDefaultProfile"
+
+    def _cms_profile_call(self, action: str, p: dict[str, Any]) -> dict[str, Any] | None:
+        """Handle a CMS profile CALL locally where it would collide with the gateway's profiles."""
+        store = self.ctrl.store
+        if action == "SetChargingProfile":
+            conn, prof = policy.profile_of(self.version, p)
+            if not self._collides(conn, prof):
+                return None
+            pid = policy.profile_id(self.version, prof)
+            if pid is None:
+                return {"status": "Rejected"}
+            store.put_cms_profile(self.id, pid, {"profile": prof, "received_at": policy.iso(_now())})
+            self.log.info("cms_profile_merged", profile_id=pid, purpose=prof.get("chargingProfilePurpose"))
+            self.ctrl.event("cms_profile_merged", charger=self.id, profile_id=pid)
+            self.spawn(self.push_limit(force=True))
+            return {"status": "Accepted"}
+        if action == "ClearChargingProfile":
+            pid = p.get("id" if self.version == "1.6" else "chargingProfileId")
+            mine = store.cms_profiles(self.id)
+            if isinstance(pid, int) and pid in mine:
+                store.delete_cms_profile(self.id, pid)
+                self.spawn(self.push_limit(force=True))
+                return {"status": "Accepted"}
+            if pid in (self.ocpp.failsafe_profile_id, self.ocpp.limit_profile_id):
+                return {"status": "Unknown"}
+            crit = p if self.version == "1.6" else (p.get("chargingProfileCriteria") or {})
+            purpose = crit.get("chargingProfilePurpose")
+            level = crit.get("stackLevel")
+            cleared = False
+            if pid is None:
+                for mpid, rec in mine.items():
+                    prof = rec["profile"]
+                    if (purpose is None or prof.get("chargingProfilePurpose") == purpose) and (
+                        level is None or prof.get("stackLevel") == level
+                    ):
+                        store.delete_cms_profile(self.id, mpid)
+                        cleared = True
+            if cleared:
+                self.spawn(self.push_limit(force=True))
+                if purpose == policy.purpose(self.version, self.mode):
+                    return {"status": "Accepted"}  # nothing of the CMS's own left on the charger to clear
+            return None
+        if action == "GetCompositeSchedule":
+            limit = self.cms_limit()
+            if limit is None:
+                return None
+            duration = int(p.get("duration", 0))
+            unit = str(p.get("chargingRateUnit") or self.cfg.unit)
+            value = self._convert(limit, self.cfg.unit, unit)
+            if self.version == "1.6":
+                return policy.composite_16(int(p.get("connectorId", 0)), duration, unit, value, _now())
+            return policy.composite_201(int(p.get("evseId", 0)), duration, unit, value, _now())
+        return None
+
+    def _convert(self, value: float, unit: str, to_unit: str) -> float:
+        return policy.convert(
+            value,
+            unit,
+            to_unit,
+            voltage_ll_v=self.ctrl.site.service.voltage_ll_v,
+            phases=self.cfg.phases,
+            line_to_line=len(self.cfg.line_phases) == 2,
+        )
+
+    def cms_limit(self) -> float | None:
+        """The lowest limit the CMS's merged profiles set now, in the charger's unit."""
+        now = _now()
+        best: float | None = None
+        for rec in self.ctrl.store.cms_profiles(self.id).values():
+            received = policy.parse_iso(rec.get("received_at")) or now
+            got = policy.profile_limit_at(self.version, rec["profile"], received, now)
+            if got is None:
+                continue
+            value = self._convert(got[0], got[1], self.cfg.unit)
+            best = value if best is None else min(best, value)
+        return best
+
+    def _own_to_charger(self, action: str, payload: dict[str, Any], key: str | None = None) -> OutCall:
+        mid = new_message_id()
+        return self.to_charger.submit(OutCall(mid, call_text(mid, action, payload), action, True, payload, key=key))
+
+    async def _init_charger(self) -> None:
+        await self.learn_capabilities()
+        await self.install_profiles()
+
+    async def learn_capabilities(self) -> None:
+        store = self.ctrl.store
+        caps = store.caps(self.id)
+        if "learned" in caps:
+            return
+        try:
+            if self.version == "1.6":
+                keys = [
+                    "ChargeProfileMaxStackLevel",
+                    "ChargingScheduleAllowedChargingRateUnit",
+                    "SupportedFeatureProfiles",
+                ]
+                ans = await self._own_to_charger("GetConfiguration", {"key": keys}).result
+                if ans.kind == CALLRESULT:
+                    for kv in ans.payload.get("configurationKey") or []:
+                        if isinstance(kv, dict) and isinstance(kv.get("key"), str):
+                            caps[kv["key"]] = kv.get("value")
+            else:
+                names = ["Enabled", "Available", "ProfileStackLevel", "RateUnit"]
+                req = {
+                    "getVariableData": [
+                        {"component": {"name": "SmartChargingCtrlr"}, "variable": {"name": n}} for n in names
+                    ]
+                }
+                ans = await self._own_to_charger("GetVariables", req).result
+                if ans.kind == CALLRESULT:
+                    for r in ans.payload.get("getVariableResult") or []:
+                        if isinstance(r, dict) and r.get("attributeStatus") == "Accepted":
+                            caps["SmartChargingCtrlr." + str((r.get("variable") or {}).get("name"))] = r.get(
+                                "attributeValue"
+                            )
+        except CallFailed:
+            return
+        caps["learned"] = True
+        profiles = str(caps.get("SupportedFeatureProfiles") or "")
+        if (profiles and "SmartCharging" not in profiles) or str(caps.get("SmartChargingCtrlr.Enabled")) == "false":
+            self.log.warning("charger_without_smart_charging")
+            self.ctrl.event("profile_rejected", charger=self.id, reason="no SmartCharging")
+        caps.setdefault("mode", self.mode)
+        store.set_caps(self.id, caps)
+        self.log.info("capabilities_learned", caps=caps)
+
+    async def _set_profile(self, payload_for: Callable[[str], dict[str, Any]], key: str, wait: bool) -> bool | None:
+        """Send a profile; on rejection fall back to the next purpose. None: sent, answer not awaited."""
+        while True:
+            out = self._own_to_charger("SetChargingProfile", payload_for(self.mode), key=key)
+            if not wait:
+                out.on_answer = self._limit_answered
+                if self.to_charger.in_flight is out:
+                    # written now; one queued behind a CMS CALL in flight goes out after its answer
+                    await asyncio.wait({out.written}, timeout=self.ocpp.call_timeout_s)
+                return None
+            try:
+                ans = await out.result
+            except CallFailed:
+                return False
+            if ans.kind == CALLRESULT and ans.payload.get("status") == "Accepted":
+                return True
+            if not self._fall_back(ans):
+                return False
+
+    def _fall_back(self, ans: Frame) -> bool:
+        reason = ans.payload.get("status") if ans.kind == CALLRESULT else ans.payload.get("code")
+        self.ctrl.event(
+            "profile_rejected", charger=self.id, purpose=policy.purpose(self.version, self.mode), reason=reason
+        )
+        self.log.warning("profile_rejected", purpose=policy.purpose(self.version, self.mode), reason=reason)
+        nxt = policy.next_mode(self.mode)
+        if nxt is None or self.cfg.ocpp.profile_purpose is not None:
+            return False
+        self.mode = nxt
+        caps = self.ctrl.store.caps(self.id)
+        caps["mode"] = nxt
+        self.ctrl.store.set_caps(self.id, caps)
+        self.log.info("profile_purpose_fallback", purpose=policy.purpose(self.version, nxt))
+        return True
+
+    def _limit_answered(self, out: OutCall, ans: Frame | None) -> None:
+        if ans is not None and ans.kind == CALLRESULT and ans.payload.get("status") == "Accepted":
+            self.limit.ok = True
+            return
+        self.limit.ok = False
+        self.limit.sent = None  # resend (after a fallback, or later)
+        self.limit.retry_at = self.ctrl.clock() + 5.0
+        if ans is not None and self._fall_back(ans):
+            self.limit.retry_at = 0.0
+            self.spawn(self.install_profiles())
+
+    def failsafe_payload(self, mode: str) -> dict[str, Any]:
+        return policy.set_profile_payload(
+            self.version,
+            mode,
+            profile_id=self.ocpp.failsafe_profile_id,
+            stack_level=self.ocpp.failsafe_stack_level,
+            unit=self.cfg.unit,
+            limit=self.cfg.failsafe_limit,
+            start=FAILSAFE_START,
+            duration_s=None,
+        )
+
+    def limit_payload(self, mode: str, limit: float) -> dict[str, Any]:
+        return policy.set_profile_payload(
+            self.version,
+            mode,
+            profile_id=self.ocpp.limit_profile_id,
+            stack_level=self.ocpp.limit_stack_level,
+            unit=self.cfg.unit,
+            limit=limit,
+            start=_now(),
+            duration_s=int(self.ocpp.lease_s),
+        )
+
+    async def install_profiles(self) -> None:
+        """The persistent fail-safe profile, then the current limit (at boot and after every reconnect)."""
+        ok = await self._set_profile(self.failsafe_payload, "failsafe", wait=True)
+        if ok:
+            self.log.info(
+                "failsafe_installed", limit=self.cfg.failsafe_limit, purpose=policy.purpose(self.version, self.mode)
+            )
+        self.profiles_ready.set()
+        self.limit.sent = None
+        await self.push_limit(force=True)
+
+    def effective_limit(self) -> float | None:
+        target = self.limit.target
+        if target is None:
+            return None
+        cms = self.cms_limit()
+        return policy.round_limit(target if cms is None else min(target, cms))
+
+    def needs_send(self, now: float) -> bool:
+        eff = self.effective_limit()
+        st = self.limit
+        if eff is None or not self.profiles_ready.is_set():
+            return False
+        if st.sent is None:
+            return now >= st.retry_at
+        if eff < st.sent - 1e-9:
+            return True
+        sig = self.ocpp.significance_a if self.cfg.unit == "A" else self.ocpp.significance_w
+        if eff - st.sent >= max(sig, 0.1) - 1e-9:
+            return True
+        return now >= st.sent_at + self.ocpp.lease_s - self.ocpp.renew_before_s
+
+    async def push_limit(self, *, force: bool = False) -> None:
+        now = self.ctrl.clock()
+        if not force and not self.needs_send(now):
+            return
+        eff = self.effective_limit()
+        if eff is None or not self.profiles_ready.is_set():
+            return
+        self.limit.sent = eff
+        self.limit.sent_at = now
+        self.limit.ok = False
+        await self._set_profile(lambda mode: self.limit_payload(mode, eff), "limit", wait=False)
+
+    async def failsafe_now(self) -> bool:
+        """Set the limit profile to the fail-safe limit and wait for the answer."""
+        self.limit.target = self.cfg.failsafe_limit
+        self.limit.sent = self.cfg.failsafe_limit
+        self.limit.sent_at = self.ctrl.clock()
+        limit = self.cfg.failsafe_limit
+        return bool(await self._set_profile(lambda mode: self.limit_payload(mode, limit), "limit", wait=True))
+
+    async def stop_transaction(self) -> bool:
+        s = self.tracker.session
+        if s is None or s.transaction_id is None:
+            return False
+        payload: dict[str, Any]
+        if self.version == "1.6":
+            try:
+                tx = int(s.transaction_id)
+            except ValueError:
+                return False
+            action, payload = "RemoteStopTransaction", {"transactionId": tx}
+        else:
+            action, payload = "RequestStopTransaction", {"transactionId": s.transaction_id}
+        try:
+            ans = await self._own_to_charger(action, payload).result
+        except CallFailed:
+            return False
+        return ans.kind == CALLRESULT and ans.payload.get("status") == "Accepted"
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
