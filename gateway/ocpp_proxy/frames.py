@@ -7,14 +7,18 @@ never raises anything but :class:`FrameError`, which carries the CALLERROR to an
 
 from __future__ import annotations
 
+import decimal
+import functools
 import json
 import re
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from jsonschema import ValidationError as SchemaValidationError  # type: ignore[import-untyped]
-from ocpp.messages import get_validator
+import ocpp
+from jsonschema import Draft4Validator  # type: ignore[import-untyped]
+from jsonschema import ValidationError as SchemaValidationError
 
 from gateway.errors import OcppError
 
@@ -120,10 +124,12 @@ def validate(version: str, kind: int, action: str, payload: dict[str, Any]) -> s
 
     Actions without a schema (vendor actions) are not validated here.
     """
-    try:
-        validator = get_validator(kind, action, version)
-    except (OSError, ValueError):
+    validator = _validator(kind, action, version)
+    if validator is None:
         return None
+    if version == "1.6":
+        # 1.6 schemas use multipleOf 0.1: check decimals, not binary floats
+        payload = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
     try:
         validator.validate(payload)
     except SchemaValidationError as exc:
@@ -135,3 +141,21 @@ def validate(version: str, kind: int, action: str, payload: dict[str, Any]) -> s
             return "PropertyConstraintViolation"
         return error_code(version, "FormatViolation")
     return None
+
+
+_SCHEMA_ROOT = Path(ocpp.__file__).parent
+
+
+@functools.cache
+def _validator(kind: int, action: str, version: str) -> Any:
+    """The official JSON schema of a CALL or CALLRESULT payload (the `ocpp` package ships them)."""
+    if not action.isidentifier():
+        return None
+    name = action + ("Response" if kind == CALLRESULT else ("" if version == "1.6" else "Request"))
+    path = _SCHEMA_ROOT / ("v16" if version == "1.6" else "v201") / "schemas" / f"{name}.json"
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError:
+        return None
+    schema = json.loads(text, parse_float=decimal.Decimal if version == "1.6" else float)
+    return Draft4Validator(schema)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -24,8 +25,8 @@ from gateway.config import Site, site_from_text
 from gateway.ocpp_proxy.controller import OcppController
 
 
-async def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
+async def wait_for(cond: Callable[[], Any], limit_s: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + limit_s
     while True:
         v = cond()
         if v:
@@ -378,6 +379,8 @@ class Running:
 
     async def close(self) -> None:
         self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
         await self.ws.close()
 
 
@@ -421,10 +424,8 @@ class Gateway:
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-            except asyncio.CancelledError:
-                pass
 
 
 @pytest.fixture
