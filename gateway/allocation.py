@@ -169,7 +169,26 @@ def _draw_per_phase(site: Site, ch: ChargerConfig, cs: ChargerSnapshot, P: int) 
 
 
 def _floor(v: float, step: float = 0.1) -> float:
-    return math.floor(v / step + 1e-9) * step
+    # the filling level is found to within _TOL_A: allow that much so an exact share is not
+    # rounded down a whole step (the excess is below any meter's resolution)
+    return math.floor((v + 2 * _TOL_A) / step) * step
+
+
+def _draw_bound(prev: ChargerLimit, now: float) -> float:
+    return max(prev.line_a, prev.draw_bound_a) if now <= prev.draw_bound_until else prev.line_a
+
+
+def _next_draw_bound(prev: ChargerLimit | None, line: float, now: float, grace_s: float) -> tuple[float, float]:
+    """The draw bound after this tick: a new, higher limit raises it; a decrease keeps the earlier
+    limit as the bound for the grace period the EV has to follow it."""
+    if prev is None:
+        return line, now + grace_s
+    current = _draw_bound(prev, now)
+    if line >= current:
+        return line, now + grace_s
+    if current > prev.line_a:  # an earlier decrease is still being followed
+        return prev.draw_bound_a, prev.draw_bound_until
+    return current, now + grace_s
 
 
 @dataclass
@@ -234,7 +253,9 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
         prev_line = prev.line_a if prev is not None else None
         draw = _draw_per_phase(site, ch, cs, P)
         if draw is not None:
-            bound = max(draw) if prev_line is None or cs.noncompliant else min(max(draw), prev_line)
+            # a reported draw above what the charger may draw is stale or non-compliant: only the
+            # latter is believed, so that a stale report never hides non-EV load
+            bound = max(draw) if prev is None or cs.noncompliant else _draw_bound(prev, now)
             draw_est[i] = np.minimum(np.array(draw), bound)
         fs_line = ch.failsafe_limit * u2l
         if i in failsafe_reason:
@@ -434,8 +455,6 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
         else:
             reason = hi_reason[i]
         limit = max(ch.min_limit, _floor(xi / u2l))
-        if limit * u2l > xi + _EPS_A:  # the minimum itself is not a multiple of 0.1
-            limit = ch.min_limit
         if prev is not None and prev.limit >= ch.min_limit and limit > prev.limit:
             hyst = ctl.hysteresis_a if ch.kind == "ac" else ctl.hysteresis_w
             if limit - prev.limit < hyst:
@@ -444,16 +463,18 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
         running_since[i] = running_since[i] if (running_since[i] is not None and paused_since[i] is None) else now
         paused_since[i] = None
 
-    limits = {
-        cid: ChargerLimit(
+    limits: dict[str, ChargerLimit] = {}
+    for i, cid in enumerate(plan.ids):
+        bound, until = _next_draw_bound(prev_limits.get(cid), w.line[i], now, ctl.noncompliance_grace_s)
+        limits[cid] = ChargerLimit(
             limit=w.limit[i],
             line_a=w.line[i],
             reason=w.reason[i],
             paused_since=paused_since[i] if w.reason[i].startswith("paused:") else None,
             running_since=running_since[i] if i in active and not paused[i] else None,
+            draw_bound_a=bound,
+            draw_bound_until=until,
         )
-        for i, cid in enumerate(plan.ids)
-    }
 
     # ---- 7. circuit status ---------------------------------------------------------------
     final_line = np.array(w.line) if n else np.zeros(0)

@@ -86,6 +86,10 @@ class ChargerLimit:
     reason: str
     paused_since: float | None = None  # when the session was paused (for rotation)
     running_since: float | None = None  # when it last got its minimum or more
+    # The highest line current this charger may still legitimately draw: a decrease takes the
+    # EV up to the grace period to follow, so the bound keeps the earlier, higher limit until then.
+    draw_bound_a: float = 0.0
+    draw_bound_until: float = 0.0
 
 
 @dataclass(frozen=True)
