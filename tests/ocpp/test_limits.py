@@ -26,7 +26,11 @@ class FakeClock:
 
 def limits_16(cp: Any) -> list[tuple[int, str, float]]:
     return [
-        (p["stack_level"], p["charging_profile_purpose"], float(p["charging_schedule"]["charging_schedule_period"][0]["limit"]))
+        (
+            p["stack_level"],
+            p["charging_profile_purpose"],
+            float(p["charging_schedule"]["charging_schedule_period"][0]["limit"]),
+        )
         for p in cp.of("SetChargingProfile")
     ]
 
@@ -85,10 +89,14 @@ async def test_201_dc_limit_in_watts_on_evse0(cms: Cms, make_gateway: Any) -> No
         assert fs["evse_id"] == 0 and fs["charging_profile_purpose"] == "ChargingStationMaxProfile"
         assert fs["charging_schedule"][0]["charging_rate_unit"] == "W"
         assert fs["charging_schedule"][0]["charging_schedule_period"][0]["limit"] == 10000.0
-        assert lim["stack_level"] == 1 and lim["charging_schedule"][0]["charging_schedule_period"][0]["limit"] == 42000.0
+        assert (
+            lim["stack_level"] == 1 and lim["charging_schedule"][0]["charging_schedule_period"][0]["limit"] == 42000.0
+        )
         assert ch.cp.of("GetVariables"), "the device model was asked what the station supports"
         await gw.ctrl.apply_failsafe()
-        assert ch.cp.of("SetChargingProfile")[-1]["charging_schedule"][0]["charging_schedule_period"][0]["limit"] == 10000
+        assert (
+            ch.cp.of("SetChargingProfile")[-1]["charging_schedule"][0]["charging_schedule_period"][0]["limit"] == 10000
+        )
     finally:
         await ch.close()
 
@@ -180,8 +188,9 @@ async def test_cms_profile_merged_with_site_limit(cms: Cms, make_gateway: Any) -
         r2 = await cms.peers["CP16"].call(c16.ClearChargingProfile(id=77))
         assert r2.status == "Accepted"
         await wait_for(
-            lambda: a.cp.of("SetChargingProfile")[-1]["charging_schedule"]["charging_schedule_period"][0]["limit"]
-            == 20.0,
+            lambda: (
+                a.cp.of("SetChargingProfile")[-1]["charging_schedule"]["charging_schedule_period"][0]["limit"] == 20.0
+            ),
             what="cap lifted",
         )
         # 2.0.1: ChargingStationMaxProfile on EVSE 0 from the CMS, in W on an AC charger (converted)
@@ -206,8 +215,10 @@ async def test_cms_profile_merged_with_site_limit(cms: Cms, make_gateway: Any) -
         )
         assert r3.status == "Accepted"
         await wait_for(
-            lambda: b.cp.of("SetChargingProfile")[-1]["charging_schedule"][0]["charging_schedule_period"][0]["limit"]
-            == 12.0,
+            lambda: (
+                b.cp.of("SetChargingProfile")[-1]["charging_schedule"][0]["charging_schedule_period"][0]["limit"]
+                == 12.0
+            ),
             what="2.0.1 merge",
         )
         assert all(p["id"] != 5 for p in b.cp.of("SetChargingProfile"))

@@ -24,7 +24,10 @@ def _mv16(tx: int, amps: str) -> c16.MeterValues:
         connector_id=1,
         transaction_id=tx,
         meter_value=[
-            {"timestamp": T0, "sampledValue": [{"value": amps, "measurand": "Current.Import", "phase": "L1", "unit": "A"}]}
+            {
+                "timestamp": T0,
+                "sampledValue": [{"value": amps, "measurand": "Current.Import", "phase": "L1", "unit": "A"}],
+            }
         ],
     )
 

@@ -18,12 +18,16 @@ async def test_16_boot_authorize_transaction_meter_values(cms: Cms, make_gateway
     gw = await make_gateway(cms.port)
     ch = await connect_charger(gw.ctrl.port, "CP16", "1.6", password="secret-cp16")
     try:
+        await wait_for(lambda: gw.ctrl.cms_online("CP16"), what="CMS link")
         boot = await ch.cp.call(c16.BootNotification(charge_point_model="M", charge_point_vendor="V"))
         assert boot.status == "Accepted"
         assert cms.paths[0] == "/ocpp/CP16"
         # the charger's frame reached the CMS byte for byte
         sent_boot = [r for c, r in cms.raw if '"BootNotification"' in r]
-        assert len(sent_boot) == 1 and json.loads(sent_boot[0])[3] == {"chargePointModel": "M", "chargePointVendor": "V"}
+        assert len(sent_boot) == 1 and json.loads(sent_boot[0])[3] == {
+            "chargePointModel": "M",
+            "chargePointVendor": "V",
+        }
         auth = await ch.cp.call(c16.Authorize(id_tag="OK-1"))
         assert auth.id_tag_info["status"] == "Accepted"
         await ch.cp.call(c16.StatusNotification(connector_id=1, error_code="NoError", status="Preparing"))
@@ -50,9 +54,7 @@ async def test_16_boot_authorize_transaction_meter_values(cms: Cms, make_gateway
         assert snap.draw_w == 10900.0 and snap.draw_at is not None
         assert snap.session is not None and snap.session.transaction_id == "1001" and snap.session.id_token == "OK-1"
         assert "CP16" in gw.changes
-        await ch.cp.call(
-            c16.StopTransaction(meter_stop=5000, timestamp="2024-01-01T01:00:00Z", transaction_id=1001)
-        )
+        await ch.cp.call(c16.StopTransaction(meter_stop=5000, timestamp="2024-01-01T01:00:00Z", transaction_id=1001))
         await ch.cp.call(c16.StatusNotification(connector_id=1, error_code="NoError", status="Available"))
         snap = gw.ctrl.snapshot()["CP16"]
         assert snap.state == ChargerState.NO_EV and snap.session is None
@@ -69,6 +71,7 @@ async def test_201_transaction_event_and_phase_map(cms: Cms, make_gateway: Any) 
     gw = await make_gateway(cms.port)
     ch = await connect_charger(gw.ctrl.port, "CP201", "2.0.1")
     try:
+        await wait_for(lambda: gw.ctrl.cms_online("CP201"), what="CMS link")
         boot = await ch.cp.call(
             c201.BootNotification(charging_station={"model": "M", "vendor_name": "V"}, reason="PowerUp")
         )
@@ -88,7 +91,11 @@ async def test_201_transaction_event_and_phase_map(cms: Cms, make_gateway: Any) 
                     {"value": 10.0, "measurand": "Current.Import", "phase": "L1"},
                     {"value": 11.0, "measurand": "Current.Import", "phase": "L2"},
                     {"value": 12.0, "measurand": "Current.Import", "phase": "L3"},
-                    {"value": 7.5, "measurand": "Power.Active.Import", "unitOfMeasure": {"unit": "kW", "multiplier": 0}},
+                    {
+                        "value": 7.5,
+                        "measurand": "Power.Active.Import",
+                        "unitOfMeasure": {"unit": "kW", "multiplier": 0},
+                    },
                 ],
             }
         ]
@@ -146,7 +153,7 @@ async def test_remote_start_from_cms_keeps_message_id(cms: Cms, make_gateway: An
         assert r201.status == "Accepted"
         assert b.cp.of("RequestStartTransaction")[0]["remote_start_id"] == 7
         # the message id the CMS chose is the one the charger saw
-        cms_call = [f for f in a.cp.raw_in if '"RemoteStartTransaction"' in f][0]
+        cms_call = next(f for f in a.cp.raw_in if '"RemoteStartTransaction"' in f)
         assert json.loads(cms_call)[0] == 2
     finally:
         await a.close()
@@ -213,9 +220,10 @@ async def test_one_outstanding_call_per_direction(cms: Cms, make_gateway: Any) -
         await ws.send(json.dumps([3, f[1], {"versionNumber": 3}]))
         assert (await asyncio.wait_for(cms_task, 10)).version_number == 3
         f2 = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        assert f2[2] == "SetChargingProfile" and f2[3]["chargingProfile"]["chargingSchedule"][0][
-            "chargingSchedulePeriod"
-        ][0]["limit"] == 20.0
+        assert (
+            f2[2] == "SetChargingProfile"
+            and f2[3]["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"] == 20.0
+        )
         import uuid
 
         uuid.UUID(f2[1])  # the gateway's own message ids are UUIDs
