@@ -1,0 +1,84 @@
+// An independent OCPP-J peer (npm ocpp-rpc, strict schema validation) driven over stdin/stdout.
+//   node peer.js cms                                   -> a CMS on 127.0.0.1:<ephemeral>
+//   node peer.js charger URL IDENTITY PROTOCOL [PASSWORD] -> a charging station
+// stdout: one JSON object per line ({"ev": "ready"|"open"|"call"|"msg"|"result"|"error", ...}).
+// stdin: {"cmd": "call", "id": IDENTITY, "method": M, "params": P, "tag": T} per line.
+'use strict';
+const readline = require('readline');
+const { RPCServer, RPCClient } = require('ocpp-rpc');
+
+const out = (o) => process.stdout.write(JSON.stringify(o) + '\n');
+const clients = new Map();
+let nextTx = 5000;
+
+function answer(proto, method, params) {
+  const now = new Date().toISOString();
+  switch (method) {
+    case 'BootNotification': return { status: 'Accepted', currentTime: now, interval: 300 };
+    case 'Heartbeat': return { currentTime: now };
+    case 'Authorize':
+      return proto === 'ocpp1.6' ? { idTagInfo: { status: 'Accepted' } } : { idTokenInfo: { status: 'Accepted' } };
+    case 'StartTransaction': nextTx += 1; return { transactionId: nextTx, idTagInfo: { status: 'Accepted' } };
+    case 'StopTransaction': return {};
+    case 'TransactionEvent': return {};
+    case 'MeterValues': return {};
+    case 'StatusNotification': return {};
+    case 'DataTransfer': return { status: 'Accepted', data: 'interop-pong' };
+    case 'SetChargingProfile': return { status: 'Accepted' };
+    case 'ClearChargingProfile': return { status: 'Accepted' };
+    case 'GetConfiguration': return { configurationKey: [{ key: 'SupportedFeatureProfiles', readonly: true, value: 'Core,SmartCharging' }] };
+    case 'GetVariables':
+      return { getVariableResult: params.getVariableData.map((d) => ({ attributeStatus: 'Accepted', attributeValue: 'true', component: d.component, variable: d.variable })) };
+    case 'RemoteStartTransaction': case 'RemoteStopTransaction':
+    case 'RequestStartTransaction': case 'RequestStopTransaction':
+      return { status: 'Accepted' };
+    default: return {};
+  }
+}
+
+function attach(client, proto) {
+  client.on('message', ({ message, outbound }) => out({ ev: 'msg', id: client.identity, raw: String(message), outbound }));
+  client.on('strictValidationFailure', (e) => out({ ev: 'strict_failure', id: client.identity, error: String(e.error || e) }));
+  client.handle(({ method, params }) => {
+    out({ ev: 'call', id: client.identity, method, params });
+    return answer(proto, method, params);
+  });
+}
+
+async function main() {
+  const [mode, ...args] = process.argv.slice(2);
+  if (mode === 'cms') {
+    const server = new RPCServer({ protocols: ['ocpp1.6', 'ocpp2.0.1'], strictMode: true });
+    server.auth((accept, reject, handshake) => accept({ password: handshake.password ? handshake.password.toString() : null }));
+    server.on('client', (client) => {
+      clients.set(client.identity, client);
+      attach(client, client.protocol);
+      out({ ev: 'open', id: client.identity, protocol: client.protocol, password: client.session.password });
+      client.on('close', () => { clients.delete(client.identity); out({ ev: 'close', id: client.identity }); });
+    });
+    const http = await server.listen(0, '127.0.0.1');
+    out({ ev: 'ready', port: http.address().port });
+  } else {
+    const [url, identity, proto, password] = args;
+    const cli = new RPCClient({ endpoint: url, identity, protocols: [proto], strictMode: true, password, reconnect: false });
+    attach(cli, proto);
+    clients.set(identity, cli);
+    await cli.connect();
+    out({ ev: 'open', id: identity, protocol: cli.protocol });
+  }
+  const rl = readline.createInterface({ input: process.stdin });
+  rl.on('line', async (line) => {
+    const cmd = JSON.parse(line);
+    const c = clients.get(cmd.id);
+    if (!c) { out({ ev: 'error', tag: cmd.tag, error: 'no such client' }); return; }
+    try {
+      const result = await c.call(cmd.method, cmd.params);
+      out({ ev: 'result', tag: cmd.tag, result });
+    } catch (e) {
+      out({ ev: 'error', tag: cmd.tag, error: String(e), code: e.rpcErrorCode });
+    }
+  });
+  rl.on('close', () => process.exit(0));
+}
+
+main().catch((e) => { out({ ev: 'fatal', error: String(e) }); process.exit(1); });
