@@ -1,0 +1,205 @@
+"""Remote site cap: a temporary, cloud-set limit on the service (demand response, demand charges).
+
+Command payload on ``<root>cmd/site_limit`` (JSON object):
+
+* ``{"id": "dr-42", "limit_a": 2500, "duration_s": 900}``: cap every phase of the service at 2500 A
+  for 900 s; ``limit_kw`` instead of ``limit_a`` gives the cap in kW of active power, and
+  ``until`` (ISO 8601 with a UTC offset) instead of ``duration_s`` an absolute expiry.
+* ``{"id": "dr-43", "clear": true}``: remove the active cap now.
+
+A cap can only lower the limit: one above the configured service limit is refused. The
+newest valid command replaces the previous cap. Anything else is refused with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway.config import SQRT3, ServiceConfig
+from gateway.errors import TelemetryError
+
+MAX_DURATION_S = 86_400.0  # a cap lasts at most a day; the cloud re-sends to extend it
+MAX_PAYLOAD_BYTES = 4096
+MAX_ID_LEN = 64
+_KEYS = {"id", "limit_a", "limit_kw", "duration_s", "until", "clear"}
+
+
+class CommandRejected(TelemetryError):
+    """A remote command was malformed or not allowed; ``reason`` says why."""
+
+    def __init__(self, reason: str, request_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class CapRequest:
+    """A validated site cap command."""
+
+    request_id: str | None
+    clear: bool = False
+    limit_a: float | None = None  # as requested (one of limit_a / limit_kw)
+    limit_kw: float | None = None
+    duration_s: float = 0.0  # from now
+
+
+@dataclass(frozen=True)
+class RemoteCap:
+    """The active cap. ``expires_at`` is on the monotonic clock, ``expires_wall`` on the wall clock."""
+
+    limit_a: float  # per phase, converted, never above the service limit
+    request_id: str | None
+    requested_a: float | None
+    requested_kw: float | None
+    expires_at: float
+    expires_wall: float
+    set_wall: float
+
+
+def kw_to_a(kw: float, service: ServiceConfig) -> float:
+    """Active power (kW) -> current per phase (A) at the nominal voltage.
+
+    I = P / (sqrt(3) * V_LL) on three phases, P / V on one. At a power factor below 1 the real
+    current for that power is higher, so this errs on the side of less current.
+    """
+    w = kw * 1000.0
+    if service.phases == 3:
+        return w / (SQRT3 * service.voltage_ll_v)
+    return w / service.voltage_ll_v
+
+
+def _number(obj: dict[str, Any], key: str, rid: str | None) -> float:
+    v = obj[key]
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise CommandRejected(f"{key} must be a number, got {type(v).__name__}", rid)
+    f = float(v)
+    if not math.isfinite(f):
+        raise CommandRejected(f"{key} must be a finite number", rid)
+    return f
+
+
+def parse_cap_command(payload: bytes, *, service: ServiceConfig, now_wall: float) -> CapRequest:
+    """Validate a ``cmd/site_limit`` payload; raise CommandRejected with the reason."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise CommandRejected(f"payload too large ({len(payload)} bytes > {MAX_PAYLOAD_BYTES})")
+    try:
+        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CommandRejected(f"not a JSON document: {exc}") from None
+    if not isinstance(obj, dict):
+        raise CommandRejected(f"expected a JSON object, got {type(obj).__name__}")
+    rid_raw = obj.get("id")
+    rid: str | None = None
+    if rid_raw is not None:
+        if not isinstance(rid_raw, str) or not 0 < len(rid_raw) <= MAX_ID_LEN:
+            raise CommandRejected(f"id must be a string of 1..{MAX_ID_LEN} characters")
+        rid = rid_raw
+    unknown = sorted(set(obj) - _KEYS)
+    if unknown:
+        raise CommandRejected(f"unknown key(s): {', '.join(unknown)}", rid)
+
+    if "clear" in obj:
+        if obj["clear"] is not True:
+            raise CommandRejected("clear must be true", rid)
+        extra = sorted(set(obj) - {"id", "clear"})
+        if extra:
+            raise CommandRejected(f"clear takes no other keys (got {', '.join(extra)})", rid)
+        return CapRequest(request_id=rid, clear=True)
+
+    has_a, has_kw = "limit_a" in obj, "limit_kw" in obj
+    if has_a == has_kw:
+        raise CommandRejected("give exactly one of limit_a or limit_kw", rid)
+    limit_a: float | None = None
+    limit_kw: float | None = None
+    if has_a:
+        limit_a = _number(obj, "limit_a", rid)
+        if limit_a < 0:
+            raise CommandRejected("limit_a must be >= 0", rid)
+        amps = limit_a
+    else:
+        limit_kw = _number(obj, "limit_kw", rid)
+        if limit_kw < 0:
+            raise CommandRejected("limit_kw must be >= 0", rid)
+        amps = kw_to_a(limit_kw, service)
+    if amps > service.limit_a + 1e-9:
+        raise CommandRejected(
+            f"cap of {amps:.1f} A per phase exceeds the service limit of {service.limit_a:g} A: "
+            "a remote cap can only lower the limit",
+            rid,
+        )
+
+    has_d, has_u = "duration_s" in obj, "until" in obj
+    if has_d == has_u:
+        raise CommandRejected("give exactly one of duration_s or until", rid)
+    if has_d:
+        duration = _number(obj, "duration_s", rid)
+    else:
+        until = obj["until"]
+        if not isinstance(until, str):
+            raise CommandRejected("until must be an ISO 8601 date-time string", rid)
+        try:
+            dt = datetime.fromisoformat(until.replace("Z", "+00:00"))
+        except ValueError:
+            raise CommandRejected(f"until is not an ISO 8601 date-time: {until!r}", rid) from None
+        if dt.tzinfo is None:
+            raise CommandRejected("until needs a UTC offset (e.g. 'Z' or '+00:00')", rid)
+        duration = dt.timestamp() - now_wall
+    if duration <= 0:
+        raise CommandRejected("the cap would already have expired (duration must be > 0)", rid)
+    if duration > MAX_DURATION_S:
+        raise CommandRejected(f"a cap lasts at most {MAX_DURATION_S:g} s; re-send it to extend", rid)
+    return CapRequest(request_id=rid, limit_a=limit_a, limit_kw=limit_kw, duration_s=duration)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def cap_amps(req_a: float | None, req_kw: float | None, service: ServiceConfig) -> float:
+    """The requested cap in A per phase, clamped to the service limit."""
+    amps = req_a if req_a is not None else kw_to_a(req_kw or 0.0, service)
+    return min(amps, service.limit_a)
+
+
+def cap_to_json(cap: RemoteCap) -> str:
+    return json.dumps(
+        {
+            "id": cap.request_id,
+            "limit_a": cap.requested_a,
+            "limit_kw": cap.requested_kw,
+            "expires_wall": cap.expires_wall,
+            "set_wall": cap.set_wall,
+        }
+    )
+
+
+def cap_from_json(text: str, *, service: ServiceConfig, now: float, now_wall: float) -> RemoteCap | None:
+    """A persisted cap, re-anchored on the monotonic clock; None if it expired or is unreadable."""
+    try:
+        d = json.loads(text)
+        expires_wall = float(d["expires_wall"])
+        req_a = None if d.get("limit_a") is None else float(d["limit_a"])
+        req_kw = None if d.get("limit_kw") is None else float(d["limit_kw"])
+        set_wall = float(d.get("set_wall", now_wall))
+        rid = d.get("id")
+    except (ValueError, KeyError, TypeError):
+        return None
+    if (req_a is None) == (req_kw is None):
+        return None
+    remaining = expires_wall - now_wall
+    if not math.isfinite(remaining) or remaining <= 0 or remaining > MAX_DURATION_S:
+        return None
+    return RemoteCap(
+        limit_a=cap_amps(req_a, req_kw, service),
+        request_id=rid if isinstance(rid, str) else None,
+        requested_a=req_a,
+        requested_kw=req_kw,
+        expires_at=now + remaining,
+        expires_wall=expires_wall,
+        set_wall=set_wall,
+    )
