@@ -57,6 +57,7 @@ class _Plan:
     circuit_ids: tuple[str, ...]
     n_phases: int
     unit_to_line: FloatArray  # A of line current per unit of limit (1 for AC, A/W for DC)
+    unit_to_line_list: tuple[float, ...]
     mem_c: IntArray  # membership: charger index ...
     mem_k: IntArray  # ... loads constraint index (circuit * P + phase)
     mem_p: IntArray  # ... on this site phase
@@ -112,6 +113,7 @@ def _build_plan(site: Site) -> _Plan:
         circuit_ids=circuit_ids,
         n_phases=P,
         unit_to_line=np.array([site.to_line_a(ch, 1.0) for ch in chargers], dtype=np.float64),
+        unit_to_line_list=tuple(site.to_line_a(ch, 1.0) for ch in chargers),
         mem_c=np.array(mem_c, dtype=np.intp),
         mem_k=np.array(mem_k, dtype=np.intp),
         mem_p=np.array(mem_p, dtype=np.intp),
@@ -178,17 +180,15 @@ def _draw_bound(prev: ChargerLimit, now: float) -> float:
     return max(prev.line_a, prev.draw_bound_a) if now <= prev.draw_bound_until else prev.line_a
 
 
-def _next_draw_bound(prev: ChargerLimit | None, line: float, now: float, grace_s: float) -> tuple[float, float]:
+def _next_draw_bound(prev: ChargerLimit, line: float, now: float, grace_until: float) -> tuple[float, float]:
     """The draw bound after this tick: a new, higher limit raises it; a decrease keeps the earlier
     limit as the bound for the grace period the EV has to follow it."""
-    if prev is None:
-        return line, now + grace_s
     current = _draw_bound(prev, now)
     if line >= current:
-        return line, now + grace_s
+        return line, grace_until
     if current > prev.line_a:  # an earlier decrease is still being followed
         return prev.draw_bound_a, prev.draw_bound_until
-    return current, now + grace_s
+    return current, grace_until
 
 
 @dataclass
@@ -233,84 +233,97 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
         for i in plan.subtree_chargers[m.circuit]:
             failsafe_reason.setdefault(int(i), f"failsafe:{mid}-{problem}")
 
-    # ---- 2. classify chargers ----------------------------------------------------------
+    # ---- 2. classify chargers (plain lists in the loop: numpy scalar access is slow) --------
     w = _Work(limit=[0.0] * n, line=[0.0] * n, reason=[""] * n)
-    draw_est = np.zeros((n, P))  # EV draw subtracted from meters (A per site phase)
-    fixed = np.zeros(n)  # line current reserved for chargers not allocated this tick
+    zero = [0.0] * P
+    draw_l: list[list[float]] = [zero] * n  # EV draw subtracted from meters (A per site phase)
+    fixed_l = [0.0] * n  # line current reserved for chargers not allocated this tick
     active: list[int] = []
-    lo = np.zeros(n)
-    hi = np.zeros(n)
+    lo_l = [0.0] * n
+    hi_l = [0.0] * n
     hi_reason = [""] * n
-    weight = np.ones(n)
+    weight_l = [1.0] * n
     paused_since: list[float | None] = [None] * n
     running_since: list[float | None] = [None] * n
     offline_default = ChargerSnapshot(id="", online=False)
+    u2l_l = plan.unit_to_line_list
 
     for i, (cid, ch) in enumerate(zip(plan.ids, plan.chargers, strict=True)):
         cs = snapshot.chargers.get(cid, offline_default)
-        u2l = float(plan.unit_to_line[i])
+        u2l = u2l_l[i]
         prev = prev_limits.get(cid)
-        prev_line = prev.line_a if prev is not None else None
         draw = _draw_per_phase(site, ch, cs, P)
+        draw_max = 0.0
         if draw is not None:
             # a reported draw above what the charger may draw is stale or non-compliant: only the
             # latter is believed, so that a stale report never hides non-EV load
-            bound = max(draw) if prev is None or cs.noncompliant else _draw_bound(prev, now)
-            draw_est[i] = np.minimum(np.array(draw), bound)
-        fs_line = ch.failsafe_limit * u2l
+            draw_max = max(draw)
+            if prev is not None and not cs.noncompliant:
+                bound = prev.line_a
+                if now <= prev.draw_bound_until and prev.draw_bound_a > bound:
+                    bound = prev.draw_bound_a
+                if draw_max > bound:
+                    draw = [min(v, bound) for v in draw]
+                    draw_max = bound
+            draw_l[i] = draw
         if i in failsafe_reason:
+            fs_line = ch.failsafe_limit * u2l
             w.limit[i], w.line[i], w.reason[i] = ch.failsafe_limit, fs_line, failsafe_reason[i]
-            fixed[i] = max(fs_line, float(draw_est[i].max()) if cs.noncompliant else 0.0)
+            fixed_l[i] = max(fs_line, draw_max if cs.noncompliant else 0.0)
             continue
         if not cs.online:
             held = max(prev.limit if prev is not None else 0.0, ch.failsafe_limit)
             w.limit[i], w.line[i], w.reason[i] = held, held * u2l, "offline:reserved"
-            fixed[i] = held * u2l
+            fixed_l[i] = held * u2l
             continue
         if cs.noncompliant:
             held = prev.limit if prev is not None else ch.min_limit
             w.limit[i], w.line[i], w.reason[i] = held, held * u2l, "noncompliant:fixed-load"
-            fixed[i] = max(float(draw_est[i].max()) if draw is not None else 0.0, held * u2l)
-            if draw is not None:
-                draw_est[i] = np.array(draw)
+            fixed_l[i] = max(draw_max, held * u2l)
             continue
         if not cs.state.has_session:
             w.limit[i], w.line[i] = 0.0, 0.0
             w.reason[i] = "idle:no-ev" if cs.state == ChargerState.NO_EV else f"idle:{cs.state.value}"
-            fixed[i] = float(draw_est[i].max())  # whatever it still draws stays counted
+            fixed_l[i] = draw_max  # whatever it still draws stays counted
             continue
         # an active session: allocatable
         active.append(i)
         prio = cs.session.priority if cs.session is not None and cs.session.priority in site.priorities else None
-        weight[i] = site.priorities[prio or ch.priority].weight
-        lo[i] = ch.min_limit * u2l
+        weight_l[i] = site.priorities[prio or ch.priority].weight
+        lo_i = ch.min_limit * u2l
+        lo_l[i] = lo_i
         cap_line, cap_reason = ch.max_limit * u2l, "max:charger"
-        draw_line = float(max(draw)) if draw is not None else None
         if cs.state == ChargerState.SUSPENDED_EV:
-            if lo[i] < cap_line:
-                cap_line, cap_reason = lo[i], "max:ev-suspended"
-        elif cs.state == ChargerState.CHARGING and draw_line is not None:
+            if lo_i < cap_line:
+                cap_line, cap_reason = lo_i, "max:ev-suspended"
+        elif cs.state == ChargerState.CHARGING and draw is not None:
             allowance = ctl.draw_allowance_a if ch.kind == "ac" else ctl.draw_allowance_w * u2l
-            dc = max(lo[i], draw_line + allowance)
-            if dc < cap_line:
-                cap_line, cap_reason = dc, "max:ev-draw"
+            dcap = max(lo_i, draw_max + allowance)
+            if dcap < cap_line:
+                cap_line, cap_reason = dcap, "max:ev-draw"
         # ramp: an increase is rate-limited from the previous limit
-        start = prev_line if prev is not None and prev.limit > 0 else None
-        if start is None and previous is None and draw_line is not None:
-            start = draw_line  # first allocation after a (re)start: continue from the measured draw
+        start = prev.line_a if prev is not None and prev.limit > 0 else None
+        if start is None and previous is None and draw is not None:
+            start = draw_max  # first allocation after a (re)start: continue from the measured draw
         if start is None:
-            ramp_cap = lo[i]
+            ramp_cap = lo_i
         else:
             rate = ctl.ramp_up_a_per_s if ch.kind == "ac" else ctl.ramp_up_w_per_s * u2l
-            ramp_cap = max(lo[i], start + rate * dt)
+            ramp_cap = max(lo_i, start + rate * dt)
         if ramp_cap < cap_line - _EPS_A:
             cap_line, cap_reason = ramp_cap, "ramp:rate-limit"
-        hi[i], hi_reason[i] = cap_line, cap_reason
+        hi_l[i], hi_reason[i] = cap_line, cap_reason
         if prev is not None:
             paused_since[i], running_since[i] = prev.paused_since, prev.running_since
         elif cs.session is not None:
             # a session we have not allocated yet waits its turn like a paused one
             paused_since[i] = min(now, cs.session.started_at)
+
+    draw_est = np.array(draw_l, dtype=np.float64).reshape(n, P)
+    fixed = np.array(fixed_l, dtype=np.float64)
+    lo = np.array(lo_l, dtype=np.float64)
+    hi = np.array(hi_l, dtype=np.float64)
+    weight = np.array(weight_l, dtype=np.float64)
 
     # ---- 3. headroom per circuit and phase ---------------------------------------------
     ev_draw_k = np.bincount(plan.mem_k, weights=draw_est[plan.mem_c, plan.mem_p], minlength=K)
@@ -433,24 +446,25 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
         usage_fixed = usage_fixed + np.bincount(plan.mem_k[fm], weights=x[plan.mem_c[fm]], minlength=K)
 
     # ---- 6. limits, hysteresis, reasons, rotation bookkeeping --------------------------
-    running_weights = {float(weight[i]) for i in active if not paused[i]}
+    x_l, hi_l2, w_l, paused_l = x.tolist(), hi.tolist(), weight.tolist(), paused.tolist()
+    running_weights = {w_l[i] for i in active if not paused_l[i]}
     for i in active:
         ch = plan.chargers[i]
-        u2l = float(plan.unit_to_line[i])
+        u2l = u2l_l[i]
         prev = prev_limits.get(plan.ids[i])
-        if paused[i]:
+        if paused_l[i]:
             w.limit[i], w.line[i] = 0.0, 0.0
-            if float(weight[i]) in running_weights:
+            if w_l[i] in running_weights:
                 w.reason[i] = "paused:rotation"
-            elif any(r > weight[i] for r in running_weights):
+            elif any(r > w_l[i] for r in running_weights):
                 w.reason[i] = "paused:priority"
             else:
                 w.reason[i] = f"paused:{binding_name[pause_cause[i]]}"
             paused_since[i] = paused_since[i] if paused_since[i] is not None else now
             running_since[i] = None
             continue
-        xi = float(x[i])
-        if i in frozen_reason and xi < hi[i] - 1e-3:
+        xi = x_l[i]
+        if i in frozen_reason and xi < hi_l2[i] - 1e-3:
             reason = f"capped:{binding_name[frozen_reason[i]]}"
         else:
             reason = hi_reason[i]
@@ -464,16 +478,20 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
         paused_since[i] = None
 
     limits: dict[str, ChargerLimit] = {}
+    is_active_l = is_active.tolist()
+    grace_until = now + ctl.noncompliance_grace_s
     for i, cid in enumerate(plan.ids):
-        bound, until = _next_draw_bound(prev_limits.get(cid), w.line[i], now, ctl.noncompliance_grace_s)
+        line, reason = w.line[i], w.reason[i]
+        prev = prev_limits.get(cid)
+        bound, until = (line, grace_until) if prev is None else _next_draw_bound(prev, line, now, grace_until)
         limits[cid] = ChargerLimit(
-            limit=w.limit[i],
-            line_a=w.line[i],
-            reason=w.reason[i],
-            paused_since=paused_since[i] if w.reason[i].startswith("paused:") else None,
-            running_since=running_since[i] if i in active and not paused[i] else None,
-            draw_bound_a=bound,
-            draw_bound_until=until,
+            w.limit[i],
+            line,
+            reason,
+            paused_since[i] if reason.startswith("paused:") else None,
+            running_since[i] if is_active_l[i] and not paused_l[i] else None,
+            bound,
+            until,
         )
 
     # ---- 7. circuit status ---------------------------------------------------------------

@@ -186,7 +186,7 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
     priorities = _parse_priorities(root)
     control = _parse_control(root.table("control"))
     logging_cfg = _parse_logging(root.table("logging"))
-    meters = _parse_meters(root, circuits)
+    meters = _parse_meters(root, circuits, service.phases)
     circuits = {
         cid: _with_meter(c, meters) for cid, c in circuits.items()
     }
@@ -384,7 +384,7 @@ def _parse_logging(t: Table | None) -> LoggingConfig:
     return c
 
 
-def _parse_meters(root: Table, circuits: Mapping[str, CircuitConfig]) -> dict[str, MeterConfig]:
+def _parse_meters(root: Table, circuits: Mapping[str, CircuitConfig], n_phases: int) -> dict[str, MeterConfig]:
     out: dict[str, MeterConfig] = {}
     by_circuit: dict[str, str] = {}
     for t in root.tables("meters"):
@@ -395,6 +395,13 @@ def _parse_meters(root: Table, circuits: Mapping[str, CircuitConfig]) -> dict[st
             raise t.error("circuit", f"unknown circuit {m.circuit!r}")
         if m.circuit in by_circuit:
             raise t.error("circuit", f"circuit {m.circuit!r} is already measured by meter {by_circuit[m.circuit]!r}")
+        if any(p >= n_phases for p in m.phase_map):
+            raise t.error(
+                "phase_map",
+                f"the service has {n_phases} phase(s): a meter phase cannot map to "
+                f"{', '.join(PHASES[p] for p in m.phase_map if p >= n_phases)}"
+                + (' (use phase_map = ["L1"])' if n_phases == 1 else ""),
+            )
         by_circuit[m.circuit] = m.id
         out[m.id] = m
     check_bus_settings(list(out.values()))

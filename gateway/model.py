@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class ChargerState(enum.StrEnum):
@@ -79,8 +80,10 @@ class Snapshot:
     site_cap_a: float | None = None  # remote, temporary cap on the service (per phase)
 
 
-@dataclass(frozen=True)
-class ChargerLimit:
+class ChargerLimit(NamedTuple):
+    """One charger's limit for this tick (immutable; a NamedTuple because the allocator makes
+    one per charger per tick and dataclass construction is several times slower)."""
+
     limit: float  # in the charger's unit: A per phase (AC) or W (DC)
     line_a: float  # line current per loaded site phase that the limit allows (A)
     reason: str

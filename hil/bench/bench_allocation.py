@@ -1,0 +1,60 @@
+"""Benchmark: allocate() time for 20, 200 and 1000 chargers in a 4-level tree.
+
+Target on the reference machine (2 cores): median <= 1 ms at 20 chargers, <= 10 ms at 1000.
+Run: python hil/bench/bench_allocation.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from gateway.allocation import allocate
+from gateway.model import Allocation
+from hil.bench.sites import busy_snapshot, tree_site
+
+
+def bench(n: int, runs: int, service_factor: float) -> tuple[float, float, float, dict[str, int]]:
+    site = tree_site(n, service_factor)
+    rng = random.Random(n)
+    snaps = [busy_snapshot(site, 1000.0 + k, rng) for k in range(20)]
+    prev: Allocation | None = None
+    times: list[float] = []
+    reasons: dict[str, int] = {}
+    for k in range(runs):
+        s = snaps[k % len(snaps)]
+        now = 1000.0 + k
+        s = s.__class__(taken_at=now, meters={m: r.__class__(current_a=r.current_a, at=now) if r else None
+                                              for m, r in s.meters.items()}, chargers=s.chargers)
+        t0 = time.perf_counter()
+        prev = allocate(s, site, prev, now)
+        times.append((time.perf_counter() - t0) * 1000)
+    assert prev is not None
+    for lim in prev.limits.values():
+        key = lim.reason.split(":")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    times.sort()
+    return statistics.median(times), times[int(0.99 * (len(times) - 1))], times[-1], reasons
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=300)
+    args = ap.parse_args()
+    print(f"allocate() on a 4-level tree (service/transformers/panels/chargers), {args.runs} ticks each")
+    print(f"{'chargers':>8} {'median ms':>10} {'p99 ms':>8} {'max ms':>8}  reasons in the last tick")
+    for label, factor in (("roomy service (45 % of connected)", 0.45), ("tight service (25 % of connected)", 0.25)):
+        print(f"-- {label}")
+        for n in (20, 200, 1000):
+            med, p99, mx, reasons = bench(n, args.runs, factor)
+            print(f"{n:>8} {med:>10.3f} {p99:>8.3f} {mx:>8.3f}  {reasons}")
+
+
+if __name__ == "__main__":
+    main()
