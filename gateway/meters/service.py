@@ -129,6 +129,17 @@ class MeterService:
         async with asyncio.TaskGroup() as tg:
             for key, mids in self._buses.items():
                 tg.create_task(self._run_bus(key, mids), name=f"meters-{key}")
+            if self._slots:
+                tg.create_task(self._watch(), name="meters-watch")
+
+    async def _watch(self) -> None:
+        """Log a meter going stale when it does, even while its poller waits out a timeout or backoff."""
+        period = min(0.5, max(0.05, min(s.cfg.stale_after_s for s in self._slots.values()) / 10))
+        while True:
+            await asyncio.sleep(period)
+            for slot in self._slots.values():
+                if slot.state != "stale" and self._status_of(slot) == "stale":
+                    self._log_state(slot, failed=slot.fails > 0)
 
     async def _run_bus(self, key: str, mids: list[str]) -> None:
         cfgs = [self._slots[m].cfg for m in mids]
