@@ -1,0 +1,305 @@
+"""The one control task: every tick it snapshots, allocates, actuates and publishes, for all chargers.
+
+A meter reading that shows a circuit above its limit (or a meter turning invalid) wakes the loop
+at once instead of waiting for the tick. A failing device only becomes "unknown" in the snapshot;
+nothing a device does stops the loop. The watchdog is pinged from here, so a hung loop is
+restarted by systemd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import structlog
+
+from gateway.allocation import allocate
+from gateway.config import Site
+from gateway.model import Allocation, ChargerSnapshot, MeterReading, Snapshot
+from gateway.systemd import Notifier
+
+log = structlog.get_logger(__name__)
+
+
+class MeterSource(Protocol):
+    def readings(self) -> Mapping[str, MeterReading | None]: ...
+
+
+class ChargerPort(Protocol):
+    def snapshot(self) -> Mapping[str, ChargerSnapshot]: ...
+
+    async def apply(self, allocation: Allocation) -> None: ...
+
+    async def stop_transaction(self, charger_id: str) -> None: ...
+
+
+class TelemetrySink(Protocol):
+    def publish_tick(self, snapshot: Snapshot, allocation: Allocation) -> None: ...
+
+    def event(self, name: str, **fields: object) -> None: ...
+
+    def site_cap_a(self, now: float) -> float | None: ...
+
+
+@dataclass(frozen=True)
+class TickRecord:
+    at: float
+    snapshot_age_s: float  # age of the oldest trusted meter reading
+    allocation_s: float
+    actuation_s: float
+    publish_s: float
+    trigger: str  # "tick" | "overload:<meter>" | "meter-invalid:<meter>"
+
+
+class ComplianceMonitor:
+    """Flags chargers whose measured draw stays above their limit once they have had time to follow it.
+
+    A draw counts only if it was measured at least the grace period after the limit was lowered to its
+    present value (EVs take 5-11 s to follow). A flagged charger is cleared by a later draw within its
+    limit plus the tolerance.
+    """
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self._limit_since: dict[str, tuple[float, float]] = {}  # charger -> (limit, since)
+        self.flagged: dict[str, float] = {}  # charger -> flagged at
+
+    def update(
+        self, chargers: Mapping[str, ChargerSnapshot], previous: Allocation | None, now: float
+    ) -> tuple[list[str], list[str]]:
+        """Returns (newly flagged, newly cleared)."""
+        ctl = self.site.control
+        flagged: list[str] = []
+        cleared: list[str] = []
+        if previous is None:
+            return flagged, cleared
+        for cid, lim in previous.limits.items():
+            ch = self.site.chargers.get(cid)
+            if ch is None:
+                continue
+            held = self._limit_since.get(cid)
+            if held is None or lim.limit < held[0]:
+                self._limit_since[cid] = (lim.limit, now)  # a decrease: the grace period starts now
+            elif lim.limit > held[0]:
+                self._limit_since[cid] = (lim.limit, held[1])  # an increase never makes anyone late
+            cs = chargers.get(cid)
+            if cs is None or not cs.online or cs.draw_at is None:
+                continue
+            if ch.kind == "ac":
+                if cs.draw_a is None:
+                    continue
+                draw = max((cs.draw_a[p] for p in ch.line_phases if p < len(cs.draw_a)), default=0.0)
+                tol = ctl.noncompliance_tolerance_a
+            else:
+                if cs.draw_w is None:
+                    continue
+                draw, tol = cs.draw_w, ctl.noncompliance_tolerance_w
+            limit, since = self._limit_since[cid]
+            if lim.reason.startswith(("failsafe:", "offline:")):
+                continue
+            over = draw > limit + tol
+            if cid in self.flagged:
+                if not over and cs.draw_at >= self.flagged[cid]:
+                    del self.flagged[cid]
+                    cleared.append(cid)
+            elif over and cs.draw_at >= since + ctl.noncompliance_grace_s:
+                self.flagged[cid] = now
+                flagged.append(cid)
+        return flagged, cleared
+
+    def update_site(self, site: Site) -> None:
+        self.site = site
+        for cid in list(self.flagged):
+            if cid not in site.chargers:
+                del self.flagged[cid]
+
+
+class ControlLoop:
+    def __init__(
+        self,
+        site: Site,
+        meters: MeterSource,
+        chargers: ChargerPort,
+        *,
+        telemetry: TelemetrySink | None = None,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        history: int = 3600,
+    ) -> None:
+        self.site = site
+        self.meters = meters
+        self.chargers = chargers
+        self.telemetry = telemetry
+        self.notifier = notifier or Notifier(address="")
+        self.clock = clock
+        self.allocation: Allocation | None = None
+        self.snapshot: Snapshot | None = None
+        self.records: deque[TickRecord] = deque(maxlen=history)
+        self.compliance = ComplianceMonitor(site)
+        self._wake = asyncio.Event()
+        self._trigger = "tick"
+        self._mode = "normal"
+        self._ticks = 0
+        self.ticked = asyncio.Event()  # set after every tick (tests and the demo wait on it)
+
+    # -- inputs --------------------------------------------------------------------------
+    def on_meter_reading(self, meter_id: str, reading: MeterReading) -> None:
+        """Called by the meter layer for every reading: wake the loop at once on an overload."""
+        m = self.site.meters.get(meter_id)
+        if m is None:
+            return
+        if not reading.valid:
+            self.wake(f"meter-invalid:{meter_id}")
+            return
+        c = self.site.circuits[m.circuit]
+        cap = c.limit_a - c.margin_a
+        if any(a > cap for a in reading.current_a):
+            self.wake(f"overload:{meter_id}")
+
+    def wake(self, why: str) -> None:
+        if not self._wake.is_set():
+            self._trigger = why
+            self._wake.set()
+
+    def update_site(self, site: Site) -> None:
+        self.site = site
+        self.compliance.update_site(site)
+        self.allocation = None if self.allocation is None else Allocation(
+            at=self.allocation.at,
+            limits={k: v for k, v in self.allocation.limits.items() if k in site.chargers},
+        )
+        self.wake("config-reloaded")
+
+    # -- the loop ------------------------------------------------------------------------
+    async def run(self) -> None:
+        tick_s = self.site.control.tick_s
+        next_at = self.clock()
+        while True:
+            timeout = max(0.0, next_at - self.clock())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+                trigger = self._trigger
+            except TimeoutError:
+                trigger = "tick"
+            self._wake.clear()
+            self._trigger = "tick"
+            await self.tick(trigger)
+            tick_s = self.site.control.tick_s
+            now = self.clock()
+            next_at = max(next_at + tick_s, now) if trigger == "tick" else now + tick_s
+            if next_at - now > tick_s:
+                next_at = now + tick_s
+
+    async def tick(self, trigger: str = "tick") -> Allocation:
+        site = self.site
+        t0 = self.clock()
+        raw = self.chargers.snapshot()
+        flagged, cleared = self.compliance.update(raw, self.allocation, t0)
+        for cid in flagged:
+            limit = self.allocation.limit_of(cid) if self.allocation else None
+            log.warning("charger_noncompliant", charger=cid, limit=limit)
+            self._event("noncompliance", charger=cid)
+            if site.control.stop_noncompliant:
+                asyncio.get_running_loop().create_task(self._stop(cid))
+        for cid in cleared:
+            log.info("charger_compliant_again", charger=cid)
+            self._event("noncompliance_cleared", charger=cid)
+        chargers: Mapping[str, ChargerSnapshot] = raw
+        if self.compliance.flagged:
+            chargers = {
+                k: (replace(v, noncompliant=True) if k in self.compliance.flagged else v) for k, v in raw.items()
+            }
+        cap = self.telemetry.site_cap_a(t0) if self.telemetry is not None else None
+        snapshot = Snapshot(taken_at=t0, meters=dict(self.meters.readings()), chargers=chargers, site_cap_a=cap)
+        t1 = self.clock()
+        allocation = allocate(snapshot, site, self.allocation, t0)
+        t2 = self.clock()
+        try:
+            # frames are written, not answered, within this; a stuck socket must not stall the loop
+            await asyncio.wait_for(self.chargers.apply(allocation), timeout=max(site.control.tick_s, 1.0))
+        except TimeoutError:
+            log.error("actuation_timeout", timeout_s=max(site.control.tick_s, 1.0))
+        t3 = self.clock()
+        if self.telemetry is not None:
+            try:
+                self.telemetry.publish_tick(snapshot, allocation)
+            except Exception:  # telemetry never stops the loop
+                log.exception("telemetry_publish_failed")
+        t4 = self.clock()
+        self._log_changes(self.allocation, allocation, trigger)
+        self.allocation, self.snapshot = allocation, snapshot
+        ages = [t0 - r.at for r in snapshot.meters.values() if r is not None and r.valid]
+        self.records.append(
+            TickRecord(
+                at=t0,
+                snapshot_age_s=max(ages) if ages else float("nan"),
+                allocation_s=t2 - t1,
+                actuation_s=t3 - t2,
+                publish_s=t4 - t3,
+                trigger=trigger,
+            )
+        )
+        self._ticks += 1
+        self.notifier.watchdog()
+        self.notifier.status(self.summary())
+        self.ticked.set()
+        self.ticked = asyncio.Event()
+        return allocation
+
+    async def _stop(self, cid: str) -> None:
+        try:
+            await self.chargers.stop_transaction(cid)
+            self._event("transaction_stopped", charger=cid, reason="noncompliant")
+        except Exception as exc:
+            log.warning("stop_transaction_failed", charger=cid, error=repr(exc))
+
+    def _event(self, name: str, **fields: object) -> None:
+        if self.telemetry is not None:
+            try:
+                self.telemetry.event(name, **fields)
+            except Exception:
+                log.exception("telemetry_event_failed", event_name=name)
+
+    def _log_changes(self, before: Allocation | None, after: Allocation, trigger: str) -> None:
+        if after.mode != self._mode:
+            if after.mode == "normal":
+                log.warning("failsafe_left", mode=after.mode)
+                self._event("failsafe_left", mode=after.mode)
+            else:
+                log.warning("failsafe_entered", mode=after.mode, meters=list(after.failsafe_meters))
+                self._event("failsafe_entered", mode=after.mode, meters=list(after.failsafe_meters))
+            self._mode = after.mode
+        prev = before.limits if before is not None else {}
+        changed = 0
+        for cid, lim in after.limits.items():
+            p = prev.get(cid)
+            if p is None or p.limit != lim.limit or p.reason != lim.reason:
+                changed += 1
+                log.info(
+                    "limit_changed",
+                    charger=cid,
+                    limit=lim.limit,
+                    unit=self.site.chargers[cid].unit if cid in self.site.chargers else "",
+                    reason=lim.reason,
+                    previous=p.limit if p is not None else None,
+                    trigger=trigger,
+                )
+        if trigger != "tick":
+            log.info("reallocated", trigger=trigger, changed=changed)
+
+    def summary(self) -> str:
+        a = self.allocation
+        if a is None:
+            return "starting"
+        root = a.circuits.get(self.site.root)
+        active = sum(1 for lim in a.limits.values() if lim.limit > 0)
+        if root is not None and root.measured_a is not None:
+            cur = max(root.measured_a)
+            load = f"site {cur:.0f}/{root.limit_a:.0f} A"
+        else:
+            load = "site current unknown"
+        return f"{a.mode}: {load}, {active}/{len(a.limits)} chargers with a limit"

@@ -1,0 +1,49 @@
+"""Supervised tasks: a task that fails is logged and restarted after a delay.
+
+Cancellation propagates (it is how the root TaskGroup stops everything); any other
+exception is logged with the task's name and the task is started again after
+``restart_delay_s``, growing up to ``max_delay_s`` while it keeps failing quickly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+async def supervise(
+    name: str,
+    factory: Callable[[], Awaitable[None]],
+    *,
+    restart_delay_s: float = 1.0,
+    max_delay_s: float = 30.0,
+    healthy_after_s: float = 60.0,
+    clock: Callable[[], float] | None = None,
+    on_failure: Callable[[str, BaseException], None] | None = None,
+) -> None:
+    """Run ``factory()`` until cancelled, restarting it whenever it ends or raises."""
+    loop = asyncio.get_running_loop()
+    now = clock or loop.time
+    delay = restart_delay_s
+    while True:
+        started = now()
+        try:
+            await factory()
+            log.warning("task_ended", task=name, restart_in_s=delay)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a supervised task must never take the daemon down
+            log.error("task_failed", task=name, error=repr(exc), restart_in_s=delay, exc_info=exc)
+            if on_failure is not None:
+                try:
+                    on_failure(name, exc)
+                except Exception:  # pragma: no cover - a failing hook must not stop supervision
+                    log.exception("task_failure_hook_failed", task=name)
+        if now() - started >= healthy_after_s:
+            delay = restart_delay_s
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay_s)
