@@ -208,7 +208,10 @@ class MeterSimulator:
         now = self._clock()
         t = now - self._t0
         amps = self._fixed if self._fixed is not None else tuple(self._source(t))
-        n = lambda s: self._rng.gauss(0.0, s) if self.noise else 0.0  # noqa: E731
+
+        def n(sigma: float) -> float:
+            return self._rng.gauss(0.0, sigma) if self.noise else 0.0
+
         out: dict[str, float] = {}
         total = 0.0
         for i in range(3):
@@ -392,7 +395,7 @@ class RtuBus:
     def char_time_s(self) -> float:
         return (1 + 8 + (0 if self.parity == "N" else 1) + self.stop_bits) / self.baud_rate
 
-    def wire_time_s(self, n_bytes: int) -> float:
+    def wire_time_s(self, n_bytes: float) -> float:
         return n_bytes * self.char_time_s
 
     def add(self, sim: MeterSimulator) -> None:
