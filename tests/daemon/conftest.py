@@ -1,0 +1,196 @@
+"""Harness for the daemon tests: the real `ems-gateway run` as a subprocess, a real NOTIFY_SOCKET
+datagram listener, and a simulated site (meters over Modbus TCP, OCPP chargers, a CMS) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil.site_sim import SiteSim
+from hil.tomlw import dumps
+
+
+def small_site(**service: Any) -> dict[str, Any]:
+    """A 100 A three-phase service; panel p1 (63 A, metered) with 3 chargers, 1 charger on the service."""
+    svc = {"voltage_ll_v": 400, "phases": 3, "limit_a": 100, "margin_a": 2, "voltage_tolerance_pct": 0,
+           "worst_case_non_ev_a": 40}
+    svc.update(service)
+    return {
+        "site": {"id": "test-site"},
+        "service": svc,
+        "control": {"tick_s": 0.5, "ramp_up_a_per_s": 20.0, "noncompliance_grace_s": 3.0,
+                    "noncompliance_tolerance_a": 1.0},
+        "circuits": [{"id": "p1", "kind": "panel", "parent": "service", "limit_a": 63}],
+        "meters": [
+            {"id": "m-main", "circuit": "service", "map": "janitza_umg604", "transport": "tcp", "host": "127.0.0.1",
+             "port": 1, "poll_interval_s": 0.25, "timeout_s": 0.3, "stale_after_s": 1.5},
+            {"id": "m-p1", "circuit": "p1", "map": "eastron_sdm630", "transport": "tcp", "host": "127.0.0.1",
+             "port": 1, "poll_interval_s": 0.25, "timeout_s": 0.3, "stale_after_s": 1.5},
+        ],
+        "chargers": [
+            {"id": "CP1", "ocpp_version": "1.6J", "kind": "ac", "circuit": "p1", "phases": 3,
+             "max_current_a": 32, "failsafe_current_a": 8},
+            {"id": "CP2", "ocpp_version": "2.0.1", "kind": "ac", "circuit": "p1", "phases": 3,
+             "max_current_a": 32, "failsafe_current_a": 8},
+            {"id": "CP3", "ocpp_version": "1.6J", "kind": "ac", "circuit": "p1", "phases": 3,
+             "max_current_a": 32, "failsafe_current_a": 8},
+            {"id": "CP4", "ocpp_version": "2.0.1", "kind": "ac", "circuit": "service", "phases": 3,
+             "max_current_a": 32, "failsafe_current_a": 8},
+        ],
+        "ocpp": {"lease_s": 60, "renew_before_s": 20, "significance_a": 0.5},
+    }
+
+
+class NotifyListener:
+    """A NOTIFY_SOCKET: every datagram, with its arrival time."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.setblocking(False)
+        self.messages: list[tuple[float, str]] = []
+
+    def drain(self) -> list[tuple[float, str]]:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                break
+            for line in data.decode().splitlines():
+                self.messages.append((time.monotonic(), line))
+        return self.messages
+
+    def lines(self, prefix: str) -> list[tuple[float, str]]:
+        return [(t, m) for t, m in self.drain() if m.startswith(prefix)]
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class Daemon:
+    """`python -m gateway run --config FILE` with JSON logs on stdout."""
+
+    def __init__(self, config: Path, notify: NotifyListener, *, watchdog_usec: int = 2_000_000) -> None:
+        self.config = config
+        self.notify = notify
+        self.watchdog_usec = watchdog_usec
+        self.proc: asyncio.subprocess.Process | None = None
+        self.logs: list[dict[str, Any]] = []
+        self._reader: asyncio.Task[None] | None = None
+        self.stderr = b""
+
+    async def start(self) -> None:
+        env = {**os.environ, "NOTIFY_SOCKET": self.notify.path, "WATCHDOG_USEC": str(self.watchdog_usec),
+               "PYTHONUNBUFFERED": "1"}
+        env.pop("WATCHDOG_PID", None)
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "run", "--config", str(self.config), "--log-format", "json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while True:
+            line = await self.proc.stdout.readline()
+            if not line:
+                return
+            with contextlib.suppress(ValueError):
+                self.logs.append(json.loads(line))
+
+    def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
+        return [e for e in self.logs if e.get("event") == name and all(e.get(k) == v for k, v in match.items())]
+
+    async def wait_log(self, name: str, timeout: float = 20.0, **match: Any) -> dict[str, Any]:
+        ok = await wait_for(lambda: self.events(name, **match), timeout)
+        assert ok, f"no log {name} {match} within {timeout}s; last: {self.logs[-5:]}"
+        return self.events(name, **match)[0]
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        rc = await asyncio.wait_for(self.proc.wait(), timeout)
+        if self._reader is not None:
+            await asyncio.wait_for(self._reader, 5)
+        if self.proc.stderr is not None:
+            self.stderr = await self.proc.stderr.read()
+        return rc
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                await self.wait_exit(10)
+
+
+async def wait_for(pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        await asyncio.sleep(interval)
+    return bool(pred())
+
+
+class Rig:
+    def __init__(self, sim: SiteSim, daemon: Daemon, notify: NotifyListener, config: Path, port: int) -> None:
+        self.sim, self.daemon, self.notify, self.config, self.port = sim, daemon, notify, config, port
+
+
+@pytest.fixture
+async def rig_factory() -> AsyncIterator[Callable[..., Any]]:
+    made: list[Rig] = []
+    tmp = tempfile.mkdtemp(prefix="ems-daemon-")
+
+    async def make(raw: dict[str, Any] | None = None, *, base_load_a: float = 20.0,
+                   base: Callable[[float], tuple[float, ...]] | None = None, ev_response_s: float = 1.0,
+                   start_chargers: bool = True) -> Rig:
+        raw = raw or small_site()
+        level = [base_load_a]
+        sim = SiteSim(raw, base_loads={"service": base or (lambda t: (level[0],) * 3)}, meter_interval_s=1.0)
+        sim.level = level  # type: ignore[attr-defined]
+        await sim.start()
+        port = _free_port()
+        cfg = Path(tmp) / f"gateway-{len(made)}.toml"
+        cfg.write_text(dumps(sim.gateway_config(ocpp_port=port)))
+        notify = NotifyListener(str(Path(tmp) / f"notify-{len(made)}.sock"))
+        daemon = Daemon(cfg, notify)
+        await daemon.start()
+        rig = Rig(sim, daemon, notify, cfg, port)
+        made.append(rig)
+        await daemon.wait_log("gateway_ready", timeout=30)
+        if start_chargers:
+            sim.start_chargers(port)
+            assert await wait_for(lambda: all(c.online for c in sim.chargers.values()), 20), "chargers not online"
+        rig.ev_response_s = ev_response_s  # type: ignore[attr-defined]
+        return rig
+
+    yield make
+    for rig in made:
+        await rig.daemon.kill()
+        await rig.sim.stop()
+        rig.notify.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
