@@ -53,6 +53,8 @@ class TickRecord:
     actuation_s: float
     publish_s: float
     trigger: str  # "tick" | "overload:<meter>" | "meter-invalid:<meter>"
+    # from the meter reading that woke the loop to the last limit frame written (None on a plain tick)
+    reading_to_actuated_s: float | None = None
 
 
 class ComplianceMonitor:
@@ -142,6 +144,7 @@ class ControlLoop:
         self.compliance = ComplianceMonitor(site)
         self._wake = asyncio.Event()
         self._trigger = "tick"
+        self._trigger_at: float | None = None
         self._mode = "normal"
         self._ticks = 0
         self.ticked = asyncio.Event()  # set after every tick (tests and the demo wait on it)
@@ -158,11 +161,12 @@ class ControlLoop:
         c = self.site.circuits[m.circuit]
         cap = c.limit_a - c.margin_a
         if any(a > cap for a in reading.current_a):
-            self.wake(f"overload:{meter_id}")
+            self.wake(f"overload:{meter_id}", reading.at)
 
-    def wake(self, why: str) -> None:
+    def wake(self, why: str, at: float | None = None) -> None:
         if not self._wake.is_set():
             self._trigger = why
+            self._trigger_at = at
             self._wake.set()
 
     def update_site(self, site: Site) -> None:
@@ -186,15 +190,15 @@ class ControlLoop:
             except TimeoutError:
                 trigger = "tick"
             self._wake.clear()
-            self._trigger = "tick"
-            await self.tick(trigger)
+            trigger_at, self._trigger, self._trigger_at = self._trigger_at, "tick", None
+            await self.tick(trigger, trigger_at if trigger != "tick" else None)
             tick_s = self.site.control.tick_s
             now = self.clock()
             next_at = max(next_at + tick_s, now) if trigger == "tick" else now + tick_s
             if next_at - now > tick_s:
                 next_at = now + tick_s
 
-    async def tick(self, trigger: str = "tick") -> Allocation:
+    async def tick(self, trigger: str = "tick", trigger_at: float | None = None) -> Allocation:
         site = self.site
         t0 = self.clock()
         raw = self.chargers.snapshot()
@@ -230,7 +234,8 @@ class ControlLoop:
             except Exception:  # telemetry never stops the loop
                 log.exception("telemetry_publish_failed")
         t4 = self.clock()
-        self._log_changes(self.allocation, allocation, trigger)
+        latency = t3 - trigger_at if trigger_at is not None else None
+        self._log_changes(self.allocation, allocation, trigger, latency)
         self.allocation, self.snapshot = allocation, snapshot
         ages = [t0 - r.at for r in snapshot.meters.values() if r is not None and r.valid]
         self.records.append(
@@ -241,6 +246,7 @@ class ControlLoop:
                 actuation_s=t3 - t2,
                 publish_s=t4 - t3,
                 trigger=trigger,
+                reading_to_actuated_s=latency,
             )
         )
         self._ticks += 1
@@ -264,7 +270,9 @@ class ControlLoop:
             except Exception:
                 log.exception("telemetry_event_failed", event_name=name)
 
-    def _log_changes(self, before: Allocation | None, after: Allocation, trigger: str) -> None:
+    def _log_changes(
+        self, before: Allocation | None, after: Allocation, trigger: str, latency: float | None = None
+    ) -> None:
         if after.mode != self._mode:
             if after.mode == "normal":
                 log.warning("failsafe_left", mode=after.mode)
@@ -289,7 +297,12 @@ class ControlLoop:
                     trigger=trigger,
                 )
         if trigger != "tick":
-            log.info("reallocated", trigger=trigger, changed=changed)
+            log.info(
+                "reallocated",
+                trigger=trigger,
+                changed=changed,
+                reading_to_actuated_ms=None if latency is None else round(latency * 1000, 3),
+            )
 
     def summary(self) -> str:
         a = self.allocation
