@@ -198,6 +198,10 @@ def test_build_install_upgrade_purge(tmp_path: Path, chroot_dir: Path) -> None:
         unit = ch.path("/lib/systemd/system/ems-gateway.service")
         assert unit.read_text() == (ROOT / "systemd" / "ems-gateway.service").read_text()
         assert (ch.path("/etc/systemd/system/multi-user.target.wants/ems-gateway.service")).is_symlink()
+        docs = re.findall(r"^Documentation=file:(\S+)$", unit.read_text(), re.M)
+        assert docs
+        for doc in docs:
+            assert ch.path(doc).is_file(), f"the unit's Documentation= {doc} is not installed"
         shipped_maps = sorted(p.name for p in (ROOT / "gateway" / "meters" / "maps").glob("*.toml"))
         listed = ch.sh("ls /usr/share/ems-gateway/maps/ | grep '\\.toml$' || true").split()
         assert listed == shipped_maps
