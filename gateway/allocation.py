@@ -65,6 +65,7 @@ class _Plan:
     worst_non_ev: FloatArray  # per constraint
     subtree_chargers: Mapping[str, IntArray]  # circuit -> indices of chargers beneath
     subtree_circuits: Mapping[str, tuple[str, ...]]
+    measured_phases: Mapping[str, npt.NDArray[np.bool_]]  # metered circuit -> site phases its meter sees
 
 
 _PLANS: dict[int, tuple[Site, _Plan]] = {}
@@ -107,6 +108,9 @@ def _build_plan(site: Site) -> _Plan:
         cid: np.array([index[x] for x in site.chargers_under[cid]], dtype=np.intp) for cid in circuit_ids
     }
     subtree_circuits = {cid: tuple(k for k in circuit_ids if cid in site.path_to_root[k]) for cid in circuit_ids}
+    measured_phases = {
+        m.circuit: np.array([p in m.phase_map for p in range(P)], dtype=bool) for m in site.meters.values()
+    }
     return _Plan(
         ids=ids,
         chargers=chargers,
@@ -121,6 +125,7 @@ def _build_plan(site: Site) -> _Plan:
         worst_non_ev=worst,
         subtree_chargers=subtree_chargers,
         subtree_circuits=subtree_circuits,
+        measured_phases=measured_phases,
     )
 
 
@@ -337,7 +342,10 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
             continue
         cur = np.array(reading.current_a[:P], dtype=np.float64)
         measured[cid] = tuple(float(x) for x in cur)
-        non_ev[j * P : (j + 1) * P] = np.maximum(cur - ev_draw_k[j * P : (j + 1) * P], 0.0)
+        sl = slice(j * P, (j + 1) * P)
+        seen = plan.measured_phases[cid]
+        # a phase the meter does not measure is unknown, not 0 A: it keeps the worst-case non-EV load
+        non_ev[sl] = np.where(seen, np.maximum(cur - ev_draw_k[sl], 0.0), plan.worst_non_ev[sl])
     binding_name = [f"{cid}/{PHASES[k % P]}" for cid in plan.circuit_ids for k in range(P)]
     site_cap = snapshot.site_cap_a
     root_j = plan.circuit_ids.index(site.root)

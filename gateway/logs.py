@@ -35,3 +35,5 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     )
     # libraries that use the standard logging module (pymodbus, websockets) go to stderr, warnings only
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("pymodbus", "websockets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -327,3 +327,18 @@ def test_nested_circuits_cap_at_every_ancestor() -> None:
     assert why(a, "A") == "capped:p1/L1"
     assert lim(a, "C") + lim(a, "D") == pytest.approx(50.0, abs=0.2)
     assert why(a, "C") == "capped:xf/L1"
+
+
+def test_phases_a_single_phase_meter_does_not_see_keep_the_worst_case_load() -> None:
+    site = make_site(
+        limit_a=50,
+        worst_case_non_ev_a=30,
+        meters=[{"id": "m-main", "circuit": "service", "phase_map": ["L1"]}],
+        chargers=[ac("A", phase_rotation="L1"), ac("B", phase_rotation="L2")],
+        control=FAST,
+    )
+    # the meter sees L1 only; L2 reads 0 A but is unknown: its non-EV load is the worst case, 30 A
+    a = settle(site, snap(0, [charging("A"), charging("B")], {"m-main": (0, 0, 0)}))
+    assert lim(a, "A") == 32.0
+    assert lim(a, "B") == 20.0 and why(a, "B") == "capped:service/L2"
+    assert a.circuits["service"].non_ev_a == (0.0, 30.0, 30.0)
