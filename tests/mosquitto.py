@@ -85,10 +85,11 @@ class Mosquitto:
             self.proc = subprocess.Popen(
                 ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
-            if wait_until(lambda: self.proc is not None and (self.proc.poll() is not None or _port_open(self.port)),
-                          timeout):
-                if self.proc.poll() is None:
-                    return
+            up = wait_until(
+                lambda: self.proc is not None and (self.proc.poll() is not None or _port_open(self.port)), timeout
+            )
+            if up and self.proc.poll() is None:
+                return
             err = self._reap()
             if attempt == 2:
                 raise RuntimeError(f"mosquitto did not start on port {self.port}: {err}")

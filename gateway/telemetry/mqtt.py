@@ -179,6 +179,7 @@ class Telemetry:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._connected = False
+        self._stopping = False
         self._down_since: float | None = None
         self._down_since_wall: float | None = None
         # per-topic state
@@ -274,8 +275,10 @@ class Telemetry:
         s.connected = self._connected
         s.queued_values = len(self._values)
         try:
-            s.queued_events = self._store.count() - sum(
-                1 for m in self._inflight.values() if m.event_key is not None
+            s.queued_events = (
+                self._store.count()
+                - len(self._acked_keys)
+                - sum(1 for m in self._inflight.values() if m.event_key is not None)
             )
         except Exception:
             s.queued_events = len(self._events)
@@ -504,12 +507,7 @@ class Telemetry:
 
     def _pump(self, client: mqtt.Client) -> bool:
         """Hand queued messages to paho; True when more is waiting than one batch took."""
-        if self._acked_keys:
-            keys, self._acked_keys = self._acked_keys, []
-            try:
-                self._store.delete(keys)
-            except StoreError as exc:
-                log.error("mqtt_event_delete_failed", error=str(exc))
+        self._flush_acked()
         n = 0
         while self._connected and len(self._inflight) < INFLIGHT_WINDOW and n < PUMP_BATCH:
             m = self._next_msg()
@@ -530,6 +528,14 @@ class Telemetry:
                 self._requeue(m)
                 return False
         return n >= PUMP_BATCH
+
+    def _flush_acked(self) -> None:
+        if self._acked_keys:
+            keys, self._acked_keys = self._acked_keys, []
+            try:
+                self._store.delete(keys)
+            except StoreError as exc:
+                log.error("mqtt_event_delete_failed", error=str(exc))
 
     # ================================================================== paho callbacks
     def _call(self, fn: Callable[..., None], *args: object) -> None:
@@ -575,7 +581,7 @@ class Telemetry:
         self._wake.set()
 
     def _link_down(self, reason: str) -> None:
-        if self._connected:
+        if self._connected and not self._stopping:
             self._down_since = self._clock()
             self._down_since_wall = self._wall()
             log.warning("mqtt_disconnected", reason=reason)
@@ -742,6 +748,7 @@ class Telemetry:
         On cancellation, publishes ``status`` = ``offline`` (retained) and disconnects cleanly.
         """
         self._loop = asyncio.get_running_loop()
+        self._stopping = False
         self._wake = asyncio.Event()
         self._wake.set()
         client: mqtt.Client | None = None
@@ -760,7 +767,9 @@ class Telemetry:
                     await asyncio.sleep(self.cfg.reconnect_max_s)
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    # not wait_for: on 3.11 it can swallow a cancel that races the event being set
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
                 self._wake.clear()
                 cap = self._cap
                 if cap is not None:
@@ -774,6 +783,7 @@ class Telemetry:
             self._connected = False
 
     async def _shutdown(self, client: mqtt.Client) -> None:
+        self._stopping = True
         try:
             if self._connected:
                 done = asyncio.Event()
@@ -781,15 +791,20 @@ class Telemetry:
                 self._inflight[info.mid] = _Msg(self.status_topic, b"offline", 1, True)
                 self._on_ack[info.mid] = done
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), timeout=SHUTDOWN_TIMEOUT_S)
+                    async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
+                        await done.wait()
             client.disconnect()
-            await asyncio.wait_for(asyncio.to_thread(client.loop_stop), timeout=SHUTDOWN_TIMEOUT_S + 3)
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT_S + 3):
+                await asyncio.to_thread(client.loop_stop)
+            await asyncio.sleep(0)  # acknowledgements the network thread handed over last
             log.info("mqtt_stopped")
         except (Exception, asyncio.CancelledError) as exc:
             log.warning("mqtt_shutdown_unclean", error=str(exc))
+        self._flush_acked()
 
     def close(self) -> None:
         """Release the event store (after run() ended)."""
+        self._flush_acked()
         self._store.close()
 
 

@@ -117,7 +117,7 @@ def tick(
     ac_draw: float = 15.0,
     dc_draw_w: float = 19000.0,
     mode: str = "normal",
-    meter: MeterReading | None | str = "ok",
+    meter: MeterReading | str | None = "ok",
     ac_state: ChargerState = ChargerState.CHARGING,
     noncompliant: bool = False,
 ) -> tuple[Snapshot, Allocation]:

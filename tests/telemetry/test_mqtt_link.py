@@ -12,7 +12,6 @@ import pytest
 
 from gateway.config import Site
 from gateway.model import MeterReading
-from gateway.telemetry.config import MqttConfig
 from gateway.telemetry.mqtt import Telemetry
 from tests.mosquitto import Mosquitto, MosquittoSub, read_retained
 from tests.telemetry.conftest import async_wait, mqtt_cfg, tick
@@ -104,3 +103,88 @@ async def test_topics_and_payloads(mosquitto: Mosquitto, site: Site, tmp_path: P
         assert await asyncio.to_thread(read_retained, mosquitto, ROOT + "status") == b"offline"
     finally:
         sub.stop()
+
+
+def seqs(sub: MosquittoSub) -> list[int]:
+    out = []
+    for p in sub.on(ROOT + "event/test_seq"):
+        n = json.loads(p)["n"]
+        assert isinstance(n, int)
+        out.append(n)
+    return out
+
+
+async def test_broker_restart_loses_no_event(tmp_path: Path, site: Site) -> None:
+    broker = Mosquitto(tmp_path / "broker", persistence=True)
+    broker.start()
+    # a persistent-session subscriber: it reconnects by itself and the broker keeps its queue
+    sub = MosquittoSub(broker, [ROOT + "event/#", ROOT + "charger/#"], client_id="t-evsub", persistent=True).start()
+    tel = Telemetry(mqtt_cfg(broker), site, state_dir=tmp_path / "state")
+    try:
+        async with running(tel):
+            assert await async_wait(lambda: tel.connected)
+            for i in range(5):
+                tel.event("test_seq", n=i)
+            assert await sub.until(lambda ms: len(seqs(sub)) == 5)
+            assert await async_wait(lambda: tel.stats().inflight == 0)
+
+            await asyncio.to_thread(broker.stop)
+            assert await async_wait(lambda: not tel.connected)
+            for i in range(5, 15):
+                tel.event("test_seq", n=i)
+            n_ac = len(sub.on(ROOT + "charger/AC-1"))
+            for k in range(5):  # values during the outage: only the latest is sent afterwards
+                tel.publish_tick(*tick(float(k), ac_limit=10.0 + k))
+            assert tel.stats().queued_events == 10
+
+            await asyncio.to_thread(broker.start)
+            assert await sub.until(lambda ms: len(seqs(sub)) >= 15 and bool(sub.on(ROOT + "event/mqtt_reconnected")),
+                                   timeout=30), seqs(sub)
+            assert sorted(seqs(sub)) == list(range(15))  # every event, exactly once
+            rec = json.loads(sub.on(ROOT + "event/mqtt_reconnected")[-1])
+            assert isinstance(rec["gap_s"], float) and rec["gap_s"] > 0
+            assert await sub.until(lambda ms: len(sub.on(ROOT + "charger/AC-1")) > n_ac)
+            assert await async_wait(lambda: tel.stats().queued_events == 0 and tel.stats().inflight == 0)
+            after = [json.loads(p)["limit_a"] for p in sub.on(ROOT + "charger/AC-1")[n_ac:]]
+            assert after == [14.0]
+    finally:
+        sub.stop()
+        broker.stop()
+
+
+async def test_events_survive_gateway_restart(tmp_path: Path, site: Site) -> None:
+    broker = Mosquitto(tmp_path / "broker")  # configured, not started: the broker is away
+    state = tmp_path / "state"
+    tel = Telemetry(mqtt_cfg(broker), site, state_dir=state)
+    async with running(tel):
+        await asyncio.sleep(0.3)
+        for i in range(3):
+            tel.event("test_seq", n=i)
+        assert not tel.connected
+    ids = [json.loads(p)["id"] for p in _stored_payloads(state)]
+    assert len(ids) == 3  # on disk, waiting
+
+    broker.start()
+    sub = MosquittoSub(broker, [ROOT + "event/#"]).start()
+    try:
+        tel2 = Telemetry(mqtt_cfg(broker), site, state_dir=state)
+        async with running(tel2):
+            tel2.event("test_seq", n=3)
+            assert await sub.until(lambda ms: len(seqs(sub)) == 4)
+            assert seqs(sub) == [0, 1, 2, 3]  # in order: the older run's first
+            assert [json.loads(p)["id"] for p in sub.on(ROOT + "event/test_seq")][:3] == ids
+            assert await async_wait(lambda: tel2.stats().queued_events == 0)
+        assert _stored_payloads(state) == []
+    finally:
+        sub.stop()
+        broker.stop()
+
+
+def _stored_payloads(state: Path) -> list[bytes]:
+    import sqlite3
+
+    db = sqlite3.connect(state / "events.sqlite")
+    try:
+        return [bytes(r[0]) for r in db.execute("SELECT payload FROM events ORDER BY id")]
+    finally:
+        db.close()
