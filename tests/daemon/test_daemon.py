@@ -104,8 +104,9 @@ async def test_load_step_brings_the_site_back_under_its_limit(rig_factory: Any) 
             over_until = time.monotonic()
         await asyncio.sleep(0.02)
     overload_s = over_until - t_step
-    # within one loop period + the EVs' response (1 s) + the sims' own 0.1 s tick, with slack for a busy CI
-    assert overload_s <= TICK_S + 1.0 + 0.1 + 1.5, (overload_s, peak)
+    # the response window (one loop period + the EVs' 1 s response) is measured by the HIL scorecard;
+    # here, on a machine that may be busy, only that the site comes back well within a few seconds
+    assert overload_s <= 5.0, (overload_s, peak)
     assert site_a(rig) <= limit
     assert rig.daemon.events("reallocated")  # the overload woke the loop before its tick
 
