@@ -7,10 +7,13 @@ lintian on the first. The debootstrap and the builds run side by side to keep th
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -124,6 +127,47 @@ def chroot_dir(tmp_path: Path) -> Iterator[Path]:
             shutil.rmtree(root, ignore_errors=True)
 
 
+def _smoke_run_daemon(ch: Chroot) -> None:
+    """The packaged daemon starts on the target as the unprivileged user with the shipped config
+    (OCPP port 0 instead of 9000, not to collide with anything on this machine), reports READY=1
+    over the notify socket, and stops cleanly on SIGTERM."""
+    conf = ch.path("/etc/ems-gateway/gateway.toml").read_text()
+    assert "\nlisten_port = 9000\n" in conf
+    ch.path("/tmp/smoke.toml").write_text(conf.replace("\nlisten_port = 9000\n", "\nlisten_port = 0\n"))
+    sock_path = ch.path("/tmp/notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock_path.chmod(0o777)
+    sock.settimeout(1.0)
+    env = {**ENV, "NOTIFY_SOCKET": "/tmp/notify.sock", "WATCHDOG_USEC": "10000000"}
+    cmd = ["chroot", str(ch.root), "setpriv", "--reuid=ems-gateway", "--regid=ems-gateway", "--init-groups",
+           "ems-gateway", "run", "--config", "/tmp/smoke.toml"]
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    messages: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not any("READY=1" in m for m in messages):
+            assert proc.poll() is None, f"the daemon exited {proc.returncode} before READY=1"
+            assert time.monotonic() < deadline, f"no READY=1 within 60 s: {messages}"
+            with contextlib.suppress(TimeoutError):
+                messages.append(sock.recv(4096).decode())
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                messages.append(sock.recv(4096).decode())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
+        sock_path.unlink(missing_ok=True)
+    log = out.decode(errors="replace")
+    assert proc.returncode == 0, f"the daemon exited {proc.returncode} on SIGTERM:\n{log[-3000:]}"
+    assert "STOPPING=1" in messages, messages
+    assert "gateway_ready" in log, log[-3000:]
+
+
 def _bumped(version: str) -> str:
     parts = version.split(".")
     parts[-1] = str(int(parts[-1]) + 1)
@@ -207,6 +251,8 @@ def test_build_install_upgrade_purge(tmp_path: Path, chroot_dir: Path) -> None:
         assert listed == shipped_maps
         for name in listed:  # each map reads through the link
             assert ch.sh(f"test -r /usr/share/ems-gateway/maps/{name} && echo ok") == "ok"
+
+        _smoke_run_daemon(ch)
 
         # the operator edits the config; the daemon leaves state behind
         conf = ch.path("/etc/ems-gateway/gateway.toml")
