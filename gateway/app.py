@@ -130,6 +130,8 @@ class App:
         log.info("gateway_stopped")
 
     async def _supervised_meters(self) -> None:
+        if not self.site.meters:  # nothing to poll: wait to be cancelled (a reload may bring meters)
+            await asyncio.Event().wait()
         await supervise("meters", self.meters.run, restart_delay_s=self.restart_delay_s)
 
     async def _readiness(self) -> None:
