@@ -1,0 +1,111 @@
+"""``python -m hil``: the hardware-in-the-loop rig.
+
+    python -m hil run hil/scenarios/ref-20-dc.toml --out hil/out/ref-20 [--baseline static] [--check]
+    python -m hil ideal hil/scenarios/ref-20-dc.toml        # only the ideal allocator's bound
+
+``run`` plays the scenario against the real ``ems-gateway run`` process and writes scorecard.json,
+site_current.png, chargers.png, report.html and recording.npz into --out; ``--baseline static``
+also runs the static-derating baseline (no gateway, fixed limits) on the same scenario into
+OUT/baseline-static and puts its figures beside the gateway's. ``--check`` exits 1 when an overload
+lasted beyond the allowed window, a message was lost or the report is incomplete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import GatewayError
+
+
+def check(card: dict[str, Any], out: Path) -> list[str]:
+    from hil.scorecard import REQUIRED_KEYS
+
+    problems = [f"missing scorecard key {k}" for k in REQUIRED_KEYS if k not in card]
+    if card.get("mode") == "gateway" and card.get("overload_episodes_beyond_window"):
+        problems.append(f"{card['overload_episodes_beyond_window']} overload episode(s) beyond the window")
+    if card.get("messages_lost"):
+        problems.append(f"{card['messages_lost']} message(s) lost")
+    for name in ("scorecard.json", "site_current.png", "chargers.png", "report.html"):
+        if not (out / name).is_file() or (out / name).stat().st_size == 0:
+            problems.append(f"{name} not written")
+    return problems
+
+
+def run(args: argparse.Namespace) -> int:
+    from hil.ideal import ideal_energy
+    from hil.report import write_report
+    from hil.rig import run_scenario
+    from hil.scenario import load_scenario
+    from hil.scorecard import format_card, scorecard
+
+    sc = load_scenario(args.scenario)
+    out = Path(args.out or f"hil/out/{sc.name}")
+    ideal = ideal_energy(sc) if sc.ideal and not args.no_ideal else None
+    base_card = None
+    base_dir = None
+    if args.baseline == "static":
+        base_dir = out / "baseline-static"
+        brec = run_scenario(sc, base_dir, mode="static")
+        base_card = scorecard(brec, ideal)
+        write_report(brec, base_card, base_dir)
+        print(format_card(base_card), flush=True)
+    rec = run_scenario(sc, out, mode=args.mode)
+    card = scorecard(rec, ideal)
+    if base_card is not None:
+        card["baseline_static"] = {k: base_card.get(k) for k in (
+            "energy_kwh", "energy_pct_of_ideal", "sessions_satisfied_share", "fairness_jain", "overload_episodes",
+            "overload_a_s", "overload_longest_wall_s", "static_limits")}
+    write_report(rec, card, out, base_card, base_dir)
+    print(format_card(card))
+    if base_card is not None:
+        print(f"  static derating baseline: {base_card['energy_kwh']} kWh "
+              f"({base_card.get('energy_pct_of_ideal')} % of the ideal bound)")
+    print(f"report: {out / 'report.html'}")
+    if args.check:
+        problems = check(card, out)
+        for p in problems:
+            print(f"CHECK FAILED: {p}", file=sys.stderr)
+        return 1 if problems else 0
+    return 0
+
+
+def ideal(args: argparse.Namespace) -> int:
+    from hil.ideal import ideal_energy
+    from hil.scenario import load_scenario
+
+    print(json.dumps(ideal_energy(load_scenario(args.scenario), args.step_s), indent=1))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hil", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a scenario against the real gateway and write the report")
+    r.add_argument("scenario")
+    r.add_argument("--out", help="output directory (default hil/out/<scenario name>)")
+    r.add_argument("--baseline", choices=("static",), help="also run the static-derating baseline")
+    r.add_argument("--mode", choices=("gateway", "static"), default="gateway",
+                   help="static: only the baseline, without the gateway")
+    r.add_argument("--no-ideal", action="store_true", help="skip the ideal allocator's bound (LP)")
+    r.add_argument("--check", action="store_true", help="exit 1 on overload beyond the window or lost messages")
+    r.set_defaults(func=run)
+    i = sub.add_parser("ideal", help="the ideal allocator's energy bound only")
+    i.add_argument("scenario")
+    i.add_argument("--step-s", type=float, default=None)
+    i.set_defaults(func=ideal)
+    args = p.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except GatewayError as e:
+        print(f"hil: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""An upper bound for a scenario's energy: an ideal allocator with perfect knowledge, as a linear program.
+
+The ideal allocator knows every arrival, departure, battery and base load in advance and may give any
+current to any EV at any time (no ramp, no response delay, no 6 A minimum, no hysteresis), subject to:
+
+* every circuit and phase: the EV line currents beneath it <= limit_a - margin_a - the base load in
+  its subtree (the largest base load within each time step);
+* every EV: its draw <= the charger's maximum and <= the EV's curve at its state of charge (flat up
+  to ``taper_start_soc``, then linear down to ``end_fraction``: linear in the energy received so far,
+  so the bound stays a linear program); its energy <= (soc_target - soc_start) x capacity.
+
+Time is cut into steps of ``ideal_step_s`` scenario seconds (an EV present for part of a step charges
+for that part). Line current -> power uses the same physics as the simulators (nominal voltage;
+DC: efficiency and power factor). Solved with scipy's HiGHS. Dropping the minimum-current constraint
+makes this a relaxation, i.e. an upper bound on what any allocator could deliver, up to the
+discretisation of the time steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from gateway.config import ChargerConfig, Site, site_from_dict
+from hil.scenario import Arrival, Scenario
+
+
+def _loaded_phases(cfg: ChargerConfig, a: Arrival) -> tuple[int, ...]:
+    if cfg.kind == "ac" and cfg.phases == 3:
+        return cfg.phase_map[: min(3, a.ac_phases)]
+    return cfg.line_phases
+
+
+def _ev_model(site: Site, cfg: ChargerConfig, a: Arrival) -> tuple[float, float, float]:
+    """(W per line A, the charger's maximum in line A, the EV's maximum in line A before the taper)."""
+    v_ll = site.service.voltage_ll_v
+    if cfg.kind == "dc":
+        v = v_ll * (math.sqrt(3) if len(cfg.line_phases) == 3 else 1.0)
+        w_per_a = cfg.efficiency * cfg.power_factor * v
+        return w_per_a, cfg.max_limit / w_per_a, a.max_power_w / w_per_a
+    P = site.service.phases
+    v_ln = v_ll / math.sqrt(3) if P == 3 else v_ll
+    volt = v_ll if len(cfg.line_phases) == 2 else v_ln
+    n = min(cfg.phases, a.ac_phases)
+    return volt * n, cfg.max_limit, a.max_current_a
+
+
+def _base(scenario: Scenario, circuit: str, t0: float, t1: float, P: int) -> np.ndarray:
+    """The largest base load of one circuit (its own profiles only) within [t0, t1), per phase."""
+    out = np.zeros(P)
+    for bl in scenario.base_loads:
+        if bl.circuit != circuit:
+            continue
+        pts = bl.points
+        times = [t0, *[t for t, _ in pts if t0 < t < t1], max(t0, t1 - 1e-6)]
+        best = np.zeros(P)
+        for t in times:
+            cur = np.array(pts[0][1])
+            for i, (ti, vi) in enumerate(pts):
+                if t >= ti:
+                    cur = np.array(vi)
+                    if bl.ramp and i + 1 < len(pts) and t < pts[i + 1][0]:
+                        t2, v2 = pts[i + 1]
+                        cur = np.array(vi) + (np.array(v2) - np.array(vi)) * (t - ti) / (t2 - ti)
+            best = np.maximum(best, cur + 3 * bl.noise_a)
+        out += best
+    return out
+
+
+def ideal_energy(scenario: Scenario, step_s: float | None = None) -> dict[str, Any]:
+    """Solve the LP; returns energy_kwh (total), per-session kWh, the step, status and solve time."""
+    from scipy.optimize import linprog  # type: ignore[import-untyped]
+    from scipy.sparse import coo_matrix  # type: ignore[import-untyped]
+
+    started = time.monotonic()
+    site = site_from_dict(scenario.site)
+    h = float(step_s or scenario.ideal_step_s)
+    T = max(1, math.ceil(scenario.duration_s / h))
+    P = site.service.phases
+    circuits = list(site.circuits)
+    cidx = {c: i for i, c in enumerate(circuits)}
+    # base load per circuit subtree, step, phase
+    own = {c: np.array([_base(scenario, c, t * h, (t + 1) * h, P) for t in range(T)]) for c in circuits}
+    room = np.zeros((len(circuits), T, P))
+    for c in circuits:
+        sub = np.zeros((T, P))
+        for d in circuits:
+            if c in site.path_to_root[d]:
+                sub += own[d]
+        cc = site.circuits[c]
+        room[cidx[c]] = np.maximum(0.0, cc.limit_a - cc.margin_a - sub)
+
+    n_var = 0
+    obj: list[float] = []
+    ub: list[float] = []
+    rows_a: list[int] = []
+    cols_a: list[int] = []
+    vals_a: list[float] = []
+    rhs_ub: list[float] = []
+    eq_r: list[int] = []
+    eq_c: list[int] = []
+    eq_v: list[float] = []
+    n_eq = 0
+    circuit_rows: dict[tuple[int, int, int], int] = {}
+    sess_vars: list[list[tuple[int, float]]] = []  # per session: (x var, Wh per unit x)
+
+    def new_var(cost: float, upper: float) -> int:
+        nonlocal n_var
+        obj.append(cost)
+        ub.append(upper)
+        n_var += 1
+        return n_var - 1
+
+    def ub_row(entries: list[tuple[int, float]], b: float) -> int:
+        r = len(rhs_ub)
+        for col, v in entries:
+            rows_a.append(r)
+            cols_a.append(col)
+            vals_a.append(v)
+        rhs_ub.append(b)
+        return r
+
+    for a in scenario.arrivals:
+        cfg = site.chargers[a.charger]
+        w_per_a, ch_max, ev_max = _ev_model(site, cfg, a)
+        req = a.requested_wh
+        cap_wh = a.capacity_kwh * 1000.0
+        dep = min(a.departure_s, scenario.duration_s)
+        phases = _loaded_phases(cfg, a)
+        path = [cidx[c] for c in site.path_to_root[cfg.circuit]]
+        s0, e = a.taper_start_soc, a.end_fraction
+        slope = (1.0 - e) / (1.0 - s0) if s0 < 1.0 else 0.0  # fraction lost per unit SoC above s0
+        prev_e: int | None = None
+        mine: list[tuple[int, float]] = []
+        for t in range(int(a.at_s // h), min(T, math.ceil(dep / h))):
+            frac = (min(dep, (t + 1) * h) - max(a.at_s, t * h)) / h
+            if frac <= 0 or req <= 0:
+                continue
+            wh = w_per_a * frac * h / 3600.0
+            x = new_var(-wh, min(ch_max, ev_max))
+            mine.append((x, wh))
+            # energy received before this step
+            if prev_e is not None and slope > 0:
+                # x + ev_max * slope / cap * E <= ev_max * (1 - slope * (soc_start - s0))
+                ub_row([(x, 1.0), (prev_e, ev_max * slope / cap_wh)], ev_max * (1.0 - slope * (a.soc_start - s0)))
+            elif slope > 0 and a.soc_start > s0:
+                ub_row([(x, 1.0)], ev_max * max(0.0, 1.0 - slope * (a.soc_start - s0)))
+            e_new = new_var(0.0, req)
+            eq_r.extend([n_eq, n_eq])
+            eq_c.extend([e_new, x])
+            eq_v.extend([1.0, -wh])
+            if prev_e is not None:
+                eq_r.append(n_eq)
+                eq_c.append(prev_e)
+                eq_v.append(-1.0)
+            n_eq += 1
+            prev_e = e_new
+            for ci in path:
+                for p in phases:
+                    key = (ci, t, p)
+                    r = circuit_rows.get(key)
+                    if r is None:
+                        r = circuit_rows[key] = ub_row([], float(room[ci, t, p]))
+                    rows_a.append(r)
+                    cols_a.append(x)
+                    vals_a.append(1.0)
+        sess_vars.append(mine)
+
+    if n_var == 0:
+        return {"energy_kwh": 0.0, "sessions_kwh": [], "step_s": h, "status": "no sessions", "solve_s": 0.0}
+    A = coo_matrix((vals_a, (rows_a, cols_a)), shape=(len(rhs_ub), n_var)).tocsr()
+    Aeq = coo_matrix((eq_v, (eq_r, eq_c)), shape=(n_eq, n_var)).tocsr() if n_eq else None
+    res = linprog(np.array(obj), A_ub=A, b_ub=np.array(rhs_ub), A_eq=Aeq,
+                  b_eq=np.zeros(n_eq) if n_eq else None, bounds=list(zip([0.0] * n_var, ub, strict=True)),
+                  method="highs")
+    if res.x is None:
+        return {"energy_kwh": None, "sessions_kwh": [], "step_s": h, "status": str(res.message),
+                "solve_s": round(time.monotonic() - started, 2)}
+    xs = res.x
+    per = [round(float(sum(xs[v] * wh for v, wh in mine)) / 1000.0, 3) for mine in sess_vars]
+    return {"energy_kwh": round(-float(res.fun) / 1000.0, 2), "sessions_kwh": per, "step_s": h,
+            "status": "optimal" if res.status == 0 else str(res.message), "variables": n_var,
+            "solve_s": round(time.monotonic() - started, 2)}
