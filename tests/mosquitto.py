@@ -218,7 +218,8 @@ class MosquittoSub:
 
 def mosquitto_pub(broker: Mosquitto, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
     data = payload.encode() if isinstance(payload, str) else payload
-    args = ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", str(qos), "-t", topic, "-s"]
+    args = ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", str(qos), "-t", topic]
+    args.append("-s" if data else "-n")  # -n: a zero-length message (clears a retained one)
     if retain:
         args.append("-r")
     subprocess.run(args, input=data, check=True, timeout=15, capture_output=True)

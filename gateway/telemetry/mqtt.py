@@ -610,13 +610,18 @@ class Telemetry:
     # ================================================================== remote cap
     def _command(self, topic: str, payload: bytes, retained: bool) -> None:
         name = topic[len(self.cmd_prefix):] if topic.startswith(self.cmd_prefix) else topic
+        if not payload:  # a zero-length message clears a retained command on the broker: no command
+            log.debug("mqtt_command_empty", command=name)
+            return
         reply_topic = self.cmd_prefix + topic_level(name) + "/reply"
         wall = self._wall()
         try:
             if name != "site_limit":
                 raise CommandRejected(f"unknown command {name!r} (known: site_limit)")
             if retained:
-                raise CommandRejected("retained commands are refused: publish commands with retain=false")
+                raise CommandRejected(
+                    "retained commands are refused: publish commands with retain=false", _request_id(payload)
+                )
             req = parse_cap_command(payload, service=self._site.service, now_wall=wall)
         except CommandRejected as exc:
             log.warning("mqtt_command_rejected", command=name, reason=exc.reason, request_id=exc.request_id)
@@ -806,6 +811,16 @@ class Telemetry:
         """Release the event store (after run() ended)."""
         self._flush_acked()
         self._store.close()
+
+
+def _request_id(payload: bytes) -> str | None:
+    """The ``id`` of a command we refuse before reading it, if it has a readable one."""
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, str) and len(rid) <= 64 else None
 
 
 def _moved(a: tuple[float, ...] | None, b: tuple[float, ...] | None, band: float) -> bool:

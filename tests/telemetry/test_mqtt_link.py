@@ -139,7 +139,7 @@ async def test_broker_restart_loses_no_event(tmp_path: Path, site: Site) -> None
 
             await asyncio.to_thread(broker.start)
             assert await sub.until(lambda ms: len(seqs(sub)) >= 15 and bool(sub.on(ROOT + "event/mqtt_reconnected")),
-                                   timeout=30), seqs(sub)
+                                   timeout=30), (seqs(sub), tel.stats(), broker.log.read_text()[-2000:])
             assert sorted(seqs(sub)) == list(range(15))  # every event, exactly once
             rec = json.loads(sub.on(ROOT + "event/mqtt_reconnected")[-1])
             assert isinstance(rec["gap_s"], float) and rec["gap_s"] > 0
