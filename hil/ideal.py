@@ -72,8 +72,8 @@ def _base(scenario: Scenario, circuit: str, t0: float, t1: float, P: int) -> np.
 
 def ideal_energy(scenario: Scenario, step_s: float | None = None) -> dict[str, Any]:
     """Solve the LP; returns energy_kwh (total), per-session kWh, the step, status and solve time."""
-    from scipy.optimize import linprog  # type: ignore[import-untyped]
-    from scipy.sparse import coo_matrix  # type: ignore[import-untyped]
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
 
     started = time.monotonic()
     site = site_from_dict(scenario.site)
