@@ -55,10 +55,11 @@ from gateway.telemetry.store import EVENTS_FILE, EventStore
 log = structlog.get_logger(__name__)
 
 INFLIGHT_WINDOW = 100  # messages handed to paho and not yet acknowledged
-PUMP_BATCH = 200  # messages handed over per event-loop turn, so a backlog never hogs the loop
+PUMP_BATCH = 50  # messages handed over per event-loop turn, so a backlog never hogs the loop
 DRAW_DEADBAND_A = 1.0  # a charger's draw must move this much (any phase) to count as a change
 DRAW_DEADBAND_W = 1000.0
 SHUTDOWN_TIMEOUT_S = 2.0
+CHECKPOINT_EVERY_S = 30.0  # the event store's WAL is folded back by a worker thread this often
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CAP_KEY = "site_cap"
 
@@ -757,6 +758,8 @@ class Telemetry:
         self._wake = asyncio.Event()
         self._wake.set()
         client: mqtt.Client | None = None
+        checkpoint: asyncio.Future[None] | None = None
+        next_checkpoint = time.monotonic() + CHECKPOINT_EVERY_S
         try:
             while client is None:
                 try:
@@ -779,12 +782,19 @@ class Telemetry:
                 cap = self._cap
                 if cap is not None:
                     self.site_cap_a(self._clock())  # expires it on time even if nobody asks
+                if (checkpoint is None or checkpoint.done()) and time.monotonic() >= next_checkpoint:
+                    next_checkpoint = time.monotonic() + CHECKPOINT_EVERY_S
+                    checkpoint = asyncio.ensure_future(asyncio.to_thread(self._store.checkpoint))
                 if self._pump(client):
                     self._wake.set()
                     await asyncio.sleep(0)
         finally:
             if client is not None:
                 await self._shutdown(client)
+            if checkpoint is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await checkpoint
+            await asyncio.to_thread(self._store.checkpoint)
             self._connected = False
 
     async def _shutdown(self, client: mqtt.Client) -> None:

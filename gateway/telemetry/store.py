@@ -55,6 +55,8 @@ class EventStore:
             db = sqlite3.connect(str(path), isolation_level=None, timeout=1.0)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            # no checkpoint (and its fsync) inside a control-loop insert: checkpoint() does it
+            db.execute("PRAGMA wal_autocheckpoint=0")
         db.executescript(_SCHEMA)
         return db
 
@@ -108,6 +110,19 @@ class EventStore:
                 self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write {key!r}: {exc}") from exc
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the database; blocking (fsync): call it from a worker thread."""
+        if self.path is None or not self.durable:
+            return
+        try:
+            db = sqlite3.connect(str(self.path), timeout=5.0)
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            log.warning("mqtt_event_store_checkpoint_failed", error=str(exc))
 
     def close(self) -> None:
         self._db.close()
