@@ -135,7 +135,8 @@ async def ticks(broker: Mosquitto, site: Site, tmp: Path, n_ticks: int, label: s
         st = tel.stats()
         first = costs.pop(0)  # the first tick publishes every charger: reported on its own
         late.pop(0)
-        print(f"ticks  : broker {label:4}: first tick {first * 1e3:.1f} ms; then publish_tick+event p50 {statistics.median(costs) * 1e3:.3f} ms, "
+        print(f"ticks  : broker {label:4}: first tick {first * 1e3:.1f} ms; then publish_tick+event "
+              f"p50 {statistics.median(costs) * 1e3:.3f} ms, "
               f"p99 {pct(costs, 0.99) * 1e3:.3f} ms, max {max(costs) * 1e3:.3f} ms; tick lateness "
               f"p50 {statistics.median(late) * 1e3:.2f} ms, p99 {pct(late, 0.99) * 1e3:.2f} ms; "
               f"acked {st.acked}, queued values {st.queued_values}, events {st.queued_events}")
