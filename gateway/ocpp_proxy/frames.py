@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import ocpp
-from jsonschema import Draft4Validator  # type: ignore[import-untyped]
-from jsonschema import ValidationError as SchemaValidationError
 
 from gateway.errors import OcppError
 
@@ -122,33 +121,65 @@ def parse_frame(raw: str | bytes, version: str, max_bytes: int) -> Frame:
 def validate(version: str, kind: int, action: str, payload: dict[str, Any]) -> str | None:
     """Validate a payload against the official JSON schema. Returns the CALLERROR code, or None if valid.
 
-    Actions without a schema (vendor actions) are not validated here.
+    Actions without a schema (vendor actions) are not validated here. The schemas are compiled to
+    Python with fastjsonschema (about 20x faster than an interpreted validator, which matters on the
+    relay path); ``multipleOf`` (1.6 uses 0.1 for limits) is checked apart, in exact decimal arithmetic.
     """
-    validator = _validator(kind, action, version)
-    if validator is None:
+    compiled = _validator(kind, action, version)
+    if compiled is None:
         return None
-    if version == "1.6":
-        # 1.6 schemas use multipleOf 0.1: check decimals, not binary floats
-        payload = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
+    check, multiples = compiled
     try:
-        validator.validate(payload)
-    except SchemaValidationError as exc:
-        if exc.validator in ("type", "maxLength"):
+        check(payload)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        if exc.rule in ("type", "maxLength"):
             return "TypeConstraintViolation"
-        if exc.validator == "required":
+        if exc.rule == "required":
             return error_code(version, "OccurrenceConstraintViolation")
-        if exc.validator in ("enum", "minimum", "maximum", "pattern"):
+        if exc.rule in ("enum", "minimum", "maximum", "pattern"):
             return "PropertyConstraintViolation"
         return error_code(version, "FormatViolation")
+    if multiples and not _multiples_ok(payload, multiples):
+        return error_code(version, "FormatViolation")
     return None
+
+
+def _multiples_ok(value: Any, multiples: dict[str, decimal.Decimal]) -> bool:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            step = multiples.get(k)
+            if step is not None and isinstance(v, int | float) and not isinstance(v, bool):
+                if decimal.Decimal(repr(v)) % step != 0:
+                    return False
+            elif not _multiples_ok(v, multiples):
+                return False
+    elif isinstance(value, list):
+        return all(_multiples_ok(v, multiples) for v in value)
+    return True
+
+
+def _strip_multiples(schema: Any, found: dict[str, decimal.Decimal], key: str | None = None) -> None:
+    if isinstance(schema, dict):
+        step = schema.pop("multipleOf", None)
+        if step is not None and key is not None:
+            found[key] = decimal.Decimal(str(step))
+        for k, v in schema.items():
+            if k == "properties" and isinstance(v, dict):
+                for name, sub in v.items():
+                    _strip_multiples(sub, found, name)
+            else:
+                _strip_multiples(v, found, key if k in ("items", "anyOf", "oneOf", "allOf") else None)
+    elif isinstance(schema, list):
+        for v in schema:
+            _strip_multiples(v, found, key)
 
 
 _SCHEMA_ROOT = Path(ocpp.__file__).parent
 
 
 @functools.cache
-def _validator(kind: int, action: str, version: str) -> Any:
-    """The official JSON schema of a CALL or CALLRESULT payload (the `ocpp` package ships them)."""
+def _validator(kind: int, action: str, version: str) -> tuple[Any, dict[str, decimal.Decimal]] | None:
+    """The official JSON schema of a CALL or CALLRESULT payload (the `ocpp` package ships them), compiled."""
     if not action.isidentifier():
         return None
     name = action + ("Response" if kind == CALLRESULT else ("" if version == "1.6" else "Request"))
@@ -157,5 +188,7 @@ def _validator(kind: int, action: str, version: str) -> Any:
         text = path.read_text(encoding="utf-8-sig")
     except OSError:
         return None
-    schema = json.loads(text, parse_float=decimal.Decimal if version == "1.6" else float)
-    return Draft4Validator(schema)
+    schema = json.loads(text)
+    multiples: dict[str, decimal.Decimal] = {}
+    _strip_multiples(schema, multiples)
+    return fastjsonschema.compile(schema), multiples

@@ -57,6 +57,7 @@ class QueuedMessage:
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self._cms_cache: dict[str, dict[int, dict[str, Any]]] = {}
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -185,10 +186,14 @@ class Store:
 
     # -- the CMS's intercepted station-wide profiles ------------------------------------------
     def cms_profiles(self, charger: str) -> dict[int, dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT profile_id, data FROM cms_profiles WHERE charger = ? ORDER BY profile_id", (charger,)
-        ).fetchall()
-        return {int(i): json.loads(d) for i, d in rows}
+        """Read on every limit decision: served from memory, the table is its write-through copy."""
+        cached = self._cms_cache.get(charger)
+        if cached is None:
+            rows = self._db.execute(
+                "SELECT profile_id, data FROM cms_profiles WHERE charger = ? ORDER BY profile_id", (charger,)
+            ).fetchall()
+            cached = self._cms_cache[charger] = {int(i): json.loads(d) for i, d in rows}
+        return dict(cached)
 
     def put_cms_profile(self, charger: str, profile_id: int, data: dict[str, Any]) -> None:
         self._tx(
@@ -197,6 +202,7 @@ class Store:
                 (charger, profile_id, json.dumps(data)),
             )
         )
+        self._cms_cache.pop(charger, None)
 
     def delete_cms_profile(self, charger: str, profile_id: int) -> None:
         self._tx(
@@ -204,3 +210,4 @@ class Store:
                 "DELETE FROM cms_profiles WHERE charger = ? AND profile_id = ?", (charger, profile_id)
             )
         )
+        self._cms_cache.pop(charger, None)
