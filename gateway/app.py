@@ -31,6 +31,11 @@ from gateway.systemd import Notifier
 
 log = structlog.get_logger(__name__)
 
+# OCPP events worth an MQTT event (the rest, e.g. one per replayed message, stay in the log)
+_PUBLISHED_OCPP_EVENTS = frozenset(
+    {"cms_link_down", "cms_link_up", "charger_connected", "charger_disconnected", "profile_rejected"}
+)
+
 
 class App:
     def __init__(
@@ -70,7 +75,7 @@ class App:
 
     def _ocpp_event(self, name: str, fields: dict[str, object]) -> None:
         log.info("ocpp_event", event_name=name, **{k: v for k, v in fields.items() if k != "event_name"})
-        if self.telemetry is not None:
+        if self.telemetry is not None and name in _PUBLISHED_OCPP_EVENTS:
             self.telemetry.event(name, **fields)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -127,6 +132,8 @@ class App:
             pass
         finally:
             self.notifier.close()
+            if self.telemetry is not None:
+                self.telemetry.close()
         log.info("gateway_stopped")
 
     async def _supervised_meters(self) -> None:
@@ -192,8 +199,6 @@ class App:
             self._meter_task = self._tg.create_task(self._supervised_meters(), name="meters")
         self.control.update_site(new)
         log.info("config_reloaded", file=str(self.config_path), chargers=len(new.chargers), meters=len(new.meters))
-        if self.telemetry is not None:
-            self.telemetry.event("config_reloaded", chargers=len(new.chargers), meters=len(new.meters))
         self.notifier.ready(self.control.summary())
 
 

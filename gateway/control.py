@@ -185,7 +185,9 @@ class ControlLoop:
         while True:
             timeout = max(0.0, next_at - self.clock())
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel racing the wake
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
                 trigger = self._trigger
             except TimeoutError:
                 trigger = "tick"
@@ -205,13 +207,11 @@ class ControlLoop:
         flagged, cleared = self.compliance.update(raw, self.allocation, t0)
         for cid in flagged:
             limit = self.allocation.limit_of(cid) if self.allocation else None
-            log.warning("charger_noncompliant", charger=cid, limit=limit)
-            self._event("noncompliance", charger=cid)
+            log.warning("charger_noncompliant", charger=cid, limit=limit)  # telemetry derives its event
             if site.control.stop_noncompliant:
                 asyncio.get_running_loop().create_task(self._stop(cid))
         for cid in cleared:
             log.info("charger_compliant_again", charger=cid)
-            self._event("noncompliance_cleared", charger=cid)
         chargers: Mapping[str, ChargerSnapshot] = raw
         if self.compliance.flagged:
             chargers = {
@@ -224,7 +224,8 @@ class ControlLoop:
         t2 = self.clock()
         try:
             # frames are written, not answered, within this; a stuck socket must not stall the loop
-            await asyncio.wait_for(self.chargers.apply(allocation), timeout=max(site.control.tick_s, 1.0))
+            async with asyncio.timeout(max(site.control.tick_s, 1.0)):
+                await self.chargers.apply(allocation)
         except TimeoutError:
             log.error("actuation_timeout", timeout_s=max(site.control.tick_s, 1.0))
         t3 = self.clock()
@@ -274,12 +275,11 @@ class ControlLoop:
         self, before: Allocation | None, after: Allocation, trigger: str, latency: float | None = None
     ) -> None:
         if after.mode != self._mode:
+            # the log only: telemetry publishes fail-safe events from the allocation it is given
             if after.mode == "normal":
                 log.warning("failsafe_left", mode=after.mode)
-                self._event("failsafe_left", mode=after.mode)
             else:
                 log.warning("failsafe_entered", mode=after.mode, meters=list(after.failsafe_meters))
-                self._event("failsafe_entered", mode=after.mode, meters=list(after.failsafe_meters))
             self._mode = after.mode
         prev = before.limits if before is not None else {}
         changed = 0

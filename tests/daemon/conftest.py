@@ -162,7 +162,7 @@ async def rig_factory() -> AsyncIterator[Callable[..., Any]]:
 
     async def make(raw: dict[str, Any] | None = None, *, base_load_a: float = 20.0,
                    base: Callable[[float], tuple[float, ...]] | None = None, ev_response_s: float = 1.0,
-                   start_chargers: bool = True) -> Rig:
+                   start_chargers: bool = True, extra: dict[str, Any] | None = None) -> Rig:
         raw = raw or small_site()
         level = [base_load_a]
         sim = SiteSim(raw, base_loads={"service": base or (lambda t: (level[0],) * 3)}, meter_interval_s=1.0)
@@ -170,7 +170,7 @@ async def rig_factory() -> AsyncIterator[Callable[..., Any]]:
         await sim.start()
         port = _free_port()
         cfg = Path(tmp) / f"gateway-{len(made)}.toml"
-        cfg.write_text(dumps(sim.gateway_config(ocpp_port=port)))
+        cfg.write_text(dumps(sim.gateway_config(ocpp_port=port, extra=extra)))
         notify = NotifyListener(str(Path(tmp) / f"notify-{len(made)}.sock"))
         daemon = Daemon(cfg, notify)
         await daemon.start()

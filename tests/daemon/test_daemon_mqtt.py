@@ -1,0 +1,73 @@
+"""The daemon's telemetry through a real mosquitto, read by mosquitto_sub; the remote site cap; the last will."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil.sim.ev import EvSpec
+from tests.daemon.conftest import Rig, wait_for
+from tests.mosquitto import Mosquitto, MosquittoSub, mosquitto_pub, read_retained
+
+ROOT = "ems/test-site/"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    b = Mosquitto(tmp_path / "mosquitto")
+    b.start()
+    yield b
+    b.stop()
+
+
+def _last(sub: MosquittoSub, topic: str) -> dict[str, Any] | None:
+    msgs = sub.on(topic)
+    return json.loads(msgs[-1]) if msgs else None
+
+
+async def test_daemon_publishes_takes_a_remote_cap_and_leaves_a_last_will(rig_factory: Any, broker: Mosquitto) -> None:
+    sub = MosquittoSub(broker, [ROOT + "#"]).start()
+    try:
+        rig: Rig = await rig_factory(extra={"mqtt": {"host": broker.host, "port": broker.port,
+                                                      "charger_min_interval_s": 0.5, "heartbeat_s": 5.0}})
+        for i, ch in enumerate(rig.sim.chargers.values()):
+            ch.plug_in(EvSpec(capacity_kwh=500.0, soc_start=0.2, max_ac_a=32.0, ac_phases=3,
+                              response_delay_s=0.5, id_tag=f"TAG{i}"))
+        assert read_retained(broker, ROOT + "status") == b"online"
+        assert await sub.until(lambda _m: _last(sub, ROOT + "site") is not None, 15)
+        site = _last(sub, ROOT + "site")
+        assert site is not None and site["mode"] == "normal" and len(site["current_a"]) == 3 and "ts" in site
+        assert await sub.until(lambda _m: (_last(sub, ROOT + "charger/CP1") or {}).get("state") == "charging", 20)
+        cp1 = _last(sub, ROOT + "charger/CP1")
+        assert cp1 is not None and cp1["reason"] and "limit_a" in cp1
+
+        # a remote cap of 30 A per phase for 4 s: the limits come down, with the cap as the reason
+        mosquitto_pub(broker, ROOT + "cmd/site_limit", json.dumps({"id": "dr-1", "limit_a": 30, "duration_s": 4}))
+        assert await sub.until(lambda _m: bool(sub.on(ROOT + "cmd/site_limit/reply")), 10)
+        reply = json.loads(sub.on(ROOT + "cmd/site_limit/reply")[-1])
+        assert reply["id"] == "dr-1" and reply["ok"] is True
+        await rig.daemon.wait_log("limit_changed", reason="capped:site-cap/L1", timeout=10)
+        # a malformed command is answered with the reason and changes nothing
+        mosquitto_pub(broker, ROOT + "cmd/site_limit", "{not json")
+        assert await sub.until(lambda _m: len(sub.on(ROOT + "cmd/site_limit/reply")) >= 2, 10)
+        bad = json.loads(sub.on(ROOT + "cmd/site_limit/reply")[-1])
+        assert bad["ok"] is False and bad["reason"]
+        # the cap expires on time: limits rise again for another reason
+        mark = len(rig.daemon.logs)
+        assert await wait_for(
+            lambda: any(e.get("event") == "limit_changed" and e.get("charger") == "CP4"
+                        and not str(e.get("reason")).startswith("capped:site-cap") for e in rig.daemon.logs[mark:]),
+            15,
+        )
+
+        # the gateway is killed: the broker publishes its retained last will
+        rig.daemon.signal(signal.SIGKILL)
+        await rig.daemon.wait_exit()
+        assert await wait_for(lambda: read_retained(broker, ROOT + "status", timeout=2) == b"offline", 30)
+    finally:
+        sub.stop()
