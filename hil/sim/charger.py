@@ -1052,19 +1052,24 @@ class SimCharger:
     # ---- connection -----------------------------------------------------------------------------
     async def _session(self, ws: ClientConnection) -> None:
         handler: Any = _Handler16(self, ws) if self.version == "1.6" else _Handler201(self, ws)
+        alive = [True]  # the sender's loop condition: a cancel swallowed by wait_for (3.11) cannot keep it going
         reader = asyncio.create_task(handler.start())
-        sender = asyncio.create_task(self._boot_and_send(handler))
+        sender = asyncio.create_task(self._boot_and_send(handler, alive))
         try:
             done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 t.result()  # raise what ended it
         finally:
-            for t in (reader, sender):
-                t.cancel()
-            await asyncio.gather(reader, sender, return_exceptions=True)
+            alive[0] = False
+            self._wake.set()
+            pending = {reader, sender}
+            while pending:
+                for t in pending:
+                    t.cancel()
+                _, pending = await asyncio.wait(pending, timeout=1.0)
 
-    async def _boot_and_send(self, handler: Any) -> None:
-        while True:
+    async def _boot_and_send(self, handler: Any, alive: list[bool]) -> None:
+        while alive[0]:
             reason = "RemoteReset" if self.boots else "PowerUp"
             if self.version == "1.6":
                 payload: Any = call16.BootNotification(
@@ -1092,6 +1097,8 @@ class SimCharger:
                     self.heartbeat_interval_s = interval
                 break
             await asyncio.sleep(interval if interval > 0 else 10.0)
+        if not alive[0]:
+            return
         self.boots += 1
         self.online = True
         now = self.clock()
@@ -1103,10 +1110,12 @@ class SimCharger:
             statuses.append(self._status_out(None))
         for out in statuses:
             self._queue.appendleft(out)
-        while True:
-            while not self._queue:
+        while alive[0]:
+            while not self._queue and alive[0]:
                 self._wake.clear()
                 await self._wake.wait()
+            if not alive[0]:
+                break
             out = self._queue.popleft()
             payload = out.build()
             if payload is None:
