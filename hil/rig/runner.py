@@ -412,24 +412,35 @@ class Rig:
                 await asyncio.wait_for(stop.wait(), self.sc.sample_wall_s)
 
     # -- messages ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _semantic_key(action: str, payload: dict[str, Any]) -> str:
+        """What identifies a transaction message when a store-and-forward hop re-sends it under a new
+        message id (and, for 2.0.1, may set ``offline``): the transaction and its sequence number, or
+        the action, transaction, connector and timestamps."""
+        if action == "TransactionEvent":
+            info = payload.get("transactionInfo") or {}
+            return f"TE|{info.get('transactionId')}|{payload.get('seqNo')}|{payload.get('eventType')}"
+        stamps = [m.get("timestamp") for m in payload.get("meterValue", []) if isinstance(m, dict)]
+        return "|".join(str(x) for x in (action, payload.get("transactionId"), payload.get("connectorId"),
+                                          payload.get("evseId"), payload.get("timestamp"), *stamps))
+
     def _message_accounting(self) -> dict[str, Any]:
         sent_ok = lost = unacked = received_total = 0
         lost_list: list[dict[str, Any]] = []
         for chid, ch in self.sim.chargers.items():
             got = [r for r in self.sim.cms.received.get(chid, []) if r.action in TX_ACTIONS]
             ids = {r.unique_id for r in got}
-            bodies = {json.dumps(r.payload, sort_keys=True) for r in got}
+            keys = {self._semantic_key(r.action, r.payload) for r in got}
             received_total += len(got)
             for m in ch.messages_sent:
-                if m.action not in TX_ACTIONS:
-                    continue
-                if m.outcome != "ok":
+                if m.action not in TX_ACTIONS or m.outcome != "ok":
                     continue
                 sent_ok += 1
-                if m.unique_id not in ids and json.dumps(m.payload, sort_keys=True) not in bodies:
+                if m.unique_id not in ids and self._semantic_key(m.action, m.payload) not in keys:
                     lost += 1
                     if len(lost_list) < 20:
-                        lost_list.append({"charger": chid, "action": m.action, "unique_id": m.unique_id})
+                        lost_list.append({"charger": chid, "action": m.action, "unique_id": m.unique_id,
+                                          "payload": m.payload})
             unacked += sum(1 for o in ch._queue if getattr(o, "durable", False))
         return {"tx_messages_sent": sent_ok, "tx_messages_received_by_cms": received_total, "lost": lost,
                 "unacknowledged_at_end": unacked, "lost_examples": lost_list}
