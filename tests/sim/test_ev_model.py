@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +15,7 @@ from hil.sim.ev import ChargingCurve, EvModel, EvSpec, Outlet
 
 AC3 = Outlet(kind="ac", phases=3, max_a=32.0, min_a=6.0, voltage_v=230.0)
 DC = Outlet(kind="dc", max_w=150_000.0)
-BIG = dict(capacity_kwh=1000.0, soc_start=0.1, soc_target=1.0)  # no taper reached within an hour
+BIG: dict[str, Any] = dict(capacity_kwh=1000.0, soc_start=0.1, soc_target=1.0)  # no taper reached within an hour
 
 
 @settings(max_examples=60, deadline=None)
@@ -77,7 +79,7 @@ def test_taper_lowers_the_draw_and_the_ev_stops_at_target() -> None:
     assert m.full and m.soc == pytest.approx(0.9)
     assert m.draw_w == 0.0 and m.state == "suspended_ev"
     tapering = [d for d in draws if 0 < d < 50_000.0]
-    assert tapering and all(x >= y for x, y in zip(tapering, tapering[1:], strict=False))
+    assert tapering and all(x >= y for x, y in itertools.pairwise(tapering))
     assert m.energy_wh == pytest.approx(0.15 * 20_000.0)
 
 

@@ -37,7 +37,7 @@ def prof16(pid: int, purpose: str, level: int, limit: float, *, unit: str = "A",
 
 def install(e: ProfileEngine, d: dict[str, Any], connector: int = 1, tx: TxRef | None = None,
             now: float = T0) -> tuple[bool, str]:
-    return e.install(parse_profile(d, version=e.version, connector=connector, now=now), tx)  # type: ignore[arg-type]
+    return e.install(parse_profile(d, version=e.version, connector=connector, now=now), tx)
 
 
 def test_iso_round_trip() -> None:
