@@ -301,10 +301,18 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
         if cs.state == ChargerState.SUSPENDED_EV:
             if lo_i < cap_line:
                 cap_line, cap_reason = lo_i, "max:ev-suspended"
-        elif cs.state == ChargerState.CHARGING and draw is not None:
+        elif cs.state == ChargerState.CHARGING and draw is not None and prev is not None and prev.limit > 0:
+            # An EV that does not use its limit gives the rest to others, judged only on a draw measured a
+            # response window after its limit last rose (reports lag: a ramping EV is not held back by
+            # them). Once capped, the cap lifts when the EV draws within half the allowance of its limit.
             allowance = ctl.draw_allowance_a if ch.kind == "ac" else ctl.draw_allowance_w * u2l
+            if prev.reason == "max:ev-draw":
+                capped = draw_max < prev.line_a - allowance / 2
+            else:
+                fresh = cs.draw_at is not None and cs.draw_at >= prev.raised_at + ctl.noncompliance_grace_s
+                capped = fresh and draw_max < prev.line_a - allowance
             dcap = max(lo_i, draw_max + allowance)
-            if dcap < cap_line:
+            if capped and dcap < cap_line:
                 cap_line, cap_reason = dcap, "max:ev-draw"
         # ramp: an increase is rate-limited from the previous limit
         start = prev.line_a if prev is not None and prev.limit > 0 else None
@@ -335,6 +343,7 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
     fixed_k = np.bincount(plan.mem_k, weights=fixed[plan.mem_c], minlength=K)
     non_ev = plan.worst_non_ev.copy()
     measured: dict[str, tuple[float, ...]] = {}
+    low_since: dict[str, tuple[float | None, ...]] = {}
     cap = plan.cap.copy()
     for j, cid in enumerate(plan.circuit_ids):
         reading = usable_reading.get(cid)
@@ -345,16 +354,32 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
         sl = slice(j * P, (j + 1) * P)
         seen = plan.measured_phases[cid]
         # a phase the meter does not measure is unknown, not 0 A: it keeps the worst-case non-EV load
-        non_ev[sl] = np.where(seen, np.maximum(cur - ev_draw_k[sl], 0.0), plan.worst_non_ev[sl])
+        raw = np.where(seen, np.maximum(cur - ev_draw_k[sl], 0.0), plan.worst_non_ev[sl])
+        # EV draws are reported seconds after the meter sees them: right after a decrease, "measured -
+        # reported EV draw" understates the non-EV load while the EVs follow. A rise is believed at
+        # once, a fall only once it has lasted the EVs' response window.
+        before = previous.circuits.get(cid) if previous is not None else None
+        lows: list[float | None] = [None] * P
+        if before is not None and before.state == "ok" and len(before.non_ev_a) == P:
+            est = raw.tolist()
+            for ph in range(P):
+                if raw[ph] < before.non_ev_a[ph] - _EPS_A:
+                    since = before.non_ev_low_since[ph] if len(before.non_ev_low_since) == P else None
+                    since = now if since is None else since
+                    if now - since < ctl.noncompliance_grace_s:
+                        est[ph], lows[ph] = before.non_ev_a[ph], since
+            raw = np.array(est)
+        non_ev[sl] = raw
+        low_since[cid] = tuple(lows)
     binding_name = [f"{cid}/{PHASES[k % P]}" for cid in plan.circuit_ids for k in range(P)]
     site_cap = snapshot.site_cap_a
     root_j = plan.circuit_ids.index(site.root)
     if site_cap is not None and math.isfinite(site_cap) and site_cap >= 0:
         root_c = site.circuits[site.root]
-        capped = min(root_c.limit_a, site_cap) - root_c.margin_a
+        cap_room = min(root_c.limit_a, site_cap) - root_c.margin_a
         for ph in range(P):
-            if capped < cap[root_j * P + ph]:
-                cap[root_j * P + ph] = capped
+            if cap_room < cap[root_j * P + ph]:
+                cap[root_j * P + ph] = cap_room
                 binding_name[root_j * P + ph] = f"site-cap/{PHASES[ph]}"
     headroom = cap - non_ev
     room = headroom - fixed_k  # what the active sessions may share
@@ -492,6 +517,7 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
         line, reason = w.line[i], w.reason[i]
         prev = prev_limits.get(cid)
         bound, until = (line, grace_until) if prev is None else _next_draw_bound(prev, line, now, grace_until)
+        raised = now if prev is None or w.limit[i] > prev.limit else prev.raised_at
         limits[cid] = ChargerLimit(
             w.limit[i],
             line,
@@ -500,6 +526,7 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
             running_since[i] if is_active_l[i] and not paused_l[i] else None,
             bound,
             until,
+            raised,
         )
 
     # ---- 7. circuit status ---------------------------------------------------------------
@@ -517,6 +544,7 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
             headroom_a=tuple(float(v) for v in headroom[sl]),
             allocated_a=tuple(float(v) for v in alloc_k[sl]),
             state=circuit_state[cid],
+            non_ev_low_since=low_since.get(cid, ()),
         )
     root_meter = site.circuits[site.root].meter
     if root_meter is not None and root_meter in failsafe_meters:

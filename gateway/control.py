@@ -236,7 +236,7 @@ class ControlLoop:
                 log.exception("telemetry_publish_failed")
         t4 = self.clock()
         latency = t3 - trigger_at if trigger_at is not None else None
-        self._log_changes(self.allocation, allocation, trigger, latency)
+        self._log_changes(self.allocation, allocation, trigger, latency, (t1 - t0, t2 - t1, t3 - t2))
         self.allocation, self.snapshot = allocation, snapshot
         ages = [t0 - r.at for r in snapshot.meters.values() if r is not None and r.valid]
         self.records.append(
@@ -272,7 +272,12 @@ class ControlLoop:
                 log.exception("telemetry_event_failed", event_name=name)
 
     def _log_changes(
-        self, before: Allocation | None, after: Allocation, trigger: str, latency: float | None = None
+        self,
+        before: Allocation | None,
+        after: Allocation,
+        trigger: str,
+        latency: float | None = None,
+        phases: tuple[float, float, float] = (0.0, 0.0, 0.0),
     ) -> None:
         if after.mode != self._mode:
             # the log only: telemetry publishes fail-safe events from the allocation it is given
@@ -302,6 +307,9 @@ class ControlLoop:
                 trigger=trigger,
                 changed=changed,
                 reading_to_actuated_ms=None if latency is None else round(latency * 1000, 3),
+                snapshot_ms=round(phases[0] * 1000, 3),
+                allocation_ms=round(phases[1] * 1000, 3),
+                actuation_ms=round(phases[2] * 1000, 3),
             )
 
     def summary(self) -> str:

@@ -93,6 +93,7 @@ class ChargerLimit(NamedTuple):
     # EV up to the grace period to follow, so the bound keeps the earlier, higher limit until then.
     draw_bound_a: float = 0.0
     draw_bound_until: float = 0.0
+    raised_at: float = 0.0  # when the limit last rose: an EV's draw says something only a response window later
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,9 @@ class CircuitStatus:
     headroom_a: tuple[float, ...]  # limit - margin - non-EV load
     allocated_a: tuple[float, ...]  # EV current allocated beneath (fixed loads included)
     state: str  # "ok" | "unmetered" | "stale:<meter>" | "failsafe:<meter>" (an ancestor's meter)
+    # per phase, since when the measured non-EV load has been below the estimate in use (None: it is not);
+    # the estimate follows a fall only after the EVs' response window (a rise at once)
+    non_ev_low_since: tuple[float | None, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class Notifier:
             except ValueError:
                 log.warning("watchdog_usec_invalid", value=wd)
         self._last_status = ""
+        self._failing = False
 
     @property
     def enabled(self) -> bool:
@@ -44,10 +45,15 @@ class Notifier:
             return False
         try:
             self._sock.sendto("\n".join(fields).encode(), self._addr)
-            return True
-        except OSError as exc:  # systemd gone or socket full: never fatal
-            log.warning("sd_notify_failed", error=str(exc))
+        except OSError as exc:  # systemd gone or socket full: never fatal, logged once until it works again
+            if not self._failing:
+                log.warning("sd_notify_failed", error=str(exc))
+                self._failing = True
             return False
+        if self._failing:
+            log.info("sd_notify_recovered")
+            self._failing = False
+        return True
 
     def ready(self, status: str | None = None) -> None:
         self.notify("READY=1", *([f"STATUS={status}"] if status else []))

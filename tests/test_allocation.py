@@ -85,15 +85,28 @@ def test_headroom_subtracts_non_ev_load_measured_minus_ev_draw() -> None:
 
 
 def test_unused_capacity_goes_to_others_and_comes_back() -> None:
-    site = make_site(limit_a=40, chargers=[ac("A", phases=3), ac("B", phases=3)], control=FAST)
-    # A's EV only draws 5 A: it is capped at draw + allowance (4 A), B gets the rest
-    a = settle(site, snap(0, [charging("A", (5, 5, 5)), charging("B", (0, 0, 0), state=ChargerState.EV_CONNECTED)],
-                          {"m-main": (5, 5, 5)}))
-    assert lim(a, "A") == 9.0 and why(a, "A") == "max:ev-draw"
-    assert lim(a, "B") == 31.0
-    # A's EV now draws what it was given and more is possible: its share comes back
-    a2 = settle(site, snap(0, [charging("A", (9, 9, 9)), charging("B", (31, 31, 31))], {"m-main": (40, 40, 40)}))
-    assert lim(a2, "A") == 13.0
+    site = make_site(limit_a=40, chargers=[ac("A", phases=3), ac("B", phases=3)],
+                     control={**FAST, "noncompliance_grace_s": 5.0})
+    prev: Allocation | None = None
+
+    def tick(t: float, a_draw: float, b_draw: float) -> Allocation:
+        s = snap(t, [charging("A", (a_draw,) * 3), charging("B", (b_draw,) * 3)],
+                 {"m-main": (a_draw + b_draw,) * 3})
+        s = replace(s, chargers={k: replace(v, draw_at=t) for k, v in s.chargers.items()})
+        return allocate(s, site, prev, t)
+
+    # A's EV only takes 5 A of its 20 A share; B takes all it gets
+    for t in range(0, 4):
+        prev = tick(100.0 + t, 5.0, 20.0)
+    assert lim(prev, "A") == 20.0  # not judged yet: its limit rose less than a response window ago
+    for t in range(4, 12):
+        prev = tick(100.0 + t, 5.0, prev.limits["B"].limit)
+    # a draw measured a response window after its last rise shows A under-using: capped at draw + 4 A
+    assert lim(prev, "A") == 9.0 and why(prev, "A") == "max:ev-draw"
+    assert lim(prev, "B") == 31.0
+    # A's EV draws what it was given (within half the allowance of its limit): its share comes back
+    prev = tick(112.0, 8.0, 31.0)
+    assert why(prev, "A") != "max:ev-draw" and lim(prev, "A") > 9.0
 
 
 # ---- meters -----------------------------------------------------------------------------------

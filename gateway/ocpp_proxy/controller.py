@@ -18,7 +18,7 @@ from gateway.config import ChargerConfig, Site
 from gateway.model import Allocation, ChargerSnapshot
 from gateway.ocpp_proxy.frames import SUBPROTOCOLS
 from gateway.ocpp_proxy.server import check_request, identity_of, server_ssl_context
-from gateway.ocpp_proxy.session import ChargerSession, LimitState
+from gateway.ocpp_proxy.session import DUE_NOT, ChargerSession, LimitState
 from gateway.ocpp_proxy.state import ChargerTracker
 from gateway.ocpp_proxy.store import Store
 from gateway.ocpp_proxy.upstream import UpstreamTarget, target_for
@@ -178,9 +178,11 @@ class OcppController:
             if cid in self.site.chargers:
                 self.limit_state(cid).target = cl.limit
         now = self.clock()
-        due = [s for s in self.sessions.values() if s.needs_send(now)]
-        if due:
-            await asyncio.gather(*(s.push_limit() for s in due))
+        # decreases first; every due frame queued in one pass, the writes awaited together (no task per charger)
+        due = sorted(((d, s) for s in self.sessions.values() if (d := s.due(now)) != DUE_NOT), key=lambda x: x[0])
+        written = [w for _, s in due if (w := s.submit_limit(now, force=True)) is not None]
+        if written:
+            await asyncio.wait(written, timeout=self.site.ocpp.call_timeout_s)
 
     async def apply_failsafe(self) -> None:
         sessions = list(self.sessions.values())

@@ -71,6 +71,9 @@ NOTIFICATIONS = frozenset(
 FAILSAFE_START = datetime(2020, 1, 1, tzinfo=UTC)
 
 
+DUE_NOT, DUE_DECREASE, DUE_OTHER = 0, 1, 2
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -728,30 +731,42 @@ class ChargerSession:
         return policy.round_limit(target if cms is None else min(target, cms))
 
     def needs_send(self, now: float) -> bool:
+        return self.due(now) != DUE_NOT
+
+    def due(self, now: float) -> int:
+        """Whether the limit profile must go out: DUE_DECREASE (at once, first), DUE_OTHER, DUE_NOT."""
         eff = self.effective_limit()
         st = self.limit
         if eff is None or not self.profiles_ready.is_set():
-            return False
+            return DUE_NOT
         if st.sent is None:
-            return now >= st.retry_at
+            return DUE_OTHER if now >= st.retry_at else DUE_NOT
         if eff < st.sent - 1e-9:
-            return True
+            return DUE_DECREASE
         sig = self.ocpp.significance_a if self.cfg.unit == "A" else self.ocpp.significance_w
         if eff - st.sent >= max(sig, 0.1) - 1e-9:
-            return True
-        return now >= st.sent_at + self.ocpp.lease_s - self.ocpp.renew_before_s
+            return DUE_OTHER
+        return DUE_OTHER if now >= st.sent_at + self.ocpp.lease_s - self.ocpp.renew_before_s else DUE_NOT
 
     async def push_limit(self, *, force: bool = False) -> None:
-        now = self.ctrl.clock()
+        written = self.submit_limit(self.ctrl.clock(), force=force)
+        if written is not None:
+            await asyncio.wait({written}, timeout=self.ocpp.call_timeout_s)
+
+    def submit_limit(self, now: float, *, force: bool = False) -> asyncio.Future[None] | None:
+        """Queue the limit profile if it is due. Returns the frame's `written` future when it goes out
+        now, None when nothing is due or it waits behind a CALL in flight (it follows that answer)."""
         if not force and not self.needs_send(now):
-            return
+            return None
         eff = self.effective_limit()
         if eff is None or not self.profiles_ready.is_set():
-            return
+            return None
         self.limit.sent = eff
         self.limit.sent_at = now
         self.limit.ok = False
-        await self._set_profile(lambda mode: self.limit_payload(mode, eff), "limit", wait=False)
+        out = self._own_to_charger("SetChargingProfile", self.limit_payload(self.mode, eff), key="limit")
+        out.on_answer = self._limit_answered
+        return out.written if self.to_charger.in_flight is out else None
 
     async def failsafe_now(self) -> bool:
         """Set the limit profile to the fail-safe limit and wait for the answer."""

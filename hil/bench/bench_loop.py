@@ -113,6 +113,11 @@ async def run_size(n: int, steps: int, measure_cpu: bool) -> dict[str, Any]:
                if e["event"] == "reallocated" and str(e.get("trigger", "")).startswith("overload:")
                and e.get("reading_to_actuated_ms") is not None]
         result.update(samples=len(lat), p50_ms=pct(lat, 50), p99_ms=pct(lat, 99), max_ms=max(lat, default=float("nan")))
+        if os.environ.get("BENCH_DETAIL"):
+            for e in logs[mark:]:
+                if e["event"] == "reallocated" and str(e.get("trigger", "")).startswith("overload:"):
+                    print({k: e.get(k) for k in ("reading_to_actuated_ms", "snapshot_ms", "allocation_ms",
+                                                 "actuation_ms", "changed")}, file=sys.stderr)
         return result
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -51,7 +51,10 @@ async def test_daemon_publishes_takes_a_remote_cap_and_leaves_a_last_will(rig_fa
         assert await sub.until(lambda _m: bool(sub.on(ROOT + "cmd/site_limit/reply")), 10)
         reply = json.loads(sub.on(ROOT + "cmd/site_limit/reply")[-1])
         assert reply["id"] == "dr-1" and reply["ok"] is True
-        await rig.daemon.wait_log("limit_changed", reason="capped:site-cap/L1", timeout=10)
+        # the cap becomes the binding constraint: limits are capped by it (or paused when minimums no longer fit)
+        assert await wait_for(lambda: any(e.get("event") == "limit_changed"
+                                          and str(e.get("reason")).endswith(":site-cap/L1") for e in rig.daemon.logs),
+                              10)
         # a malformed command is answered with the reason and changes nothing
         mosquitto_pub(broker, ROOT + "cmd/site_limit", "{not json")
         assert await sub.until(lambda _m: len(sub.on(ROOT + "cmd/site_limit/reply")) >= 2, 10)

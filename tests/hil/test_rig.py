@@ -42,7 +42,7 @@ def test_every_shipped_scenario_parses() -> None:
 
 
 def test_scenario_refuses_unknown_keys_and_bad_references() -> None:
-    with pytest.raises(ConfigError, match="scenario.speed"):
+    with pytest.raises(ConfigError, match=r"scenario\.speed"):
         scenario_from_dict({**tiny(), "scenario": {**tiny()["scenario"], "speed": 2}})
     with pytest.raises(ConfigError, match="unknown charger"):
         scenario_from_dict(tiny(arrivals=[{"at_s": 0, "charger": "nope", "departure_s": 10}]))
