@@ -355,3 +355,43 @@ def test_phases_a_single_phase_meter_does_not_see_keep_the_worst_case_load() -> 
     assert lim(a, "A") == 32.0
     assert lim(a, "B") == 20.0 and why(a, "B") == "capped:service/L2"
     assert a.circuits["service"].non_ev_a == (0.0, 30.0, 30.0)
+
+
+def _step_site() -> Site:
+    return make_site(limit_a=100, margin_a=2,
+                     chargers=[ac(c, phases=3) for c in ("A", "B", "C", "D")],
+                     control={**FAST, "noncompliance_grace_s": 3.0})
+
+
+def _tick(site: Site, prev: Allocation | None, t: float, measured: float, draws: float) -> Allocation:
+    s = snap(t, [charging(c, (draws,) * 3) for c in ("A", "B", "C", "D")], {"m-main": (measured,) * 3})
+    return allocate(s, site, prev, t)
+
+
+def test_repeated_overload_readings_while_evs_respond_do_not_spiral_down() -> None:
+    site = _step_site()
+    prev = None
+    for k in range(10):  # steady: 20 A of building load, 4 x 19.5 A
+        prev = _tick(site, prev, 100.0 + k, 98.0, 19.5)
+    assert lim(prev, "A") == 19.5
+    # the building steps +40 A; the meter reads it every 0.25 s while the EVs take 1 s to follow
+    limits = []
+    for k in range(4):
+        prev = _tick(site, prev, 110.0 + 0.25 * k, 138.0, 19.5)
+        limits.append(lim(prev, "A"))
+    assert limits == [9.5, 9.5, 9.5, 9.5]  # one decrease, then held: no spiral, no pauses
+
+
+def test_stale_high_ev_reports_after_a_decrease_do_not_cause_over_allocation() -> None:
+    site = _step_site()
+    prev = None
+    for k in range(10):
+        prev = _tick(site, prev, 100.0 + k, 98.0, 19.5)
+    prev = _tick(site, prev, 110.0, 138.0, 19.5)  # the step: down to 9.5 A each
+    assert lim(prev, "A") == 9.5
+    # the EVs have followed (the meter reads 60 + 4 x 9.5 = 98 A) but their reports still say 19.5 A:
+    # "measured - reported" would make the non-EV load 20 A and hand out 78 A again
+    for k in range(1, 8):
+        prev = _tick(site, prev, 110.0 + 0.25 * k, 98.0, 19.5)
+        assert lim(prev, "A") <= 9.5, (k, prev.limits["A"])
+    assert prev.circuits["service"].non_ev_a[0] >= 60.0 - 1e-6
