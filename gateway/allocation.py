@@ -309,7 +309,7 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
             if prev.reason == "max:ev-draw":
                 capped = draw_max < prev.line_a - allowance / 2
             else:
-                fresh = cs.draw_at is not None and cs.draw_at >= prev.raised_at + ctl.noncompliance_grace_s
+                fresh = cs.draw_at is not None and cs.draw_at >= prev.raised_at + ctl.ev_response_s
                 capped = fresh and draw_max < prev.line_a - allowance
             dcap = max(lo_i, draw_max + allowance)
             if capped and dcap < cap_line:
@@ -340,6 +340,15 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
 
     # ---- 3. headroom per circuit and phase ---------------------------------------------
     ev_draw_k = np.bincount(plan.mem_k, weights=draw_est[plan.mem_c, plan.mem_p], minlength=K)
+    # chargers still following a decrease (their earlier, higher limit is the draw bound until then)
+    responding = np.array(
+        [
+            1.0 if (p := prev_limits.get(c)) is not None and now <= p.draw_bound_until and p.draw_bound_a > p.line_a
+            else 0.0
+            for c in plan.ids
+        ]
+    ) if previous is not None else np.zeros(n)
+    responding_k = np.bincount(plan.mem_k, weights=responding[plan.mem_c], minlength=K) if n else np.zeros(K)
     fixed_k = np.bincount(plan.mem_k, weights=fixed[plan.mem_c], minlength=K)
     non_ev = plan.worst_non_ev.copy()
     measured: dict[str, tuple[float, ...]] = {}
@@ -355,18 +364,19 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
         seen = plan.measured_phases[cid]
         # a phase the meter does not measure is unknown, not 0 A: it keeps the worst-case non-EV load
         raw = np.where(seen, np.maximum(cur - ev_draw_k[sl], 0.0), plan.worst_non_ev[sl])
-        # EV draws are reported seconds after the meter sees them: right after a decrease, "measured -
-        # reported EV draw" understates the non-EV load while the EVs follow. A rise is believed at
-        # once, a fall only once it has lasted the EVs' response window.
+        # EV draws are reported seconds after the meter sees them: while chargers beneath follow a
+        # decrease, "measured - reported EV draw" can understate the non-EV load (an EV that has
+        # followed still reports its old draw). There, a rise is believed at once and a fall only once
+        # it has lasted the EVs' response time; elsewhere the estimate follows the measurement.
         before = previous.circuits.get(cid) if previous is not None else None
         lows: list[float | None] = [None] * P
         if before is not None and before.state == "ok" and len(before.non_ev_a) == P:
             est = raw.tolist()
             for ph in range(P):
-                if raw[ph] < before.non_ev_a[ph] - _EPS_A:
+                if raw[ph] < before.non_ev_a[ph] - _EPS_A and responding_k[j * P + ph] > 0:
                     since = before.non_ev_low_since[ph] if len(before.non_ev_low_since) == P else None
                     since = now if since is None else since
-                    if now - since < ctl.noncompliance_grace_s:
+                    if now - since < ctl.ev_response_s:
                         est[ph], lows[ph] = before.non_ev_a[ph], since
             raw = np.array(est)
         non_ev[sl] = raw
@@ -512,7 +522,7 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
 
     limits: dict[str, ChargerLimit] = {}
     is_active_l = is_active.tolist()
-    grace_until = now + ctl.noncompliance_grace_s
+    grace_until = now + ctl.ev_response_s
     for i, cid in enumerate(plan.ids):
         line, reason = w.line[i], w.reason[i]
         prev = prev_limits.get(cid)

@@ -93,6 +93,7 @@ class ControlConfig:
     noncompliance_tolerance_a: float = 2.0
     noncompliance_tolerance_w: float = 5_000.0
     noncompliance_grace_s: float = 10.0
+    ev_response_s: float = 10.0  # how long an EV may take to follow a lowered limit (EVs take 5-11 s)
     stop_noncompliant: bool = False
 
 
@@ -367,6 +368,7 @@ def _parse_control(t: Table | None) -> ControlConfig:
         noncompliance_tolerance_a=t.float("noncompliance_tolerance_a", d.noncompliance_tolerance_a, min=0),
         noncompliance_tolerance_w=t.float("noncompliance_tolerance_w", d.noncompliance_tolerance_w, min=0),
         noncompliance_grace_s=t.float("noncompliance_grace_s", d.noncompliance_grace_s, min=0),
+        ev_response_s=t.float("ev_response_s", d.ev_response_s, min=0, max=120),
         stop_noncompliant=t.bool("stop_noncompliant", d.stop_noncompliant),
     )
     t.done()

@@ -36,6 +36,9 @@ class OcppConfig:
     significance_w: float = 2000.0
     strict_offline: bool = False
     offline_allow_list: tuple[str, ...] = ()
+    # a token the CMS has never answered for, while the CMS is down: refused (default) or accepted and
+    # settled on replay (OCPP's AllowOfflineTxForUnknownId); one the CMS refused stays refused
+    offline_accept_unknown: bool = False
     max_frame_bytes: int = 65536
     call_timeout_s: float = 30.0
     failsafe_stack_level: int = 0
@@ -79,6 +82,7 @@ def parse_ocpp(t: Table | None) -> OcppConfig:
         significance_w=t.float("significance_w", d.significance_w, min=0),
         strict_offline=t.bool("strict_offline", d.strict_offline),
         offline_allow_list=t.str_list("offline_allow_list"),
+        offline_accept_unknown=t.bool("offline_accept_unknown", False),
         max_frame_bytes=t.int("max_frame_bytes", d.max_frame_bytes, min=1024, max=16 * 1024 * 1024),
         call_timeout_s=t.float("call_timeout_s", d.call_timeout_s, gt=0, max=600),
         failsafe_stack_level=t.int("failsafe_stack_level", d.failsafe_stack_level, min=0, max=100),

@@ -371,6 +371,8 @@ class ChargerSession:
         if token in self.ocpp.offline_allow_list:
             return "Accepted"
         status = self.ctrl.store.token_status(token)
+        if status is None and self.ocpp.offline_accept_unknown:
+            return "Accepted"
         return "Accepted" if status == "Accepted" else "Invalid"
 
     async def _answer_locally(self, frame: Frame) -> None:

@@ -201,3 +201,21 @@ async def test_sigkill_during_outage_loses_nothing(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), 10)
         await cms.stop()
+
+
+async def test_16_offline_accept_unknown_starts_sessions_for_new_tokens_only(cms: Cms, make_gateway: Any) -> None:
+    gw = await make_gateway(cms.port, ocpp_extra="offline_accept_unknown = true")
+    ch = await connect_charger(gw.ctrl.port, "CP16", "1.6", password="secret-cp16")
+    try:
+        await wait_for(lambda: gw.ctrl.cms_online("CP16"), what="CMS link")
+        await cms.stop()
+        await wait_for(lambda: not gw.ctrl.cms_online("CP16"), what="CMS link down")
+        # a driver the CMS has never seen may charge while it is down; the session is settled on replay
+        assert (await ch.cp.call(c16.Authorize(id_tag="walk-in"))).id_tag_info["status"] == "Accepted"
+        start = await ch.cp.call(c16.StartTransaction(connector_id=1, id_tag="walk-in", meter_start=0, timestamp=T0))
+        assert start.id_tag_info["status"] == "Accepted" and start.transaction_id < 0
+        await cms.start()
+        await wait_for(lambda: gw.ctrl.store.count_pending("CP16") == 0, what="queue drained")
+        assert [p["id_tag"] for p in cms.of("CP16", "StartTransaction")] == ["walk-in"]
+    finally:
+        await ch.close()
