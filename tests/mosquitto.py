@@ -1,128 +1,18 @@
-"""A real mosquitto broker on a free loopback port, and mosquitto_sub / mosquitto_pub helpers.
-
-Usable from any test (``from tests.mosquitto import Mosquitto``) and from the benchmarks::
-
-    broker = Mosquitto(tmp_path)       # writes a config: listener PORT 127.0.0.1, allow_anonymous
-    broker.start()
-    ...
-    broker.stop()                      # SIGTERM; start() again re-uses the same port
-
-``persistence=True`` keeps retained messages and persistent sessions across stop()/start().
-"""
+"""mosquitto_sub / mosquitto_pub helpers for the tests; the broker itself is ``hil.broker.Mosquitto``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import socket
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
-HOST = "127.0.0.1"
+from hil.broker import HOST, Mosquitto, free_port, wait_until
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 15.0, interval: float = 0.02) -> bool:
-    """Poll ``pred`` until it is true or ``timeout`` seconds passed; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-class Mosquitto:
-    def __init__(self, workdir: Path, *, port: int | None = None, persistence: bool = False) -> None:
-        if shutil.which("mosquitto") is None:
-            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto mosquitto-clients)")
-        self.dir = Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.host = HOST
-        self.port = port or free_port()
-        self.persistence = persistence
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.conf = self.dir / "mosquitto.conf"
-        self.log = self.dir / "mosquitto.log"
-
-    def _write_conf(self) -> None:
-        lines = [
-            f"listener {self.port} {HOST}",
-            "allow_anonymous true",
-            f"log_dest file {self.log}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            "max_queued_messages 100000",
-        ]
-        if self.persistence:
-            lines += ["persistence true", f"persistence_location {self.dir}/", "autosave_interval 1"]
-        self.conf.write_text("\n".join(lines) + "\n")
-
-    def start(self, timeout: float = 15.0) -> None:
-        for attempt in range(3):
-            self._write_conf()
-            self.proc = subprocess.Popen(
-                ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-            )
-            up = wait_until(
-                lambda: self.proc is not None and (self.proc.poll() is not None or _port_open(self.port)), timeout
-            )
-            if up and self.proc.poll() is None:
-                return
-            err = self._reap()
-            if attempt == 2:
-                raise RuntimeError(f"mosquitto did not start on port {self.port}: {err}")
-            time.sleep(0.5)  # the port may still be in TIME_WAIT / taken by a racing test
-
-    def _reap(self) -> str:
-        if self.proc is None:
-            return ""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        try:
-            _, err = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            err = b""
-        self.proc = None
-        return err.decode(errors="replace")[-500:]
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-        self.proc = None
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+__all__ = ["HOST", "Mosquitto", "MosquittoSub", "free_port", "mosquitto_pub", "read_retained", "wait_until"]
 
 
 class MosquittoSub:

@@ -38,7 +38,7 @@ from gateway.model import (  # noqa: E402
 )
 from gateway.telemetry.config import MqttConfig  # noqa: E402
 from gateway.telemetry.mqtt import Telemetry  # noqa: E402
-from tests.mosquitto import Mosquitto  # noqa: E402
+from hil.broker import Mosquitto  # noqa: E402
 
 
 def big_site(n: int) -> Site:

@@ -33,8 +33,8 @@ import structlog
 
 from gateway import logs
 from gateway.config import ChargerConfig, Site, site_from_dict
+from hil.broker import Mosquitto, free_port
 from hil.meter_sim import LoadProfile
-from hil.rig.broker import Broker, free_port
 from hil.scenario import Arrival, Scenario
 from hil.sim import SimError
 from hil.sim.ev import ChargingCurve, EvModel, EvSpec
@@ -246,7 +246,7 @@ class Rig:
         self.sim = SiteSim(scenario.site, base_loads=loads, meter_interval_s=scenario.charger_meter_interval_wall_s)
         self.site = self.sim.site
         self.gw: GatewayProcess | None = None
-        self.broker: Broker | None = None
+        self.broker: Mosquitto | None = None
         self.static: dict[str, float] = {}
 
     def _base_fn(self, cid: str, P: int) -> Callable[[float], tuple[float, ...]]:
@@ -462,7 +462,7 @@ class Rig:
         try:
             if self.mode == "gateway":
                 if self.sc.gateway.mqtt:
-                    self.broker = Broker(self.out / "mosquitto")
+                    self.broker = Mosquitto(self.out / "mosquitto")
                     await asyncio.to_thread(self.broker.start)
                 port = free_port()
                 cfg_path = self.out / "gateway.toml"
