@@ -420,9 +420,11 @@ class Rig:
         if action == "TransactionEvent":
             info = payload.get("transactionInfo") or {}
             return f"TE|{info.get('transactionId')}|{payload.get('seqNo')}|{payload.get('eventType')}"
+        # a 1.6 transaction started while the CMS was down carries the gateway's local id at the charger
+        # and the CMS's id upstream (rewritten on replay, by design): the id is not part of the key
         stamps = [m.get("timestamp") for m in payload.get("meterValue", []) if isinstance(m, dict)]
-        return "|".join(str(x) for x in (action, payload.get("transactionId"), payload.get("connectorId"),
-                                          payload.get("evseId"), payload.get("timestamp"), *stamps))
+        return "|".join(str(x) for x in (action, payload.get("connectorId"), payload.get("evseId"),
+                                          payload.get("timestamp"), payload.get("meterStop"), *stamps))
 
     def _message_accounting(self) -> dict[str, Any]:
         sent_ok = lost = unacked = received_total = 0
