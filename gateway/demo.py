@@ -15,6 +15,7 @@ import contextlib
 import math
 import random
 import sys
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -38,7 +39,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--config", help="another site config to simulate (default: the embedded reference site)")
     p.add_argument("--no-ui", action="store_true", help="print a summary line every 5 s instead of the live view")
     p.add_argument("--seed", type=int, default=1, help="random seed for EV arrivals")
-    p.add_argument("--log-file", help="write the gateway's JSON log here (default: in the demo's state dir)")
+    p.add_argument("--log-file", help="write the gateway's JSON log here (default: ems-gateway-demo.log in /tmp)")
     p.set_defaults(func=run)
 
 
@@ -83,45 +84,49 @@ class Demo:
         self.app: Any = None
 
     async def run(self, duration: float | None) -> None:
+        # the gateway's and the simulators' logs go to a file: the screen is the live view
+        log_path = Path(self.log_file or Path(tempfile.gettempdir()) / "ems-gateway-demo.log")
+        with log_path.open("w", buffering=1, encoding="utf-8") as stream, logs.configured(  # noqa: ASYNC230
+            "info", "json", stream
+        ):
+            await self.sim.start()
+            try:
+                await self._run(duration, log_path)
+            finally:
+                await self.sim.stop()
+
+    async def _run(self, duration: float | None, log_path: Path) -> None:
         from gateway.app import App
         from gateway.systemd import Notifier
 
         sim = self.sim
-        await sim.start()
-        log_path = Path(self.log_file or Path(sim.state_dir) / "gateway.log")
-        log_stream = log_path.open("a", buffering=1, encoding="utf-8")  # noqa: ASYNC230 - once, at start
-        try:
-            logs.configure("info", "json", stream=log_stream)
-            site = site_from_dict(sim.gateway_config())
-            self.app = app = App(site, notifier=Notifier(address=""))
-            app_task = asyncio.create_task(app.run(), name="gateway")
-            await app.ocpp.wait_started()
-            sim.start_chargers(app.ocpp.port)
-            arrivals = asyncio.create_task(self._arrivals(), name="arrivals")
-            print(f"ems-gateway demo: {site.name}; gateway on ws://127.0.0.1:{app.ocpp.port}, "
-                  f"CMS on ws://127.0.0.1:{sim.cms_port}; log {log_path}", flush=True)
-            deadline = None if duration is None else time.monotonic() + duration
-            next_line = 0.0
-            while not app_task.done():
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                if self.ui:
-                    sys.stdout.write("\x1b[H\x1b[2J" + self.render() + "\n")
-                    sys.stdout.flush()
-                elif time.monotonic() >= next_line:
-                    print(self.summary_line(), flush=True)
-                    next_line = time.monotonic() + 5.0
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(app_task), 1.0)
-            arrivals.cancel()
-            app.request_stop()
-            with contextlib.suppress(Exception):
-                await app_task
-            print(self.summary_line(), flush=True)
-            print(f"demo stopped: every charger was set to its fail-safe limit; log {log_path}", flush=True)
-        finally:
-            await sim.stop()
-            log_stream.close()
+        site = site_from_dict(sim.gateway_config())
+        self.app = app = App(site, notifier=Notifier(address=""))
+        app_task = asyncio.create_task(app.run(), name="gateway")
+        await app.ocpp.wait_started()
+        sim.start_chargers(app.ocpp.port)
+        arrivals = asyncio.create_task(self._arrivals(), name="arrivals")
+        print(f"ems-gateway demo: {site.name}; gateway on ws://127.0.0.1:{app.ocpp.port}, "
+              f"CMS on ws://127.0.0.1:{sim.cms_port}; log {log_path}", flush=True)
+        deadline = None if duration is None else time.monotonic() + duration
+        next_line = 0.0
+        while not app_task.done():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if self.ui:
+                sys.stdout.write("\x1b[H\x1b[2J" + self.render() + "\n")
+                sys.stdout.flush()
+            elif time.monotonic() >= next_line:
+                print(self.summary_line(), flush=True)
+                next_line = time.monotonic() + 5.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(app_task), 1.0)
+        arrivals.cancel()
+        app.request_stop()
+        with contextlib.suppress(Exception):
+            await app_task
+        print(self.summary_line(), flush=True)
+        print(f"demo stopped: every charger was set to its fail-safe limit; log {log_path}", flush=True)
 
     async def _arrivals(self) -> None:
         from hil.sim.ev import EvSpec

@@ -545,6 +545,7 @@ class Rig:
 def run_scenario(scenario: Scenario, out_dir: Path, mode: str = "gateway") -> Recording:
     """Run one scenario (blocking). The rig's own log goes to ``out_dir/rig.log`` (warnings and up)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / "rig.log").open("a", buffering=1, encoding="utf-8") as stream:
-        logs.configure("warning", "json", stream=stream)
+    with (out_dir / "rig.log").open("a", buffering=1, encoding="utf-8") as stream, logs.configured(
+        "warning", "json", stream
+    ):
         return asyncio.run(Rig(scenario, out_dir, mode).run())
