@@ -146,7 +146,7 @@ class ControlLoop:
         self._trigger = "tick"
         self._trigger_at: float | None = None
         self._mode = "normal"
-        self._ticks = 0
+        self._background: set[asyncio.Task[None]] = set()
         self.ticked = asyncio.Event()  # set after every tick (tests and the demo wait on it)
 
     # -- inputs --------------------------------------------------------------------------
@@ -180,7 +180,6 @@ class ControlLoop:
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
-        tick_s = self.site.control.tick_s
         next_at = self.clock()
         while True:
             timeout = max(0.0, next_at - self.clock())
@@ -209,7 +208,9 @@ class ControlLoop:
             limit = self.allocation.limit_of(cid) if self.allocation else None
             log.warning("charger_noncompliant", charger=cid, limit=limit)  # telemetry derives its event
             if site.control.stop_noncompliant:
-                asyncio.get_running_loop().create_task(self._stop(cid))
+                task = asyncio.get_running_loop().create_task(self._stop(cid))
+                self._background.add(task)  # keep a reference until it is done
+                task.add_done_callback(self._background.discard)
         for cid in cleared:
             log.info("charger_compliant_again", charger=cid)
         chargers: Mapping[str, ChargerSnapshot] = raw
@@ -250,7 +251,6 @@ class ControlLoop:
                 reading_to_actuated_s=latency,
             )
         )
-        self._ticks += 1
         self.notifier.watchdog()
         self.notifier.status(self.summary())
         self.ticked.set()

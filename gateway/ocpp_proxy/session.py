@@ -516,7 +516,9 @@ class ChargerSession:
         purpose = prof.get("chargingProfilePurpose")
         if purpose == policy.purpose(self.version, "max"):
             return True
-        return self.mode == "txdefault" and purpose == "TxDefaultProfile"
+        # a charger that only takes TxDefaultProfile carries the site limit in it: a CMS TxProfile would
+        # override it for the transaction (OCPP stacking), so it is merged too, as min(CMS, site)
+        return self.mode == "txdefault" and purpose in ("TxDefaultProfile", "TxProfile")
 
     def _cms_profile_call(self, action: str, p: dict[str, Any]) -> dict[str, Any] | None:
         """Handle a CMS profile CALL locally where it would collide with the gateway's profiles."""
@@ -586,6 +588,8 @@ class ChargerSession:
         now = _now()
         best: float | None = None
         for rec in self.ctrl.store.cms_profiles(self.id).values():
+            if rec["profile"].get("chargingProfilePurpose") == "TxProfile" and self.tracker.session is None:
+                continue  # a TxProfile ends with its transaction
             received = policy.parse_iso(rec.get("received_at")) or now
             got = policy.profile_limit_at(self.version, rec["profile"], received, now)
             if got is None:

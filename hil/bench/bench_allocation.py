@@ -23,15 +23,13 @@ from hil.bench.sites import busy_snapshot, tree_site
 def bench(n: int, runs: int, service_factor: float) -> tuple[float, float, float, dict[str, int]]:
     site = tree_site(n, service_factor)
     rng = random.Random(n)
-    snaps = [busy_snapshot(site, 1000.0 + k, rng) for k in range(20)]
     prev: Allocation | None = None
     times: list[float] = []
     reasons: dict[str, int] = {}
     for k in range(runs):
-        s = snaps[k % len(snaps)]
         now = 1000.0 + k
-        s = s.__class__(taken_at=now, meters={m: r.__class__(current_a=r.current_a, at=now) if r else None
-                                              for m, r in s.meters.items()}, chargers=s.chargers)
+        # a fresh, busy snapshot each tick, its EVs drawing within the limits they were given
+        s = busy_snapshot(site, now, rng, limits=prev)
         t0 = time.perf_counter()
         prev = allocate(s, site, prev, now)
         times.append((time.perf_counter() - t0) * 1000)

@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 from gateway.config import Site, site_from_dict
-from gateway.model import ChargerSnapshot, ChargerState, MeterReading, Session, Snapshot
+from gateway.model import Allocation, ChargerSnapshot, ChargerState, MeterReading, Session, Snapshot
 
 
 def tree_site_dict(
@@ -49,8 +49,11 @@ def tree_site(n_chargers: int, service_factor: float = 0.45) -> Site:
     return site_from_dict(tree_site_dict(n_chargers, service_factor=service_factor))
 
 
-def busy_snapshot(site: Site, now: float, rng: random.Random, *, base_load_a: float = 50.0) -> Snapshot:
-    """Most chargers charging with measured draws, meters reading a consistent site current."""
+def busy_snapshot(
+    site: Site, now: float, rng: random.Random, *, base_load_a: float = 50.0, limits: Allocation | None = None
+) -> Snapshot:
+    """Most chargers charging with measured draws, meters reading a consistent site current. With the
+    previous allocation, each EV draws within its limit, as a compliant EV does."""
     P = site.service.phases
     chargers: dict[str, ChargerSnapshot] = {}
     per_circuit = {cid: [base_load_a] * P for cid in site.circuits}
@@ -61,6 +64,8 @@ def busy_snapshot(site: Site, now: float, rng: random.Random, *, base_load_a: fl
             continue
         state = ChargerState.CHARGING if r < 0.9 else ChargerState.SUSPENDED_EV
         draw = rng.uniform(6, 32) if state == ChargerState.CHARGING else 0.0
+        if limits is not None and cid in limits.limits and limits.limits[cid].limit > 0:
+            draw = min(draw, limits.limits[cid].line_a)
         per = [0.0] * P
         for p in ch.line_phases:
             per[p] = draw

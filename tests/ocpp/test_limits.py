@@ -247,3 +247,42 @@ async def test_stop_transaction_and_cms_clear_reinstalls(cms: Cms, make_gateway:
         assert ch.cp.of("SetChargingProfile")[n]["charging_profile_id"] == 900001
     finally:
         await ch.close()
+
+
+async def test_txdefault_charger_cms_txprofile_is_merged_not_relayed(cms: Cms, make_gateway: Any) -> None:
+    """A charger that only takes TxDefaultProfile: a CMS TxProfile would override the site limit (OCPP
+    stacking), so it is kept by the gateway and applied as min(CMS limit, site allocation)."""
+    gw = await make_gateway(cms.port)
+    ch = await connect_charger(gw.ctrl.port, "CP16", "1.6", password="secret-cp16")
+    ch.cp.reject_purposes = {"ChargePointMaxProfile"}
+    try:
+        await wait_for(lambda: gw.ctrl.sessions.get("CP16") and gw.ctrl.sessions["CP16"].profiles_ready.is_set())
+        await wait_for(lambda: "CP16" in cms.peers, what="upstream")
+        start = await ch.cp.call(c16.StartTransaction(connector_id=1, id_tag="OK-1", meter_start=0,
+                                                      timestamp="2024-01-01T00:00:00Z"))
+        await ch.cp.call(c16.StatusNotification(connector_id=1, error_code="NoError", status="Charging"))
+        await gw.ctrl.apply(alloc(CP16=16.0))
+        await wait_for(lambda: any(p["charging_schedule"]["charging_schedule_period"][0]["limit"] == 16.0
+                                   for p in ch.cp.of("SetChargingProfile")), what="site limit")
+        n = len(ch.cp.of("SetChargingProfile"))
+        r = await cms.peers["CP16"].call(
+            c16.SetChargingProfile(
+                connector_id=1,
+                cs_charging_profiles={
+                    "charging_profile_id": 88,
+                    "transaction_id": start.transaction_id,
+                    "stack_level": 2,
+                    "charging_profile_purpose": "TxProfile",
+                    "charging_profile_kind": "Relative",
+                    "charging_schedule": {"charging_rate_unit": "A",
+                                          "charging_schedule_period": [{"start_period": 0, "limit": 10.0}]},
+                },
+            )
+        )
+        assert r.status == "Accepted"
+        await wait_for(lambda: len(ch.cp.of("SetChargingProfile")) > n, what="merged limit")
+        sent = ch.cp.of("SetChargingProfile")[n:]
+        assert all(p["charging_profile_purpose"] == "TxDefaultProfile" for p in sent)  # the TxProfile stays out
+        assert sent[-1]["charging_schedule"]["charging_schedule_period"][0]["limit"] == 10.0
+    finally:
+        await ch.close()
