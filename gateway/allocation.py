@@ -243,6 +243,7 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
     zero = [0.0] * P
     draw_l: list[list[float]] = [zero] * n  # EV draw subtracted from meters (A per site phase)
     fixed_l = [0.0] * n  # line current reserved for chargers not allocated this tick
+    responding_l = [0.0] * n  # 1.0: still following a decrease
     active: list[int] = []
     lo_l = [0.0] * n
     hi_l = [0.0] * n
@@ -257,6 +258,8 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
         cs = snapshot.chargers.get(cid, offline_default)
         u2l = u2l_l[i]
         prev = prev_limits.get(cid)
+        if prev is not None and now <= prev.draw_bound_until and prev.draw_bound_a > prev.line_a:
+            responding_l[i] = 1.0
         draw = _draw_per_phase(site, ch, cs, P)
         draw_max = 0.0
         if draw is not None:
@@ -341,13 +344,7 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
     # ---- 3. headroom per circuit and phase ---------------------------------------------
     ev_draw_k = np.bincount(plan.mem_k, weights=draw_est[plan.mem_c, plan.mem_p], minlength=K)
     # chargers still following a decrease (their earlier, higher limit is the draw bound until then)
-    responding = np.array(
-        [
-            1.0 if (p := prev_limits.get(c)) is not None and now <= p.draw_bound_until and p.draw_bound_a > p.line_a
-            else 0.0
-            for c in plan.ids
-        ]
-    ) if previous is not None else np.zeros(n)
+    responding = np.array(responding_l, dtype=np.float64)
     responding_k = np.bincount(plan.mem_k, weights=responding[plan.mem_c], minlength=K) if n else np.zeros(K)
     fixed_k = np.bincount(plan.mem_k, weights=fixed[plan.mem_c], minlength=K)
     non_ev = plan.worst_non_ev.copy()
@@ -526,7 +523,10 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
     for i, cid in enumerate(plan.ids):
         line, reason = w.line[i], w.reason[i]
         prev = prev_limits.get(cid)
-        bound, until = (line, grace_until) if prev is None else _next_draw_bound(prev, line, now, grace_until)
+        if prev is None or (line >= prev.line_a and not responding_l[i]):
+            bound, until = line, grace_until  # not following a decrease, and none now: the limit is the bound
+        else:
+            bound, until = _next_draw_bound(prev, line, now, grace_until)
         raised = now if prev is None or w.limit[i] > prev.limit else prev.raised_at
         limits[cid] = ChargerLimit(
             w.limit[i],
