@@ -172,10 +172,14 @@ class ControlLoop:
     def update_site(self, site: Site) -> None:
         self.site = site
         self.compliance.update_site(site)
-        self.allocation = None if self.allocation is None else Allocation(
-            at=self.allocation.at,
-            limits={k: v for k, v in self.allocation.limits.items() if k in site.chargers},
-        )
+        if self.allocation is not None:
+            # keep what still exists, the circuits' non-EV estimates (and their hold) included: a reload
+            # during the EVs' response must not let a stale-high draw report make room that is not there
+            self.allocation = replace(
+                self.allocation,
+                limits={k: v for k, v in self.allocation.limits.items() if k in site.chargers},
+                circuits={k: v for k, v in self.allocation.circuits.items() if k in site.circuits},
+            )
         self.wake("config-reloaded")
 
     # -- the loop ------------------------------------------------------------------------
