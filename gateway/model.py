@@ -61,15 +61,43 @@ class Session:
 
 
 @dataclass(frozen=True)
+class Actuation:
+    """What the OCPP layer knows of the limits a charger was sent: the allocator's feedback.
+
+    Limits are in the charger's unit (A per phase for AC, W for DC); times are monotonic.
+    A limit counts from the moment the charger accepted it, not from when it was decided.
+    """
+
+    # the fail-safe profile and a limit profile are installed and the charger accepted them:
+    # until then the charger may draw anything up to its maximum
+    controlled: bool = False
+    failsafe_installed: bool = False  # the persistent fail-safe profile was accepted
+    accepted_limit: float | None = None  # the limit profile the charger last accepted
+    accepted_at: float | None = None  # when that acceptance arrived
+    pending_limit: float | None = None  # sent or queued, not answered yet (None: nothing pending)
+    pending_since: float | None = None
+    rejected_at: float | None = None  # when a limit was last rejected (or its CALL failed)
+    lease_until: float | None = None  # when the accepted limit profile lapses (the fail-safe takes over)
+
+
+@dataclass(frozen=True)
 class ChargerSnapshot:
     id: str
     online: bool  # its OCPP connection is up
     state: ChargerState = ChargerState.NO_EV
-    draw_a: tuple[float, ...] | None = None  # measured line current per *site* phase (A)
-    draw_w: float | None = None  # measured power (W; DC output or AC active power)
-    draw_at: float | None = None  # when the draw was measured
+    # measured line current per *site* phase (A), the station's total over its connectors
+    draw_a: tuple[float, ...] | None = None
+    draw_w: float | None = None  # measured power (W; DC output or AC active power), the station's total
+    # when the draw was measured, by the charger's own timestamp (monotonic); for a station total,
+    # the oldest of the connectors' reports in it
+    draw_at: float | None = None
     session: Session | None = None
     noncompliant: bool = False  # flagged by the control loop
+    active_connectors: int = 1  # connectors with a session (each gets at least the minimum, or none)
+    state_changed_at: float | None = None  # when the state last changed (a report before it is stale)
+    # None: the caller does not model actuation (unit tests of the allocator): a decided limit counts as
+    # accepted at once. The daemon always fills it in.
+    actuation: Actuation | None = None
 
 
 @dataclass(frozen=True)
