@@ -17,7 +17,7 @@ from typing import Protocol
 
 import structlog
 
-from gateway.allocation import allocate
+from gateway.allocation import AllocatorState, allocate
 from gateway.config import Site
 from gateway.model import Allocation, ChargerSnapshot, MeterReading, Snapshot
 from gateway.systemd import Notifier
@@ -139,6 +139,7 @@ class ControlLoop:
         self.notifier = notifier or Notifier(address="")
         self.clock = clock
         self.allocation: Allocation | None = None
+        self.state: AllocatorState | None = None  # the allocator's memory between ticks
         self.snapshot: Snapshot | None = None
         self.records: deque[TickRecord] = deque(maxlen=history)
         self.compliance = ComplianceMonitor(site)
@@ -172,14 +173,10 @@ class ControlLoop:
     def update_site(self, site: Site) -> None:
         self.site = site
         self.compliance.update_site(site)
-        if self.allocation is not None:
-            # keep what still exists, the circuits' non-EV estimates (and their hold) included: a reload
-            # during the EVs' response must not let a stale-high draw report make room that is not there
-            self.allocation = replace(
-                self.allocation,
-                limits={k: v for k, v in self.allocation.limits.items() if k in site.chargers},
-                circuits={k: v for k, v in self.allocation.circuits.items() if k in site.circuits},
-            )
+        if self.state is not None:
+            # keep what still exists, the circuits' non-EV estimates (and their hold) and every charger's
+            # reserve included: a reload during the EVs' response must not make room that is not there
+            self.state = self.state.keeping(site.chargers, site.circuits)
         self.wake("config-reloaded")
 
     # -- the loop ------------------------------------------------------------------------
@@ -225,7 +222,7 @@ class ControlLoop:
         cap = self.telemetry.site_cap_a(t0) if self.telemetry is not None else None
         snapshot = Snapshot(taken_at=t0, meters=dict(self.meters.readings()), chargers=chargers, site_cap_a=cap)
         t1 = self.clock()
-        allocation = allocate(snapshot, site, self.allocation, t0)
+        allocation, state = allocate(snapshot, site, self.state, t0)
         t2 = self.clock()
         try:
             # frames are written, not answered, within this; a stuck socket must not stall the loop
@@ -242,7 +239,7 @@ class ControlLoop:
         t4 = self.clock()
         latency = t3 - trigger_at if trigger_at is not None else None
         self._log_changes(self.allocation, allocation, trigger, latency, (t1 - t0, t2 - t1, t3 - t2))
-        self.allocation, self.snapshot = allocation, snapshot
+        self.allocation, self.snapshot, self.state = allocation, snapshot, state
         ages = [t0 - r.at for r in snapshot.meters.values() if r is not None and r.valid]
         self.records.append(
             TickRecord(

@@ -115,13 +115,9 @@ class ChargerLimit(NamedTuple):
     limit: float  # in the charger's unit: A per phase (AC) or W (DC)
     line_a: float  # line current per loaded site phase that the limit allows (A)
     reason: str
-    paused_since: float | None = None  # when the session was paused (for rotation)
-    running_since: float | None = None  # when it last got its minimum or more
-    # The highest line current this charger may still legitimately draw: a decrease takes the
-    # EV up to the grace period to follow, so the bound keeps the earlier, higher limit until then.
-    draw_bound_a: float = 0.0
-    draw_bound_until: float = 0.0
-    raised_at: float = 0.0  # when the limit last rose: an EV's draw says something only a response window later
+    # the most line current it may draw from now on: the limit, or more while it follows a decrease, while a
+    # higher limit is pending, or while offline under its lease or fail-safe (its reserve in the allocation)
+    may_draw_a: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -130,11 +126,8 @@ class CircuitStatus:
     measured_a: tuple[float, ...] | None  # None: no meter, or unknown
     non_ev_a: tuple[float, ...]
     headroom_a: tuple[float, ...]  # limit - margin - non-EV load
-    allocated_a: tuple[float, ...]  # EV current allocated beneath (fixed loads included)
+    allocated_a: tuple[float, ...]  # EV current that may be drawn beneath: every reserve, fixed loads included
     state: str  # "ok" | "unmetered" | "stale:<meter>" | "failsafe:<meter>" (an ancestor's meter)
-    # per phase, since when the measured non-EV load has been below the estimate in use (None: it is not);
-    # the estimate follows a fall only after the EVs' response window (a rise at once)
-    non_ev_low_since: tuple[float | None, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from gateway.allocation import AllocatorState, allocate
 from gateway.config import Site, site_from_dict
-from gateway.model import ChargerSnapshot, ChargerState, MeterReading, Session, Snapshot
+from gateway.model import Allocation, ChargerSnapshot, ChargerState, MeterReading, Session, Snapshot
 
 
 def site_dict(
@@ -96,7 +98,7 @@ def charging(
         state=state,
         draw_a=draw_a,
         draw_w=draw_w,
-        draw_at=0.0,
+        draw_at=None,  # snap() stamps it: measured when the snapshot is taken
         session=Session(started_at=started_at, priority=priority, departure_at=departure_at),
         noncompliant=noncompliant,
     )
@@ -118,4 +120,22 @@ def snap(
             ms[mid] = v
         else:
             ms[mid] = MeterReading(current_a=tuple(v), at=now)
-    return Snapshot(taken_at=now, meters=ms, chargers={c.id: c for c in chargers}, site_cap_a=site_cap_a)
+    stamped = {
+        c.id: (replace(c, draw_at=now) if c.draw_at is None and (c.draw_a or c.draw_w) is not None else c)
+        for c in chargers
+    }
+    return Snapshot(taken_at=now, meters=ms, chargers=stamped, site_cap_a=site_cap_a)
+
+
+# the allocator's state travels with the allocation it came with, so table tests read as one tick after another
+_STATES: dict[int, tuple[Allocation, AllocatorState]] = {}
+
+
+def alloc(snapshot: Snapshot, site: Site, previous: Allocation | None, now: float) -> Allocation:
+    """``allocate`` with the state of the tick that returned ``previous`` (None: a fresh start)."""
+    state = _STATES[id(previous)][1] if previous is not None and id(previous) in _STATES else None
+    allocation, nxt = allocate(snapshot, site, state, now)
+    if len(_STATES) > 10_000:
+        _STATES.clear()
+    _STATES[id(allocation)] = (allocation, nxt)
+    return allocation

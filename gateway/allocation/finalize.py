@@ -1,0 +1,122 @@
+"""Step 6: limits from the filling (floor, hysteresis, reasons), the in-flight gate, and the next memory.
+
+The gate keeps the invariant over time: an increase is granted only out of capacity that no charger's
+reserve holds (what it may still draw: its old limit while it follows a decrease, a pending limit, an
+offline charger's lease). Decreases always pass, at once. A session that cannot get its minimum out of
+freed capacity waits at 0 (``hold:in-flight``) until the chargers it waits for have followed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gateway.allocation.classify import Classes
+from gateway.allocation.plan import FloatArray, Plan
+from gateway.allocation.reserve import follow, fresh_reserve
+from gateway.allocation.state import AllocatorState, ChargerMemory
+from gateway.config import Site
+from gateway.model import ChargerLimit, Snapshot
+
+_EPS_A = 1e-6
+_TOL_A = 1e-4
+
+
+def floor_limit(v: float, step: float = 0.1) -> float:
+    # the filling level is found to within _TOL_A: allow that much so an exact share is not rounded down
+    return math.floor((v + 2 * _TOL_A) / step) * step
+
+
+def propose(
+    site: Site, plan: Plan, c: Classes, x: FloatArray, frozen_by: dict[int, int], paused: dict[int, int],
+    names: tuple[str, ...], state: AllocatorState,
+) -> None:
+    """The active sessions' limits before the gate: pauses, floor to 0.1, hysteresis, reasons (in ``c``)."""
+    running = {c.weight[i] for i in c.active if i not in paused}
+    hyst = site.control.hysteresis_a
+    for i in c.active:
+        ch, u2l = plan.chargers[i], plan.unit_to_line[i]
+        if i in paused:
+            w = c.weight[i]
+            if w in running:
+                why = "paused:rotation"
+            elif any(r > w for r in running):
+                why = "paused:priority"
+            else:
+                why = f"paused:{names[paused[i]]}"
+            c.limit[i], c.line[i], c.reason[i] = 0.0, 0.0, why
+            continue
+        xi = float(x[i])
+        why = f"capped:{names[frozen_by[i]]}" if i in frozen_by and xi < c.hi[i] - 1e-3 else c.hi_reason[i]
+        limit = max(ch.min_limit, floor_limit(xi / u2l))
+        mem = state.chargers.get(plan.ids[i])
+        if mem is not None and mem.limit >= ch.min_limit and limit > mem.limit and (limit - mem.limit) * u2l < hyst:
+            limit, why = mem.limit, "hold:hysteresis"
+        c.limit[i], c.line[i], c.reason[i] = limit, limit * u2l, why
+
+
+def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:
+    """Scale every increase beyond a charger's reserve to the capacity that no reserve holds (in ``c``)."""
+    n = len(plan.ids)
+    if not c.active:
+        return
+    is_active = np.zeros(n, dtype=bool)
+    is_active[np.array(c.active, dtype=np.intp)] = True
+    reserve = np.array(c.reserve, dtype=np.float64)
+    held = np.where(is_active, reserve, np.array(c.fixed, dtype=np.float64))
+    line = np.array(c.line, dtype=np.float64)
+    delta = np.where(is_active, np.maximum(line - reserve, 0.0), 0.0)
+    if not (delta > _EPS_A).any():
+        return
+    free = np.maximum(cap - non_ev - plan.per_constraint(held), 0.0)
+    want = plan.per_constraint(delta)
+    factor_k = np.where(want > _EPS_A, np.minimum(1.0, free / np.maximum(want, _EPS_A)), 1.0)
+    factor = np.ones(n)
+    np.minimum.at(factor, plan.mem_c, factor_k[plan.mem_k])
+    for i in np.flatnonzero((delta > _EPS_A) & (factor < 1.0 - 1e-9)).tolist():
+        ch, u2l = plan.chargers[i], plan.unit_to_line[i]
+        granted = float(reserve[i] + delta[i] * factor[i])
+        limit = floor_limit(granted / u2l)
+        if granted < c.lo[i] - _EPS_A or limit < ch.min_limit:
+            limit = 0.0  # its minimum does not fit in freed capacity yet: it waits (a decrease, always safe)
+        c.limit[i], c.line[i], c.reason[i] = limit, limit * u2l, "hold:in-flight"
+
+
+def remember(
+    site: Site, plan: Plan, c: Classes, snapshot: Snapshot, state: AllocatorState, now: float
+) -> tuple[dict[str, ChargerLimit], dict[str, ChargerMemory]]:
+    limits: dict[str, ChargerLimit] = {}
+    memory: dict[str, ChargerMemory] = {}
+    active = set(c.active)
+    resp = site.control.ev_response_s
+    for i, cid in enumerate(plan.ids):
+        mem, v = state.chargers.get(cid), c.views[i]
+        limit, line, why = c.limit[i], c.line[i], c.reason[i]
+        paused_since, running_since = _rotation(c, i, i in active, why, now)
+        base_a, follow_a, follow_until, raised_at = v.base_a, v.follow_a, v.follow_until, v.raised_at
+        cs = snapshot.chargers.get(cid)
+        if cs is not None and cs.actuation is None and cs.online:
+            # no actuation feedback: the decided limit counts as accepted now
+            start = fresh_reserve(plan.chargers[i], cs, plan.unit_to_line[i])
+            follow_a, follow_until, raised_at = follow(mem, start, line, now, resp, now)
+            base_a = line
+        changed_at = mem.changed_at if mem is not None and limit == mem.limit else now
+        memory[cid] = ChargerMemory(
+            limit=limit, line_a=line, reason=why, changed_at=changed_at,
+            paused_since=paused_since, running_since=running_since, base_a=base_a,
+            follow_a=follow_a, follow_until=follow_until, raised_at=raised_at,
+            report_at=cs.draw_at if cs is not None else None, followed_low_a=c.low[i],
+        )
+        may = max(c.reserve[i], line, follow_a if now < follow_until else 0.0)
+        limits[cid] = ChargerLimit(limit, line, why, may)
+    return limits, memory
+
+
+def _rotation(c: Classes, i: int, active: bool, why: str, now: float) -> tuple[float | None, float | None]:
+    if not active:
+        return None, None
+    if why.startswith("paused:") or (why == "hold:in-flight" and c.limit[i] == 0.0):
+        return (c.paused_since[i] if c.paused_since[i] is not None else now), None
+    rs = c.running_since[i] if (c.running_since[i] is not None and c.paused_since[i] is None) else now
+    return None, rs

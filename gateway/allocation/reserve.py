@@ -1,0 +1,142 @@
+"""What each charger may still draw at this instant, from what it accepted (actuation feedback).
+
+A limit counts from the moment the charger accepted it. While a decrease is followed the EV may draw the
+earlier limit for ``ev_response_s`` after the acceptance; while an increase is pending the charger may take
+it at any moment; offline or uncontrolled, it may draw its last leased limit until the lease lapses (plus a
+response), and its persistent fail-safe limit after that; a charger that refused our profiles may draw its
+maximum. This "may draw" is each charger's reserve: increases for others come only out of capacity that no
+reserve holds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from gateway.allocation.state import NEVER, ChargerMemory
+from gateway.config import ChargerConfig, Site
+from gateway.model import Actuation, ChargerSnapshot
+
+_EPS_A = 1e-6
+# a draw report older than this neither caps an EV nor makes room (buffered MeterValues are not fresh)
+REPORT_MAX_AGE_S = 120.0
+
+
+class View(NamedTuple):
+    may_draw_a: float  # line current per loaded phase it may draw now (its reserve)
+    base_a: float  # the reserve before any decrease still being followed
+    follow_a: float
+    follow_until: float
+    raised_at: float
+    controlled: bool
+
+
+def fresh_reserve(ch: ChargerConfig, cs: ChargerSnapshot, u2l: float) -> float:
+    """What a charger the allocator has no memory of may draw: its persistent fail-safe limit (installed by
+    the gateway's earlier life), or more if it reports more (capped at its maximum)."""
+    drawn = max(cs.draw_a or (0.0,)) if ch.kind == "ac" else (cs.draw_w or 0.0) * u2l
+    return min(max(ch.failsafe_limit * u2l, drawn if math.isfinite(drawn) else 0.0), ch.max_limit * u2l)
+
+
+def follow(
+    mem: ChargerMemory | None, start_a: float, base_a: float, changed_at: float, resp: float, now: float
+) -> tuple[float, float, float]:
+    """(follow_a, follow_until, raised_at) once the reserve without followers is ``base_a`` (changed at
+    ``changed_at``: when the charger accepted the change, or now). A fall keeps the earlier reserve for a
+    response; with no memory the earlier reserve is ``start_a`` (``fresh_reserve``)."""
+    if mem is None:
+        before, f_a, f_until, raised = start_a, 0.0, NEVER, NEVER
+    else:
+        before, f_a, f_until, raised = mem.base_a, mem.follow_a, mem.follow_until, mem.raised_at
+    if base_a < before - _EPS_A:
+        still = f_a if now < f_until else 0.0
+        return max(before, still), max(changed_at + resp, f_until if still else NEVER), raised
+    if base_a > before + _EPS_A:
+        raised = changed_at
+    return f_a, f_until, raised
+
+
+def view(
+    mem: ChargerMemory | None, cs: ChargerSnapshot, ch: ChargerConfig, u2l: float, resp: float, now: float
+) -> View:
+    act = cs.actuation
+    fs_a = ch.failsafe_limit * u2l
+    if act is None:  # the caller does not model actuation: the decided limit counts as accepted when decided
+        base = mem.base_a if mem is not None else fresh_reserve(ch, cs, u2l)
+        f_a, f_until, raised = (0.0, NEVER, NEVER) if mem is None else (mem.follow_a, mem.follow_until, mem.raised_at)
+        if not cs.online:
+            base = max(base, fs_a)
+        controlled = cs.online
+    else:
+        base, controlled = _base(mem, cs, act, ch, u2l, fs_a, resp, now)
+        changed_at = act.accepted_at if act.accepted_at is not None and act.accepted_at <= now else now
+        f_a, f_until, raised = follow(mem, fresh_reserve(ch, cs, u2l), base, changed_at, resp, now)
+    may = max(base, f_a) if now < f_until else base
+    return View(may, base, f_a, f_until, raised, controlled)
+
+
+def _base(
+    mem: ChargerMemory | None, cs: ChargerSnapshot, act: Actuation, ch: ChargerConfig, u2l: float, fs_a: float,
+    resp: float, now: float,
+) -> tuple[float, bool]:
+    """The reserve from the actuation feedback alone, and whether the charger is controlled."""
+    accepted = act.accepted_limit * u2l if act.accepted_limit is not None else None
+    controlled = cs.online and act.controlled
+    if controlled:
+        base = accepted or 0.0
+    else:
+        lease_ok = act.lease_until is not None and now < act.lease_until + resp
+        base = max(accepted if (accepted is not None and lease_ok) else 0.0, fs_a)
+        if cs.online and not act.failsafe_installed and act.rejected_at is not None:
+            base = ch.max_limit * u2l  # it refused our profiles: nothing bounds it below its maximum
+    pending = act.pending_limit * u2l if act.pending_limit is not None else 0.0
+    if mem is not None:
+        pending = max(pending, mem.line_a)  # decided last tick, perhaps not yet queued: as if pending
+    return max(base, pending), controlled
+
+
+def measured_draw(site: Site, ch: ChargerConfig, cs: ChargerSnapshot, P: int) -> list[float] | None:
+    """Reported line current per site phase (A), the station's total, or None when it reported none."""
+    if cs.draw_a is not None and ch.kind == "ac":
+        out = [0.0] * P
+        for ph in ch.line_phases:
+            if ph < len(cs.draw_a):
+                v = cs.draw_a[ph]
+                out[ph] = v if math.isfinite(v) and v > 0 else 0.0
+        if len(ch.line_phases) == 2:  # line-to-line: one current in two lines
+            m = max(out[ph] for ph in ch.line_phases)
+            for ph in ch.line_phases:
+                out[ph] = m
+        return out
+    if cs.draw_w is not None and math.isfinite(cs.draw_w):
+        w = max(cs.draw_w, 0.0)
+        a = site.to_line_a(ch, w) if ch.kind == "dc" else _ac_line_a(site, ch, w)
+        out = [0.0] * P
+        for ph in ch.line_phases:
+            out[ph] = a
+        return out
+    return None
+
+
+def _ac_line_a(site: Site, ch: ChargerConfig, w: float) -> float:
+    v_ll = site.service.voltage_ll_v
+    if len(ch.line_phases) == 3:
+        return w / (math.sqrt(3.0) * v_ll)
+    if len(ch.line_phases) == 2 or site.service.phases == 1:
+        return w / v_ll
+    return w / (v_ll / math.sqrt(3.0))
+
+
+def usable(cs: ChargerSnapshot, now: float) -> bool:
+    """Whether the charger's draw report may make room at all: measured after its last state change and
+    not too old. A report that may not can only count as load."""
+    at = cs.draw_at
+    if at is None or now - at > REPORT_MAX_AGE_S:
+        return False
+    return cs.state_changed_at is None or at >= cs.state_changed_at
+
+
+def followed_low(mem: ChargerMemory | None, cs: ChargerSnapshot, v: View, now: float) -> float:
+    """The lowest reserve the charger has fully followed since its draw report was measured."""
+    low = mem.followed_low_a if mem is not None and cs.draw_at == mem.report_at else float("inf")
+    return min(low, v.base_a) if now >= v.follow_until else low

@@ -1,0 +1,55 @@
+"""The allocator's memory between ticks: explicit, frozen state (``allocate`` returns the next one)."""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping
+from dataclasses import dataclass, field
+
+NEVER = float("-inf")
+
+
+@dataclass(frozen=True)
+class ChargerMemory:
+    limit: float  # the limit decided last (charger unit)
+    line_a: float  # its line current per loaded phase
+    reason: str
+    changed_at: float  # when the decided limit last changed
+    paused_since: float | None = None  # when its session was paused (rotation)
+    running_since: float | None = None  # when it last got its minimum or more
+    # its reserve before followers (line A): what it accepted, or may draw offline / uncontrolled
+    base_a: float = 0.0
+    # a decrease takes the EV up to ev_response_s to follow: until follow_until it may still draw follow_a
+    follow_a: float = 0.0
+    follow_until: float = NEVER
+    # when the accepted limit last rose: an EV's draw says something about its demand only a response later
+    raised_at: float = NEVER
+    # the draw report last seen (its measurement time), and the lowest reserve the charger has followed
+    # since it was measured: an EV that followed a decrease draws no more than that, whatever the old
+    # report says (a report taken before a pause is not believed again when the limit rises)
+    report_at: float | None = None
+    followed_low_a: float = float("inf")
+
+
+@dataclass(frozen=True)
+class CircuitMemory:
+    """The non-EV estimate per phase: a rise is believed at once; a fall that follows a drop of the measured
+    current only once every EV draw it rests on was reported after that drop."""
+
+    non_ev_a: tuple[float, ...]  # the estimate in use
+    measured_a: tuple[float, ...]  # the meter's current at the last tick
+    held_since: tuple[float | None, ...]  # the latest drop of the measured current while a fall is held
+
+
+@dataclass(frozen=True)
+class AllocatorState:
+    at: float | None = None  # when the allocator last ran
+    chargers: Mapping[str, ChargerMemory] = field(default_factory=dict)
+    circuits: Mapping[str, CircuitMemory] = field(default_factory=dict)
+
+    def keeping(self, charger_ids: Container[str], circuit_ids: Container[str]) -> AllocatorState:
+        """The state for a reloaded site: what still exists is kept (estimates and holds included)."""
+        return AllocatorState(
+            at=self.at,
+            chargers={k: v for k, v in self.chargers.items() if k in charger_ids},
+            circuits={k: v for k, v in self.circuits.items() if k in circuit_ids},
+        )
