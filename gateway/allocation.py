@@ -308,7 +308,7 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
             # An EV that does not use its limit gives the rest to others, judged only on a draw measured a
             # response window after its limit last rose (reports lag: a ramping EV is not held back by
             # them). Once capped, the cap lifts when the EV draws within half the allowance of its limit.
-            allowance = ctl.draw_allowance_a if ch.kind == "ac" else ctl.draw_allowance_w * u2l
+            allowance = ctl.draw_allowance_a  # TEMP (elec): line A for AC and DC; the lead rewrites this
             if prev.reason == "max:ev-draw":
                 capped = draw_max < prev.line_a - allowance / 2
             else:
@@ -324,7 +324,7 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
         if start is None:
             ramp_cap = lo_i
         else:
-            rate = ctl.ramp_up_a_per_s if ch.kind == "ac" else ctl.ramp_up_w_per_s * u2l
+            rate = ctl.ramp_up_a_per_s  # TEMP (elec): line A/s for AC and DC
             ramp_cap = max(lo_i, start + rate * dt)
         if ramp_cap < cap_line - _EPS_A:
             cap_line, cap_reason = ramp_cap, "ramp:rate-limit"
@@ -510,7 +510,7 @@ def allocate(snapshot: Snapshot, site: Site, previous: Allocation | None, now: f
             reason = hi_reason[i]
         limit = max(ch.min_limit, _floor(xi / u2l))
         if prev is not None and prev.limit >= ch.min_limit and limit > prev.limit:
-            hyst = ctl.hysteresis_a if ch.kind == "ac" else ctl.hysteresis_w
+            hyst = ctl.hysteresis_a / u2l  # TEMP (elec): line A -> the charger unit
             if limit - prev.limit < hyst:
                 limit, reason = prev.limit, "hold:hysteresis"
         w.limit[i], w.line[i], w.reason[i] = limit, limit * u2l, reason
