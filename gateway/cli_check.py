@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gateway.config import PHASES, Site, load_site
+from gateway import electrical
+from gateway.config import PHASES, ChargerConfig, Site, load_site
 
 
 def add_parser(sub: Any) -> None:
@@ -32,9 +33,32 @@ def _fmt_limit(v: float, unit: str) -> str:
     return f"{v:g} A"
 
 
+def _fmt_service(site: Site) -> str:
+    svc = site.service
+    lines = "/".join(electrical.line_names(svc.wiring))
+    v_ln = electrical.line_to_neutral_v(svc)
+    if svc.wiring == "single-phase":
+        return f"single-phase {svc.voltage_ll_v:g} V ({lines})"
+    if svc.wiring == "split-phase":
+        return f"split-phase {v_ln:.0f}/{svc.voltage_ll_v:g} V (legs {lines})"
+    return f"three-phase {svc.voltage_ll_v:g} V line-to-line, {v_ln:.0f} V line-to-neutral ({lines})"
+
+
+def _fmt_wiring(site: Site, ch: ChargerConfig) -> str:
+    """How a charger is connected: e.g. "L1-L2 line-to-line 240 V" or "L1/L2/L3 three-phase 400 V"."""
+    svc = site.service
+    w = electrical.load_wiring(svc, ch.line_phases)
+    if w == "line-to-line":
+        return f"{'-'.join(PHASES[p] for p in ch.line_phases)} line-to-line {svc.voltage_ll_v:g} V"
+    on = "/".join(PHASES[p] for p in ch.line_phases)
+    if w == "three-phase":
+        return f"{on} three-phase {svc.voltage_ll_v:g} V"
+    return f"{on} line-to-neutral {electrical.line_to_neutral_v(svc):.0f} V"
+
+
 def render_site(site: Site) -> str:
     lines = [
-        f"site {site.id} ({site.name}): {site.service.phases}-phase {site.service.voltage_ll_v:g} V, "
+        f"site {site.id} ({site.name}): {_fmt_service(site)}, "
         f"{len(site.circuits)} circuits, {len(site.chargers)} chargers, {len(site.meters)} meters",
         "",
     ]
@@ -44,7 +68,9 @@ def render_site(site: Site) -> str:
     def walk(cid: str, prefix: str, last: bool, depth: int) -> None:
         c = site.circuits[cid]
         branch = "" if depth == 0 else ("└─ " if last else "├─ ")
-        meter = f", meter {c.meter}" if c.meter else ", unmetered"
+        meter = ", unmetered"
+        if c.meter:
+            meter = f", meter {c.meter} on {'/'.join(PHASES[p] for p in site.meters[c.meter].phase_map)}"
         lines.append(
             f"{prefix}{branch}{cid} [{c.kind}] limit {c.limit_a:g} A/phase, margin {c.margin_a:g} A, "
             f"worst-case non-EV {c.worst_case_non_ev_a:g} A{meter}"
@@ -56,9 +82,8 @@ def render_site(site: Site) -> str:
         lines.append(f"{child_prefix}   fail-safe budget: {per} A of {c.limit_a:g} A ({worst / c.limit_a:.0%} worst)")
         direct = [ch for ch in site.chargers.values() if ch.circuit == cid]
         for ch in direct:
-            on = "/".join(PHASES[p] for p in ch.line_phases)
             lines.append(
-                f"{child_prefix}   * {ch.id} {ch.kind.upper()} OCPP {ch.ocpp_version} {on} "
+                f"{child_prefix}   * {ch.id} {ch.kind.upper()} OCPP {ch.ocpp_version} {_fmt_wiring(site, ch)} "
                 f"{_fmt_limit(ch.min_limit, ch.unit)}..{_fmt_limit(ch.max_limit, ch.unit)}, "
                 f"fail-safe {_fmt_limit(ch.failsafe_limit, ch.unit)} "
                 f"({site.to_line_a(ch, ch.failsafe_limit):.1f} A line), priority {ch.priority}"

@@ -7,34 +7,38 @@ it cannot vouch for with a ConfigError naming the key path and the reason.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway import electrical
 from gateway.confkit import Table, parse_toml, read_toml
 from gateway.errors import ConfigError
 from gateway.meters.config import MeterConfig, check_bus_settings, parse_meter
 from gateway.ocpp_proxy.config import ChargerOcppConfig, OcppConfig, parse_charger_ocpp, parse_ocpp
 from gateway.telemetry.config import MqttConfig, parse_mqtt
 
-PHASES = ("L1", "L2", "L3")
+PHASES = electrical.LINE_NAMES  # site lines by index; a service uses the first n_lines of them
 CIRCUIT_KINDS = ("service", "transformer", "switchboard", "panel", "cabinet", "feeder")
 OcppVersion = Literal["1.6", "2.0.1"]
 ChargerKind = Literal["ac", "dc"]
-SQRT3 = math.sqrt(3.0)
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     id: str
-    voltage_ll_v: float
-    phases: int
-    limit_a: float
+    voltage_ll_v: float  # line-to-line (three-phase), leg-to-leg (split-phase: 240), the voltage (single-phase)
+    wiring: electrical.Wiring  # three-phase (L1 L2 L3), single-phase (L1), split-phase (legs L1 L2)
+    limit_a: float  # per line
     margin_a: float
     voltage_tolerance_pct: float
     worst_case_non_ev_a: float
+
+    @property
+    def phases(self) -> int:
+        """How many lines, i.e. entries in every per-phase tuple: 3, 1, or 2 (split-phase legs)."""
+        return electrical.n_lines(self.wiring)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class CircuitConfig:
     can_export: bool
     meter: str | None = None  # filled from [[meters]]
     key: str = ""  # its key path in the config file, for messages
+    worst_case_explicit: bool = False  # worst_case_non_ev_a was set, not derived from the children
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class ChargerConfig:
     connectors: int
     phases: int  # phases the charger itself uses (1 or 3)
     phase_map: tuple[int, ...]  # charger phase i is site phase phase_map[i]
-    line_phases: tuple[int, ...]  # site phases that carry the charger's line current
+    line_phases: tuple[int, ...]  # site lines that carry the charger's line current (2: line-to-line)
     min_limit: float  # A per phase (AC) or W (DC)
     max_limit: float
     failsafe_limit: float
@@ -82,16 +87,16 @@ class PriorityClass:
 
 @dataclass(frozen=True)
 class ControlConfig:
+    """The loop's tuning. The ``_a`` values are line current per phase for AC and DC chargers alike
+    (a DC charger's are converted to W with `gateway.electrical`), so one default suits a 100 A and a
+    4000 A site."""
+
     tick_s: float = 1.0
     ramp_up_a_per_s: float = 2.0
-    ramp_up_w_per_s: float = 20_000.0
     hysteresis_a: float = 0.5
-    hysteresis_w: float = 500.0
     draw_allowance_a: float = 4.0
-    draw_allowance_w: float = 20_000.0
     rotation_period_s: float = 900.0
     noncompliance_tolerance_a: float = 2.0
-    noncompliance_tolerance_w: float = 5_000.0
     noncompliance_grace_s: float = 10.0
     ev_response_s: float = 10.0  # how long an EV may take to follow a lowered limit (EVs take 5-11 s)
     stop_noncompliant: bool = False
@@ -130,18 +135,14 @@ class Site:
     def n_phases(self) -> int:
         return self.service.phases
 
-    def amps_per_watt(self, charger: ChargerConfig) -> float:
-        """Line current per phase (A) drawn per W of DC output, at the conservative voltage."""
-        v = self.service.voltage_ll_v * (1.0 - self.service.voltage_tolerance_pct / 100.0)
-        per_phase_v = v * SQRT3 if len(charger.line_phases) == 3 else v
-        return 1.0 / (charger.efficiency * charger.power_factor * per_phase_v)
-
     def to_line_a(self, charger: ChargerConfig, limit: float) -> float:
-        """Charger limit (A or W) -> line current per loaded phase (A)."""
-        return limit if charger.kind == "ac" else limit * self.amps_per_watt(charger)
+        """Charger limit (A per phase, or W of DC output) -> line current per loaded line (A); DC at the
+        conservative voltage (see `gateway.electrical.limit_to_line_a`)."""
+        return electrical.limit_to_line_a(self.service, charger, limit)
 
     def from_line_a(self, charger: ChargerConfig, line_a: float) -> float:
-        return line_a if charger.kind == "ac" else line_a / self.amps_per_watt(charger)
+        """Line current per loaded line (A) -> a limit in the charger's unit (the inverse of `to_line_a`)."""
+        return electrical.line_a_to_limit(self.service, charger, line_a)
 
     def failsafe_budget(self) -> dict[str, tuple[float, ...]]:
         """Per circuit, per phase: worst-case non-EV load + sum of fail-safe line currents (A)."""
@@ -236,23 +237,40 @@ def _parse_service(root: Table) -> ServiceConfig:
     t = root.table("service")
     if t is None:
         raise ConfigError("service", "required table is missing")
+    wiring = _parse_wiring(t)
     s = ServiceConfig(
         id=t.str("id", "service"),
         voltage_ll_v=t.float("voltage_ll_v", min=100, max=1000),
-        phases=t.int("phases", 3),
+        wiring=wiring,
         limit_a=t.float("limit_a", gt=0),
         margin_a=t.float("margin_a", 0.0, min=0),
         voltage_tolerance_pct=t.float("voltage_tolerance_pct", 5.0, min=0, max=20),
         worst_case_non_ev_a=t.float("worst_case_non_ev_a", -1.0) if t.has("worst_case_non_ev_a") else -1.0,
     )
-    if s.phases not in (1, 3):
-        raise t.error("phases", f"must be 1 or 3, got {s.phases}")
     if s.margin_a >= s.limit_a:
         raise t.error("margin_a", f"must be below limit_a ({s.limit_a:g} A)")
     if t.has("worst_case_non_ev_a") and s.worst_case_non_ev_a < 0:
         raise t.error("worst_case_non_ev_a", "must be >= 0")
     t.done()
     return s
+
+
+def _parse_wiring(t: Table) -> electrical.Wiring:
+    """``wiring`` ("three-phase" | "single-phase" | "split-phase"); without it, from ``phases`` (3 or 1)."""
+    phases = t.int("phases", 3) if t.has("phases") else None
+    if phases is not None and phases not in (1, 3):
+        raise t.error(
+            "phases", f"must be 1 or 3, got {phases} (a 120/240 V service with two legs: wiring = \"split-phase\")"
+        )
+    if not t.has("wiring"):
+        return "single-phase" if phases == 1 else "three-phase"
+    raw = t.choice("wiring", electrical.WIRINGS)
+    wiring: electrical.Wiring = (
+        "split-phase" if raw == "split-phase" else "single-phase" if raw == "single-phase" else "three-phase"
+    )
+    if phases is not None and (wiring == "split-phase" or phases != electrical.n_lines(wiring)):
+        raise t.error("phases", f"contradicts wiring = {wiring!r}: give only wiring")
+    return wiring
 
 
 def _parse_circuits(root: Table, service: ServiceConfig) -> dict[str, CircuitConfig]:
@@ -274,6 +292,7 @@ def _parse_circuits(root: Table, service: ServiceConfig) -> dict[str, CircuitCon
             worst_case_non_ev_a=t.float("worst_case_non_ev_a", 0.0, min=0),
             can_export=t.bool("can_export", False),
             key=t.path,
+            worst_case_explicit=has_wc,
         )
         if c.margin_a >= c.limit_a:
             raise t.error("margin_a", f"must be below limit_a ({c.limit_a:g} A)")
@@ -296,6 +315,7 @@ def _parse_circuits(root: Table, service: ServiceConfig) -> dict[str, CircuitCon
         worst_case_non_ev_a=max(service.worst_case_non_ev_a, 0.0),
         can_export=False,
         key="service",
+        worst_case_explicit=service.worst_case_non_ev_a >= 0,
     )
     allc = {service.id: svc, **circuits}
     explicit_wc[service.id] = service.worst_case_non_ev_a >= 0
@@ -352,21 +372,33 @@ def _parse_priorities(root: Table) -> dict[str, PriorityClass]:
     return out
 
 
+_REMOVED_CONTROL_W = {
+    "ramp_up_w_per_s": "ramp_up_a_per_s",
+    "hysteresis_w": "hysteresis_a",
+    "draw_allowance_w": "draw_allowance_a",
+    "noncompliance_tolerance_w": "noncompliance_tolerance_a",
+}
+
+
 def _parse_control(t: Table | None) -> ControlConfig:
     if t is None:
         return ControlConfig()
+    for old, new in _REMOVED_CONTROL_W.items():
+        if t.has(old):
+            raise t.error(
+                old,
+                f"removed: DC chargers now use {new} too, in line current per phase (the same value is then "
+                f"safe on a small and a large site); convert: W / (sqrt(3) x V_LL x efficiency x pf) on three "
+                f"phases",
+            )
     d = ControlConfig()
     c = ControlConfig(
         tick_s=t.float("tick_s", d.tick_s, min=0.2, max=10.0),
         ramp_up_a_per_s=t.float("ramp_up_a_per_s", d.ramp_up_a_per_s, gt=0),
-        ramp_up_w_per_s=t.float("ramp_up_w_per_s", d.ramp_up_w_per_s, gt=0),
         hysteresis_a=t.float("hysteresis_a", d.hysteresis_a, min=0),
-        hysteresis_w=t.float("hysteresis_w", d.hysteresis_w, min=0),
         draw_allowance_a=t.float("draw_allowance_a", d.draw_allowance_a, min=0),
-        draw_allowance_w=t.float("draw_allowance_w", d.draw_allowance_w, min=0),
         rotation_period_s=t.float("rotation_period_s", d.rotation_period_s, gt=0),
         noncompliance_tolerance_a=t.float("noncompliance_tolerance_a", d.noncompliance_tolerance_a, min=0),
-        noncompliance_tolerance_w=t.float("noncompliance_tolerance_w", d.noncompliance_tolerance_w, min=0),
         noncompliance_grace_s=t.float("noncompliance_grace_s", d.noncompliance_grace_s, min=0),
         ev_response_s=t.float("ev_response_s", d.ev_response_s, min=0, max=120),
         stop_noncompliant=t.bool("stop_noncompliant", d.stop_noncompliant),
@@ -400,18 +432,36 @@ def _parse_meters(root: Table, circuits: Mapping[str, CircuitConfig], n_phases: 
         if any(p >= n_phases for p in m.phase_map):
             raise t.error(
                 "phase_map",
-                f"the service has {n_phases} phase(s): a meter phase cannot map to "
-                f"{', '.join(PHASES[p] for p in m.phase_map if p >= n_phases)}"
-                + (' (use phase_map = ["L1"])' if n_phases == 1 else ""),
+                f"the service has {n_phases} line(s) ({', '.join(PHASES[:n_phases])}): a meter phase cannot "
+                f"map to {', '.join(PHASES[p] for p in m.phase_map if p >= n_phases)}"
+                + (f" (use phase_map = [{', '.join(repr(p) for p in PHASES[:n_phases])}])".replace("'", '"')
+                   if n_phases < 3 else ""),
             )
+        _check_meter_covers(t, m, circuits[m.circuit], n_phases)
         by_circuit[m.circuit] = m.id
         out[m.id] = m
     check_bus_settings(list(out.values()))
     return out
 
 
+def _check_meter_covers(t: Table, m: MeterConfig, circuit: CircuitConfig, n_phases: int) -> None:
+    """A meter that measures fewer lines than its circuit carries: the others are unknown. Allowed only
+    when the circuit states its worst-case non-EV load, which the unmeasured lines then keep."""
+    missing = [PHASES[p] for p in range(n_phases) if p not in m.phase_map]
+    if not missing or circuit.worst_case_explicit:
+        return
+    wc_key = f"{circuit.key}.worst_case_non_ev_a"
+    raise t.error(
+        "phase_map",
+        f"meter {m.id!r} measures {', '.join(PHASES[p] for p in m.phase_map)} only, but circuit {circuit.id!r} "
+        f"carries {', '.join(PHASES[:n_phases])}: the load on {', '.join(missing)} would be unknown. Measure "
+        f"every line, or set {wc_key} explicitly (the unmeasured lines then keep that worst case)",
+    )
+
+
 _ROTATIONS_3 = {"L1L2L3": (0, 1, 2), "L2L3L1": (1, 2, 0), "L3L1L2": (2, 0, 1)}
-_ROTATIONS_1 = {
+# a single-phase charger: line-to-neutral on one line, or line-to-line across two
+_ROTATIONS_1: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "L1": ((0,), (0,)),
     "L2": ((1,), (1,)),
     "L3": ((2,), (2,)),
@@ -419,6 +469,50 @@ _ROTATIONS_1 = {
     "L2-L3": ((1,), (1, 2)),
     "L3-L1": ((2,), (2, 0)),
 }
+_ROTATIONS_BY_WIRING: dict[str, tuple[str, ...]] = {
+    "three-phase": tuple(_ROTATIONS_1),
+    "split-phase": ("L1", "L2", "L1-L2"),  # 120 V leg-to-neutral, or 240 V across both legs
+    "single-phase": ("L1",),
+}
+
+
+def _parse_charger_wiring(
+    t: Table, service: ServiceConfig, kind: ChargerKind
+) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """(phases, phase_map, line_phases) of a charger from ``phases`` and ``phase_rotation``."""
+    wiring = service.wiring
+    if wiring == "three-phase" and kind == "ac" and not t.has("phases"):
+        raise t.error(
+            "phases",
+            "required for an AC charger on a three-phase service: 3 for a three-phase charger, or 1 for a "
+            'single-phase one (with phase_rotation "L1", "L2", "L3", or "L1-L2".. for line-to-line)',
+        )
+    phases = t.int("phases", 3 if (wiring == "three-phase" and kind == "dc") else 1)
+    if phases not in (1, 3):
+        raise t.error("phases", f"must be 1 or 3, got {phases}")
+    if phases == 3:
+        if wiring != "three-phase":
+            raise t.error("phases", f"a three-phase charger cannot sit on a {wiring} service")
+        rot = t.str("phase_rotation", "L1L2L3")
+        if rot not in _ROTATIONS_3:
+            raise t.error("phase_rotation", f"must be one of {', '.join(_ROTATIONS_3)} for a three-phase charger")
+        return 3, _ROTATIONS_3[rot], (0, 1, 2)
+    if wiring == "split-phase" and not t.has("phase_rotation"):
+        raise t.error(
+            "phase_rotation",
+            'required on a split-phase service: "L1-L2" (240 V across both legs, as Level 2 chargers are) or '
+            '"L1" / "L2" (120 V, one leg to neutral)',
+        )
+    rot = t.str("phase_rotation", "L1")
+    allowed = _ROTATIONS_BY_WIRING[wiring]
+    if rot not in allowed:
+        if wiring == "single-phase" and rot in _ROTATIONS_1:
+            raise t.error("phase_rotation", "a single-phase service has only L1")
+        raise t.error(
+            "phase_rotation", f"must be one of {', '.join(allowed)} for a single-phase charger on a {wiring} service"
+        )
+    phase_map, line_phases = _ROTATIONS_1[rot]
+    return 1, phase_map, line_phases
 
 
 def _parse_chargers(
@@ -443,25 +537,7 @@ def _parse_chargers(
         if circuit not in circuits:
             raise t.error("circuit", f"unknown circuit {circuit!r}")
         connectors = t.int("connectors", 1, min=1, max=16)
-        default_phases = 3 if (service.phases == 3 and kind == "dc") else 1
-        phases = t.int("phases", default_phases)
-        if phases not in (1, 3):
-            raise t.error("phases", f"must be 1 or 3, got {phases}")
-        if phases == 3 and service.phases == 1:
-            raise t.error("phases", "a three-phase charger cannot sit on a single-phase service")
-        if phases == 3:
-            rot = t.str("phase_rotation", "L1L2L3")
-            if rot not in _ROTATIONS_3:
-                raise t.error("phase_rotation", f"must be one of {', '.join(_ROTATIONS_3)} for a three-phase charger")
-            phase_map: tuple[int, ...] = _ROTATIONS_3[rot]
-            line_phases: tuple[int, ...] = (0, 1, 2)
-        else:
-            rot = t.str("phase_rotation", "L1")
-            if rot not in _ROTATIONS_1:
-                raise t.error("phase_rotation", f"must be one of {', '.join(_ROTATIONS_1)} for a single-phase charger")
-            phase_map, line_phases = _ROTATIONS_1[rot]
-            if service.phases == 1 and rot != "L1":
-                raise t.error("phase_rotation", "a single-phase service has only L1")
+        phases, phase_map, line_phases = _parse_charger_wiring(t, service, kind)
         if kind == "ac":
             for bad in ("min_power_w", "max_power_w", "failsafe_power_w"):
                 if t.has(bad):
@@ -481,6 +557,12 @@ def _parse_chargers(
             lo = t.float("min_power_w", 0.0, min=0)
             hi = t.float("max_power_w", gt=0)
             fs = t.float("failsafe_power_w", min=0)
+            if lo <= 0 < hi:
+                raise t.error(
+                    "min_power_w",
+                    "a DC charger needs a minimum above 0 W: its limit ramps up from the minimum, so at 0 W a "
+                    "session never starts; set the lowest power it keeps charging at (often 5-10 kW)",
+                )
             eff = t.float("efficiency", 0.95, gt=0.5, max=1)
             pf = t.float("power_factor", 0.99, gt=0.5, max=1)
             unit = "W"

@@ -99,7 +99,7 @@ class ComplianceMonitor:
             else:
                 if cs.draw_w is None:
                     continue
-                draw, tol = cs.draw_w, ctl.noncompliance_tolerance_w
+                draw, tol = cs.draw_w, self.site.from_line_a(ch, ctl.noncompliance_tolerance_a)
             limit, since = self._limit_since[cid]
             if lim.reason.startswith(("failsafe:", "offline:")):
                 continue

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway import electrical
 from gateway.config import ChargerConfig, Site, site_from_dict
 from hil.scenario import Arrival, Scenario
 
@@ -36,16 +37,16 @@ def _loaded_phases(cfg: ChargerConfig, a: Arrival) -> tuple[int, ...]:
 
 def _ev_model(site: Site, cfg: ChargerConfig, a: Arrival) -> tuple[float, float, float]:
     """(W per line A, the charger's maximum in line A, the EV's maximum in line A before the taper)."""
-    v_ll = site.service.voltage_ll_v
     if cfg.kind == "dc":
-        v = v_ll * (math.sqrt(3) if len(cfg.line_phases) == 3 else 1.0)
-        w_per_a = cfg.efficiency * cfg.power_factor * v
+        w_per_a = electrical.power_w(
+            site.service, cfg.line_phases, 1.0, efficiency=cfg.efficiency, power_factor=cfg.power_factor
+        )
         return w_per_a, cfg.max_limit / w_per_a, a.max_power_w / w_per_a
-    P = site.service.phases
-    v_ln = v_ll / math.sqrt(3) if P == 3 else v_ll
-    volt = v_ll if len(cfg.line_phases) == 2 else v_ln
-    n = min(cfg.phases, a.ac_phases)
-    return volt * n, cfg.max_limit, a.max_current_a
+    if cfg.phases == 3:  # a three-phase (wye) charger: the EV loads one element, line-to-neutral, per phase it uses
+        w_per_a = min(3, a.ac_phases) * electrical.load_voltage_v(site.service, cfg.line_phases)
+    else:
+        w_per_a = electrical.ac_power_w(site.service, cfg.line_phases, 1.0)
+    return w_per_a, cfg.max_limit, a.max_current_a
 
 
 def _base(scenario: Scenario, circuit: str, t0: float, t1: float, P: int) -> np.ndarray:

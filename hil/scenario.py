@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway import electrical
 from gateway.confkit import Table, read_toml
 from gateway.errors import ConfigError
 
@@ -175,7 +176,11 @@ def _site_config(t: Table, base_dir: Path) -> dict[str, Any]:
 
 
 def _phases_of(raw: Mapping[str, Any]) -> int:
-    return int(raw.get("service", {}).get("phases", 3))
+    """The service's number of lines (3, 1, or 2 for a split-phase service's legs)."""
+    svc = raw.get("service", {})
+    if "wiring" in svc:
+        return electrical.n_lines(str(svc["wiring"]))
+    return int(svc.get("phases", 3))
 
 
 def _per_phase(t: Table, key: str, v: Any, phases: int) -> tuple[float, ...]:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import math
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gateway import electrical
 from gateway.config import ChargerConfig, Site, site_from_dict
 from hil.meter_sim import MeterSimulator, RtuBus, SocatPair
 from hil.sim.charger import SimCharger
@@ -59,9 +59,6 @@ class SiteSim:
         self.chargers: dict[str, SimCharger] = {}
         self._charger_tasks: list[asyncio.Task[None]] = []
         self.state_dir = tempfile.mkdtemp(prefix="ems-sim-state-")
-        P = self.site.service.phases
-        v = self.site.service.voltage_ll_v
-        self._v_ln = v / math.sqrt(3) if P == 3 else v
         # the subtree of every circuit, for the currents the meters read
         self._under: dict[str, set[str]] = {
             cid: {k for k in self.site.circuits if cid in self.site.path_to_root[k]} for cid in self.site.circuits
@@ -77,8 +74,7 @@ class SiteSim:
             return tuple(out)
         if cfg.kind == "dc":
             w = sum(sim.draw_w(c) for c in range(1, cfg.connectors + 1))
-            per_phase_v = self.site.service.voltage_ll_v * (math.sqrt(3) if len(cfg.line_phases) == 3 else 1)
-            a = w / (cfg.efficiency * cfg.power_factor * per_phase_v)
+            a = electrical.dc_line_current_a(self.site.service, cfg, w)
             for p in cfg.line_phases:
                 out[p] = a
             return tuple(out)
@@ -133,7 +129,7 @@ class SiteSim:
         by_device: dict[str, RtuBus] = {}
         for mid, m in self.site.meters.items():
             sim = MeterSimulator(m.map, device_id=m.device_id, phases=3, source=self._meter_source(mid),
-                                 voltage_v=self._v_ln, seed=hash(mid) & 0xFFFF)
+                                 voltage_v=electrical.line_to_neutral_v(self.site.service), seed=hash(mid) & 0xFFFF)
             self.meters[mid] = sim
             if m.transport == "rtu" and self.use_rtu:
                 bus = by_device.get(m.device)
@@ -193,7 +189,7 @@ class SiteSim:
                 connectors=cfg.connectors,
                 url=f"ws://127.0.0.1:{ocpp_port}",
                 clock=self.clock,
-                voltage_v=self._v_ln if len(cfg.line_phases) != 2 else self.site.service.voltage_ll_v,
+                voltage_v=electrical.load_voltage_v(self.site.service, cfg.line_phases),
                 password=cfg.ocpp.password,
                 meter_interval_s=self.meter_interval_s,
             )

@@ -54,6 +54,7 @@ def ac(cid: str, circuit: str = "service", **kw: Any) -> dict[str, Any]:
         "id": cid,
         "kind": "ac",
         "circuit": circuit,
+        "phases": 1,  # a three-phase service needs it explicit; pass phases=3 for a three-phase charger
         "max_current_a": 32.0,
         "failsafe_current_a": 0.0,
     }

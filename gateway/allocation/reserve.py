@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from gateway.allocation.state import NEVER, ChargerMemory
 from gateway.config import ChargerConfig, Site
+from gateway.electrical import ac_line_current_a
 from gateway.model import Actuation, ChargerSnapshot
 
 _EPS_A = 1e-6
@@ -110,21 +111,12 @@ def measured_draw(site: Site, ch: ChargerConfig, cs: ChargerSnapshot, P: int) ->
         return out
     if cs.draw_w is not None and math.isfinite(cs.draw_w):
         w = max(cs.draw_w, 0.0)
-        a = site.to_line_a(ch, w) if ch.kind == "dc" else _ac_line_a(site, ch, w)
+        a = site.to_line_a(ch, w) if ch.kind == "dc" else ac_line_current_a(site.service, ch.line_phases, w)
         out = [0.0] * P
         for ph in ch.line_phases:
             out[ph] = a
         return out
     return None
-
-
-def _ac_line_a(site: Site, ch: ChargerConfig, w: float) -> float:
-    v_ll = site.service.voltage_ll_v
-    if len(ch.line_phases) == 3:
-        return w / (math.sqrt(3.0) * v_ll)
-    if len(ch.line_phases) == 2 or site.service.phases == 1:
-        return w / v_ll
-    return w / (v_ll / math.sqrt(3.0))
 
 
 def usable(cs: ChargerSnapshot, now: float) -> bool:

@@ -20,7 +20,7 @@ One entry per meter::
     stale_after_s = 3.0
     ct_ratio = 1.0                 # multiply current, power and energy (meters reading secondary values)
     invert = false                 # the CT is mounted backwards: flip the sign of power
-    phase_map = ["L1", "L2", "L3"] # site phase of measured phase 1, 2, 3 (1 entry: single-phase meter)
+    phase_map = ["L1", "L2", "L3"] # site line of measured phase 1, 2, 3 (split-phase: ["L1", "L2"]; 1 entry: one line)
     # max_current_a = 1600         # plausibility bound; default twice the circuit's limit
     frozen_polls = 10              # identical readings this many polls in a row: invalid (0: off)
     export_tolerance_w = 500       # negative power below -this on a circuit that cannot export: invalid
@@ -105,10 +105,11 @@ def parse_meter(t: Table) -> MeterConfig:
     raw_pm = t.str_list("phase_map", ())
     if not raw_pm:
         raw_pm = SITE_PHASES[: regmap.phases]
-    if len(raw_pm) not in (1, 3) or len(raw_pm) > regmap.phases:
+    if not 1 <= len(raw_pm) <= 3 or len(raw_pm) > regmap.phases:
         raise t.error(
             "phase_map",
-            f"expected 1 or 3 site phases (the map {regmap.name!r} measures {regmap.phases}), got {len(raw_pm)}",
+            f"expected 1 to {regmap.phases} site phases (the map {regmap.name!r} measures {regmap.phases}), "
+            f"got {len(raw_pm)}",
         )
     for ph in raw_pm:
         if ph not in SITE_PHASES:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from gateway import electrical
 from gateway.config import Site
 from gateway.errors import MeterError
 from gateway.meters.config import MeterConfig, check_bus_settings
@@ -28,7 +29,7 @@ log = structlog.get_logger(__name__)
 
 def bounds_for(site: Site, cfg: MeterConfig) -> Bounds:
     circuit = site.circuits[cfg.circuit]
-    v_ln = site.service.voltage_ll_v / (3**0.5)
+    v_ln = electrical.line_to_neutral_v(site.service)  # meters read line-to-neutral voltages
     return Bounds(
         max_current_a=cfg.max_current_a if cfg.max_current_a is not None else 2.0 * circuit.limit_a,
         can_export=circuit.can_export,

@@ -10,8 +10,11 @@ min(CMS limit, site allocation) in its own limit profile instead.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from gateway import electrical
 
 MODES = ("max", "txdefault")
 
@@ -146,17 +149,16 @@ def profile_limit_at(
     return limit, str(sched.get("chargingRateUnit", "A"))
 
 
-def convert(value: float, unit: str, to_unit: str, *, voltage_ll_v: float, phases: int, line_to_line: bool) -> float:
-    """Convert between A per phase and W for one charger (nominal voltage)."""
+def convert(
+    value: float, unit: str, to_unit: str, *, service: electrical.Service, line_phases: Sequence[int]
+) -> float:
+    """Convert a charging rate between A per phase and W for a charger on ``line_phases`` (nominal voltage,
+    unity power factor: `gateway.electrical.ac_power_w` and its inverse)."""
     if unit.upper() == to_unit.upper():
         return value
-    if phases == 3:
-        per_amp = voltage_ll_v * math.sqrt(3.0)
-    else:
-        per_amp = voltage_ll_v if line_to_line else voltage_ll_v / math.sqrt(3.0)
     if to_unit.upper() == "A":
-        return value / per_amp
-    return value * per_amp
+        return electrical.ac_line_current_a(service, line_phases, value)
+    return electrical.ac_power_w(service, line_phases, value)
 
 
 def composite_16(connector_id: int, duration: int, unit: str, limit: float | None, now: datetime) -> dict[str, Any]:

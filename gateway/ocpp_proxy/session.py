@@ -578,9 +578,8 @@ class ChargerSession:
             value,
             unit,
             to_unit,
-            voltage_ll_v=self.ctrl.site.service.voltage_ll_v,
-            phases=self.cfg.phases,
-            line_to_line=len(self.cfg.line_phases) == 2,
+            service=self.ctrl.site.service,
+            line_phases=self.cfg.line_phases,
         )
 
     def cms_limit(self) -> float | None:

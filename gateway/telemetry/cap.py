@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gateway.config import SQRT3, ServiceConfig
+from gateway import electrical
+from gateway.config import ServiceConfig
 from gateway.errors import TelemetryError
 
 MAX_DURATION_S = 86_400.0  # a cap lasts at most a day; the cloud re-sends to extend it
@@ -62,15 +63,13 @@ class RemoteCap:
 
 
 def kw_to_a(kw: float, service: ServiceConfig) -> float:
-    """Active power (kW) -> current per phase (A) at the nominal voltage.
+    """Active power (kW) spread over every line of the service -> current per line (A), nominal voltage.
 
-    I = P / (sqrt(3) * V_LL) on three phases, P / V on one. At a power factor below 1 the real
-    current for that power is higher, so this errs on the side of less current.
+    I = P / (sqrt(3) * V_LL) on three phases, P / V_LL on a split-phase service's two legs, P / V on one
+    (`gateway.electrical.service_line_current_a`). At a power factor below 1 the real current for that
+    power is higher, so this errs on the side of less current.
     """
-    w = kw * 1000.0
-    if service.phases == 3:
-        return w / (SQRT3 * service.voltage_ll_v)
-    return w / service.voltage_ll_v
+    return electrical.service_line_current_a(service, kw * 1000.0)
 
 
 def _number(obj: dict[str, Any], key: str, rid: str | None) -> float:

@@ -38,7 +38,8 @@ import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.config import SQRT3, ChargerConfig, Site
+from gateway import electrical
+from gateway.config import ChargerConfig, Site
 from gateway.errors import StoreError
 from gateway.model import Allocation, ChargerLimit, ChargerSnapshot, MeterReading, Snapshot
 from gateway.telemetry.cap import (
@@ -317,14 +318,13 @@ class Telemetry:
             online += ch.online
             charging += ch.state == "charging"
         limit_a = st.limit_a if st is not None else min(svc.limit_a, snapshot.site_cap_a or math.inf)
-        v = svc.voltage_ll_v
         body: dict[str, object] = {
             "ts": ts,
             "mode": allocation.mode,
             "state": st.state if st is not None else "unknown",
             "current_a": _rt(st.measured_a) if st is not None else None,
             "limit_a": _r(limit_a),
-            "limit_w": _r(limit_a * (SQRT3 * v if svc.phases == 3 else v), 0),
+            "limit_w": _r(electrical.service_power_w(svc, limit_a), 0),
             "service_limit_a": svc.limit_a,
             "site_cap_a": _r(snapshot.site_cap_a),
             "headroom_a": _rt(st.headroom_a) if st is not None else None,

@@ -49,7 +49,7 @@ def big_site(n: int) -> Site:
     parts.append('[[meters]]\nid = "m-main"\ncircuit = "service"\nhost = "127.0.0.1"\n')
     for i in range(n):
         parts.append(f'[[chargers]]\nid = "C{i}"\nkind = "ac"\ncircuit = "panel-{i // 20}"\n'
-                     "max_current_a = 32\nfailsafe_current_a = 0\n")
+                     "phases = 1\nmax_current_a = 32\nfailsafe_current_a = 0\n")
     return site_from_text("".join(parts))
 
 

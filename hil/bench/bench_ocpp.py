@@ -54,7 +54,7 @@ reconnect_min_s = 0.5
 reconnect_max_s = 5
 """
     ch = "".join(
-        f'[[chargers]]\nid = "B{i:04d}"\nocpp_version = "1.6J"\ncircuit = "p1"\nmax_current_a = 32\n'
+        f'[[chargers]]\nid = "B{i:04d}"\nocpp_version = "1.6J"\ncircuit = "p1"\nphases = 1\nmax_current_a = 32\n'
         f"failsafe_current_a = 0\n"
         for i in range(n)
     )

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from gateway import logs
+from gateway import electrical, logs
 from gateway.config import ChargerConfig, Site, site_from_dict
 from hil.broker import Mosquitto, free_port
 from hil.meter_sim import LoadProfile
@@ -82,8 +82,7 @@ def line_a_nominal(site: Site, cfg: ChargerConfig, native: float) -> float:
     """A native limit (A per phase or W) as line A per loaded phase at the nominal voltage (the sims' physics)."""
     if cfg.kind == "ac":
         return native
-    v = site.service.voltage_ll_v * (math.sqrt(3) if len(cfg.line_phases) == 3 else 1.0)
-    return native / (cfg.efficiency * cfg.power_factor * v)
+    return electrical.dc_line_current_a(site.service, cfg, native)
 
 
 def static_limits(site: Site) -> dict[str, float]:

@@ -191,6 +191,7 @@ _TLS_CHARGERS = """
 id = "P2"
 ocpp_version = "1.6J"
 circuit = "p1"
+phases = 1
 max_current_a = 32
 failsafe_current_a = 6
 [chargers.ocpp]
@@ -201,6 +202,7 @@ cms_password = "cms-side-pw-2"
 id = "P3"
 ocpp_version = "2.0.1"
 circuit = "p1"
+phases = 1
 max_current_a = 32
 failsafe_current_a = 6
 [chargers.ocpp]

@@ -47,6 +47,7 @@ host = "127.0.0.1"
 id = "AC-1"
 kind = "ac"
 circuit = "panel-1"
+phases = 1
 max_current_a = 32
 failsafe_current_a = 6
 

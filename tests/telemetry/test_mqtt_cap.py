@@ -150,8 +150,11 @@ async def test_malformed_commands_answered_and_ignored(mosquitto: Mosquitto, sit
 
 def test_kw_to_a(site: Site) -> None:
     assert kw_to_a(69.282, site.service) == pytest.approx(100.0, abs=0.001)
-    one = type(site.service)(**{**site.service.__dict__, "phases": 1, "voltage_ll_v": 240.0})
+    one = type(site.service)(**{**site.service.__dict__, "wiring": "single-phase", "voltage_ll_v": 240.0})
     assert kw_to_a(24.0, one) == pytest.approx(100.0)
+    # 120/240 V split-phase: 24 kW over both legs = 24000 W / 240 V = 100 A in each leg
+    split = type(site.service)(**{**site.service.__dict__, "wiring": "split-phase", "voltage_ll_v": 240.0})
+    assert kw_to_a(24.0, split) == pytest.approx(100.0)
     req = parse_cap_command(b'{"limit_kw": 24, "duration_s": 5}', service=one, now_wall=0.0)
     assert req.limit_kw == 24.0 and req.duration_s == 5.0
     with pytest.raises(CommandRejected, match="exceeds the service limit"):
