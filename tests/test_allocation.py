@@ -11,7 +11,7 @@ import pytest
 
 from gateway.config import Site
 from gateway.model import Allocation, ChargerState, MeterReading, Snapshot
-from tests.factories import alloc, ac, charging, dc, idle, make_site, snap
+from tests.factories import ac, alloc, charging, dc, idle, make_site, snap
 
 FAST = {"ramp_up_a_per_s": 1000.0, "hysteresis_a": 0.0, "ev_response_s": 0.5}
 
