@@ -99,6 +99,7 @@ class ChargerTracker:
         self.current_state = ChargerState.NO_EV
         self.active_connectors = 0
         self.state_changed_at: float | None = None
+        self._offset: float | None = None  # wall clock - monotonic clock
         self._gen = 0  # bumped on every change: the snapshot is rebuilt only then
         self._snap: ChargerSnapshot | None = None
         self._snap_key: tuple[int, bool, Session | None, Actuation | None] | None = None
@@ -316,8 +317,12 @@ class ChargerTracker:
         dt = parse_iso(stamp)
         if dt is None:
             return now
-        age = self.wall() - dt.timestamp()
-        return now - age if age > 0.0 else now
+        # wall - monotonic, kept while it holds within half a second: a timestamp repeated (reports within
+        # the charger's clock resolution) maps to the same time, not one a few microseconds older
+        offset = self.wall() - now
+        if self._offset is None or abs(offset - self._offset) > 0.5:
+            self._offset = offset
+        return min(dt.timestamp() - self._offset, now)
 
     def _apply_samples(self, samples: list[tuple[str, Any, float, str]], conn: int, at: float) -> None:
         currents: dict[int, float] = {}
