@@ -107,6 +107,7 @@ class LimitState:
         self.pending_since: float | None = None
         self.pending_id: str | None = None
         self.rejected_at: float | None = None
+        self.unsure: tuple[float, float] | None = None  # (limit, queued at) of a CALL written, never answered
         self._act: Actuation | None = None
         self._act_online = False
 
@@ -121,6 +122,10 @@ class LimitState:
         self.failsafe_ok = self.confirmed = False
         self._act = None
 
+    def learned(self, ok: bool) -> None:
+        self.caps_learned = ok
+        self._act = None
+
     def failsafe_answered(self, ok: bool) -> None:
         self.failsafe_ok = ok
         self._act = None
@@ -129,16 +134,27 @@ class LimitState:
         self.pending, self.pending_since, self.pending_id = limit, now, message_id
         self._act = None
 
-    def answered(self, message_id: str, limit: float, lease_until: float, outcome: int, now: float) -> None:
+    def answered(
+        self, message_id: str, limit: float, queued_at: float, lease_until: float, outcome: int, now: float
+    ) -> None:
         """A limit CALL ended. A CALL written but never answered may have been applied: its limit stays
-        pending (unconfirmed) until a later answer tells."""
+        pending (unconfirmed) until a later acceptance tells what the charger holds."""
         if outcome == ACCEPTED:
             self.accepted, self.accepted_at, self.lease_until = limit, now, lease_until
             self.confirmed = True
+            self.unsure = None
         else:
             self.rejected_at = now
-        if message_id == self.pending_id and outcome != UNANSWERED:
-            self.pending = self.pending_since = self.pending_id = None
+            if outcome == UNANSWERED:
+                self.unsure = (limit, queued_at)
+        if message_id == self.pending_id:
+            if outcome == UNANSWERED:
+                pass  # stays pending
+            elif outcome == REJECTED and self.unsure is not None:
+                self.pending, self.pending_since = self.unsure
+                self.pending_id = None
+            else:
+                self.pending = self.pending_since = self.pending_id = None
         self._act = None
 
     def actuation(self, now: float, online: bool) -> Actuation:
@@ -775,7 +791,8 @@ class ChargerSession:
         """Record a limit profile as pending, and its answer when it comes (then call `then`). Its lease runs
         from the profile's start (when it was built), whenever the charger answers."""
         ls = self.limit
-        ls.queued(out.message_id, limit, self.ctrl.clock())
+        queued_at = self.ctrl.clock()
+        ls.queued(out.message_id, limit, queued_at)
         lease_until = built_at + self.ocpp.lease_s
 
         def answered(o: OutCall, ans: Frame | None) -> None:
@@ -785,7 +802,7 @@ class ChargerSession:
             else:
                 w = o.written
                 outcome = UNANSWERED if w.done() and not w.cancelled() and w.exception() is None else REJECTED
-            ls.answered(o.message_id, limit, lease_until, outcome, self.ctrl.clock())
+            ls.answered(o.message_id, limit, queued_at, lease_until, outcome, self.ctrl.clock())
             if then is not None:
                 then(o, ans)
 
@@ -830,9 +847,6 @@ class ChargerSession:
         """The persistent fail-safe profile, then the current limit (at boot and after every reconnect).
         A rejected fail-safe profile does not stop the session; it is reported (not controlled)."""
         learned = "learned" in self.ctrl.store.caps(self.id)
-        if not learned:  # the first attempt got no answer: once more, control needs them
-            await self.learn_capabilities()
-            learned = "learned" in self.ctrl.store.caps(self.id)
         self.limit.installing(learned)
         ok = await self._set_profile(self.failsafe_payload, "failsafe", wait=True)
         self.limit.failsafe_answered(bool(ok))
@@ -846,6 +860,9 @@ class ChargerSession:
         self.profiles_ready.set()
         self.limit.sent = None
         await self.push_limit(force=True)
+        if not learned:  # the first attempt got no answer: once more (after the profiles), control needs them
+            await self.learn_capabilities()
+            self.limit.learned("learned" in self.ctrl.store.caps(self.id))
 
     def effective_limit(self) -> float | None:
         target = self.limit.target

@@ -73,8 +73,10 @@ class Gated16(Charger16):
         )
 
     @on("SetChargingProfile")
-    def scp(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
+    async def scp(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
         self.received.append(("SetChargingProfile", {"connector_id": connector_id, **cs_charging_profiles}))
+        if cs_charging_profiles["charging_profile_id"] == LIMIT_ID:
+            await self._gate("SetChargingProfile")
         rejected = cs_charging_profiles["charging_profile_id"] in self.reject_ids
         return cr16.SetChargingProfile(status="Rejected" if rejected else "Accepted")
 
@@ -218,6 +220,41 @@ async def test_rejected_failsafe_keeps_the_session_but_is_not_controlled(make_ga
         assert ("failsafe_not_installed", {"charger": "CP201"}) in gw.events
     finally:
         await ch.close()
+
+
+async def test_unanswered_limit_stays_pending_and_a_reconnect_is_not_controlled(make_gateway: Any) -> None:
+    clock = FakeClock()
+    gw = await make_gateway(None, clock=clock)
+    ch = await connect_gated(gw.ctrl.port, "CP16", "1.6")
+    try:
+        await wait_for(lambda: ready(gw, "CP16"), what="profiles installed")
+        await gw.ctrl.apply(alloc(CP16=10.0))
+        await wait_for(lambda: act(gw, "CP16").accepted_limit == 10.0, what="first limit")
+        ch.cp.gates["SetChargingProfile"] = asyncio.Event()  # the next limit profile is never answered
+        clock.t += 2.0
+        await gw.ctrl.apply(alloc(CP16=20.0))
+        await wait_for(lambda: len(limit_profiles(ch.cp)) == 2, what="increase at the charger")
+    finally:
+        await ch.close()
+    await wait_for(lambda: not gw.ctrl.snapshot()["CP16"].online, what="offline")
+    # the charger may have applied the increase before it went away: still pending (unconfirmed)
+    a = act(gw, "CP16")
+    assert (a.pending_limit, a.pending_since, a.accepted_limit) == (20.0, clock.t, 10.0)
+    assert a.rejected_at == clock.t and not a.controlled
+    ch2 = await connect_gated(gw.ctrl.port, "CP16", "1.6", gates=("SetChargingProfile",))
+    try:
+        # the fail-safe is accepted again, the limit is held at the charger
+        await wait_for(lambda: limit_profiles(ch2.cp), what="limit resent after the reconnect")
+        a = act(gw, "CP16")
+        assert gw.ctrl.snapshot()["CP16"].online and a.failsafe_installed and a.pending_limit == 20.0
+        assert a.lease_until == clock.t - 2.0 + LEASE_S, "the first lease has not lapsed"
+        assert not a.controlled, "a new socket: no limit confirmed on it yet"
+        ch2.cp.gates["SetChargingProfile"].set()
+        await wait_for(lambda: act(gw, "CP16").controlled, what="reinstalled")
+        a = act(gw, "CP16")
+        assert (a.accepted_limit, a.pending_limit, a.lease_until) == (20.0, None, clock.t + LEASE_S)
+    finally:
+        await ch2.close()
 
 
 async def test_limit_behind_a_cms_call_is_pending_until_answered(cms: Cms, make_gateway: Any) -> None:
