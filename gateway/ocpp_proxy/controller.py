@@ -64,7 +64,10 @@ class OcppController:
         return tr
 
     def limit_state(self, charger_id: str) -> LimitState:
-        return self._limits.setdefault(charger_id, LimitState())
+        ls = self._limits.get(charger_id)
+        if ls is None:
+            ls = self._limits[charger_id] = LimitState()
+        return ls
 
     def upstream_target(self, cfg: ChargerConfig) -> UpstreamTarget | None:
         return target_for(self.site.ocpp, cfg, self._cms_contexts)
