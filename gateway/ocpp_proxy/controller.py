@@ -64,7 +64,10 @@ class OcppController:
         return tr
 
     def limit_state(self, charger_id: str) -> LimitState:
-        return self._limits.setdefault(charger_id, LimitState())
+        ls = self._limits.get(charger_id)
+        if ls is None:
+            ls = self._limits[charger_id] = LimitState()
+        return ls
 
     def upstream_target(self, cfg: ChargerConfig) -> UpstreamTarget | None:
         return target_for(self.site.ocpp, cfg, self._cms_contexts)
@@ -119,6 +122,7 @@ class OcppController:
         if old is not None:
             log.info("charger_replaced_connection", charger=cid)
             await old.close()
+        self.limit_state(cid).connected()  # online now, but not controlled until its profiles are accepted
         session = ChargerSession(self, cfg, ws)
         self.sessions[cid] = session
         try:
@@ -171,7 +175,13 @@ class OcppController:
 
     # ------------------------------------------------------------------ the daemon's API
     def snapshot(self) -> dict[str, ChargerSnapshot]:
-        return {cid: self.tracker(cid).snapshot() for cid in self.site.chargers}
+        """Every charger's state, draw and actuation feedback (unchanged ones cost two lookups)."""
+        now = self.clock()
+        out: dict[str, ChargerSnapshot] = {}
+        for cid in self.site.chargers:
+            tr = self.tracker(cid)
+            out[cid] = tr.snapshot(self.limit_state(cid).actuation(now, tr.online))
+        return out
 
     async def apply(self, allocation: Allocation) -> None:
         for cid, cl in allocation.limits.items():

@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from gateway.config import ChargerConfig
 from gateway.errors import OcppError, StoreError
+from gateway.model import Actuation
 from gateway.ocpp_proxy import policy
 from gateway.ocpp_proxy.frames import (
     CALL,
@@ -78,13 +79,109 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+# how a limit profile's CALL ended (for the actuation feedback)
+ACCEPTED, REJECTED, UNANSWERED = 0, 1, 2
+
+
 class LimitState:
+    """One charger's limit profile: what was decided and sent, and what the charger answered.
+
+    Kept by the controller across connections (an offline charger keeps its leased limit); the
+    per-connection part (capabilities, fail-safe, a limit accepted on this socket) is reset on connect.
+    """
+
     def __init__(self) -> None:
         self.target: float | None = None  # last allocation (charger unit)
         self.sent: float | None = None  # limit in the last profile written
         self.sent_at: float = 0.0  # clock() when written
         self.ok = False  # the charger accepted it
         self.retry_at: float = 0.0
+        # actuation feedback (times are clock())
+        self.caps_learned = False
+        self.failsafe_ok = False
+        self.confirmed = False  # a limit profile was accepted on this connection
+        self.accepted: float | None = None
+        self.accepted_at: float | None = None
+        self.lease_until: float | None = None
+        self.pending: float | None = None
+        self.pending_since: float | None = None
+        self.pending_id: str | None = None
+        self.rejected_at: float | None = None
+        self.unsure: tuple[float, float] | None = None  # (limit, queued at) of a CALL written, never answered
+        self._act: Actuation | None = None
+        self._act_online = False
+
+    def connected(self) -> None:
+        """A new socket: nothing is known to be installed on it yet."""
+        self.caps_learned = self.failsafe_ok = self.confirmed = False
+        self._act = None
+
+    def installing(self, caps_learned: bool) -> None:
+        """The profiles are being (re)installed: not controlled until the charger accepted them again."""
+        self.caps_learned = caps_learned
+        self.failsafe_ok = self.confirmed = False
+        self._act = None
+
+    def learned(self, ok: bool) -> None:
+        self.caps_learned = ok
+        self._act = None
+
+    def failsafe_answered(self, ok: bool) -> None:
+        self.failsafe_ok = ok
+        self._act = None
+
+    def queued(self, message_id: str, limit: float, now: float) -> None:
+        self.pending, self.pending_since, self.pending_id = limit, now, message_id
+        self._act = None
+
+    def answered(
+        self, message_id: str, limit: float, queued_at: float, lease_until: float, outcome: int, now: float
+    ) -> None:
+        """A limit CALL ended. A CALL written but never answered may have been applied: its limit stays
+        pending (unconfirmed) until a later acceptance tells what the charger holds."""
+        if outcome == ACCEPTED:
+            self.accepted, self.accepted_at, self.lease_until = limit, now, lease_until
+            self.confirmed = True
+            self.unsure = None
+        else:
+            self.rejected_at = now
+            if outcome == UNANSWERED:
+                self.unsure = (limit, queued_at)
+        if message_id == self.pending_id:
+            if outcome == UNANSWERED:
+                pass  # stays pending
+            elif outcome == REJECTED and self.unsure is not None:
+                self.pending, self.pending_since = self.unsure
+                self.pending_id = None
+            else:
+                self.pending = self.pending_since = self.pending_id = None
+        self._act = None
+
+    def actuation(self, now: float, online: bool) -> Actuation:
+        """The allocator's feedback (cached: rebuilt only on a change or when the lease lapses)."""
+        act = self._act
+        if act is not None and online == self._act_online and not (act.controlled and now >= (act.lease_until or 0.0)):
+            return act
+        controlled = (
+            online
+            and self.caps_learned
+            and self.failsafe_ok
+            and self.confirmed
+            and self.lease_until is not None
+            and now < self.lease_until
+        )
+        act = Actuation(
+            controlled=controlled,
+            failsafe_installed=self.failsafe_ok,
+            accepted_limit=self.accepted,
+            accepted_at=self.accepted_at,
+            pending_limit=self.pending,
+            pending_since=self.pending_since,
+            rejected_at=self.rejected_at,
+            lease_until=self.lease_until,
+        )
+        self._act, self._act_online = act, online
+        return act
 
 
 class ChargerSession:
@@ -647,12 +744,17 @@ class ChargerSession:
         store.set_caps(self.id, caps)
         self.log.info("capabilities_learned", caps=caps)
 
-    async def _set_profile(self, payload_for: Callable[[str], dict[str, Any]], key: str, wait: bool) -> bool | None:
-        """Send a profile; on rejection fall back to the next purpose. None: sent, answer not awaited."""
+    async def _set_profile(
+        self, payload_for: Callable[[str], dict[str, Any]], key: str, wait: bool, limit: float | None = None
+    ) -> bool | None:
+        """Send a profile; on rejection fall back to the next purpose. None: sent, answer not awaited.
+        With `limit`, it is a limit profile: its answer is recorded for the actuation feedback."""
         while True:
+            built_at = self.ctrl.clock()
             out = self._own_to_charger("SetChargingProfile", payload_for(self.mode), key=key)
+            if limit is not None:
+                self._track_limit(out, limit, built_at, self._limit_answered if not wait else None)
             if not wait:
-                out.on_answer = self._limit_answered
                 if self.to_charger.in_flight is out:
                     # written now; one queued behind a CMS CALL in flight goes out after its answer
                     await asyncio.wait({out.written}, timeout=self.ocpp.call_timeout_s)
@@ -681,6 +783,29 @@ class ChargerSession:
         self.ctrl.store.set_caps(self.id, caps)
         self.log.info("profile_purpose_fallback", purpose=policy.purpose(self.version, nxt))
         return True
+
+    def _track_limit(
+        self, out: OutCall, limit: float, built_at: float, then: Callable[[OutCall, Frame | None], None] | None
+    ) -> None:
+        """Record a limit profile as pending, and its answer when it comes (then call `then`). Its lease runs
+        from the profile's start (when it was built), whenever the charger answers."""
+        ls = self.limit
+        queued_at = self.ctrl.clock()
+        ls.queued(out.message_id, limit, queued_at)
+        lease_until = built_at + self.ocpp.lease_s
+
+        def answered(o: OutCall, ans: Frame | None) -> None:
+            if ans is not None:
+                ok = ans.kind == CALLRESULT and ans.payload.get("status") == "Accepted"
+                outcome = ACCEPTED if ok else REJECTED
+            else:
+                w = o.written
+                outcome = UNANSWERED if w.done() and not w.cancelled() and w.exception() is None else REJECTED
+            ls.answered(o.message_id, limit, queued_at, lease_until, outcome, self.ctrl.clock())
+            if then is not None:
+                then(o, ans)
+
+        out.on_answer = answered
 
     def _limit_answered(self, out: OutCall, ans: Frame | None) -> None:
         if ans is not None and ans.kind == CALLRESULT and ans.payload.get("status") == "Accepted":
@@ -718,15 +843,25 @@ class ChargerSession:
         )
 
     async def install_profiles(self) -> None:
-        """The persistent fail-safe profile, then the current limit (at boot and after every reconnect)."""
+        """The persistent fail-safe profile, then the current limit (at boot and after every reconnect).
+        A rejected fail-safe profile does not stop the session; it is reported (not controlled)."""
+        learned = "learned" in self.ctrl.store.caps(self.id)
+        self.limit.installing(learned)
         ok = await self._set_profile(self.failsafe_payload, "failsafe", wait=True)
+        self.limit.failsafe_answered(bool(ok))
         if ok:
             self.log.info(
                 "failsafe_installed", limit=self.cfg.failsafe_limit, purpose=policy.purpose(self.version, self.mode)
             )
+        else:
+            self.log.warning("failsafe_not_installed", limit=self.cfg.failsafe_limit)
+            self.ctrl.event("failsafe_not_installed", charger=self.id)
         self.profiles_ready.set()
         self.limit.sent = None
         await self.push_limit(force=True)
+        if not learned:  # the first attempt got no answer: once more (after the profiles), control needs them
+            await self.learn_capabilities()
+            self.limit.learned("learned" in self.ctrl.store.caps(self.id))
 
     def effective_limit(self) -> float | None:
         target = self.limit.target
@@ -770,7 +905,7 @@ class ChargerSession:
         self.limit.sent_at = now
         self.limit.ok = False
         out = self._own_to_charger("SetChargingProfile", self.limit_payload(self.mode, eff), key="limit")
-        out.on_answer = self._limit_answered
+        self._track_limit(out, eff, now, self._limit_answered)
         return out.written if self.to_charger.in_flight is out else None
 
     async def failsafe_now(self) -> bool:
@@ -779,7 +914,9 @@ class ChargerSession:
         self.limit.sent = self.cfg.failsafe_limit
         self.limit.sent_at = self.ctrl.clock()
         limit = self.cfg.failsafe_limit
-        return bool(await self._set_profile(lambda mode: self.limit_payload(mode, limit), "limit", wait=True))
+        return bool(
+            await self._set_profile(lambda mode: self.limit_payload(mode, limit), "limit", wait=True, limit=limit)
+        )
 
     async def stop_transaction(self) -> bool:
         s = self.tracker.session

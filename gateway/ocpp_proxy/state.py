@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from gateway.config import ChargerConfig
-from gateway.model import ChargerSnapshot, ChargerState, Session
+from gateway.model import Actuation, ChargerSnapshot, ChargerState, Session
+from gateway.ocpp_proxy.policy import parse_iso
 
 log = structlog.get_logger(__name__)
 
@@ -47,46 +50,122 @@ _RANK = [
     ChargerState.UNAVAILABLE,
     ChargerState.NO_EV,
 ]
+_DRAWING = {ChargerState.CHARGING, ChargerState.SUSPENDED_EV, ChargerState.SUSPENDED_EVSE}
 _MULT = {"W": 1.0, "kW": 1000.0, "A": 1.0, "Wh": 1.0, "kWh": 1000.0}
 
 
-class ChargerTracker:
-    """Per charger: connector states, the session and the last measured draw."""
+class _Draw:
+    """One connector's last report: line current per site phase and power, each with its own time."""
 
-    def __init__(self, cfg: ChargerConfig, n_phases: int, clock: Callable[[], float]) -> None:
+    __slots__ = ("a", "a_at", "w", "w_at")
+
+    def __init__(self) -> None:
+        self.a: tuple[float, ...] | None = None
+        self.a_at: float | None = None
+        self.w: float | None = None
+        self.w_at: float | None = None
+
+
+class ChargerTracker:
+    """Per charger: connector states, the session and the measured draw, per connector and in total.
+
+    A station's draw is the sum over its connectors (1.6 connectorId, 2.0.1 evseId), or its own meter
+    (connector/EVSE 0) when it reports one; a connector whose session ends drops out of the sum. A
+    report's time is the charger's own timestamp, mapped to the monotonic clock.
+    """
+
+    def __init__(
+        self,
+        cfg: ChargerConfig,
+        n_phases: int,
+        clock: Callable[[], float],
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.cfg = cfg
         self.n_phases = n_phases
         self.clock = clock
+        self.wall = wall
         self.online = False
         self.connectors: dict[int, ChargerState] = {}
         self.charging: dict[int, ChargerState] = {}  # 2.0.1 TransactionEvent chargingState per EVSE
         self.session: Session | None = None
-        self.draw_a: tuple[float, ...] | None = None
+        self.draws: dict[int, _Draw] = {}  # per connector (0: the station's own meter)
+        self.ended_at: dict[int, float] = {}  # per connector: when its last session ended
+        self.stopped: set[int] = set()  # session ended, EV maybe still plugged in (Finishing): not drawing
+        self.tx_connector: dict[str, int] = {}  # transaction id -> connector (1.6) or EVSE (2.0.1)
+        self.draw_a: tuple[float, ...] | None = None  # the station's total, kept up to date by _total()
         self.draw_w: float | None = None
         self.draw_at: float | None = None
+        self.current_state = ChargerState.NO_EV
+        self.active_connectors = 0
+        self.state_changed_at: float | None = None
+        self._offset: float | None = None  # wall clock - monotonic clock
+        self._gen = 0  # bumped on every change: the snapshot is rebuilt only then
+        self._snap: ChargerSnapshot | None = None
+        self._snap_key: tuple[int, bool, Session | None, Actuation | None] | None = None
 
-    def snapshot(self) -> ChargerSnapshot:
-        return ChargerSnapshot(
+    def snapshot(self, actuation: Actuation | None = None) -> ChargerSnapshot:
+        k = self._snap_key
+        snap = self._snap
+        if (
+            snap is not None
+            and k is not None
+            and k[0] == self._gen
+            and k[1] == self.online
+            and k[2] is self.session
+            and k[3] is actuation
+        ):
+            return snap
+        snap = ChargerSnapshot(
             id=self.cfg.id,
             online=self.online,
-            state=self.state(),
+            state=self.current_state,
             draw_a=self.draw_a,
             draw_w=self.draw_w,
             draw_at=self.draw_at,
             session=self.session,
+            active_connectors=self.active_connectors,
+            state_changed_at=self.state_changed_at,
+            actuation=actuation,
         )
+        self._snap, self._snap_key = snap, (self._gen, self.online, self.session, actuation)
+        return snap
+
+    def _connector_state(self, k: int) -> ChargerState:
+        return self.charging[k] if k in self.charging else self.connectors[k]
 
     def state(self) -> ChargerState:
-        states: list[ChargerState] = []
-        keys = set(self.connectors) | set(self.charging)
-        for k in keys:
-            if k in self.charging:
-                states.append(self.charging[k])
-            else:
-                states.append(self.connectors[k])
+        states = [self._connector_state(k) for k in set(self.connectors) | set(self.charging)]
         if not states:
             return ChargerState.NO_EV
         return min(states, key=_RANK.index)
+
+    def _active(self) -> list[int]:
+        """Connectors (not the station itself) with a session that has not ended."""
+        return [
+            k
+            for k in set(self.connectors) | set(self.charging)
+            if k != 0 and k not in self.stopped and self._connector_state(k).has_session
+        ]
+
+    def _changed(self) -> None:
+        """After a status or transaction message: the aggregated state, its change time, the totals."""
+        self._gen += 1
+        st = self.state()
+        if st != self.current_state:
+            self.current_state = st
+            self.state_changed_at = self.clock()
+        self.active_connectors = len(self._active())
+        self._total()
+
+    def _session_ended(self, conn: int | None) -> None:
+        if conn is not None and conn != 0:
+            self.draws.pop(conn, None)
+            self.ended_at[conn] = self.clock()  # a report from before (buffered) does not bring it back
+            self.stopped.add(conn)
+
+    def _session_started(self, conn: int) -> None:
+        self.stopped.discard(conn)
 
     # -- 1.6 ------------------------------------------------------------------------------
     def on_status_16(self, p: dict[str, Any]) -> None:
@@ -98,10 +177,19 @@ class ChargerTracker:
             if st in (ChargerState.FAULTED, ChargerState.UNAVAILABLE):
                 for k in list(self.connectors) or [1]:
                     self.connectors[k] = st
+            self._changed()
             return
         self.connectors[conn] = st
-        if st == ChargerState.NO_EV and self.session is not None and not self._any_session_state():
-            self.session = None
+        if st == ChargerState.NO_EV:
+            self._session_ended(conn)
+            self.stopped.discard(conn)  # the next EV plugged in here starts a new session
+            if self.session is not None and not self._any_session_state():
+                self.session = None
+        elif p.get("status") == "Finishing":  # the transaction stopped, the EV is still plugged in
+            self._session_ended(conn)
+        elif st in _DRAWING:
+            self._session_started(conn)
+        self._changed()
 
     def on_start_16(self, p: dict[str, Any], transaction_id: int | None) -> None:
         conn = int(p.get("connectorId", 1))
@@ -110,19 +198,29 @@ class ChargerTracker:
             transaction_id=None if transaction_id is None else str(transaction_id),
             id_token=str(p.get("idTag")) if p.get("idTag") is not None else None,
         )
+        if transaction_id is not None:
+            self.tx_connector[str(transaction_id)] = conn
+        self._session_started(conn)
         if self.connectors.get(conn) in (None, ChargerState.NO_EV):
             self.connectors[conn] = ChargerState.EV_CONNECTED
+        self._changed()
 
     def on_stop_16(self, p: dict[str, Any]) -> None:
         self.session = None
-        for md in p.get("transactionData") or []:
-            self._meter_value_16(md)
+        conn = self.tx_connector.pop(str(p.get("transactionId")), None)
+        if conn is None and self.cfg.connectors == 1:
+            conn = 1
+        # transactionData is the session's history: the connector's draw ends with it
+        self._session_ended(conn)
+        self._changed()
 
     def on_meter_values_16(self, p: dict[str, Any]) -> None:
+        conn = _int(p.get("connectorId"), 0)
         for mv in p.get("meterValue") or []:
-            self._meter_value_16(mv)
+            self._meter_value_16(mv, conn)
+        self._total()
 
-    def _meter_value_16(self, mv: dict[str, Any]) -> None:
+    def _meter_value_16(self, mv: dict[str, Any], conn: int) -> None:
         samples = []
         for sv in mv.get("sampledValue") or []:
             try:
@@ -131,7 +229,7 @@ class ChargerTracker:
                 continue
             unit = str(sv.get("unit", "Wh" if sv.get("measurand") is None else ""))
             samples.append((str(sv.get("measurand", "Energy.Active.Import.Register")), sv.get("phase"), value, unit))
-        self._apply_samples(samples)
+        self._apply_samples(samples, conn, self._report_time(mv.get("timestamp")))
 
     # -- 2.0.1 ----------------------------------------------------------------------------
     def on_status_201(self, p: dict[str, Any]) -> None:
@@ -142,12 +240,22 @@ class ChargerTracker:
         self.connectors[evse] = st
         if st != ChargerState.EV_CONNECTED:
             self.charging.pop(evse, None)
-        if st == ChargerState.NO_EV and self.session is not None and not self._any_session_state():
-            self.session = None
+        if st == ChargerState.NO_EV:
+            self._session_ended(evse)
+            self.stopped.discard(evse)
+            if self.session is not None and not self._any_session_state():
+                self.session = None
+        self._changed()
 
     def on_transaction_event(self, p: dict[str, Any]) -> None:
-        evse = int((p.get("evse") or {}).get("id", 1))
         tx = p.get("transactionInfo") or {}
+        tx_id = str(tx.get("transactionId"))
+        evse_id = (p.get("evse") or {}).get("id")
+        if isinstance(evse_id, int) and not isinstance(evse_id, bool):
+            evse = evse_id
+            self.tx_connector[tx_id] = evse
+        else:  # the EVSE is only required in a transaction's first event
+            evse = self.tx_connector.get(tx_id, 1)
         cs = tx.get("chargingState")
         if cs is not None:
             mapped = CHARGING_201.get(str(cs))
@@ -155,7 +263,11 @@ class ChargerTracker:
                 self.charging.pop(evse, None)
             else:
                 self.charging[evse] = mapped
+                if mapped in _DRAWING:
+                    self._session_started(evse)
         event = p.get("eventType")
+        if event == "Started":
+            self._session_started(evse)
         token = (p.get("idToken") or {}).get("idToken")
         if event == "Started" or (self.session is None and event == "Updated"):
             self.session = Session(
@@ -168,14 +280,20 @@ class ChargerTracker:
         if event == "Ended":
             self.session = None
             self.charging.pop(evse, None)
-        for mv in p.get("meterValue") or []:
-            self._meter_value_201(mv)
+            self.tx_connector.pop(tx_id, None)
+            self._session_ended(evse)
+        else:
+            for mv in p.get("meterValue") or []:
+                self._meter_value_201(mv, evse)
+        self._changed()
 
     def on_meter_values_201(self, p: dict[str, Any]) -> None:
+        evse = _int(p.get("evseId"), 0)
         for mv in p.get("meterValue") or []:
-            self._meter_value_201(mv)
+            self._meter_value_201(mv, evse)
+        self._total()
 
-    def _meter_value_201(self, mv: dict[str, Any]) -> None:
+    def _meter_value_201(self, mv: dict[str, Any], evse: int) -> None:
         samples = []
         for sv in mv.get("sampledValue") or []:
             v = sv.get("value")
@@ -186,13 +304,27 @@ class ChargerTracker:
             value = float(v) * (10.0 ** int(mult) if isinstance(mult, int) else 1.0)
             unit = str(uom.get("unit", ""))
             samples.append((str(sv.get("measurand", "Energy.Active.Import.Register")), sv.get("phase"), value, unit))
-        self._apply_samples(samples)
+        self._apply_samples(samples, evse, self._report_time(mv.get("timestamp")))
 
     # -- common -----------------------------------------------------------------------------
     def _any_session_state(self) -> bool:
         return any(s.has_session for s in self.connectors.values()) or bool(self.charging)
 
-    def _apply_samples(self, samples: list[tuple[str, Any, float, str]]) -> None:
+    def _report_time(self, stamp: Any) -> float:
+        """A report's own time on the monotonic clock: its age by the wall clock, never in the future;
+        the arrival time when it has no parseable timestamp."""
+        now = self.clock()
+        dt = parse_iso(stamp)
+        if dt is None:
+            return now
+        # wall - monotonic, kept while it holds within half a second: a timestamp repeated (reports within
+        # the charger's clock resolution) maps to the same time, not one a few microseconds older
+        offset = self.wall() - now
+        if self._offset is None or abs(offset - self._offset) > 0.5:
+            self._offset = offset
+        return min(dt.timestamp() - self._offset, now)
+
+    def _apply_samples(self, samples: list[tuple[str, Any, float, str]], conn: int, at: float) -> None:
         currents: dict[int, float] = {}
         unphased_current: float | None = None
         power: float | None = None
@@ -214,23 +346,58 @@ class ChargerTracker:
                     have_phase_power = True
         if power is None and have_phase_power:
             power = phase_power
-        now = self.clock()
+        if at < self.ended_at.get(conn, -math.inf):
+            return
+        rec = self.draws.get(conn) or _Draw()
         touched = False
         draw = self._map_currents(currents, unphased_current)
         if draw is not None:
             if any(x < 0 or x > 10_000 for x in draw):
                 log.warning("meter_value_implausible", charger=self.cfg.id, draw_a=draw)
-            else:
-                self.draw_a = draw
+            elif rec.a_at is None or at >= rec.a_at:  # an older (buffered) value does not replace a newer one
+                rec.a, rec.a_at = draw, at
                 touched = True
         if power is not None:
             if power < -1e6 or power > 5e6:
                 log.warning("meter_value_implausible", charger=self.cfg.id, draw_w=power)
-            else:
-                self.draw_w = power
+            elif rec.w_at is None or at >= rec.w_at:
+                rec.w, rec.w_at = power, at
                 touched = True
         if touched:
-            self.draw_at = now
+            self.draws[conn] = rec
+            self._gen += 1
+
+    def _total(self) -> None:
+        """The station's draw: its own meter (connector 0) where it reports one at least as recent as the
+        connectors' sum, else the sum over the connectors that reported or have a session (unknown if
+        one of those has not reported it); its time is the oldest report in it."""
+        own = self.draws.get(0)
+        parts = [self.draws.get(k) for k in set(self.draws) | set(self._active()) if k != 0]
+        draw_a: tuple[float, ...] | None = None
+        a_at: float | None = None
+        if parts and all(r is not None and r.a is not None for r in parts):
+            tot = [0.0] * self.n_phases
+            for r in parts:
+                assert r is not None and r.a is not None and r.a_at is not None
+                for i, x in enumerate(r.a):
+                    tot[i] += x
+                a_at = r.a_at if a_at is None else min(a_at, r.a_at)
+            draw_a = tuple(tot)
+        if own is not None and own.a is not None and own.a_at is not None and (a_at is None or own.a_at >= a_at):
+            draw_a, a_at = own.a, own.a_at
+        draw_w: float | None = None
+        w_at: float | None = None
+        if parts and all(r is not None and r.w is not None for r in parts):
+            draw_w = 0.0
+            for r in parts:
+                assert r is not None and r.w is not None and r.w_at is not None
+                draw_w += r.w
+                w_at = r.w_at if w_at is None else min(w_at, r.w_at)
+        if own is not None and own.w is not None and own.w_at is not None and (w_at is None or own.w_at >= w_at):
+            draw_w, w_at = own.w, own.w_at
+        self.draw_a, self.draw_w = draw_a, draw_w
+        ats = [t for t in (a_at, w_at) if t is not None]
+        self.draw_at = min(ats) if ats else None
 
     def _map_currents(self, currents: dict[int, float], unphased: float | None) -> tuple[float, ...] | None:
         out = [0.0] * self.n_phases
@@ -264,3 +431,7 @@ def _phase_index(phase: Any) -> int | None:
     if phase.startswith("L3") and phase != "L3-L1":
         return 2
     return None
+
+
+def _int(v: Any, default: int) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else default
