@@ -18,6 +18,7 @@ from typing import Protocol
 import structlog
 
 from gateway.allocation import AllocatorState, allocate
+from gateway.compliance import ComplianceMonitor
 from gateway.config import Site
 from gateway.model import Allocation, ChargerSnapshot, MeterReading, Snapshot
 from gateway.systemd import Notifier
@@ -55,69 +56,6 @@ class TickRecord:
     trigger: str  # "tick" | "overload:<meter>" | "meter-invalid:<meter>"
     # from the meter reading that woke the loop to the last limit frame written (None on a plain tick)
     reading_to_actuated_s: float | None = None
-
-
-class ComplianceMonitor:
-    """Flags chargers whose measured draw stays above their limit once they have had time to follow it.
-
-    A draw counts only if it was measured at least the grace period after the limit was lowered to its
-    present value (EVs take 5-11 s to follow). A flagged charger is cleared by a later draw within its
-    limit plus the tolerance.
-    """
-
-    def __init__(self, site: Site) -> None:
-        self.site = site
-        self._limit_since: dict[str, tuple[float, float]] = {}  # charger -> (limit, since)
-        self.flagged: dict[str, float] = {}  # charger -> flagged at
-
-    def update(
-        self, chargers: Mapping[str, ChargerSnapshot], previous: Allocation | None, now: float
-    ) -> tuple[list[str], list[str]]:
-        """Returns (newly flagged, newly cleared)."""
-        ctl = self.site.control
-        flagged: list[str] = []
-        cleared: list[str] = []
-        if previous is None:
-            return flagged, cleared
-        for cid, lim in previous.limits.items():
-            ch = self.site.chargers.get(cid)
-            if ch is None:
-                continue
-            held = self._limit_since.get(cid)
-            if held is None or lim.limit < held[0]:
-                self._limit_since[cid] = (lim.limit, now)  # a decrease: the grace period starts now
-            elif lim.limit > held[0]:
-                self._limit_since[cid] = (lim.limit, held[1])  # an increase never makes anyone late
-            cs = chargers.get(cid)
-            if cs is None or not cs.online or cs.draw_at is None:
-                continue
-            if ch.kind == "ac":
-                if cs.draw_a is None:
-                    continue
-                draw = max((cs.draw_a[p] for p in ch.line_phases if p < len(cs.draw_a)), default=0.0)
-                tol = ctl.noncompliance_tolerance_a
-            else:
-                if cs.draw_w is None:
-                    continue
-                draw, tol = cs.draw_w, self.site.from_line_a(ch, ctl.noncompliance_tolerance_a)
-            limit, since = self._limit_since[cid]
-            if lim.reason.startswith(("failsafe:", "offline:")):
-                continue
-            over = draw > limit + tol
-            if cid in self.flagged:
-                if not over and cs.draw_at >= self.flagged[cid]:
-                    del self.flagged[cid]
-                    cleared.append(cid)
-            elif over and cs.draw_at >= since + ctl.noncompliance_grace_s:
-                self.flagged[cid] = now
-                flagged.append(cid)
-        return flagged, cleared
-
-    def update_site(self, site: Site) -> None:
-        self.site = site
-        for cid in list(self.flagged):
-            if cid not in site.chargers:
-                del self.flagged[cid]
 
 
 class ControlLoop:

@@ -119,8 +119,7 @@ class Demo:
             elif time.monotonic() >= next_line:
                 print(self.summary_line(), flush=True)
                 next_line = time.monotonic() + 5.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(app_task), 1.0)
+            await asyncio.wait({app_task}, timeout=1.0)  # not wait_for: a cancel must never be swallowed
         arrivals.cancel()
         app.request_stop()
         with contextlib.suppress(Exception):

@@ -64,8 +64,11 @@ async def read_block(client: ModbusReader, block: Block, device_id: int, timeout
 
     fn = client.read_input_registers if block.function == "input" else client.read_holding_registers
     try:
-        # pymodbus enforces its own timeout; this guard only catches a client that hangs.
-        rr = await asyncio.wait_for(fn(block.address, count=block.count, device_id=device_id), 3 * timeout_s + 1.0)
+        # pymodbus enforces its own timeout; this guard only catches a client that hangs. asyncio.timeout,
+        # never wait_for: on 3.11 wait_for returns an answer that races a cancel and swallows the cancel,
+        # so a poller stopped by a reload kept polling beside its replacement (two masters on one bus).
+        async with asyncio.timeout(3 * timeout_s + 1.0):
+            rr = await fn(block.address, count=block.count, device_id=device_id)
     except (TimeoutError, ModbusException) as exc:
         raise MeterTimeout(f"no answer to {block.function} {block.address}+{block.count}: {exc}") from exc
     if rr is None:
