@@ -1,13 +1,17 @@
 """``python -m hil``: the hardware-in-the-loop rig.
 
     python -m hil run hil/scenarios/ref-20-dc.toml --out hil/out/ref-20 [--baseline static] [--check]
+                      [--meter-interval 10]
     python -m hil ideal hil/scenarios/ref-20-dc.toml        # only the ideal allocator's bound
 
 ``run`` plays the scenario against the real ``ems-gateway run`` process and writes scorecard.json,
 site_current.png, chargers.png, report.html and recording.npz into --out; ``--baseline static``
 also runs the static-derating baseline (no gateway, fixed limits) on the same scenario into
-OUT/baseline-static and puts its figures beside the gateway's. ``--check`` exits 1 when an overload
-lasted beyond the allowed window, a message was lost or the report is incomplete.
+OUT/baseline-static and puts its figures beside the gateway's. ``--meter-interval S`` makes every
+charger send MeterValues every S scenario seconds (0: none at all), whatever the scenario says.
+``--check`` exits 1 on any self-inflicted overload (one not within the allowed window after a base-load
+step of that circuit), on an external overload that lasted beyond the window, a lost message or an
+incomplete report.
 """
 
 from __future__ import annotations
@@ -26,8 +30,13 @@ def check(card: dict[str, Any], out: Path) -> list[str]:
     from hil.scorecard import REQUIRED_KEYS
 
     problems = [f"missing scorecard key {k}" for k in REQUIRED_KEYS if k not in card]
-    if card.get("mode") == "gateway" and card.get("overload_episodes_beyond_window"):
-        problems.append(f"{card['overload_episodes_beyond_window']} overload episode(s) beyond the window")
+    if card.get("mode") == "gateway":
+        if card.get("self_inflicted_a_s") or card.get("self_inflicted_episodes"):
+            problems.append(f"self-inflicted overload: {card['self_inflicted_a_s']} A*s in "
+                            f"{card['self_inflicted_episodes']} episode(s), "
+                            f"peak {card['self_inflicted_peak_over_a']} A over")
+        if card.get("external_episodes_beyond_window"):
+            problems.append(f"{card['external_episodes_beyond_window']} external overload episode(s) beyond the window")
     if card.get("messages_lost"):
         problems.append(f"{card['messages_lost']} message(s) lost")
     for name in ("scorecard.json", "site_current.png", "chargers.png", "report.html"):
@@ -44,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from hil.scorecard import format_card, scorecard
 
     sc = load_scenario(args.scenario)
+    if args.meter_interval is not None:
+        sc = sc.with_meter_interval(args.meter_interval)
     out = Path(args.out or f"hil/out/{sc.name}")
     ideal = ideal_energy(sc) if sc.ideal and not args.no_ideal else None
     base_card = None
@@ -93,7 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--mode", choices=("gateway", "static"), default="gateway",
                    help="static: only the baseline, without the gateway")
     r.add_argument("--no-ideal", action="store_true", help="skip the ideal allocator's bound (LP)")
-    r.add_argument("--check", action="store_true", help="exit 1 on overload beyond the window or lost messages")
+    r.add_argument("--meter-interval", type=float, default=None, metavar="S",
+                   help="every charger sends MeterValues every S scenario seconds (0: never)")
+    r.add_argument("--check", action="store_true",
+                   help="exit 1 on self-inflicted overload, external overload beyond the window or lost messages")
     r.set_defaults(func=run)
     i = sub.add_parser("ideal", help="the ideal allocator's energy bound only")
     i.add_argument("scenario")

@@ -134,15 +134,19 @@ def write_html(card: Mapping[str, Any], images: list[Path], path: Path,
         row("overload_longest_wall_s", "longest overload (wall s)"),
         row("overload_peak_over_a", "peak overload (A above the limit)"),
         row("overload_a_s", "integrated overload (A*s, scenario time)"),
+        row("self_inflicted_a_s", "self-inflicted overload (A*s, scenario time; must be 0)"),
+        row("external_a_s", "overload after a base-load step (A*s, scenario time)"),
+        row("external_episodes_beyond_window", "external overload episodes beyond the window"),
         row("failsafe_wall_s", "time in fail-safe (wall s)"),
         row("messages_lost", "transaction messages lost"),
     ], ("", "gateway" if card.get("mode") == "gateway" else str(card.get("mode")), "static derating"))
-    steps = _kv_table([(s["circuit"], s["at_s"], s["step_a"], s["time_to_compliance_wall_s"])
-                       for s in card.get("load_steps", [])],
-                      ("circuit", "at (scenario s)", "step (A)", "time to compliance (wall s)"))
-    eps = _kv_table([(e["circuit"], e["phase"], e["start_s"], e["duration_wall_s"], e["peak_over_a"], e["after"])
-                     for e in card.get("episodes", [])[:50]],
-                    ("circuit", "phase", "start (scenario s)", "duration (wall s)", "peak over (A)", "after"))
+    steps = _kv_table([(s["circuit"], s["at_s"], s["step_a"], s["time_to_compliance_wall_s"],
+                        s.get("time_to_lasting_compliance_s")) for s in card.get("load_steps", [])],
+                      ("circuit", "at (scenario s)", "step (A)", "time to compliance (wall s)",
+                       "to lasting compliance (scenario s)"))
+    eps = _kv_table([(e["circuit"], e["phase"], e["start_s"], e["duration_wall_s"], e["peak_over_a"], e.get("kind"),
+                      e["after"]) for e in card.get("episodes", [])[:50]],
+                    ("circuit", "phase", "start (scenario s)", "duration (wall s)", "peak over (A)", "kind", "after"))
     gp = card.get("gateway_process") or {}
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",

@@ -14,10 +14,15 @@ capacities ``capacity/k`` (so the state of charge moves k times faster at the sa
 taper of the charging curve comes k times sooner). Energies measured on the wall clock are multiplied
 by k to give scenario energies. The gateway runs in real time with its timers shortened by the
 scenario's ``[gateway.*]`` overrides (``tick_s`` >= 0.2 s, meter polls, lease, grace periods).
+
+How often the chargers send MeterValues: ``[chargers] meter_interval_s`` (scenario seconds, per connector,
+``0``: never, a charger that reports no current at all; also per ``[[chargers.override]]``), else the
+older ``charger_meter_interval_wall_s`` (wall seconds). ``python -m hil run --meter-interval S`` overrides both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +45,9 @@ class ChargerBehaviour:
     ramp_down_per_s: float | None = None
     min_current_a: float | None = None  # AC: below this the EV pauses (None: the site config's minimum)
     noncompliant: bool = False  # ignores every limit
+    # how often the charger sends MeterValues, per connector, in scenario seconds (0: never, it reports no
+    # current at all; None: the scenario's charger_meter_interval_wall_s)
+    meter_interval_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,22 @@ class Scenario:
 
     def behaviour_of(self, charger: str) -> ChargerBehaviour:
         return self.behaviour_by_charger.get(charger, self.behaviour)
+
+    def meter_interval_wall_of(self, charger: str) -> float:
+        """The charger's MeterValues interval in wall seconds (0: it sends none)."""
+        m = self.behaviour_of(charger).meter_interval_s
+        return self.charger_meter_interval_wall_s if m is None else m / self.time_scale
+
+    def with_meter_interval(self, meter_interval_s: float) -> Scenario:
+        """The same scenario with every charger reporting every ``meter_interval_s`` scenario seconds (0: never)."""
+        if meter_interval_s < 0:
+            raise ConfigError("meter_interval_s", "must be >= 0 (0: the chargers send no MeterValues)")
+
+        def b(x: ChargerBehaviour) -> ChargerBehaviour:
+            return dataclasses.replace(x, meter_interval_s=meter_interval_s)
+
+        return dataclasses.replace(self, behaviour=b(self.behaviour),
+                                   behaviour_by_charger={k: b(v) for k, v in self.behaviour_by_charger.items()})
 
     def load_steps(self) -> list[tuple[float, str, float]]:
         """Every upward step of a base load: (scenario s, circuit, the largest per-phase increase A)."""
@@ -201,6 +225,7 @@ def _behaviour(t: Table, d: ChargerBehaviour) -> ChargerBehaviour:
         ramp_down_per_s=opt("ramp_down_per_s", d.ramp_down_per_s),
         min_current_a=opt("min_current_a", d.min_current_a),
         noncompliant=t.bool("noncompliant", d.noncompliant),
+        meter_interval_s=opt("meter_interval_s", d.meter_interval_s),
     )
 
 

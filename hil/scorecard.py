@@ -9,8 +9,15 @@ Definitions:
   samples above the limit; its duration runs from its first to its last sample plus one sample period.
 * allowed window: one gateway tick + the chargers' response (the slowest EV response delay + the time
   to ramp the largest charger from its maximum to zero + one charger sim tick) + 0.5 s, wall seconds.
-* time to compliance after a load step: from the step to the first sample at which no circuit is above
-  its limit (0 when the step caused no overload).
+* external overload: a sample above the limit on a circuit within the allowed window after an upward
+  base-load (non-EV) step of that circuit or of a circuit beneath it; an external episode must end within
+  that window. Self-inflicted overload: every other sample above the limit (the loop's own doing: stale
+  reports believed, capacity handed out before it was freed, a fail-safe that raises limits, ...); the
+  promise is 0 A*s of it. Both in A*s (scenario time) and peak A per circuit and phase.
+* time to compliance after a load step, on the circuits the step loads: to the first sample within the
+  limits after the first overload (0 when the step caused none), and to lasting compliance (the end of
+  the last overload before the circuits stay within their limits for ``LASTING_S`` scenario seconds or
+  the next step comes).
 * a session got its requested energy when it received at least 99 % of (soc_target - soc_start) x
   capacity by its departure (sessions still plugged at the end are judged at the end).
 * fairness: Jain's index of delivered/requested energy over the sessions of each priority class.
@@ -76,49 +83,122 @@ def _cause(events: list[tuple[float, str, str]], t: float) -> str:
     return best
 
 
-def scorecard(rec: Recording, ideal: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    sc, site, k = rec.scenario, rec.site, rec.scenario.time_scale
+def external_windows(rec: Recording, window: float) -> list[tuple[float, float, frozenset[str], str]]:
+    """(wall start, wall end, circuits it loads, cause) of every external event: an upward base-load step of
+    a circuit loads that circuit and every circuit above it, for one allowed window."""
+    site, k = rec.site, rec.scenario.time_scale
+    out: list[tuple[float, float, frozenset[str], str]] = []
+    for t_s, cid, inc in rec.scenario.load_steps():
+        tw = t_s / k
+        out.append((tw, tw + window, frozenset(site.path_to_root[cid]), f"load_step {cid} +{inc:.0f} A"))
+    return out
+
+
+def _masks(rec: Recording, windows: list[tuple[float, float, frozenset[str], str]]) -> list[np.ndarray]:
+    """Per circuit, the samples within an external window of that circuit."""
     t = rec.times
-    dt = float(np.median(np.diff(t))) if len(t) > 1 else sc.sample_wall_s
-    window = allowed_window_s(rec)
+    masks = []
+    for cid in rec.circuit_ids:
+        m = np.zeros(len(t), dtype=bool)
+        for t0, t1, cids, _ in windows:
+            if cid in cids:
+                m |= (t >= t0 - 1e-9) & (t <= t1 + 1e-9)
+        masks.append(m)
+    return masks
+
+
+def _overload(rec: Recording, window: float, dt: float) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray]:
+    """Overload per circuit and phase, split into external (within the allowed window after a base-load step
+    of that circuit) and self-inflicted (any other), in A*s (scenario time) and peak A; the episodes."""
+    site, k, t = rec.site, rec.scenario.time_scale, rec.times
     P = site.service.phases
+    windows = external_windows(rec, window)
+    masks = _masks(rec, windows)
     overload: dict[str, Any] = {}
     episodes: list[dict[str, Any]] = []
-    any_over = np.zeros(len(t), dtype=bool)
+    any_over = np.zeros((len(rec.circuit_ids), len(t)), dtype=bool)
     for ci, cid in enumerate(rec.circuit_ids):
         lim = site.circuits[cid].limit_a
+        ext = masks[ci]
         per: dict[str, Any] = {}
         for p in range(P):
             cur = rec.circuit_a[:, ci, p] if len(t) else np.zeros(0)
             over = np.maximum(cur - lim, 0.0)
-            any_over |= over > 1e-9
+            any_over[ci] |= over > 1e-9
+            own, outside = np.where(ext, 0.0, over), np.where(ext, over, 0.0)
             a_s = float(over.sum() * dt)
             eps = _episodes(t, over, dt)
             per[PHASES[p]] = {
                 "peak_a": round(float(cur.max()) if len(cur) else 0.0, 1),
                 "peak_over_a": round(float(over.max()) if len(over) else 0.0, 2),
                 "a_s_wall": round(a_s, 3), "a_s": round(a_s * k, 1), "episodes": len(eps),
+                "self_inflicted_a_s": round(float(own.sum() * dt * k), 1),
+                "self_inflicted_peak_a": round(float(np.where(own > 0, cur, 0.0).max()) if len(cur) else 0.0, 1),
+                "self_inflicted_peak_over_a": round(float(own.max()) if len(own) else 0.0, 2),
+                "external_a_s": round(float(outside.sum() * dt * k), 1),
+                "external_peak_a": round(float(np.where(outside > 0, cur, 0.0).max()) if len(cur) else 0.0, 1),
+                "external_peak_over_a": round(float(outside.max()) if len(outside) else 0.0, 2),
             }
             for i, j in eps:
                 d = float(t[j] - t[i]) + dt
+                start = float(t[i])
+                cause = next((w for w in windows if cid in w[2] and w[0] - 1e-9 <= start <= w[1] + 1e-9), None)
                 episodes.append({
-                    "circuit": cid, "phase": PHASES[p], "start_wall_s": round(float(t[i]), 3),
-                    "start_s": round(float(t[i]) * k, 1), "duration_wall_s": round(d, 3),
+                    "circuit": cid, "phase": PHASES[p], "start_wall_s": round(start, 3),
+                    "start_s": round(start * k, 1), "duration_wall_s": round(d, 3),
                     "duration_s": round(d * k, 1), "peak_over_a": round(float(over[i:j + 1].max()), 2),
-                    "a_s": round(float(over[i:j + 1].sum() * dt * k), 1), "after": _cause(rec.events, float(t[i])),
-                    "within_window": d <= window + 1e-9,
+                    "a_s": round(float(over[i:j + 1].sum() * dt * k), 1), "after": _cause(rec.events, start),
+                    "kind": "self-inflicted" if cause is None else "external",
+                    "external_cause": None if cause is None else cause[3],
+                    # an external episode must end within the window of its step; a self-inflicted one has none
+                    "within_window": cause is not None and float(t[j]) <= cause[1] + 1e-9,
                 })
         overload[cid] = {"limit_a": lim, "phases": per}
-    steps = []
-    for t_s, cid, inc in sc.load_steps():
+    return overload, episodes, any_over
+
+
+LASTING_S = 300.0  # scenario seconds within the limits after which compliance counts as lasting
+
+
+def _steps(rec: Recording, any_over: np.ndarray, dt: float) -> list[dict[str, Any]]:
+    """Per base-load step, on the circuits it loads: the time to the first sample within the limits, and the
+    time to lasting compliance (the end of the last overload that is followed by LASTING_S within the limits,
+    looking until the next step of any of those circuits)."""
+    sc, site, k, t = rec.scenario, rec.site, rec.scenario.time_scale, rec.times
+    col = {c: i for i, c in enumerate(rec.circuit_ids)}
+    all_steps = sc.load_steps()
+    out = []
+    for t_s, cid, inc in all_steps:
         tw = t_s / k
-        idx = np.nonzero((t >= tw) & ~any_over)[0]
-        first_ok = float(t[idx[0]]) if len(idx) else math.inf
-        ttc = max(0.0, first_ok - tw)
-        ttc = 0.0 if not any_over[(t >= tw) & (t < first_ok)].any() else ttc
-        steps.append({"at_s": t_s, "circuit": cid, "step_a": round(inc, 1),
-                      "time_to_compliance_wall_s": round(ttc, 3) if math.isfinite(ttc) else None,
-                      "time_to_compliance_s": round(ttc * k, 1) if math.isfinite(ttc) else None})
+        affected = [col[c] for c in site.path_to_root[cid]]
+        nxt = min((t2 / k for t2, c2, _ in all_steps if t2 > t_s and set(site.path_to_root[c2]) & set(
+            site.path_to_root[cid])), default=math.inf)
+        over = any_over[affected].any(axis=0) if len(t) else np.zeros(0, dtype=bool)
+        span = (t >= tw) & (t < nxt)
+        idx = np.flatnonzero(span & over)
+        first_ok = lasting = 0.0
+        if len(idx):
+            ok = np.flatnonzero(span & ~over & (t >= t[idx[0]]))
+            first_ok = float(t[ok[0]]) - tw if len(ok) else math.inf
+            gap = np.diff(np.concatenate((t[idx], [math.inf])))  # the last overload before the next step ends it
+            lasting_end = next((float(t[idx[n]]) + dt for n in range(len(idx)) if gap[n] >= LASTING_S / k - 1e-9),
+                               math.inf)
+            lasting = lasting_end - tw
+        steps = {"at_s": t_s, "circuit": cid, "step_a": round(inc, 1)}
+        for key, v in (("time_to_compliance", first_ok), ("time_to_lasting_compliance", lasting)):
+            steps[f"{key}_wall_s"] = round(v, 3) if math.isfinite(v) else None
+            steps[f"{key}_s"] = round(v * k, 1) if math.isfinite(v) else None
+        out.append(steps)
+    return out
+
+
+def scorecard(rec: Recording, ideal: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    sc, site, k = rec.scenario, rec.site, rec.scenario.time_scale
+    t = rec.times
+    dt = float(np.median(np.diff(t))) if len(t) > 1 else sc.sample_wall_s
+    window = allowed_window_s(rec)
+    overload, episodes, any_over = _overload(rec, window, dt)
+    steps = _steps(rec, any_over, dt)
 
     # energy and sessions
     sessions: list[dict[str, Any]] = []
@@ -169,6 +249,17 @@ def scorecard(rec: Recording, ideal: Mapping[str, Any] | None = None) -> dict[st
         "overload_longest_wall_s": round(max((e["duration_wall_s"] for e in episodes), default=0.0), 3),
         "overload_episodes": len(episodes),
         "overload_episodes_beyond_window": sum(1 for e in episodes if not e["within_window"]),
+        "self_inflicted_a_s": round(sum(ph["self_inflicted_a_s"] for c in overload.values()
+                                        for ph in c["phases"].values()), 1),
+        "self_inflicted_peak_over_a": max((ph["self_inflicted_peak_over_a"] for c in overload.values()
+                                           for ph in c["phases"].values()), default=0.0),
+        "self_inflicted_episodes": sum(1 for e in episodes if e["kind"] == "self-inflicted"),
+        "external_a_s": round(sum(ph["external_a_s"] for c in overload.values() for ph in c["phases"].values()), 1),
+        "external_peak_over_a": max((ph["external_peak_over_a"] for c in overload.values()
+                                     for ph in c["phases"].values()), default=0.0),
+        "external_episodes_beyond_window": sum(1 for e in episodes if e["kind"] == "external"
+                                               and not e["within_window"]),
+        "meter_interval_s": _meter_interval(rec),
         "overload": overload, "episodes": episodes[:200], "load_steps": steps,
         "energy_kwh": round(total_kwh, 2),
         "requested_kwh": round(sum(x["requested_kwh"] for x in plugged), 2),
@@ -193,8 +284,15 @@ def scorecard(rec: Recording, ideal: Mapping[str, Any] | None = None) -> dict[st
     return card
 
 
+def _meter_interval(rec: Recording) -> float | str:
+    """The chargers' MeterValues interval in scenario seconds (0: none), or "mixed"."""
+    vals = {round(rec.scenario.meter_interval_wall_of(c) * rec.scenario.time_scale, 3) for c in rec.charger_ids}
+    return vals.pop() if len(vals) == 1 else "mixed"
+
+
 REQUIRED_KEYS = ("overload", "episodes", "load_steps", "energy_kwh", "sessions_satisfied_share", "fairness_jain",
-                 "failsafe_wall_s", "messages_lost", "gateway_process", "allowed_window_wall_s")
+                 "failsafe_wall_s", "messages_lost", "gateway_process", "allowed_window_wall_s",
+                 "self_inflicted_a_s", "external_a_s", "external_episodes_beyond_window")
 
 
 def format_card(card: Mapping[str, Any]) -> str:
@@ -205,13 +303,20 @@ def format_card(card: Mapping[str, Any]) -> str:
                  f"{card['overload_a_s']:.1f} A*s, longest {card['overload_longest_wall_s']:.2f} s wall "
                  f"(window {card['allowed_window_wall_s']:.2f} s); beyond window: "
                  f"{card['overload_episodes_beyond_window']}")
+    lines.append(f"  self-inflicted overload: {card['self_inflicted_a_s']:.1f} A*s, peak "
+                 f"{card['self_inflicted_peak_over_a']:.1f} A over, {card['self_inflicted_episodes']} episode(s); "
+                 f"external (after a base-load step): {card['external_a_s']:.1f} A*s, peak "
+                 f"{card['external_peak_over_a']:.1f} A over, beyond the window: "
+                 f"{card['external_episodes_beyond_window']}; chargers report every {card['meter_interval_s']} s")
     for e in card["episodes"][:8]:
         lines.append(f"    {e['circuit']} {e['phase']} at {e['start_wall_s']:.2f} s: {e['duration_wall_s']:.2f} s wall "
-                     f"({e['duration_s']:.0f} s), +{e['peak_over_a']:.1f} A, after {e['after'] or '-'}")
+                     f"({e['duration_s']:.0f} s), +{e['peak_over_a']:.1f} A, {e['kind']}, after {e['after'] or '-'}")
     for s in card["load_steps"]:
         ttc = s["time_to_compliance_wall_s"]
+        lasting = s["time_to_lasting_compliance_s"]
         lines.append(f"  load step {s['circuit']} +{s['step_a']:.0f} A at {s['at_s']:g} s: compliant after "
-                     + ("never" if ttc is None else f"{ttc:.2f} s wall ({s['time_to_compliance_s']:.0f} s)"))
+                     + ("never" if ttc is None else f"{ttc:.2f} s wall ({s['time_to_compliance_s']:.0f} s)")
+                     + ", lasting after " + ("never" if lasting is None else f"{lasting:.0f} s"))
     share = card["sessions_satisfied_share"]
     lines.append(f"  energy: {card['energy_kwh']:.1f} kWh delivered of {card['requested_kwh']:.1f} kWh requested; "
                  f"{card['sessions']} sessions, "

@@ -298,6 +298,7 @@ class Rig:
                 ch.outlet = dataclasses.replace(ch.outlet, **kw)
             if b.noncompliant:
                 ch.noncompliant = True
+            ch.meter_interval_s = self.sc.meter_interval_wall_of(cid)
 
     def _ev(self, a: Arrival) -> EvSpec:
         k = self.k

@@ -2,7 +2,10 @@
 
 ``SimCharger`` connects to ``{url}/{charger_id}`` (subprotocol ``ocpp1.6`` or ``ocpp2.0.1``), boots,
 heartbeats, reports status, runs transactions for the EVs plugged into it (``plug_in``), sends meter
-values every ``meter_interval_s`` while a session runs, and obeys charging profiles through a
+values every ``meter_interval_s`` while a session runs (each connector on its own schedule from its
+transaction's start, stamped with the time of the sample; ``meter_interval_s = 0``: a charger that reports
+no current or power at all, only its energy register in the transaction messages), and obeys charging
+profiles through a
 :class:`ProfileEngine` that follows OCPP 1.6 §3.13 / 2.0.1 K01-K10:
 
 * profiles per purpose (``ChargePointMaxProfile``/``ChargingStationMaxProfile``, ``TxDefaultProfile``,
@@ -507,6 +510,7 @@ class _Connector:
     pending_remote: tuple[str, int | None, dict[str, Any] | None] | None = None
     charging_state: str = "Idle"
     limit: EffectiveLimit | None = None
+    next_meter: float = 0.0  # when this connector's next periodic MeterValues is due
 
 
 @dataclass
@@ -856,7 +860,6 @@ class SimCharger:
         self._queue: deque[_Out] = deque()
         self._wake = asyncio.Event()
         self._arrivals: list[tuple[EvSpec, int]] = []
-        self._next_meter = 0.0
         self._next_heartbeat = 0.0
         self._tx_counter = 0
         self._ws: ClientConnection | None = None
@@ -977,7 +980,6 @@ class SimCharger:
                 self._arrivals.remove((ev, cid))
                 if self.connector(cid).model is None:
                     self.plug_in(ev, cid)
-        running = False
         for c in self._conns:
             m = c.model
             if m is None:
@@ -990,12 +992,11 @@ class SimCharger:
                 self._apply_limit(c, now)
             m.step(now)
             self._refresh_status(c)
-            running = running or c.tx is not None
-        if running and now >= self._next_meter:
-            self._next_meter = now + self.meter_interval_s
-            for c in self._conns:
-                if c.tx is not None and c.model is not None:
-                    self._queue_meter_values(c)
+            if c.tx is not None and self.meter_interval_s > 0 and now >= c.next_meter:
+                # the next report one interval after this one was due (no drift with the tick)
+                next_at = c.next_meter + self.meter_interval_s
+                c.next_meter = next_at if next_at > now else now + self.meter_interval_s
+                self._queue_meter_values(c)
         if self.online and now >= self._next_heartbeat:
             self._next_heartbeat = now + self.heartbeat_interval_s
             self._enqueue(_Out(self._heartbeat))
@@ -1266,6 +1267,7 @@ class SimCharger:
             self._tx_counter += 1
             tx = _Tx(f"local-{self._tx_counter}", id_tag, now, self._register(c))
             c.tx = tx
+            c.next_meter = now
             self._install_tx_profile(c, profile)
             self._enable(c, now)
 
@@ -1293,6 +1295,7 @@ class SimCharger:
             self._tx_counter += 1
             txid = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
             c.tx = _Tx(txid, id_tag, now, self._register(c), remote_start_id=remote_start_id)
+            c.next_meter = now
             trigger = "RemoteStart" if remote_start_id is not None else "CablePluggedIn"
             if remote_start_id is not None and c.model is not None:
                 self._enable(c, now)
@@ -1489,7 +1492,7 @@ class SimCharger:
         """(measurand, phase, value, unit, location)."""
         m = c.model
         out: list[tuple[str, str | None, float, str, str]] = []
-        if m is not None:
+        if m is not None and self.meter_interval_s > 0:  # 0: a charger that reports no current at all
             if self.kind == "ac":
                 for i, a in enumerate(m.draw_a):
                     out.append(("Current.Import", f"L{i + 1}", round(a, 2), "A", "Outlet"))
