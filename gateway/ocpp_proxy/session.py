@@ -297,7 +297,9 @@ class ChargerSession:
                 return True
         else:
             self.log.warning("replay_rejected", action=m.action, seq=m.seq, error=ans.payload.get("code"))
-        store.answered(m.seq, ans.raw)  # group-committed; never sent again once on disk
+        # on disk (group-committed with the other chargers' writes) before the next row goes out: a kill
+        # repeats at most the one row in flight, with its own message id
+        await asyncio.wrap_future(store.answered(m.seq, ans.raw))
         self.ctrl.event("replayed", charger=self.id, action=m.action, seq=m.seq)
         return True
 
@@ -505,10 +507,12 @@ class ChargerSession:
         self._queue_full = False
 
     def _report_refused(self, action: str, exc: Exception, *, kept_by_charger: bool) -> None:
-        self.log.error("queue_write_refused", action=action, error=str(exc), kept_by_charger=kept_by_charger)
+        """The operator learns of it once per episode (log and event), then each refusal is logged."""
+        self.log.info("queue_write_refused", action=action, error=str(exc), kept_by_charger=kept_by_charger)
         if not self._queue_full:
             self._queue_full = True
             reason = "limit" if isinstance(exc, QueueFull) and "limit" in str(exc) else "disk"
+            self.log.error("queue_full", reason=reason, error=str(exc), dropped_total=self.ctrl.store.dropped)
             self.ctrl.event("queue_full", charger=self.id, reason=reason, error=str(exc))
 
     # ------------------------------------------------------------------ CMS -> gateway
