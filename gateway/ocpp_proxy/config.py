@@ -46,8 +46,18 @@ class OcppConfig:
     failsafe_profile_id: int = 900001
     limit_profile_id: int = 900002
     heartbeat_interval_s: int = 300  # what the gateway answers to BootNotification while the CMS is down
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 60.0
+    reconnect_min_s: float = 1.0  # the first retry comes within this (jittered between half and all of it)
+    reconnect_max_s: float = 15.0  # the backoff's cap (full jitter beneath it)
+    reconnect_refused_s: float = 60.0  # least wait after the CMS refused the connection (401, 404, subprotocol)
+    # while the CMS is down: the offline queue's bound (beyond it periodic messages are dropped and counted,
+    # transaction begin/end messages use a reserve of a tenth, then are refused so the charger keeps them)
+    queue_max_messages: int = 500_000
+    replay_batch_messages: int = 100  # rows read, and answered rows deleted, per batch
+    # 2.0.1: replayed TransactionEvents go out byte for byte as the charger sent them (false), or with
+    # "offline": true set on those the gateway answered while the CMS was unreachable (true)
+    offline_mark_events: bool = False
+    token_cache_max_age_s: float = 7 * 86400.0  # a cached CMS verdict older than this is not used offline
+    token_cache_max_entries: int = 10_000  # least recently confirmed tokens forgotten beyond this
     failsafe_timeout_s: float = 5.0  # apply_failsafe waits this long for the answers
 
 
@@ -93,6 +103,12 @@ def parse_ocpp(t: Table | None) -> OcppConfig:
         reconnect_min_s=t.float("reconnect_min_s", d.reconnect_min_s, gt=0),
         reconnect_max_s=t.float("reconnect_max_s", d.reconnect_max_s, gt=0),
         failsafe_timeout_s=t.float("failsafe_timeout_s", d.failsafe_timeout_s, gt=0, max=60),
+        reconnect_refused_s=t.float("reconnect_refused_s", d.reconnect_refused_s, gt=0, max=3600),
+        queue_max_messages=t.int("queue_max_messages", d.queue_max_messages, min=10),
+        replay_batch_messages=t.int("replay_batch_messages", d.replay_batch_messages, min=1, max=10_000),
+        offline_mark_events=t.bool("offline_mark_events", d.offline_mark_events),
+        token_cache_max_age_s=t.float("token_cache_max_age_s", d.token_cache_max_age_s, gt=0),
+        token_cache_max_entries=t.int("token_cache_max_entries", d.token_cache_max_entries, min=1),
     )
     if c.renew_before_s >= c.lease_s:
         raise t.error("renew_before_s", f"must be below lease_s ({c.lease_s:g} s)")

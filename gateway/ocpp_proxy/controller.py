@@ -20,7 +20,7 @@ from gateway.ocpp_proxy.frames import SUBPROTOCOLS
 from gateway.ocpp_proxy.server import check_request, identity_of, server_ssl_context
 from gateway.ocpp_proxy.session import DUE_NOT, ChargerSession, LimitState
 from gateway.ocpp_proxy.state import ChargerTracker
-from gateway.ocpp_proxy.store import Store
+from gateway.ocpp_proxy.store import QueueLimits, Store
 from gateway.ocpp_proxy.upstream import UpstreamTarget, target_for
 
 log = structlog.get_logger(__name__)
@@ -39,7 +39,7 @@ class OcppController:
         self.clock = clock
         self._on_event = on_event
         self._on_change = on_change
-        self.store = Store(os.path.join(site.state_dir, "ocpp.sqlite"))
+        self.store = Store(os.path.join(site.state_dir, "ocpp.sqlite"), QueueLimits(site.ocpp.queue_max_messages))
         self._trackers: dict[str, ChargerTracker] = {}
         self._limits: dict[str, LimitState] = {}
         self.sessions: dict[str, ChargerSession] = {}

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from gateway.config import ChargerConfig
 from gateway.errors import OcppError, StoreError
@@ -33,10 +33,14 @@ from gateway.ocpp_proxy.frames import (
     new_message_id,
     parse_frame,
     result_text,
+    set_member,
+    splice,
     validate,
+    value_span,
 )
 from gateway.ocpp_proxy.relay import CallChannel, CallFailed, OutCall
 from gateway.ocpp_proxy.state import ChargerTracker
+from gateway.ocpp_proxy.store import QueueFull
 from gateway.ocpp_proxy.upstream import Backoff, UpstreamTarget, open_upstream
 
 if TYPE_CHECKING:
@@ -46,6 +50,8 @@ log = structlog.get_logger(__name__)
 
 # charger -> CMS messages that are queued durably while the CMS is unreachable
 QUEUED = frozenset({"StartTransaction", "StopTransaction", "TransactionEvent", "MeterValues", "StatusNotification"})
+# kept while the queue is full (within its reserve): a transaction's begin and end; the periodic rest is dropped
+ESSENTIAL = frozenset({"StartTransaction", "StopTransaction"})
 # charger -> CMS messages the gateway inspects (validated against the schema)
 INSPECTED = QUEUED | {"BootNotification", "Authorize", "Heartbeat"}
 # notifications acknowledged (and not kept) while the CMS is unreachable
@@ -205,6 +211,8 @@ class ChargerSession:
         self.profiles_ready = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.target: UpstreamTarget | None = ctrl.upstream_target(cfg)
+        self._enqueuing = 0  # queue writes not yet committed (the replay waits for them before going live)
+        self._queue_full = False  # an episode of the queue refusing rows: reported once
 
     # ------------------------------------------------------------------ lifecycle
     def _initial_mode(self) -> str:
@@ -275,12 +283,20 @@ class ChargerSession:
                     self.target, max_size=self.ocpp.max_frame_bytes * 4, open_timeout_s=self.ocpp.call_timeout_s
                 )
             except (OSError, InvalidHandshake, InvalidURI, TimeoutError, OcppError, ConnectionClosed) as exc:
-                self.log.info("cms_connect_failed", url=self.target.url, error=str(exc) or type(exc).__name__)
+                refused = refusal(exc)
+                delay = backoff.next_delay()
+                if refused is not None:
+                    # the CMS answered and said no: retrying at full speed cannot help
+                    delay = max(delay, self.ocpp.reconnect_refused_s)
+                    self.log.warning("cms_refused", url=self.target.url, reason=refused, retry_s=round(delay, 1))
+                    self.ctrl.event("cms_refused", charger=self.id, reason=refused)
+                else:
+                    self.log.info("cms_connect_failed", url=self.target.url, error=str(exc) or type(exc).__name__)
                 if self.ocpp.strict_offline:
                     self.log.warning("charger_closed_strict_offline")
                     await self.ws.close(1011, "CMS unavailable")
                     return
-                await asyncio.sleep(backoff.next_delay())
+                await asyncio.sleep(delay)
                 continue
             backoff.reset()
             self.up = up
@@ -320,7 +336,11 @@ class ChargerSession:
         return self.to_cms.submit(OutCall(mid, call_text(mid, action, payload), action, True, payload))
 
     async def _drain(self) -> None:
-        """Replay the durable queue in order; only then relay transaction messages live."""
+        """Replay the durable queue in order; only then relay transaction messages live.
+
+        Each row goes out as the charger sent it, with its own message id (a repeat after a crash is
+        recognisable); the CMS's answer is recorded on the row before anything else is sent, answered
+        rows are never sent again and are deleted a batch at a time."""
         store = self.ctrl.store
         if self.pending_boot is not None:
             boot = self.pending_boot
@@ -331,31 +351,54 @@ class ChargerSession:
             except CallFailed:
                 return
         while self.up is not None:
-            batch = store.pending(self.id, 50)
+            batch = store.pending(self.id, self.ocpp.replay_batch_messages)
             if not batch:
+                if self._enqueuing:
+                    await asyncio.sleep(0.005)  # a row being written: it goes first
+                    continue
                 self.draining = False
                 self.log.info("replay_done")
                 return
             for m in batch:
-                payload = dict(m.payload)
-                local_tx = payload.pop("__local_tx", None)
-                if self.version == "1.6" and m.action in ("StopTransaction", "MeterValues"):
-                    payload = self._rewrite_tx_up(payload)
-                try:
-                    ans = await self._own_to_cms(m.action, payload).result
-                except CallFailed:
-                    return  # the link went down: replay resumes on reconnect
-                if ans.kind == CALLRESULT:
-                    self._learn_from_answer(m.action, payload, ans.payload)
-                    cms_id = ans.payload.get("transactionId")
-                    if m.action == "StartTransaction" and isinstance(local_tx, int) and isinstance(cms_id, int):
-                        store.map_tx(self.id, local_tx, cms_id, delete_seq=m.seq)
-                        self.log.info("tx_id_mapped", local_tx=local_tx, cms_tx=cms_id)
-                        continue
-                else:
-                    self.log.warning("replay_rejected", action=m.action, seq=m.seq, error=ans.payload.get("code"))
-                store.delete(m.seq)
+                if not await self._replay_one(m):
+                    return  # the link went down: replay resumes on reconnect (answered rows are skipped)
+            await store.delete_answered(self.id)
+
+    def replay_text(self, raw: str, action: str) -> str:
+        """What goes to the CMS for a queued CALL: its text, the 1.6 transaction id and the offline
+        marking (if configured) spliced in; every other byte as the charger sent it."""
+        if self.version == "1.6" and action in ("StopTransaction", "MeterValues"):
+            return self._rewrite_tx_up(raw)
+        if self.version == "2.0.1" and action == "TransactionEvent" and self.ocpp.offline_mark_events:
+            return set_member(raw, (3,), "offline", True)
+        return raw
+
+    async def _replay_one(self, m: Any) -> bool:
+        store = self.ctrl.store
+        if m.raw is not None and m.message_id is not None:
+            mid, text = m.message_id, self.replay_text(m.raw, m.action)
+        else:  # a row queued by an older gateway: only its payload was kept
+            mid = new_message_id()
+            text = self.replay_text(call_text(mid, m.action, m.payload), m.action)
+        try:
+            ans = await self.to_cms.submit(OutCall(mid, text, m.action, True, m.payload)).result
+        except CallFailed:
+            return False
+        if ans.kind == CALLRESULT:
+            self._learn_from_answer(m.action, m.payload, ans.payload)
+            cms_id = ans.payload.get("transactionId")
+            if m.action == "StartTransaction" and isinstance(m.local_tx, int) and isinstance(cms_id, int):
+                await store.map_tx(self.id, m.local_tx, cms_id, seq=m.seq, answer=ans.raw)
+                self.log.info("tx_id_mapped", local_tx=m.local_tx, cms_tx=cms_id)
                 self.ctrl.event("replayed", charger=self.id, action=m.action, seq=m.seq)
+                return True
+        else:
+            self.log.warning("replay_rejected", action=m.action, seq=m.seq, error=ans.payload.get("code"))
+        # on disk (group-committed with the other chargers' writes) before the next row goes out: a kill
+        # repeats at most the one row in flight, with its own message id
+        await asyncio.wrap_future(store.answered(m.seq, ans.raw))
+        self.ctrl.event("replayed", charger=self.id, action=m.action, seq=m.seq)
+        return True
 
     # ------------------------------------------------------------------ charger -> gateway
     async def on_charger_frame(self, raw: str | bytes) -> None:
@@ -392,18 +435,22 @@ class ChargerSession:
             return
         text = frame.raw
         if self.version == "1.6" and action in ("StopTransaction", "MeterValues"):
-            rewritten = self._rewrite_tx_up(frame.payload)
-            if rewritten is not frame.payload:
-                text = call_text(frame.message_id, action, rewritten)
+            text = self._rewrite_tx_up(frame.raw)
         self.to_cms.submit(
-            OutCall(frame.message_id, text, action, False, frame.payload, on_answer=self._relayed_up_answered)
+            OutCall(
+                frame.message_id,
+                text,
+                action,
+                False,
+                frame.payload,
+                on_answer=lambda out, ans: self._relayed_up_answered(out, ans, frame),
+            )
         )
 
-    def _relayed_up_answered(self, out: OutCall, ans: Frame | None) -> None:
+    def _relayed_up_answered(self, out: OutCall, ans: Frame | None, frame: Frame) -> None:
         if ans is None:
-            # the CMS did not answer (timeout or link lost): keep the message and answer locally
+            # the CMS did not answer (timeout or link lost): keep the message (as received) and answer locally
             if out.action in QUEUED or out.action in ("BootNotification", "Heartbeat", "Authorize"):
-                frame = Frame(CALL, out.message_id, out.action, out.payload, out.text)
                 self.spawn(self._answer_locally(frame))
             else:
                 code = "InternalError"
@@ -452,10 +499,13 @@ class ChargerSession:
         else:
             token, info = (req.get("idToken") or {}).get("idToken"), ans.get("idTokenInfo")
         if isinstance(token, str) and isinstance(info, dict) and isinstance(info.get("status"), str):
-            try:
-                self.ctrl.store.remember_token(token, info["status"])
-            except StoreError as exc:
-                self.log.error("token_cache_write_failed", error=str(exc))
+            expiry = policy.parse_iso(info.get("expiryDate" if self.version == "1.6" else "cacheExpiryDateTime"))
+            self.ctrl.store.remember_token(
+                token,
+                info["status"],
+                expires=None if expiry is None else expiry.timestamp(),
+                max_entries=self.ocpp.token_cache_max_entries,
+            )
         if self.version == "1.6" and action == "StartTransaction" and isinstance(ans.get("transactionId"), int):
             s = self.tracker.session
             if s is not None and s.transaction_id is None:
@@ -467,7 +517,7 @@ class ChargerSession:
             return "Invalid"
         if token in self.ocpp.offline_allow_list:
             return "Accepted"
-        status = self.ctrl.store.token_status(token)
+        status = self.ctrl.store.token_status(token, max_age_s=self.ocpp.token_cache_max_age_s)
         if status is None and self.ocpp.offline_accept_unknown:
             return "Accepted"
         return "Accepted" if status == "Accepted" else "Invalid"
@@ -492,7 +542,7 @@ class ChargerSession:
             elif action == "StartTransaction" and self.version == "1.6":
                 status = self._token_status(p.get("idTag"))
                 if keep:
-                    local_id = self.ctrl.store.enqueue_start_16(self.id, p)
+                    local_id = await self._keep(self.ctrl.store.enqueue_start_16(self.id, mid, frame.raw))
                 else:
                     local_id = -int(time.time() * 1000) % 2_000_000_000 or 1
                 self.tracker.on_start_16(p, local_id)
@@ -500,7 +550,7 @@ class ChargerSession:
                 answer = {"idTagInfo": {"status": status}, "transactionId": local_id}
             elif action in QUEUED:
                 if keep:
-                    self.ctrl.store.enqueue(self.id, action, p)
+                    await self._enqueue(frame)
                 answer = {}
                 if action == "StopTransaction" and p.get("idTag") is not None:
                     answer = {"idTagInfo": {"status": self._token_status(p.get("idTag"))}}
@@ -513,8 +563,8 @@ class ChargerSession:
             else:
                 answer = None
         except StoreError as exc:
-            # not on disk: do not acknowledge; the charger retries
-            self.log.error("queue_write_failed", action=action, error=str(exc))
+            # a transaction's begin or end that is not on disk is not acknowledged: the charger keeps it, retries
+            self._report_refused(action, exc, kept_by_charger=True)
             await self._send_charger(error_text(mid, "InternalError", "durable queue unavailable"))
             return
         if answer is None:
@@ -523,6 +573,44 @@ class ChargerSession:
             if action in QUEUED:
                 self.log.info("queued_offline", action=action)
             await self._send_charger(result_text(mid, answer))
+
+    async def _keep(self, write: Any) -> Any:
+        self._enqueuing += 1
+        try:
+            return await write
+        finally:
+            self._enqueuing -= 1
+
+    def _essential(self, frame: Frame) -> bool:
+        if frame.action == "TransactionEvent":
+            return frame.payload.get("eventType") in ("Started", "Ended")
+        return frame.action in ESSENTIAL
+
+    async def _enqueue(self, frame: Frame) -> None:
+        """Keep a CALL for replay. A periodic message the queue cannot take is dropped (and counted);
+        a transaction's begin or end raises, so that it is not acknowledged."""
+        store = self.ctrl.store
+        essential = self._essential(frame)
+        try:
+            await self._keep(
+                store.enqueue(self.id, frame.action or "", frame.message_id, frame.raw, essential=essential)
+            )
+        except StoreError as exc:
+            if essential:
+                raise
+            store.dropped += 1
+            self._report_refused(frame.action or "", exc, kept_by_charger=False)
+            return
+        self._queue_full = False
+
+    def _report_refused(self, action: str, exc: Exception, *, kept_by_charger: bool) -> None:
+        """The operator learns of it once per episode (log and event), then each refusal is logged."""
+        self.log.info("queue_write_refused", action=action, error=str(exc), kept_by_charger=kept_by_charger)
+        if not self._queue_full:
+            self._queue_full = True
+            reason = "limit" if isinstance(exc, QueueFull) and "limit" in str(exc) else "disk"
+            self.log.error("queue_full", reason=reason, error=str(exc), dropped_total=self.ctrl.store.dropped)
+            self.ctrl.event("queue_full", charger=self.id, reason=reason, error=str(exc))
 
     # ------------------------------------------------------------------ CMS -> gateway
     async def on_cms_frame(self, raw: str | bytes) -> None:
@@ -555,11 +643,7 @@ class ChargerSession:
                 if up is not None:
                     await up.send(result_text(frame.message_id, local))
                 return
-        text = frame.raw
-        if self.version == "1.6":
-            rewritten = self._rewrite_tx_down(frame.payload)
-            if rewritten is not frame.payload:
-                text = call_text(frame.message_id, action, rewritten)
+        text = self._rewrite_tx_down(frame.raw, frame.payload) if self.version == "1.6" else frame.raw
         self.to_charger.submit(
             OutCall(frame.message_id, text, action, False, frame.payload, on_answer=self._relayed_down_answered)
         )
@@ -584,26 +668,30 @@ class ChargerSession:
             self.log.info("cms_send_failed_closed")
 
     # ------------------------------------------------------------------ 1.6 transaction ids
-    def _rewrite_tx_up(self, p: dict[str, Any]) -> dict[str, Any]:
-        tx = p.get("transactionId")
-        if isinstance(tx, int) and tx < 0:
+    # the ids are spliced into the text: every other byte stays as sent
+    def _rewrite_tx_up(self, raw: str) -> str:
+        span = value_span(raw, (3, "transactionId"))
+        if span is None:
+            return raw
+        tx = json.loads(raw[span[0] : span[1]])
+        if isinstance(tx, int) and not isinstance(tx, bool) and tx < 0:
             cms = self.ctrl.store.cms_tx(self.id, tx)
             if cms is not None:
-                return {**p, "transactionId": cms}
-        return p
+                return raw[: span[0]] + str(cms) + raw[span[1] :]
+        return raw
 
-    def _rewrite_tx_down(self, p: dict[str, Any]) -> dict[str, Any]:
+    def _rewrite_tx_down(self, raw: str, p: dict[str, Any]) -> str:
         tx = p.get("transactionId")
         if isinstance(tx, int) and not isinstance(tx, bool):
             local = self.ctrl.store.local_tx(self.id, tx)
             if local is not None:
-                return {**p, "transactionId": local}
+                return splice(raw, (3, "transactionId"), local)
         prof = p.get("csChargingProfiles")
         if isinstance(prof, dict) and isinstance(prof.get("transactionId"), int):
             local = self.ctrl.store.local_tx(self.id, prof["transactionId"])
             if local is not None:
-                return {**p, "csChargingProfiles": {**prof, "transactionId": local}}
-        return p
+                return splice(raw, (3, "csChargingProfiles", "transactionId"), local)
+        return raw
 
     # ------------------------------------------------------------------ profiles
     def _collides(self, conn: int | None, prof: dict[str, Any]) -> bool:
@@ -936,6 +1024,17 @@ class ChargerSession:
         except CallFailed:
             return False
         return ans.kind == CALLRESULT and ans.payload.get("status") == "Accepted"
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Why the CMS refused a connection it answered (HTTP status, subprotocol), or None for a network failure."""
+    if isinstance(exc, InvalidStatus):
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, OcppError) and "subprotocol" in str(exc):
+        return "subprotocol"
+    if isinstance(exc, InvalidHandshake) and "subprotocol" in str(exc).lower():
+        return "subprotocol"
+    return None
 
 
 def dumps(obj: Any) -> str:

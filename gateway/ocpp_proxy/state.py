@@ -301,7 +301,7 @@ class ChargerTracker:
                 continue
             uom = sv.get("unitOfMeasure") or {}
             mult = uom.get("multiplier", 0)
-            value = float(v) * (10.0 ** int(mult) if isinstance(mult, int) else 1.0)
+            value = float(v) * (10.0**mult if isinstance(mult, int) and -9 <= mult <= 9 else float("inf")) if v else 0.0
             unit = str(uom.get("unit", ""))
             samples.append((str(sv.get("measurand", "Energy.Active.Import.Register")), sv.get("phase"), value, unit))
         self._apply_samples(samples, evse, self._report_time(mv.get("timestamp")))

@@ -1,0 +1,177 @@
+"""The gateway killed again and again during a replay, and a disk that fills up during an outage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import signal
+import sys
+from pathlib import Path
+
+from .conftest import Cms, site_text, wait_for
+from .test_exact import T0, RawCharger
+
+CHARGER_201 = """
+[[chargers]]
+id = "CP201"
+ocpp_version = "2.0.1"
+kind = "ac"
+circuit = "p1"
+phases = 3
+max_current_a = 32
+failsafe_current_a = 6
+"""
+
+
+class Proc:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.lines: list[str] = []
+        self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            self.lines.append(line.decode())
+
+    @classmethod
+    async def spawn(cls, cfg: Path, fsize_limit: int | None = None) -> Proc:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+        def limit() -> None:
+            if fsize_limit is not None:
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), no signal
+                resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway.ocpp_proxy",
+            str(cfg),
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            preexec_fn=limit,
+        )
+        assert proc.stdout is not None
+        while True:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+            assert line, "the gateway exited"
+            if line.startswith("ocpp_proxy_listening"):
+                return cls(proc, int(line.split("port=")[1].split()[0]))
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+        await self._task
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(self.proc.wait(), 10)
+        await self._task
+
+
+def _mv(i: int) -> str:
+    return (
+        f'[2,"mv-{i}","MeterValues",{{"evseId":1,"meterValue":[{{"timestamp":"{T0}","sampledValue":'
+        f'[{{"value":{i}.5,"measurand":"Energy.Active.Import.Register"}}]}}]}}]'
+    )
+
+
+def _te(i: int, event: str) -> str:
+    return (
+        f'[2,"te-{i}","TransactionEvent",{{"eventType":"{event}","timestamp":"{T0}","triggerReason":"Authorized",'
+        f'"seqNo":{i},"transactionInfo":{{"transactionId":"k1"}},"evse":{{"id":1,"connectorId":1}}}}]'
+    )
+
+
+async def test_sigkill_loop_during_replay_no_message_counted_twice(tmp_path: Path) -> None:
+    cms = Cms()  # down: the outage
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(site_text(tmp_path / "state", cms.port, chargers=CHARGER_201))
+    gw = await Proc.spawn(cfg)
+    sent = [_te(0, "Started"), *[_mv(i) for i in range(1, 299)], _te(299, "Ended")]
+    ch = await RawCharger.open(gw.port, "CP201", "2.0.1")
+    for raw in sent:
+        assert (await ch.call(raw))[0] == 3
+    await ch.close()
+    kills = 0
+    try:
+        await cms.start()
+        for _ in range(5):
+            if kills:
+                gw = await Proc.spawn(cfg)
+            ch = await RawCharger.open(gw.port, "CP201", "2.0.1")
+            seen = len(cms.raw)
+            await wait_for(lambda seen=seen: len(cms.raw) >= seen + 30, 20, what="replay under way")  # type: ignore[misc]
+            await gw.kill()
+            kills += 1
+            await ch.close()
+        gw = await Proc.spawn(cfg)
+        ch = await RawCharger.open(gw.port, "CP201", "2.0.1")
+
+        def got() -> list[str]:
+            return [r for c, r in cms.raw if c == "CP201" and json.loads(r)[2] in ("MeterValues", "TransactionEvent")]
+
+        await wait_for(lambda: {json.loads(r)[1] for r in got()} >= {json.loads(r)[1] for r in sent}, 60, what="all")
+        await asyncio.sleep(0.3)
+        received = got()
+        first: dict[str, str] = {}
+        for r in received:
+            first.setdefault(json.loads(r)[1], r)
+        # every message exactly as sent, in order; a repeat (if any) carries the same id and bytes, so a CMS
+        # recognises it: counted by message id, nothing is counted twice
+        assert list(first.values()) == sent
+        repeats = len(received) - len(first)
+        assert all(r == first[json.loads(r)[1]] for r in received)
+        assert repeats <= kills, f"{repeats} repeats for {kills} kills"
+        print(f"\nsigkill loop: {kills} kills, {len(sent)} messages, {repeats} repeated (same id)")
+        await ch.close()
+    finally:
+        await gw.stop()
+        await cms.stop()
+
+
+async def test_disk_full_periodic_dropped_transaction_refused_site_keeps_controlling(tmp_path: Path) -> None:
+    cms = Cms()  # down
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(site_text(tmp_path / "state", cms.port, chargers=CHARGER_201))
+    gw = await Proc.spawn(cfg, fsize_limit=256 * 1024)
+    ch = await RawCharger.open(gw.port, "CP201", "2.0.1")
+    try:
+        await wait_for(lambda: ch.calls, what="the fail-safe profile")
+        sample = '{"value":1,"context":"Other","measurand":"Energy.Active.Import.Register"}'
+        samples = ",".join([sample] * 40)  # about 3 kB a message
+        i = 0
+        while not any("queue_write_refused" in ln for ln in gw.lines):
+            i += 1
+            assert i < 2000, "the file-size limit never bit"
+            raw = (
+                f'[2,"big-{i}","MeterValues",{{"evseId":1,"meterValue":[{{"timestamp":"{T0}","sampledValue":'
+                f"[{samples}]}}]}}]"
+            )
+            ans = await ch.call(raw)
+            assert ans[0] == 3, "a periodic message is always answered (kept, or dropped when full)"
+        assert any("queue_full" in ln for ln in gw.lines), "the operator is told"
+        # a transaction's begin or end that cannot be kept is refused: the charger keeps it and retries
+        big_te = _te(1, "Ended").replace(
+            '"connectorId":1}}', f'"connectorId":1}},"meterValue":[{{"timestamp":"{T0}","sampledValue":[{samples}]}}]}}'
+        )
+        for j in range(50):
+            ans = await ch.call(big_te.replace('"te-1"', f'"end-{j}"'))
+            if ans[0] == 4:
+                break
+        assert ans[0] == 4 and ans[2] == "InternalError", ans
+        # the site keeps working: answered, and a reconnecting charger gets its fail-safe profile again
+        assert (await ch.call('[2,"hb","Heartbeat",{}]'))[0] == 3
+        await ch.close()
+        ch = await RawCharger.open(gw.port, "CP201", "2.0.1")
+        await wait_for(lambda: any(c[2] == "SetChargingProfile" for c in ch.calls), what="control after disk full")
+        assert gw.proc.returncode is None
+    finally:
+        await ch.close()
+        await gw.stop()
