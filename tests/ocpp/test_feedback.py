@@ -406,6 +406,7 @@ async def test_16_two_connector_station_sums_its_connectors(cms: Cms, make_gatew
         await ch.cp.call(c16.StatusNotification(connector_id=2, error_code="NoError", status="Finishing"))
         snap = gw.ctrl.snapshot()["ST16"]
         assert (total(snap), snap.active_connectors, snap.state) == (14.0, 1, ChargerState.CHARGING)
+        assert snap.session is not None and snap.session.transaction_id == str(tx[1]), "connector 1's goes on"
         # the station's own meter (connector 0), as recent as the connectors: preferred as the total
         await meter(0, 15.5, 0)
         assert total(gw.ctrl.snapshot()["ST16"]) == 15.5
@@ -449,6 +450,7 @@ async def test_201_two_evse_station_sums_its_evses(make_gateway: Any) -> None:
         await event("Ended", 2, "tx-a", 9.0, None)
         snap = gw.ctrl.snapshot()["ST201"]
         assert (total(snap), snap.active_connectors) == (8.0, 1)
+        assert snap.session is not None and snap.session.transaction_id == "tx-b"
     finally:
         await ch.close()
 
