@@ -168,6 +168,12 @@ class ChargerTracker:
     def _session_started(self, conn: int) -> None:
         self.stopped.discard(conn)
 
+    def _map_tx(self, tx_id: str, conn: int) -> None:
+        """A transaction on a connector (an earlier one there whose end was never seen is forgotten)."""
+        for k in [k for k, v in self.tx_connector.items() if v == conn]:
+            del self.tx_connector[k]
+        self.tx_connector[tx_id] = conn
+
     def _transaction_ended(self, conn: int | None) -> None:
         """One connector's transaction ended: the station's session is another ongoing one, if any."""
         if conn is None:
@@ -211,7 +217,7 @@ class ChargerTracker:
             id_token=str(p.get("idTag")) if p.get("idTag") is not None else None,
         )
         if transaction_id is not None:
-            self.tx_connector[str(transaction_id)] = conn
+            self._map_tx(str(transaction_id), conn)
         self.conn_sessions[conn] = self.session
         self._session_started(conn)
         if self.connectors.get(conn) in (None, ChargerState.NO_EV):
@@ -268,7 +274,8 @@ class ChargerTracker:
         evse_id = (p.get("evse") or {}).get("id")
         if isinstance(evse_id, int) and not isinstance(evse_id, bool):
             evse = evse_id
-            self.tx_connector[tx_id] = evse
+            if self.tx_connector.get(tx_id) != evse:
+                self._map_tx(tx_id, evse)
         else:  # the EVSE is only required in a transaction's first event
             evse = self.tx_connector.get(tx_id, 1)
         cs = tx.get("chargingState")
