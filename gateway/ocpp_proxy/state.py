@@ -88,7 +88,8 @@ class ChargerTracker:
         self.online = False
         self.connectors: dict[int, ChargerState] = {}
         self.charging: dict[int, ChargerState] = {}  # 2.0.1 TransactionEvent chargingState per EVSE
-        self.session: Session | None = None
+        self.session: Session | None = None  # the station's: the last started, else the earliest ongoing
+        self.conn_sessions: dict[int, Session] = {}
         self.draws: dict[int, _Draw] = {}  # per connector (0: the station's own meter)
         self.ended_at: dict[int, float] = {}  # per connector: when its last session ended
         self.stopped: set[int] = set()  # session ended, EV maybe still plugged in (Finishing): not drawing
@@ -167,6 +168,21 @@ class ChargerTracker:
     def _session_started(self, conn: int) -> None:
         self.stopped.discard(conn)
 
+    def _map_tx(self, tx_id: str, conn: int) -> None:
+        """A transaction on a connector (an earlier one there whose end was never seen is forgotten)."""
+        for k in [k for k, v in self.tx_connector.items() if v == conn]:
+            del self.tx_connector[k]
+        self.tx_connector[tx_id] = conn
+
+    def _transaction_ended(self, conn: int | None) -> None:
+        """One connector's transaction ended: the station's session is another ongoing one, if any."""
+        if conn is None:
+            self.conn_sessions.clear()
+        else:
+            self.conn_sessions.pop(conn, None)
+        rest = list(self.conn_sessions.values())
+        self.session = min(rest, key=lambda x: x.started_at) if rest else None
+
     # -- 1.6 ------------------------------------------------------------------------------
     def on_status_16(self, p: dict[str, Any]) -> None:
         conn = int(p.get("connectorId", 0))
@@ -183,6 +199,8 @@ class ChargerTracker:
         if st == ChargerState.NO_EV:
             self._session_ended(conn)
             self.stopped.discard(conn)  # the next EV plugged in here starts a new session
+            if conn in self.conn_sessions:
+                self._transaction_ended(conn)
             if self.session is not None and not self._any_session_state():
                 self.session = None
         elif p.get("status") == "Finishing":  # the transaction stopped, the EV is still plugged in
@@ -199,17 +217,18 @@ class ChargerTracker:
             id_token=str(p.get("idTag")) if p.get("idTag") is not None else None,
         )
         if transaction_id is not None:
-            self.tx_connector[str(transaction_id)] = conn
+            self._map_tx(str(transaction_id), conn)
+        self.conn_sessions[conn] = self.session
         self._session_started(conn)
         if self.connectors.get(conn) in (None, ChargerState.NO_EV):
             self.connectors[conn] = ChargerState.EV_CONNECTED
         self._changed()
 
     def on_stop_16(self, p: dict[str, Any]) -> None:
-        self.session = None
         conn = self.tx_connector.pop(str(p.get("transactionId")), None)
         if conn is None and self.cfg.connectors == 1:
             conn = 1
+        self._transaction_ended(conn)
         # transactionData is the session's history: the connector's draw ends with it
         self._session_ended(conn)
         self._changed()
@@ -243,6 +262,8 @@ class ChargerTracker:
         if st == ChargerState.NO_EV:
             self._session_ended(evse)
             self.stopped.discard(evse)
+            if evse in self.conn_sessions:
+                self._transaction_ended(evse)
             if self.session is not None and not self._any_session_state():
                 self.session = None
         self._changed()
@@ -253,7 +274,8 @@ class ChargerTracker:
         evse_id = (p.get("evse") or {}).get("id")
         if isinstance(evse_id, int) and not isinstance(evse_id, bool):
             evse = evse_id
-            self.tx_connector[tx_id] = evse
+            if self.tx_connector.get(tx_id) != evse:
+                self._map_tx(tx_id, evse)
         else:  # the EVSE is only required in a transaction's first event
             evse = self.tx_connector.get(tx_id, 1)
         cs = tx.get("chargingState")
@@ -275,10 +297,12 @@ class ChargerTracker:
                 transaction_id=str(tx.get("transactionId")),
                 id_token=str(token) if token is not None else None,
             )
+            self.conn_sessions[evse] = self.session
         elif event == "Updated" and self.session is not None and token is not None and self.session.id_token is None:
             self.session = Session(self.session.started_at, self.session.transaction_id, str(token))
+            self.conn_sessions[evse] = self.session
         if event == "Ended":
-            self.session = None
+            self._transaction_ended(evse)
             self.charging.pop(evse, None)
             self.tx_connector.pop(tx_id, None)
             self._session_ended(evse)

@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 
 from gateway.config import site_from_text
 from gateway.model import Actuation, ChargerSnapshot, ChargerState
+from gateway.ocpp_proxy.session import ACCEPTED, REJECTED, UNANSWERED, LimitState
 from gateway.ocpp_proxy.state import ChargerTracker
 
 from .conftest import CHARGERS, Charger16, Charger201, Cms, Gateway, Running, site_text, wait_for
@@ -406,6 +407,7 @@ async def test_16_two_connector_station_sums_its_connectors(cms: Cms, make_gatew
         await ch.cp.call(c16.StatusNotification(connector_id=2, error_code="NoError", status="Finishing"))
         snap = gw.ctrl.snapshot()["ST16"]
         assert (total(snap), snap.active_connectors, snap.state) == (14.0, 1, ChargerState.CHARGING)
+        assert snap.session is not None and snap.session.transaction_id == str(tx[1]), "connector 1's goes on"
         # the station's own meter (connector 0), as recent as the connectors: preferred as the total
         await meter(0, 15.5, 0)
         assert total(gw.ctrl.snapshot()["ST16"]) == 15.5
@@ -449,6 +451,7 @@ async def test_201_two_evse_station_sums_its_evses(make_gateway: Any) -> None:
         await event("Ended", 2, "tx-a", 9.0, None)
         snap = gw.ctrl.snapshot()["ST201"]
         assert (total(snap), snap.active_connectors) == (8.0, 1)
+        assert snap.session is not None and snap.session.transaction_id == "tx-b"
     finally:
         await ch.close()
 
@@ -463,3 +466,26 @@ def test_snapshot_is_rebuilt_only_on_a_change(tmp_path: Path) -> None:
     second = t.snapshot(a)
     assert second is not first and second.draw_a == (6.0,) * 3
     assert t.snapshot(Actuation()) is not second
+
+
+def test_limit_state_transitions() -> None:
+    ls = LimitState()
+    ls.connected()
+    ls.installing(True)
+    ls.failsafe_answered(True)
+    ls.queued("a", 20.0, 100.0)
+    ls.answered("a", 20.0, 100.0, 100.0 + LEASE_S, UNANSWERED, 105.0)  # written, never answered
+    a = ls.actuation(105.0, True)
+    assert (a.pending_limit, a.pending_since, a.rejected_at, a.accepted_limit) == (20.0, 100.0, 105.0, None)
+    ls.queued("b", 12.0, 106.0)
+    assert ls.actuation(106.0, True).pending_limit == 12.0
+    ls.answered("b", 12.0, 106.0, 106.0 + LEASE_S, REJECTED, 107.0)
+    # b changed nothing; a may still have been applied
+    assert (ls.actuation(107.0, True).pending_limit, ls.actuation(107.0, True).pending_since) == (20.0, 100.0)
+    ls.queued("c", 16.0, 108.0)
+    ls.answered("c", 16.0, 108.0, 108.0 + LEASE_S, ACCEPTED, 109.0)
+    a = ls.actuation(109.0, True)
+    assert (a.accepted_limit, a.accepted_at, a.lease_until, a.pending_limit) == (16.0, 109.0, 108.0 + LEASE_S, None)
+    assert a.controlled and ls.actuation(110.0, True) is a, "unchanged: the same record"
+    assert not ls.actuation(108.0 + LEASE_S, True).controlled, "the lease lapsed"
+    assert not ls.actuation(110.0, False).controlled, "offline"
