@@ -15,7 +15,7 @@ import numpy as np
 from gateway.allocation.classify import Classes
 from gateway.allocation.plan import FloatArray, Plan
 from gateway.allocation.reserve import follow, fresh_reserve
-from gateway.allocation.state import AllocatorState, ChargerMemory
+from gateway.allocation.state import AllocatorState, ChargerMemory, following
 from gateway.config import Site
 from gateway.model import ChargerLimit, Snapshot
 
@@ -47,9 +47,10 @@ def propose(
                 why = f"paused:{names[paused[i]]}"
             c.limit[i], c.line[i], c.reason[i] = 0.0, 0.0, why
             continue
-        xi = float(x[i])
-        why = f"capped:{names[frozen_by[i]]}" if i in frozen_by and xi < c.hi[i] - 1e-3 else c.hi_reason[i]
-        limit = max(ch.min_limit, floor_limit(xi / u2l))
+        limit = max(ch.min_limit, floor_limit(float(x[i]) / u2l))
+        # capped where the filling stopped below the cap (by a whole step of the charger's unit)
+        capped = i in frozen_by and limit < floor_limit(c.hi[i] / u2l)
+        why = f"capped:{names[frozen_by[i]]}" if capped else c.hi_reason[i]
         mem = state.chargers.get(plan.ids[i])
         if mem is not None and mem.limit >= ch.min_limit and limit > mem.limit and (limit - mem.limit) * u2l < hyst:
             limit, why = mem.limit, "hold:hysteresis"
@@ -94,21 +95,21 @@ def remember(
         mem, v = state.chargers.get(cid), c.views[i]
         limit, line, why = c.limit[i], c.line[i], c.reason[i]
         paused_since, running_since = _rotation(c, i, i in active, why, now)
-        base_a, follow_a, follow_until, raised_at = v.base_a, v.follow_a, v.follow_until, v.raised_at
+        base_a, follows, raised_at = v.base_a, v.follows, v.raised_at
         cs = snapshot.chargers.get(cid)
         if cs is not None and cs.actuation is None and cs.online:
             # no actuation feedback: the decided limit counts as accepted now
             start = fresh_reserve(plan.chargers[i], cs, plan.unit_to_line[i])
-            follow_a, follow_until, raised_at = follow(mem, start, line, now, resp, now)
+            follows, raised_at = follow(mem, start, line, now, resp, now)
             base_a = line
         changed_at = mem.changed_at if mem is not None and limit == mem.limit else now
         memory[cid] = ChargerMemory(
             limit=limit, line_a=line, reason=why, changed_at=changed_at,
             paused_since=paused_since, running_since=running_since, base_a=base_a,
-            follow_a=follow_a, follow_until=follow_until, raised_at=raised_at,
+            follows=follows, raised_at=raised_at,
             report_at=cs.draw_at if cs is not None else None, followed_low_a=c.low[i],
         )
-        may = max(c.reserve[i], line, follow_a if now < follow_until else 0.0)
+        may = max(c.reserve[i], line, following(follows, now))
         limits[cid] = ChargerLimit(limit, line, why, may)
     return limits, memory
 

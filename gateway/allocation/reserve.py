@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from gateway.allocation.state import NEVER, ChargerMemory
+from gateway.allocation.state import NEVER, ChargerMemory, following
 from gateway.config import ChargerConfig, Site
 from gateway.electrical import ac_line_current_a
 from gateway.model import Actuation, ChargerSnapshot
@@ -26,8 +26,7 @@ REPORT_MAX_AGE_S = 120.0
 class View(NamedTuple):
     may_draw_a: float  # line current per loaded phase it may draw now (its reserve)
     base_a: float  # the reserve before any decrease still being followed
-    follow_a: float
-    follow_until: float
+    follows: tuple[tuple[float, float], ...]  # decreases being followed: (earlier line A, until)
     raised_at: float
     controlled: bool
 
@@ -41,20 +40,17 @@ def fresh_reserve(ch: ChargerConfig, cs: ChargerSnapshot, u2l: float) -> float:
 
 def follow(
     mem: ChargerMemory | None, start_a: float, base_a: float, changed_at: float, resp: float, now: float
-) -> tuple[float, float, float]:
-    """(follow_a, follow_until, raised_at) once the reserve without followers is ``base_a`` (changed at
-    ``changed_at``: when the charger accepted the change, or now). A fall keeps the earlier reserve for a
-    response; with no memory the earlier reserve is ``start_a`` (``fresh_reserve``)."""
-    if mem is None:
-        before, f_a, f_until, raised = start_a, 0.0, NEVER, NEVER
-    else:
-        before, f_a, f_until, raised = mem.base_a, mem.follow_a, mem.follow_until, mem.raised_at
+) -> tuple[tuple[tuple[float, float], ...], float]:
+    """(follows, raised_at) once the reserve without followers is ``base_a`` (changed at ``changed_at``: when
+    the charger accepted the change, or now). A fall keeps the earlier reserve for a response; with no memory
+    the earlier reserve is ``start_a`` (``fresh_reserve``)."""
+    before, raised = (start_a, NEVER) if mem is None else (mem.base_a, mem.raised_at)
+    follows: tuple[tuple[float, float], ...] = () if mem is None else tuple(f for f in mem.follows if now < f[1])
     if base_a < before - _EPS_A:
-        still = f_a if now < f_until else 0.0
-        return max(before, still), max(changed_at + resp, f_until if still else NEVER), raised
-    if base_a > before + _EPS_A:
+        follows = (*follows, (before, changed_at + resp))
+    elif base_a > before + _EPS_A:
         raised = changed_at
-    return f_a, f_until, raised
+    return follows, raised
 
 
 def view(
@@ -64,16 +60,16 @@ def view(
     fs_a = ch.failsafe_limit * u2l
     if act is None:  # the caller does not model actuation: the decided limit counts as accepted when decided
         base = mem.base_a if mem is not None else fresh_reserve(ch, cs, u2l)
-        f_a, f_until, raised = (0.0, NEVER, NEVER) if mem is None else (mem.follow_a, mem.follow_until, mem.raised_at)
+        follows, raised = ((), NEVER) if mem is None else (tuple(f for f in mem.follows if now < f[1]), mem.raised_at)
         if not cs.online:
             base = max(base, fs_a)
         controlled = cs.online
     else:
         base, controlled = _base(mem, cs, act, ch, u2l, fs_a, resp, now)
         changed_at = act.accepted_at if act.accepted_at is not None and act.accepted_at <= now else now
-        f_a, f_until, raised = follow(mem, fresh_reserve(ch, cs, u2l), base, changed_at, resp, now)
-    may = max(base, f_a) if now < f_until else base
-    return View(may, base, f_a, f_until, raised, controlled)
+        follows, raised = follow(mem, fresh_reserve(ch, cs, u2l), base, changed_at, resp, now)
+    may = max(base, following(follows, now))
+    return View(may, base, follows, raised, controlled)
 
 
 def _base(
@@ -131,4 +127,4 @@ def usable(cs: ChargerSnapshot, now: float) -> bool:
 def followed_low(mem: ChargerMemory | None, cs: ChargerSnapshot, v: View, now: float) -> float:
     """The lowest reserve the charger has fully followed since its draw report was measured."""
     low = mem.followed_low_a if mem is not None and cs.draw_at == mem.report_at else float("inf")
-    return min(low, v.base_a) if now >= v.follow_until else low
+    return low if following(v.follows, now) > v.base_a else min(low, v.base_a)

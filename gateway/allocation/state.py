@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 NEVER = float("-inf")
 
 
+def following(follows: tuple[tuple[float, float], ...], now: float) -> float:
+    """The highest earlier limit a charger may still draw while it follows decreases (0: none)."""
+    return max((a for a, until in follows if now < until), default=0.0)
+
+
 @dataclass(frozen=True)
 class ChargerMemory:
     limit: float  # the limit decided last (charger unit)
@@ -18,9 +23,9 @@ class ChargerMemory:
     running_since: float | None = None  # when it last got its minimum or more
     # its reserve before followers (line A): what it accepted, or may draw offline / uncontrolled
     base_a: float = 0.0
-    # a decrease takes the EV up to ev_response_s to follow: until follow_until it may still draw follow_a
-    follow_a: float = 0.0
-    follow_until: float = NEVER
+    # a decrease takes the EV up to ev_response_s to follow: (line A it may still draw, until when), one pair
+    # per decrease not yet followed
+    follows: tuple[tuple[float, float], ...] = ()
     # when the accepted limit last rose: an EV's draw says something about its demand only a response later
     raised_at: float = NEVER
     # the draw report last seen (its measurement time), and the lowest reserve the charger has followed
