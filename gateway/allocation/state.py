@@ -10,6 +10,8 @@ NEVER = float("-inf")
 
 def following(follows: tuple[tuple[float, float], ...], now: float) -> float:
     """The highest earlier limit a charger may still draw while it follows decreases (0: none)."""
+    if not follows:
+        return 0.0
     return max((a for a, until in follows if now < until), default=0.0)
 
 

@@ -58,9 +58,15 @@ def set_profile_payload(
     limit: float,
     start: datetime,
     duration_s: int | None,
+    connectors: int = 1,
 ) -> dict[str, Any]:
-    """A SetChargingProfile request for a station-wide single-period profile."""
-    period = {"startPeriod": 0, "limit": round_limit(limit)}
+    """A SetChargingProfile request for a station-wide single-period profile.
+
+    A TxDefaultProfile on connector/EVSE 0 is the default of *each* connector (OCPP 1.6 §3.13.2, 2.0.1
+    K01): the station's limit is shared out, each connector getting limit / connectors, so that the
+    station as a whole never draws more than its limit."""
+    per = limit / connectors if mode == "txdefault" and connectors > 1 else limit
+    period = {"startPeriod": 0, "limit": round_limit(per)}
     schedule: dict[str, Any] = {
         "startSchedule": iso(start),
         "chargingRateUnit": unit,

@@ -916,6 +916,7 @@ class ChargerSession:
             limit=self.cfg.failsafe_limit,
             start=FAILSAFE_START,
             duration_s=None,
+            connectors=self.cfg.connectors,
         )
 
     def limit_payload(self, mode: str, limit: float) -> dict[str, Any]:
@@ -928,6 +929,7 @@ class ChargerSession:
             limit=limit,
             start=_now(),
             duration_s=int(self.ocpp.lease_s),
+            connectors=self.cfg.connectors,
         )
 
     async def install_profiles(self) -> None:

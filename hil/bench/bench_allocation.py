@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.allocation import allocate
+from gateway.allocation import AllocatorState, allocate
 from gateway.model import Allocation
 from hil.bench.sites import busy_snapshot, tree_site
 
@@ -24,6 +24,7 @@ def bench(n: int, runs: int, service_factor: float) -> tuple[float, float, float
     site = tree_site(n, service_factor)
     rng = random.Random(n)
     prev: Allocation | None = None
+    state: AllocatorState | None = None
     times: list[float] = []
     reasons: dict[str, int] = {}
     for k in range(runs):
@@ -31,7 +32,7 @@ def bench(n: int, runs: int, service_factor: float) -> tuple[float, float, float
         # a fresh, busy snapshot each tick, its EVs drawing within the limits they were given
         s = busy_snapshot(site, now, rng, limits=prev)
         t0 = time.perf_counter()
-        prev = allocate(s, site, prev, now)
+        prev, state = allocate(s, site, state, now)
         times.append((time.perf_counter() - t0) * 1000)
     assert prev is not None
     for lim in prev.limits.values():

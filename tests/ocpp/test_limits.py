@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from ocpp.v16 import call as c16
 from ocpp.v201 import call as c201
 
 from gateway.model import Allocation, ChargerLimit
+from gateway.ocpp_proxy import policy
 
 from .conftest import Cms, connect_charger, wait_for
 
@@ -286,3 +289,20 @@ async def test_txdefault_charger_cms_txprofile_is_merged_not_relayed(cms: Cms, m
         assert sent[-1]["charging_schedule"]["charging_schedule_period"][0]["limit"] == 10.0
     finally:
         await ch.close()
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+def test_txdefault_profile_shares_the_station_limit_among_its_connectors(version: str) -> None:
+    """A TxDefaultProfile on connector 0 is each connector's default: a two-connector station limited to
+    32 A gets 16 A per connector, so both EVs together stay within 32 A; a station-wide max profile keeps 32."""
+    def limit_in(payload: dict[str, Any]) -> float:
+        if version == "1.6":
+            return float(payload["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"])
+        return float(payload["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"])
+
+    common: dict[str, Any] = {"profile_id": 1, "stack_level": 1, "unit": "A", "limit": 32.0,
+                              "start": datetime(2026, 1, 1, tzinfo=UTC), "duration_s": 60, "connectors": 2}
+    assert limit_in(policy.set_profile_payload(version, "txdefault", **common)) == 16.0
+    assert limit_in(policy.set_profile_payload(version, "max", **common)) == 32.0
+    three = {**common, "limit": 13.3, "connectors": 3}
+    assert limit_in(policy.set_profile_payload(version, "txdefault", **three)) == 4.4  # floor(13.3 / 3, 0.1)
