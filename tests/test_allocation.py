@@ -286,6 +286,18 @@ def test_dc_efficiency_and_power_factor_raise_line_current() -> None:
     assert lim(a, "D") == pytest.approx(100 * 400 * math.sqrt(3) * 0.81, abs=0.11)
 
 
+@pytest.mark.parametrize("limit_a", [100.0, 4000.0])
+def test_dc_ramp_is_line_current_so_one_default_suits_small_and_large_sites(limit_a: float) -> None:
+    # the default ramp_up_a_per_s = 2 A/s of line current; 400 V three-phase, efficiency 1, pf 1, 0 % tolerance:
+    # 2 A x sqrt(3) x 400 V = 1385.6 W more per 1 s tick (in W it was 20 kW/s: 4.1 -> 22.8 kW in one tick)
+    site = make_site(limit_a=limit_a, chargers=[dc("D", min_power_w=4_100, max_power_w=150_000)],
+                     control={"hysteresis_a": 0.0})
+    prev = allocate(snap(0, [charging("D")], {"m-main": (0, 0, 0)}), site, None, 0)
+    assert lim(prev, "D") == 4_100.0
+    nxt = allocate(snap(1, [charging("D")], {"m-main": (0, 0, 0)}), site, prev, 1)
+    assert lim(nxt, "D") == pytest.approx(5_485.6, abs=0.2) and why(nxt, "D") == "ramp:rate-limit"
+
+
 # ---- fixed loads ------------------------------------------------------------------------------
 def test_offline_charger_keeps_its_last_limit_reserved() -> None:
     site = make_site(limit_a=60, chargers=[ac("A", phases=3, failsafe_current_a=6), ac("B", phases=3)], control=FAST)
