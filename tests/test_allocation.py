@@ -292,9 +292,9 @@ def test_dc_ramp_is_line_current_so_one_default_suits_small_and_large_sites(limi
     # 2 A x sqrt(3) x 400 V = 1385.6 W more per 1 s tick (in W it was 20 kW/s: 4.1 -> 22.8 kW in one tick)
     site = make_site(limit_a=limit_a, chargers=[dc("D", min_power_w=4_100, max_power_w=150_000)],
                      control={"hysteresis_a": 0.0})
-    prev = allocate(snap(0, [charging("D")], {"m-main": (0, 0, 0)}), site, None, 0)
+    prev = alloc(snap(0, [charging("D")], {"m-main": (0, 0, 0)}), site, None, 0)
     assert lim(prev, "D") == 4_100.0
-    nxt = allocate(snap(1, [charging("D")], {"m-main": (0, 0, 0)}), site, prev, 1)
+    nxt = alloc(snap(1, [charging("D")], {"m-main": (0, 0, 0)}), site, prev, 1)
     assert lim(nxt, "D") == pytest.approx(5_485.6, abs=0.2) and why(nxt, "D") == "ramp:rate-limit"
 
 
