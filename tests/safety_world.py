@@ -275,6 +275,7 @@ class _Charger:
     lease_until: float = 0.0
     state: ChargerState = ChargerState.NO_EV
     state_changed_at: float = 0.0
+    in_force: list[tuple[float, float]] = field(default_factory=list)  # (t, effective limit) history
 
 
 @dataclass(frozen=True)
@@ -408,6 +409,25 @@ class World:
         c.delivered_wh += watts * dt / 3600.0
         self.energy_wh += watts * dt / 3600.0
 
+    def _station_cap(self, ch: _Charger, t: float) -> None:
+        """A compliant station keeps the sum of its connectors within the highest limit it had over the last
+        response window (its EVs follow a decrease late, but a newly started EV does not add to an old share)."""
+        if len(ch.conns) < 2:
+            return
+        eff = self.effective_limit(ch, t)
+        if not ch.in_force or ch.in_force[-1][1] != eff:
+            ch.in_force.append((t, eff))
+        window = max((c.ev.response_s for c in ch.conns if c.ev is not None), default=0.0)
+        keep = [e for e in ch.in_force if e[0] >= t - window]
+        older = [e for e in ch.in_force if e[0] < t - window]
+        ch.in_force = older[-1:] + keep
+        cap = max(v for _, v in ch.in_force)
+        total = sum(c.draw for c in ch.conns)
+        if total > cap > 0.0 or (cap <= 0.0 < total):
+            scale = max(cap, 0.0) / total
+            for c in ch.conns:
+                c.draw *= scale
+
     def _arrivals(self, ch: _Charger, t: float) -> None:
         for ev in self.spec.evs.get(ch.spec.id, ()):
             c = ch.conns[ev.connector - 1]
@@ -472,6 +492,7 @@ class World:
                 if c.ev is not None and abs(c.offered[-1][1] - share) > 1e-9:
                     c.offered.append((t, share))
                 self._step_ev(ch, c, t, dt)
+            self._station_cap(ch, t)
             self._reports(ch, t)
             self._state(ch, t)
         self.check(t)

@@ -268,20 +268,23 @@ def test_finding_4_failsafe_never_raises_a_limit() -> None:
                      priorities={"fleet": 10.0, "guest": 1.0})
     w = World(spec)
     w.run(until=119.0)
-    assert w.allocations[-1].limit_of("g0") == pytest.approx(6.0)  # the situation of the finding
-    assert (w.allocations[-1].limit_of("f0") or 0.0) >= 36.0
+    before = {g.id: w.allocations[-1].limits[g.id].limit for g in guests}
+    assert all(6.0 <= v < 8.0 for v in before.values()), before  # the situation of the finding: guests near 6 A
+    assert (w.allocations[-1].limit_of("f0") or 0.0) >= 34.0  # fleet near its 38 A (the estimate is conservative)
     w.run()
     assert w.first_violation() is None, _report(w)
-    for a in w.allocations[120:]:  # on the fault, no guest limit rises
-        assert all(a.limits[g.id].limit <= 6.0 + 1e-9 for g in guests), a.limits
+    for a in w.allocations[120:]:  # on the fault, no guest limit rises (min(its limit, its fail-safe limit))
+        assert all(a.limits[g.id].limit <= before[g.id] + 1e-9 for g in guests), a.limits
 
 
 
-def test_finding_6_two_connector_station_gets_the_minimum_per_connector() -> None:
+@pytest.mark.parametrize("report_s", [1.0, 10.0])
+def test_finding_6_two_connector_station_gets_the_minimum_per_connector(report_s: float) -> None:
     """A two-connector station beside a single charger on a 20 A service: the minimums (2 x 6 A + 6 A) fit,
-    so both of the station's EVs charge; its limit is never between 0 and 12 A once both are plugged in."""
-    station = _three_phase_ac("st", connectors=2, report_s=10.0)
-    other = _three_phase_ac("one", report_s=10.0)
+    so the station's limit is never between 0 and 12 A once both are plugged in (it used to spiral down to
+    8 A, 4 A per EV), and both of its EVs charge."""
+    station = _three_phase_ac("st", connectors=2, report_s=report_s)
+    other = _three_phase_ac("one", report_s=report_s)
     spec = WorldSpec(ServiceSpec("three-phase", 400.0, 20.0), (), (station, other),
                      {"st": (_ev(0.0, connector=1), _ev(5.0, connector=2)), "one": (_ev(0.0),)},
                      ev_response_s=10.0, duration_s=150.0)
@@ -289,7 +292,7 @@ def test_finding_6_two_connector_station_gets_the_minimum_per_connector() -> Non
     assert w.first_violation() is None, _report(w)
     late = [lim for t, lim in w.limit_series("st") if t >= 30.0]
     assert all(lim == 0.0 or lim >= 12.0 - 1e-9 for lim in late), late
-    assert all(c.draw > 0 for c in w.chargers["st"].conns), [c.draw for c in w.chargers["st"].conns]
+    assert all(c.delivered_wh > 0 for c in w.chargers["st"].conns), [c.delivered_wh for c in w.chargers["st"].conns]
 
 
 def _dc_site(min_w: float) -> WorldSpec:

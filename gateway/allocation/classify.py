@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.allocation.plan import Plan
-from gateway.allocation.reserve import View, followed_low, measured_draw, usable, view
+from gateway.allocation.reserve import View, lowest_since_report, measured_draw, usable, view
 from gateway.allocation.state import NEVER, AllocatorState, ChargerMemory
 from gateway.config import ChargerConfig, Site
 from gateway.model import ChargerSnapshot, ChargerState, Snapshot
@@ -29,12 +29,14 @@ class Classes:
     draw: list[list[float] | None]  # usable reported draw per site phase (None: none that may make room)
     draw_at: list[float]  # when that draw was measured (NEVER when none)
     low: list[float]  # the lowest reserve followed since the report was measured (memory)
+    following: list[bool]  # still following a decrease (its earlier limit is part of its reserve)
     limit: list[float]  # for chargers decided here (not active)
     line: list[float]
     reason: list[str]
     fixed: list[float]  # line current counted as a fixed load (not active)
     active: list[int]
-    lo: list[float]
+    lo: list[float]  # line A
+    lo_limit: list[float]  # the same minimum in the charger's unit (its minimum per active connector)
     hi: list[float]
     hi_reason: list[str]
     weight: list[float]
@@ -48,8 +50,8 @@ def classify(
     n, P = len(plan.ids), plan.n_phases
     c = Classes(
         views=[], reserve=[0.0] * n, draw=[None] * n, draw_at=[NEVER] * n, low=[float("inf")] * n,
-        limit=[0.0] * n, line=[0.0] * n,
-        reason=[""] * n, fixed=[0.0] * n, active=[], lo=[0.0] * n, hi=[0.0] * n, hi_reason=[""] * n,
+        following=[False] * n, limit=[0.0] * n, line=[0.0] * n, reason=[""] * n, fixed=[0.0] * n, active=[],
+        lo=[0.0] * n, lo_limit=[0.0] * n, hi=[0.0] * n, hi_reason=[""] * n,
         weight=[1.0] * n, paused_since=[None] * n, running_since=[None] * n,
     )
     dt = min(max(now - state.at, 0.0), _DT_MAX_TICKS * site.control.tick_s) if state.at is not None else 0.0
@@ -63,11 +65,15 @@ def classify(
         c.views.append(v)
         raw = measured_draw(site, ch, cs, P)
         raw_max = max(raw) if raw else 0.0
-        c.low[i] = followed_low(mem, cs, v, now)
+        c.low[i] = lowest_since_report(mem, cs, v)
+        # an EV follows a change late: while a decrease it accepted is within its response window, its draw
+        # may still be falling (even if a later increase is already accepted)
+        c.following[i] = any(now < until for _, until in v.follows)
         if raw is not None and usable(cs, now) and cs.draw_at is not None:
-            # believed only up to what the charger may draw now and the lowest it has followed since the
-            # report: more is stale (or non-compliant, which is believed)
-            bound = raw_max if cs.noncompliant else min(v.may_draw_a, c.low[i])
+            # believed only up to what the charger may draw now and, once it has followed, the lowest limit it
+            # has had since it was measured: more is stale (a non-compliant charger's draw is believed). While
+            # it follows, the non-EV estimate holds instead (headroom).
+            bound = raw_max if cs.noncompliant else (v.may_draw_a if c.following[i] else min(v.may_draw_a, c.low[i]))
             c.draw[i] = [min(x, bound) for x in raw]
             c.draw_at[i] = cs.draw_at
         c.reserve[i] = max(v.may_draw_a, raw_max) if cs.noncompliant else v.may_draw_a
@@ -109,8 +115,9 @@ def _bounds(
     prio = cs.session.priority if cs.session is not None and cs.session.priority in site.priorities else None
     c.weight[i] = site.priorities[prio or ch.priority].weight
     hi_a = ch.max_limit * u2l
-    lo_a = min(ch.min_limit * u2l * max(cs.active_connectors, 1), hi_a)  # the minimum for every EV on it
-    c.lo[i] = lo_a
+    lo_limit = min(ch.min_limit * max(cs.active_connectors, 1), ch.max_limit)  # the minimum for every EV on it
+    lo_a = lo_limit * u2l
+    c.lo[i], c.lo_limit[i] = lo_a, lo_limit
     cap, why = hi_a, "max:charger"
     draw = c.draw[i]
     if cs.state == ChargerState.SUSPENDED_EV:

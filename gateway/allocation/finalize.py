@@ -36,7 +36,7 @@ def propose(
     running = {c.weight[i] for i in c.active if i not in paused}
     hyst = site.control.hysteresis_a
     for i in c.active:
-        ch, u2l = plan.chargers[i], plan.unit_to_line[i]
+        u2l = plan.unit_to_line[i]
         if i in paused:
             w = c.weight[i]
             if w in running:
@@ -47,12 +47,12 @@ def propose(
                 why = f"paused:{names[paused[i]]}"
             c.limit[i], c.line[i], c.reason[i] = 0.0, 0.0, why
             continue
-        limit = max(ch.min_limit, floor_limit(float(x[i]) / u2l))
+        limit = max(c.lo_limit[i], floor_limit(float(x[i]) / u2l))
         # capped where the filling stopped below the cap (by a whole step of the charger's unit)
         capped = i in frozen_by and limit < floor_limit(c.hi[i] / u2l)
         why = f"capped:{names[frozen_by[i]]}" if capped else c.hi_reason[i]
         mem = state.chargers.get(plan.ids[i])
-        if mem is not None and mem.limit >= ch.min_limit and limit > mem.limit and (limit - mem.limit) * u2l < hyst:
+        if mem is not None and mem.limit >= c.lo_limit[i] and limit > mem.limit and (limit - mem.limit) * u2l < hyst:
             limit, why = mem.limit, "hold:hysteresis"
         c.limit[i], c.line[i], c.reason[i] = limit, limit * u2l, why
 
@@ -76,10 +76,10 @@ def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:
     factor = np.ones(n)
     np.minimum.at(factor, plan.mem_c, factor_k[plan.mem_k])
     for i in np.flatnonzero((delta > _EPS_A) & (factor < 1.0 - 1e-9)).tolist():
-        ch, u2l = plan.chargers[i], plan.unit_to_line[i]
+        u2l = plan.unit_to_line[i]
         granted = float(reserve[i] + delta[i] * factor[i])
         limit = floor_limit(granted / u2l)
-        if granted < c.lo[i] - _EPS_A or limit < ch.min_limit:
+        if granted < c.lo[i] - _EPS_A or limit < c.lo_limit[i] - 1e-9:
             limit = 0.0  # its minimum does not fit in freed capacity yet: it waits (a decrease, always safe)
         c.limit[i], c.line[i], c.reason[i] = limit, limit * u2l, "hold:in-flight"
 

@@ -1,10 +1,17 @@
 """Step 3: headroom per circuit and phase: limit - margin - non-EV load (and the site cap).
 
-The non-EV load of a metered circuit is its measured current minus the usable EV draws reported beneath it.
-Reports lag the meter: an EV that lowered its draw after it last reported still counts with its old draw,
-so a fall of "measured - reported" right after the measured current dropped may be an EV, not the building.
-Such a fall is believed only once every draw it subtracts was measured after the drop; until then the
-estimate holds. A rise is believed at once. A phase the meter does not measure keeps the worst case.
+The non-EV load of a metered circuit is its measured current minus the EV draws reported beneath it. Reports
+lag the meter (10-60 s), so an EV that lowered its draw after it reported (it followed a decrease, tapered,
+paused) would make "measured - reported" too low. Three rules keep the estimate from making room that is
+not there:
+
+* a report is believed only up to what its charger may draw and, once it has followed, up to the lowest
+  limit it has had since the report was measured (classify);
+* while a charger beneath follows a decrease, the estimate may rise but not fall;
+* when the measured current drops (below the highest reading since the estimate was last confirmed), the
+  estimate does not fall until every draw it subtracts was measured after the drop.
+
+A rise is believed at once. A phase the meter does not measure keeps the worst case.
 """
 
 from __future__ import annotations
@@ -21,8 +28,7 @@ from gateway.allocation.state import CircuitMemory
 from gateway.config import PHASES, Site
 from gateway.model import MeterReading
 
-_EPS_A = 1e-6
-_DROP_A = 1.0  # a fall of the measured current by more than this (per tick) is a drop
+_DROP_A = 0.5  # the measured current falling more than this below its peak is a drop
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,9 @@ def headroom(
     n = len(plan.ids)
     draws = np.array([d if d is not None else [0.0] * P for d in c.draw], dtype=np.float64).reshape(n, P)
     ev_draw_k = np.bincount(plan.mem_k, weights=draws[plan.mem_c, plan.mem_p], minlength=K)
-    # per constraint: the oldest measurement time among the draws subtracted there
+    # per constraint: how many chargers there are still following a decrease, and the oldest measurement time
+    # among the draws subtracted there
+    responding_k = plan.per_constraint(np.array(c.following, dtype=np.float64))
     oldest_k = np.full(K, np.inf)
     at = np.array(c.draw_at, dtype=np.float64)
     sel = draws[plan.mem_c, plan.mem_p] > 0
@@ -56,39 +64,49 @@ def headroom(
             continue
         sl = slice(j * P, (j + 1) * P)
         cur = [float(x) for x in reading.current_a[:P]]
-        seen = plan.measured_phases[cid].tolist()
-        raw = [max(cur[p] - ev_draw_k[j * P + p], 0.0) if seen[p] else float(plan.worst_non_ev[j * P + p])
-               for p in range(P)]
-        mem = _estimate(raw, cur, before.get(cid), oldest_k[sl].tolist(), now)
+        mem = _estimate(
+            cur, ev_draw_k[sl].tolist(), plan.measured_phases[cid].tolist(), plan.worst_non_ev[sl].tolist(),
+            before.get(cid), responding_k[sl].tolist(), oldest_k[sl].tolist(), now,
+        )
+        memory[cid] = mem
         non_ev[sl] = mem.non_ev_a
-        memory[cid], measured[cid] = mem, tuple(cur)
+        measured[cid] = tuple(cur)
     cap, names = _site_cap(site, plan, site_cap_a)
     return Headroom(cap, non_ev, names, memory, measured)
 
 
 def _estimate(
-    raw: list[float], cur: list[float], before: CircuitMemory | None, oldest: list[float], now: float
+    cur: list[float], ev_draw: list[float], seen: list[bool], worst: list[float], before: CircuitMemory | None,
+    responding: list[float], oldest: list[float], now: float,
 ) -> CircuitMemory:
-    P = len(raw)
-    if before is None or len(before.non_ev_a) != P:
-        return CircuitMemory(tuple(raw), tuple(cur), (None,) * P)
+    """The next memory: the non-EV estimate per phase, the peak reading and the pending drop."""
+    P = len(cur)
+    ok = before is not None and len(before.non_ev_a) == P and len(before.peak_a) == P and len(before.measured_a) == P
     est: list[float] = []
+    peaks: list[float] = []
     held: list[float | None] = []
     for p in range(P):
-        prev, since = before.non_ev_a[p], before.held_since[p]
-        dropped = cur[p] < before.measured_a[p] - _DROP_A
-        if raw[p] >= prev - _EPS_A or (since is None and not dropped):
-            est.append(raw[p])  # a rise, or a fall that no drop of the measured current could explain
+        if not seen[p]:  # a phase the meter does not measure is unknown, not 0 A
+            est.append(worst[p])
+            peaks.append(cur[p])
             held.append(None)
             continue
-        since = now if dropped else since
-        if since is not None and oldest[p] > since:
-            est.append(raw[p])  # every draw subtracted was measured after the drop: believed
+        raw = max(cur[p] - ev_draw[p], 0.0)
+        if not ok or before is None:
+            est.append(raw)
+            peaks.append(cur[p])
             held.append(None)
-        else:
-            est.append(prev)
-            held.append(since)
-    return CircuitMemory(tuple(est), tuple(cur), tuple(held))
+            continue
+        prev, peak, since = before.non_ev_a[p], max(before.peak_a[p], cur[p]), before.held_since[p]
+        if cur[p] < peak - _DROP_A and (since is None or cur[p] < before.measured_a[p] - _DROP_A):
+            since = now  # the current dropped (further): the reports subtracted must be newer than this
+        if since is not None and oldest[p] > since:
+            since, peak = None, cur[p]  # every draw subtracted was measured after the drop: confirmed
+        hold = since is not None or responding[p] > 0
+        est.append(prev if hold and raw < prev else raw)
+        peaks.append(peak)
+        held.append(since)
+    return CircuitMemory(tuple(est), tuple(peaks), tuple(held), tuple(cur))
 
 
 def _site_cap(site: Site, plan: Plan, site_cap_a: float | None) -> tuple[FloatArray, tuple[str, ...]]:

@@ -124,7 +124,8 @@ def usable(cs: ChargerSnapshot, now: float) -> bool:
     return cs.state_changed_at is None or at >= cs.state_changed_at
 
 
-def followed_low(mem: ChargerMemory | None, cs: ChargerSnapshot, v: View, now: float) -> float:
-    """The lowest reserve the charger has fully followed since its draw report was measured."""
+def lowest_since_report(mem: ChargerMemory | None, cs: ChargerSnapshot, v: View) -> float:
+    """The lowest reserve (before followers) the charger has had since its draw report was measured: once it
+    has followed, it draws no more than that until it reports again, whatever the report says."""
     low = mem.followed_low_a if mem is not None and cs.draw_at == mem.report_at else float("inf")
-    return low if following(v.follows, now) > v.base_a else min(low, v.base_a)
+    return min(low, v.base_a)

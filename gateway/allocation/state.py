@@ -30,21 +30,22 @@ class ChargerMemory:
     follows: tuple[tuple[float, float], ...] = ()
     # when the accepted limit last rose: an EV's draw says something about its demand only a response later
     raised_at: float = NEVER
-    # the draw report last seen (its measurement time), and the lowest reserve the charger has followed
-    # since it was measured: an EV that followed a decrease draws no more than that, whatever the old
-    # report says (a report taken before a pause is not believed again when the limit rises)
+    # the draw report last seen (its measurement time), and the lowest reserve the charger has fully followed
+    # since it was measured: an EV that followed a decrease draws no more than that, whatever the old report
+    # says (a report taken before a pause is not believed again when the limit rises)
     report_at: float | None = None
     followed_low_a: float = float("inf")
 
 
 @dataclass(frozen=True)
 class CircuitMemory:
-    """The non-EV estimate per phase: a rise is believed at once; a fall that follows a drop of the measured
-    current only once every EV draw it rests on was reported after that drop."""
+    """Per phase: the non-EV estimate in use, the highest current measured since the estimate was last
+    confirmed, and since when a drop below it waits for newer reports (None: none waits)."""
 
-    non_ev_a: tuple[float, ...]  # the estimate in use
-    measured_a: tuple[float, ...]  # the meter's current at the last tick
-    held_since: tuple[float | None, ...]  # the latest drop of the measured current while a fall is held
+    non_ev_a: tuple[float, ...] = ()
+    peak_a: tuple[float, ...] = ()
+    held_since: tuple[float | None, ...] = ()
+    measured_a: tuple[float, ...] = ()  # the reading at the last tick
 
 
 @dataclass(frozen=True)
