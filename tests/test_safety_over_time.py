@@ -270,7 +270,7 @@ def test_finding_4_failsafe_never_raises_a_limit() -> None:
     w.run(until=119.0)
     before = {g.id: w.allocations[-1].limits[g.id].limit for g in guests}
     assert all(6.0 <= v < 8.0 for v in before.values()), before  # the situation of the finding: guests near 6 A
-    assert (w.allocations[-1].limit_of("f0") or 0.0) >= 34.0  # fleet near its 38 A (the estimate is conservative)
+    assert (w.allocations[-1].limit_of("f0") or 0.0) >= 30.0  # fleet high (its 38 A, less what the estimate holds)
     w.run()
     assert w.first_violation() is None, _report(w)
     for a in w.allocations[120:]:  # on the fault, no guest limit rises (min(its limit, its fail-safe limit))
