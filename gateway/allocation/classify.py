@@ -45,7 +45,8 @@ class Classes:
 
 
 def classify(
-    snapshot: Snapshot, site: Site, plan: Plan, state: AllocatorState, failsafe: Mapping[int, str], now: float
+    snapshot: Snapshot, site: Site, plan: Plan, state: AllocatorState, failsafe: Mapping[int, str], now: float,
+    aging: Mapping[int, str] | None = None,
 ) -> Classes:
     n, P = len(plan.ids), plan.n_phases
     c = Classes(
@@ -79,6 +80,9 @@ def classify(
         c.reserve[i] = max(v.may_draw_a, raw_max) if cs.noncompliant else v.may_draw_a
         if not _decide_fixed(c, i, ch, cs, mem, v, failsafe.get(i), u2l, raw_max):
             _bounds(c, i, site, ch, cs, mem, v, u2l, dt, now)
+            late = aging.get(i) if aging else None
+            if late is not None:
+                _hold_late(c, i, mem, f"hold:{late}-late")
     return c
 
 
@@ -103,6 +107,18 @@ def _decide_fixed(
     c.limit[i], c.line[i], c.reason[i] = limit, limit * u2l, reason
     c.fixed[i] = max(c.reserve[i], limit * u2l, raw_max if cs.noncompliant else 0.0)
     return True
+
+
+def _hold_late(c: Classes, i: int, mem: ChargerMemory | None, why: str) -> None:
+    """Beneath a meter whose reading is late, a session may keep or lower its limit but not raise it."""
+    prev_line = mem.line_a if mem is not None else 0.0
+    if prev_line >= c.lo[i] - 1e-9:
+        if c.hi[i] > prev_line:
+            c.hi[i], c.hi_reason[i] = prev_line, why
+        return
+    c.active.pop()  # it had no share (paused or new): it does not start now
+    c.limit[i], c.line[i], c.reason[i] = 0.0, 0.0, why
+    c.fixed[i] = c.reserve[i]
 
 
 def _bounds(

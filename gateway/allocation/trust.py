@@ -30,11 +30,15 @@ class Trust:
     failsafe_reason: Mapping[int, str]  # charger index -> "failsafe:<meter>-<problem>" (nearest meter)
     circuit_state: Mapping[str, str]  # "ok" | "unmetered" | "<problem>:<meter>" | "failsafe:<meter>"
     failsafe_meters: tuple[str, ...]
+    # charger index -> the nearest meter whose reading is trusted but late (older than a poll and a tick): no
+    # increase beneath it until it reads again (a reading that stopped moving must not make room)
+    aging: Mapping[int, str]
 
 
 def trust(site: Site, plan: Plan, meters: Mapping[str, MeterReading | None], now: float) -> Trust:
     P = plan.n_phases
     failsafe_reason: dict[int, str] = {}
+    aging: dict[int, str] = {}
     state = {cid: ("ok" if site.circuits[cid].meter else "unmetered") for cid in plan.circuit_ids}
     bad: list[str] = []
     usable: dict[str, MeterReading] = {}
@@ -44,6 +48,9 @@ def trust(site: Site, plan: Plan, meters: Mapping[str, MeterReading | None], now
         problem = meter_problem(reading, m.stale_after_s, now)
         if problem is None and reading is not None and len(reading.current_a) >= P:
             usable[m.circuit] = reading
+            if now - reading.at > m.poll_interval_s + site.control.tick_s:
+                for i in plan.subtree_chargers[m.circuit].tolist():
+                    aging.setdefault(i, mid)
             continue
         problem = problem or "invalid"
         bad.append(mid)
@@ -53,7 +60,7 @@ def trust(site: Site, plan: Plan, meters: Mapping[str, MeterReading | None], now
                 state[sub] = f"failsafe:{mid}"
         for i in plan.subtree_chargers[m.circuit].tolist():
             failsafe_reason.setdefault(i, f"failsafe:{mid}-{problem}")
-    return Trust(usable, failsafe_reason, state, tuple(bad))
+    return Trust(usable, failsafe_reason, state, tuple(bad), aging)
 
 
 def mode_of(site: Site, failsafe_meters: tuple[str, ...]) -> str:
