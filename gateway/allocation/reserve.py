@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from gateway.allocation.state import NEVER, ChargerMemory, following
 from gateway.config import ChargerConfig, Site
-from gateway.electrical import ac_line_current_a
+from gateway.electrical import ac_line_current_a, dc_line_current_a
 from gateway.model import Actuation, ChargerSnapshot
 
 _EPS_A = 1e-6
@@ -107,7 +107,12 @@ def measured_draw(site: Site, ch: ChargerConfig, cs: ChargerSnapshot, P: int) ->
         return out
     if cs.draw_w is not None and math.isfinite(cs.draw_w):
         w = max(cs.draw_w, 0.0)
-        a = site.to_line_a(ch, w) if ch.kind == "dc" else ac_line_current_a(site.service, ch.line_phases, w)
+        # the least line current that power can be (nominal voltage): a draw subtracted from a meter must not
+        # be overstated (the limits, by contrast, convert at the lowest voltage: the most current)
+        if ch.kind == "dc":
+            a = dc_line_current_a(site.service, ch, w)
+        else:
+            a = ac_line_current_a(site.service, ch.line_phases, w)
         out = [0.0] * P
         for ph in ch.line_phases:
             out[ph] = a
