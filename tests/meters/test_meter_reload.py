@@ -123,11 +123,12 @@ async def test_the_replaced_bus_poller_has_ended_before_the_new_one_polls(record
         bus.add(a)
         bus.add(b)
         await bus.start()
-        opts: dict[str, object] = {"baud_rate": 19200, "poll_interval_s": 0.2, "timeout_s": 1.0,
-                                   "stale_after_s": 30.0}
-        site = make_site(rtu_meter("ma", client_end, 1, **opts), rtu_meter("mb", client_end, 2, circuit="sub", **opts))
-        changed = make_site(rtu_meter("ma", client_end, 1, **opts),
-                            rtu_meter("mb", client_end, 2, circuit="sub", **{**opts, "poll_interval_s": 0.3}))
+        def meter(mid: str, device_id: int, circuit: str, poll_interval_s: float) -> str:
+            return rtu_meter(mid, client_end, device_id, circuit=circuit, baud_rate=19200,
+                             poll_interval_s=poll_interval_s, timeout_s=1.0, stale_after_s=30.0)
+
+        site = make_site(meter("ma", 1, "service", 0.2), meter("mb", 2, "sub", 0.2))
+        changed = make_site(meter("ma", 1, "service", 0.2), meter("mb", 2, "sub", 0.3))
         svc = MeterService(site)
         try:
             async with running(svc):
