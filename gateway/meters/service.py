@@ -23,7 +23,7 @@ import structlog
 from gateway.config import Site
 from gateway.errors import MeterError
 from gateway.meters.config import MeterConfig, check_bus_settings
-from gateway.meters.driver import Bounds, MeterDriver, ModbusReader
+from gateway.meters.driver import Bounds, MeterDriver, ModbusReader, raise_if_cancelling
 from gateway.meters.regmap import load_map
 from gateway.model import MeterReading
 
@@ -39,6 +39,10 @@ def bounds_for(site: Site, cfg: MeterConfig) -> Bounds:
         export_tolerance_w=cfg.export_tolerance_w,
         max_voltage_v=2.0 * v_ln,
     )
+
+
+class PollerStuckError(MeterError):
+    """A cancelled meter poller did not end in time."""
 
 
 def _buses_of(site: Site) -> dict[str, list[str]]:
@@ -91,6 +95,7 @@ async def ensure_connected(client: object) -> None:
     if connect is None:
         return
     ok = await connect()
+    raise_if_cancelling()  # pymodbus connects through wait_for, which can drop a cancel on 3.11
     if not ok:
         raise MeterError("cannot connect")
 
@@ -170,8 +175,9 @@ class MeterService:
     async def update_site(self, site: Site) -> None:
         """Swap in a reloaded site, keeping the pollers and readings of what did not change.
 
-        Raises ConfigError (nothing changed) if the new meters cannot be set up, and MeterError if a
-        replaced poller did not end within ``stop_timeout_s`` (then nothing new was started)."""
+        Raises ConfigError (nothing changed) if the new meters cannot be set up, and PollerStuckError if a
+        replaced poller did not end within ``stop_timeout_s`` (then nothing new was started: the caller must
+        not carry on with a second master possibly on the bus)."""
         check_bus_settings(list(site.meters.values()))
         maps = {
             mid: self._maps[mid] if mid in self._maps and self._slots[mid].cfg.map == cfg.map else load_map(cfg.map)
@@ -188,7 +194,7 @@ class MeterService:
             if pending:
                 names = sorted(t.get_name() for t in pending)
                 log.error("meter_poller_not_stopped", tasks=names, timeout_s=self.stop_timeout_s)
-                raise MeterError(f"meter pollers did not stop within {self.stop_timeout_s} s: {', '.join(names)}")
+                raise PollerStuckError(f"meter pollers did not stop within {self.stop_timeout_s} s: {', '.join(names)}")
         for key in [k for k in self._tasks if k not in kept_buses]:
             del self._tasks[key]
         slots: dict[str, _Slot] = {}
@@ -238,6 +244,7 @@ class MeterService:
                     await asyncio.sleep(wait)
                 started = loop.time()
                 await self._poll(slot, client)
+                raise_if_cancelling()  # never poll on after a cancel, wherever it was lost
                 last_end = loop.time()
                 slot.latencies.append(last_end - started)
                 del slot.latencies[:-50]
