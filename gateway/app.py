@@ -222,7 +222,20 @@ class App:
     async def _shutdown(self) -> None:
         log.info("gateway_stopping", reason=self.failure or "signal")
         self.notifier.stopping()
-        self._arm_hard_exit()
+        self._arm_hard_exit()  # bounds the whole way out, so the watchdog may be kept quiet meanwhile
+        pinger = asyncio.get_running_loop().create_task(self._ping_watchdog(), name="stop-watchdog")
+        try:
+            await self._stop_and_failsafe()
+        finally:
+            pinger.cancel()
+
+    async def _ping_watchdog(self) -> None:
+        """The control loop pings no more: the fail-safe may take longer than WatchdogSec."""
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(1.0)
+
+    async def _stop_and_failsafe(self) -> None:
         # nothing may change a limit any more: stop reloads and the loop, then set every charger to its fail-safe
         busy = [t for n in ("start", "control") if (t := self._tasks.get(n)) is not None and not t.done()]
         for t in busy:

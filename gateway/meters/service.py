@@ -170,7 +170,10 @@ class MeterService:
         if self._tg is None:
             return  # not running: run() starts every bus
         mids = list(self._buses[key])
-        self._tasks[key] = self._tg.create_task(self._run_bus(key, mids), name=f"meters-{key}")
+        try:
+            self._tasks[key] = self._tg.create_task(self._run_bus(key, mids), name=f"meters-{key}")
+        except RuntimeError:  # run() is being cancelled: nothing is polled any more
+            log.warning("meter_poller_not_started", bus=key, reason="meter service stopping")
 
     async def update_site(self, site: Site) -> None:
         """Swap in a reloaded site, keeping the pollers and readings of what did not change.
