@@ -8,7 +8,9 @@ from collections.abc import Callable, Sequence
 
 from gateway import __version__
 from gateway.errors import ConfigError
+from gateway.supervise import FatalError
 
+EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 # Each command module offers add_parser(subparsers); the parser's ``func`` returns an exit code.
@@ -42,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ems-gateway: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except FatalError as exc:  # the daemon failed: it has applied the fail-safe; systemd restarts it
+        print(f"ems-gateway: stopped after a failure: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 

@@ -2,9 +2,18 @@
 
 Start-up order: the config has been validated before this module sees it (nothing touches a
 charger before that). READY=1 goes to systemd after the first complete snapshot: every meter has
-answered once or had its staleness timeout to do so. SIGHUP validates the file again and swaps
-the new site in atomically (RELOADING=1 ... READY=1); a bad file leaves the old site running.
-SIGTERM/SIGINT: STOPPING=1, every charger is set to its fail-safe limit, then everything stops.
+answered once or had its staleness timeout to do so. SIGHUP reads and validates the file again off
+the event loop and swaps the new site in (RELOADING=1 ... READY=1); a file that cannot be read,
+decoded, parsed or validated, for whatever reason, is logged as ``config_reload_failed`` and the old
+site keeps running. A reload keeps the meter pollers and readings that did not change.
+
+Crash-only: every way out goes through one path. SIGTERM/SIGINT (in any state, before READY too), a
+task that fails (the OCPP listener that cannot bind, the control loop failing repeatedly, any error
+outside supervision) or a start that is not READY within ``start_timeout_s``: STOPPING=1, reloads and
+the control loop stop, every connected charger is set to its fail-safe limit (bounded by the OCPP
+``failsafe_timeout_s``), then everything stops. After a failure :meth:`App.run` raises
+:class:`FatalError` and the process exits 1, so systemd restarts it; a process that does not manage
+to end within ``hard_exit_after_s`` of the decision is ended with ``os._exit``.
 """
 
 from __future__ import annotations
@@ -13,28 +22,35 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from gateway.config import Site, load_site
 from gateway.control import ControlLoop, TelemetrySink
 from gateway.errors import ConfigError
-from gateway.meters.service import MeterService
+from gateway.meters.service import MeterService, PollerStuckError
 from gateway.model import MeterReading
 from gateway.ocpp_proxy.controller import OcppController
-from gateway.supervise import supervise
+from gateway.supervise import FatalError, supervise
 from gateway.systemd import Notifier
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 # OCPP events worth an MQTT event (the rest, e.g. one per replayed message, stay in the log)
 _PUBLISHED_OCPP_EVENTS = frozenset(
     {"cms_link_down", "cms_link_up", "charger_connected", "charger_disconnected", "profile_rejected"}
 )
+
+CONTROL_GIVE_UP_AFTER = 3  # quick control-loop failures in a row before the daemon fails safe and exits
+_REASON_CHARS = 500  # a reload error's reason is cut to this length in the log
 
 
 class App:
@@ -46,12 +62,16 @@ class App:
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         restart_delay_s: float = 1.0,
+        start_timeout_s: float = 45.0,  # below the unit's TimeoutStartSec=60s
+        hard_exit_after_s: float | None = 25.0,  # below the unit's TimeoutStopSec=30s; None: never
     ) -> None:
         self.site = site
         self.config_path = Path(config_path) if config_path is not None else None
         self.notifier = notifier or Notifier()
         self.clock = clock
         self.restart_delay_s = restart_delay_s
+        self.start_timeout_s = start_timeout_s
+        self.hard_exit_after_s = hard_exit_after_s
         Path(site.state_dir).mkdir(parents=True, exist_ok=True)
         self.telemetry: Any = None
         if site.mqtt is not None:
@@ -64,8 +84,10 @@ class App:
         self.control = ControlLoop(site, self.meters, self.ocpp, telemetry=sink, notifier=self.notifier, clock=clock)
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self._meter_task: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.failure: str | None = None  # why the daemon is ending, if it is not a signal
+        self._hard_exit: threading.Timer | None = None
         self.ready = asyncio.Event()
         self.started_at = clock()
 
@@ -85,6 +107,13 @@ class App:
     def request_reload(self) -> None:
         self._reload.set()
 
+    def fail(self, reason: str, exc: BaseException | None = None) -> None:
+        """End the daemon after a failure: fail-safe, then exit non-zero. The first reason is kept."""
+        if self.failure is None:
+            self.failure = reason
+            log.critical("gateway_failed", reason=reason, exc_info=exc)
+        self._stop.set()
+
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -93,6 +122,7 @@ class App:
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
     async def run(self) -> None:
+        """Run until stopped. Raises FatalError (after the fail-safe) if the daemon ended on a failure."""
         log.info(
             "gateway_starting",
             site=self.site.id,
@@ -100,50 +130,80 @@ class App:
             meters=len(self.site.meters),
             pid=os.getpid(),
         )
-        self._install_signals()
+        self._install_signals()  # first: SIGTERM is honoured from here on, in every state
         self.notifier.status("starting")
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                tg.create_task(supervise("ocpp", self.ocpp.run, restart_delay_s=self.restart_delay_s), name="ocpp")
-                self._meter_task = tg.create_task(self._supervised_meters(), name="meters")
+                self._spawn("ocpp", self.ocpp.run)  # not restarted: a listener that fails ends the daemon
+                delay = self.restart_delay_s
+                self._spawn("meters", lambda: supervise("meters", self.meters.run, restart_delay_s=delay))
                 if self.telemetry is not None:
-                    tg.create_task(
-                        supervise("telemetry", self.telemetry.run, restart_delay_s=self.restart_delay_s),
-                        name="telemetry",
+                    self._spawn(
+                        "telemetry",
+                        lambda: supervise("telemetry", self.telemetry.run, restart_delay_s=self.restart_delay_s),
                     )
-                await self.ocpp.wait_started()
-                control = tg.create_task(
-                    supervise("control", self.control.run, restart_delay_s=self.restart_delay_s), name="control"
-                )
-                tg.create_task(self._readiness(), name="readiness")
-                while not self._stop.is_set():
-                    stop = asyncio.ensure_future(self._stop.wait())
-                    reload = asyncio.ensure_future(self._reload.wait())
-                    await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
-                    for f in (stop, reload):
-                        f.cancel()
-                    if self._reload.is_set() and not self._stop.is_set():
-                        self._reload.clear()
-                        await self.reload()
-                await self._shutdown(control)
+                self._spawn("start", self._start_then_serve)
+                await self._stop.wait()
+                await self._shutdown()
                 raise _Stopped
         except* _Stopped:
             pass
         finally:
+            if self._hard_exit is not None:
+                self._hard_exit.cancel()  # the process goes on (the demo, tests): it ended in time
             self.notifier.close()
             if self.telemetry is not None:
                 self.telemetry.close()
-        log.info("gateway_stopped")
+        log.info("gateway_stopped", failure=self.failure)
+        if self.failure is not None:
+            raise FatalError(self.failure)
 
-    async def _supervised_meters(self) -> None:
-        if not self.site.meters:  # nothing to poll: wait to be cancelled (a reload may bring meters)
-            await asyncio.Event().wait()
-        await supervise("meters", self.meters.run, restart_delay_s=self.restart_delay_s)
+    def _spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        assert self._tg is not None
+        self._tasks[name] = self._tg.create_task(self._guarded(name, factory), name=name)
+
+    async def _guarded(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        """Run one of the daemon's tasks: its failure, or its end, ends the daemon (crash-only)."""
+        try:
+            await factory()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.fail(f"{name}: {exc!r}" if not isinstance(exc, FatalError) else f"{name}: {exc}", exc)
+            return
+        if not self._stop.is_set():
+            self.fail(f"{name}: ended")
+
+    async def _start_then_serve(self) -> None:
+        """Start (bounded by start_timeout_s: a stuck start ends the daemon), then serve reloads."""
+        try:
+            async with asyncio.timeout(self.start_timeout_s):
+                await self.ocpp.wait_started()
+                self._spawn(
+                    "control",
+                    lambda: supervise(
+                        "control",
+                        self.control.run,
+                        restart_delay_s=self.restart_delay_s,
+                        give_up_after=CONTROL_GIVE_UP_AFTER,
+                    ),
+                )
+                await self._readiness()
+        except TimeoutError as exc:
+            missing = [m for m, r in self.meters.readings().items() if r is None]
+            stage = "ocpp listener" if "control" not in self._tasks else "first snapshot"
+            log.error("start_timeout", timeout_s=self.start_timeout_s, waiting_for=stage, meters_missing=missing)
+            raise FatalError(f"not ready within {self.start_timeout_s:g} s (waiting for the {stage})") from exc
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            await self.reload()
 
     async def _readiness(self) -> None:
-        """READY=1 after the first complete snapshot."""
-        patience = max((m.stale_after_s for m in self.site.meters.values()), default=0.0)
+        """READY=1 after the first complete snapshot (or once every meter had its staleness timeout)."""
+        stale = max((m.stale_after_s for m in self.site.meters.values()), default=0.0)
+        patience = min(stale, self.start_timeout_s / 2)
         while True:
             await self.control.ticked.wait()
             readings = self.meters.readings()
@@ -159,20 +219,63 @@ class App:
             meters_missing=[m for m, r in self.meters.readings().items() if r is None],
         )
 
-    async def _shutdown(self, control: asyncio.Task[None]) -> None:
-        log.info("gateway_stopping")
+    async def _shutdown(self) -> None:
+        log.info("gateway_stopping", reason=self.failure or "signal")
         self.notifier.stopping()
-        control.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await control
+        self._arm_hard_exit()  # bounds the whole way out, so the watchdog may be kept quiet meanwhile
+        pinger = asyncio.get_running_loop().create_task(self._ping_watchdog(), name="stop-watchdog")
         try:
-            await asyncio.wait_for(self.ocpp.apply_failsafe(), timeout=15.0)
-            log.info("failsafe_limits_applied", chargers=len(self.site.chargers))
-        except Exception as exc:
-            log.error("failsafe_on_stop_failed", error=repr(exc))
-        if self.telemetry is not None:
-            self.telemetry.event("gateway_stopping")
+            await self._stop_and_failsafe()
+        finally:
+            pinger.cancel()
 
+    async def _ping_watchdog(self) -> None:
+        """The control loop pings no more: the fail-safe may take longer than WatchdogSec."""
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(1.0)
+
+    async def _stop_and_failsafe(self) -> None:
+        # nothing may change a limit any more: stop reloads and the loop, then set every charger to its fail-safe
+        busy = [t for n in ("start", "control") if (t := self._tasks.get(n)) is not None and not t.done()]
+        for t in busy:
+            t.cancel()
+        if busy:
+            _, pending = await asyncio.wait(busy, timeout=5.0)
+            if pending:
+                log.error("tasks_not_stopped", tasks=sorted(t.get_name() for t in pending))
+        ocpp = self._tasks.get("ocpp")
+        if ocpp is not None and not ocpp.done():
+            bound = self.site.ocpp.failsafe_timeout_s + 5.0
+            try:
+                async with asyncio.timeout(bound):
+                    await self.ocpp.apply_failsafe()
+                log.info("failsafe_limits_applied", chargers=len(self.ocpp.sessions))
+            except Exception as exc:  # TimeoutError included: go on, the chargers' own fail-safe profiles remain
+                log.error("failsafe_on_stop_failed", error=repr(exc), timeout_s=bound)
+        else:
+            log.error("failsafe_on_stop_failed", error="the OCPP controller is not running")
+        if self.telemetry is not None:
+            with contextlib.suppress(Exception):
+                self.telemetry.event("gateway_stopping", reason=self.failure or "signal")
+
+    def _arm_hard_exit(self) -> None:
+        """A last resort for a process that does not manage to end (a daemon thread: a blocked loop cannot stop it)."""
+        if self.hard_exit_after_s is None or self._hard_exit is not None:
+            return
+        code = 1
+
+        def hard_exit() -> None:
+            with contextlib.suppress(Exception):
+                sys.stderr.write(f"ems-gateway: did not end within {self.hard_exit_after_s:g} s of stopping; exiting\n")
+                sys.stderr.flush()
+            os._exit(code)
+
+        self._hard_exit = threading.Timer(self.hard_exit_after_s, hard_exit)
+        self._hard_exit.daemon = True
+        self._hard_exit.start()
+
+    # -- reload ------------------------------------------------------------------------------
     async def reload(self) -> None:
         self.notifier.reloading()
         if self.config_path is None:
@@ -180,26 +283,64 @@ class App:
             self.notifier.ready(self.control.summary())
             return
         try:
-            new = load_site(self.config_path)
+            new = await off_loop(load_site, self.config_path)
+            await self.meters.update_site(new)  # keeps what did not change; raises before changing anything
+        except PollerStuckError as exc:
+            raise FatalError(f"reload: {exc}") from exc
         except ConfigError as exc:
-            log.error("config_reload_failed", file=str(self.config_path), key=exc.path, reason=exc.reason)
-            if self.telemetry is not None:
-                self.telemetry.event("config_reload_failed", key=exc.path, reason=exc.reason)
-            self.notifier.ready(self.control.summary())
+            self._reload_failed(exc.path, exc.reason)
             return
-        old = self.site
+        except Exception as exc:  # undecodable, too deep, too large a number, any surprise: keep the old config
+            self._reload_failed("", f"{type(exc).__name__}: {exc}")
+            return
         self.site = new
         self.ocpp.update_site(new)
         if self.telemetry is not None:
             self.telemetry.update_site(new)
-        if new.meters != old.meters and self._tg is not None and self._meter_task is not None:
-            self._meter_task.cancel()
-            self.meters = MeterService(new, clock=self.clock, on_reading=self._on_reading)
-            self.control.meters = self.meters
-            self._meter_task = self._tg.create_task(self._supervised_meters(), name="meters")
         self.control.update_site(new)
         log.info("config_reloaded", file=str(self.config_path), chargers=len(new.chargers), meters=len(new.meters))
         self.notifier.ready(self.control.summary())
+
+    def _reload_failed(self, key: str, reason: str) -> None:
+        reason = reason[:_REASON_CHARS]
+        log.error("config_reload_failed", file=str(self.config_path), key=key, reason=reason)
+        if self.telemetry is not None:
+            with contextlib.suppress(Exception):
+                self.telemetry.event("config_reload_failed", key=key, reason=reason)
+        self.notifier.ready(self.control.summary())
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a daemon thread, awaited without blocking the loop.
+
+    Like ``asyncio.to_thread``, but the thread is a daemon thread of its own: on Python 3.11 the default
+    executor is joined without a timeout when ``asyncio.run`` ends, so a parse still running (a huge file)
+    would keep a stopping daemon alive. A cancelled caller leaves the thread to finish and drops its result.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def work() -> None:
+        try:
+            result: Any = fn(*args)
+            ok = True
+        except Exception as exc:
+            result, ok = exc, False
+        except BaseException as exc:  # not raised into the loop as such, but never left unanswered
+            result, ok = RuntimeError(f"{type(exc).__name__} in {getattr(fn, '__name__', fn)!r}"), False
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, ok, result)
+
+    threading.Thread(target=work, name="off-loop", daemon=True).start()
+    return await fut
 
 
 class _Stopped(Exception):

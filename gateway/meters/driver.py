@@ -58,6 +58,17 @@ class Bounds:
     max_frequency_hz: float = 70.0
 
 
+def raise_if_cancelling() -> None:
+    """Raise CancelledError if the current task was cancelled and the cancel got lost on the way.
+
+    On Python 3.11, ``asyncio.wait_for`` (pymodbus uses it for connects and transactions) returns an answer
+    that arrives in the same loop iteration as a cancel and drops the cancel; the task's cancellation
+    count still says it was asked to stop. Called after every await on the client."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def read_block(client: ModbusReader, block: Block, device_id: int, timeout_s: float) -> list[int]:
     """One read request; every failure becomes a MeterError subclass."""
     from pymodbus.exceptions import ModbusException
@@ -69,6 +80,7 @@ async def read_block(client: ModbusReader, block: Block, device_id: int, timeout
         # so a poller stopped by a reload kept polling beside its replacement (two masters on one bus).
         async with asyncio.timeout(3 * timeout_s + 1.0):
             rr = await fn(block.address, count=block.count, device_id=device_id)
+            raise_if_cancelling()  # pymodbus's own wait_for may have swallowed it (or our timeout's)
     except (TimeoutError, ModbusException) as exc:
         raise MeterTimeout(f"no answer to {block.function} {block.address}+{block.count}: {exc}") from exc
     if rr is None:

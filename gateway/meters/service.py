@@ -5,6 +5,10 @@ bus's gap (the largest ``bus_gap_s`` of its meters) between the end of one excha
 next request. One task per TCP meter: they run concurrently. A failing meter never stops
 the others; failed polls back off (doubling, capped at the meter's stale timeout) and
 produce no reading, so the last reading ages until the meter is stale.
+
+A reload (:meth:`MeterService.update_site`) keeps the tasks and the readings of the buses and meters it
+does not change; the pollers of changed buses are cancelled and have ended before their replacements start
+(never two Modbus masters on one RS-485 bus). A new or changed meter starts as never read.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from gateway import electrical
 from gateway.config import Site
 from gateway.errors import MeterError
 from gateway.meters.config import MeterConfig, check_bus_settings
-from gateway.meters.driver import Bounds, MeterDriver, ModbusReader
+from gateway.meters.driver import Bounds, MeterDriver, ModbusReader, raise_if_cancelling
 from gateway.meters.regmap import load_map
 from gateway.model import MeterReading
 
@@ -35,6 +39,29 @@ def bounds_for(site: Site, cfg: MeterConfig) -> Bounds:
         can_export=circuit.can_export,
         export_tolerance_w=cfg.export_tolerance_w,
         max_voltage_v=2.0 * v_ln,
+    )
+
+
+class PollerStuckError(MeterError):
+    """A cancelled meter poller did not end in time."""
+
+
+def _buses_of(site: Site) -> dict[str, list[str]]:
+    buses: dict[str, list[str]] = {}
+    for mid, cfg in site.meters.items():
+        buses.setdefault(cfg.bus_key, []).append(mid)
+    return buses
+
+
+def _judged_alike(old: Site, new: Site, mid: str) -> bool:
+    """The meter is read and judged exactly as before: its reading (and its poller) may be kept."""
+    a, b = old.meters.get(mid), new.meters.get(mid)
+    return (
+        a is not None
+        and a == b
+        and b.circuit in old.circuits
+        and bounds_for(old, a) == bounds_for(new, b)
+        and old.service.phases == new.service.phases
     )
 
 
@@ -69,6 +96,7 @@ async def ensure_connected(client: object) -> None:
     if connect is None:
         return
     ok = await connect()
+    raise_if_cancelling()  # pymodbus connects through wait_for, which can drop a cancel on 3.11
     if not ok:
         raise MeterError("cannot connect")
 
@@ -93,6 +121,7 @@ class MeterService:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_reading: Callable[[str, MeterReading], None] | None = None,
+        stop_timeout_s: float = 5.0,
     ) -> None:
         self.site = site
         self._clock = clock
@@ -100,9 +129,10 @@ class MeterService:
         check_bus_settings(list(site.meters.values()))
         self._slots: dict[str, _Slot] = {mid: _Slot(cfg) for mid, cfg in site.meters.items()}
         self._maps = {mid: load_map(cfg.map) for mid, cfg in site.meters.items()}
-        self._buses: dict[str, list[str]] = {}
-        for mid, cfg in site.meters.items():
-            self._buses.setdefault(cfg.bus_key, []).append(mid)
+        self._buses = _buses_of(site)
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # bus -> its poller, while run() runs
+        self.stop_timeout_s = stop_timeout_s
 
     # -- the daemon's view -----------------------------------------------------------
     def readings(self) -> dict[str, MeterReading | None]:
@@ -126,19 +156,70 @@ class MeterService:
 
     # -- polling ---------------------------------------------------------------------
     async def run(self) -> None:
-        """Poll all meters until cancelled."""
-        async with asyncio.TaskGroup() as tg:
-            for key, mids in self._buses.items():
-                tg.create_task(self._run_bus(key, mids), name=f"meters-{key}")
-            if self._slots:
+        """Poll all meters until cancelled (with no meters, wait for a reload to bring some)."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                for key in self._buses:
+                    self._start_bus(key)
                 tg.create_task(self._watch(), name="meters-watch")
+        finally:
+            self._tg = None
+            self._tasks.clear()
+
+    def _start_bus(self, key: str) -> None:
+        if self._tg is None:
+            return  # not running: run() starts every bus
+        mids = list(self._buses[key])
+        try:
+            self._tasks[key] = self._tg.create_task(self._run_bus(key, mids), name=f"meters-{key}")
+        except RuntimeError:  # run() is being cancelled: nothing is polled any more
+            log.warning("meter_poller_not_started", bus=key, reason="meter service stopping")
+
+    async def update_site(self, site: Site) -> None:
+        """Swap in a reloaded site, keeping the pollers and readings of what did not change.
+
+        Raises ConfigError (nothing changed) if the new meters cannot be set up, and PollerStuckError if a
+        replaced poller did not end within ``stop_timeout_s`` (then nothing new was started: the caller must
+        not carry on with a second master possibly on the bus)."""
+        check_bus_settings(list(site.meters.values()))
+        maps = {
+            mid: self._maps[mid] if mid in self._maps and self._slots[mid].cfg.map == cfg.map else load_map(cfg.map)
+            for mid, cfg in site.meters.items()
+        }
+        buses = _buses_of(site)
+        kept_meters = {m for m in site.meters if m in self._slots and _judged_alike(self.site, site, m)}
+        kept_buses = {k for k, mids in buses.items() if self._buses.get(k) == mids and set(mids) <= kept_meters}
+        stopping = [t for k, t in self._tasks.items() if k not in kept_buses]
+        for task in stopping:
+            task.cancel()
+        if stopping:
+            _, pending = await asyncio.wait(stopping, timeout=self.stop_timeout_s)
+            if pending:
+                names = sorted(t.get_name() for t in pending)
+                log.error("meter_poller_not_stopped", tasks=names, timeout_s=self.stop_timeout_s)
+                raise PollerStuckError(f"meter pollers did not stop within {self.stop_timeout_s} s: {', '.join(names)}")
+        for key in [k for k in self._tasks if k not in kept_buses]:
+            del self._tasks[key]
+        slots: dict[str, _Slot] = {}
+        for mid, cfg in site.meters.items():
+            slot = self._slots[mid] if mid in kept_meters else _Slot(cfg)
+            if cfg.bus_key not in kept_buses:  # a new poller: a new driver, no backoff inherited
+                slot.driver, slot.fails, slot.next_due = None, 0, 0.0
+            slots[mid] = slot
+        self.site, self._slots, self._maps, self._buses = site, slots, maps, buses
+        started = [k for k in buses if k not in kept_buses]
+        for key in started:
+            self._start_bus(key)
+        log.info("meters_updated", kept_buses=len(kept_buses), restarted_buses=len(started),
+                 kept_readings=len(kept_meters), new_meters=len(site.meters) - len(kept_meters))
 
     async def _watch(self) -> None:
         """Log a meter going stale when it does, even while its poller waits out a timeout or backoff."""
-        period = min(0.5, max(0.05, min(s.cfg.stale_after_s for s in self._slots.values()) / 10))
         while True:
-            await asyncio.sleep(period)
-            for slot in self._slots.values():
+            stale_after = min((s.cfg.stale_after_s for s in self._slots.values()), default=5.0)
+            await asyncio.sleep(min(0.5, max(0.05, stale_after / 10)))
+            for slot in list(self._slots.values()):
                 if slot.state != "stale" and self._status_of(slot) == "stale":
                     self._log_state(slot, failed=slot.fails > 0)
 
@@ -167,6 +248,7 @@ class MeterService:
                     await asyncio.sleep(wait)
                 started = loop.time()
                 await self._poll(slot, client)
+                raise_if_cancelling()  # never poll on after a cancel, wherever it was lost
                 last_end = loop.time()
                 slot.latencies.append(last_end - started)
                 del slot.latencies[:-50]

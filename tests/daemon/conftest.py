@@ -127,9 +127,11 @@ class Daemon:
 
     async def wait_exit(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
-        rc = await asyncio.wait_for(self.proc.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            rc = await self.proc.wait()
         if self._reader is not None:
-            await asyncio.wait_for(self._reader, 5)
+            async with asyncio.timeout(5):
+                await self._reader
         if self.proc.stderr is not None:
             self.stderr = await self.proc.stderr.read()
         return rc
@@ -162,7 +164,8 @@ async def rig_factory() -> AsyncIterator[Callable[..., Any]]:
 
     async def make(raw: dict[str, Any] | None = None, *, base_load_a: float = 20.0,
                    base: Callable[[float], tuple[float, ...]] | None = None, ev_response_s: float = 1.0,
-                   start_chargers: bool = True, extra: dict[str, Any] | None = None) -> Rig:
+                   start_chargers: bool = True, extra: dict[str, Any] | None = None,
+                   edit: Callable[[dict[str, Any]], None] | None = None, wait_ready: bool = True) -> Rig:
         raw = raw or small_site()
         level = [base_load_a]
         sim = SiteSim(raw, base_loads={"service": base or (lambda t: (level[0],) * 3)}, meter_interval_s=1.0)
@@ -170,13 +173,16 @@ async def rig_factory() -> AsyncIterator[Callable[..., Any]]:
         await sim.start()
         port = _free_port()
         cfg = Path(tmp) / f"gateway-{len(made)}.toml"
-        cfg.write_text(dumps(sim.gateway_config(ocpp_port=port, extra=extra)))
+        gateway_cfg = sim.gateway_config(ocpp_port=port, extra=extra)
+        if edit is not None:
+            edit(gateway_cfg)
+        cfg.write_text(dumps(gateway_cfg))
         notify = NotifyListener(str(Path(tmp) / f"notify-{len(made)}.sock"))
         daemon = Daemon(cfg, notify)
         await daemon.start()
         rig = Rig(sim, daemon, notify, cfg, port)
         made.append(rig)
-        await daemon.wait_log("gateway_ready", timeout=30)
+        await daemon.wait_log("gateway_ready" if wait_ready else "ocpp_listening", timeout=30)
         if start_chargers:
             sim.start_chargers(port)
             assert await wait_for(lambda: all(c.online for c in sim.chargers.values()), 20), "chargers not online"

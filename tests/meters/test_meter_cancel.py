@@ -55,3 +55,27 @@ async def test_the_answer_alone_is_returned() -> None:
         await asyncio.sleep(0)
     client.pending[0].set_result(ReadHoldingRegistersResponse(registers=[7, 9]))
     assert await task == [7, 9]
+
+
+class _SwallowingClient(_AnswerOnDemand):
+    """Like pymodbus: the client waits for its answer with asyncio.wait_for, which on 3.11 returns an
+    answer that races a cancel and drops the cancel."""
+
+    async def _wait(self) -> Any:
+        return await asyncio.wait_for(super()._request(), 5.0)  # the library's code, not ours
+
+    def read_holding_registers(self, address: int, *, count: int = 1, device_id: int = 1) -> Awaitable[Any]:
+        return self._wait()
+
+
+async def test_a_cancel_dropped_inside_the_client_still_ends_the_read_cancelled() -> None:
+    client = _SwallowingClient()
+    task = asyncio.create_task(read_block(client, Block("holding", 0, 2), 1, 1.0))
+    while not client.pending:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the client's wait_for is now waiting on its own waiter
+    client.pending[0].set_result(ReadHoldingRegistersResponse(registers=[1, 2]))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
