@@ -160,7 +160,7 @@ def _overload(rec: Recording, window: float, dt: float) -> tuple[dict[str, Any],
 LASTING_S = 300.0  # scenario seconds within the limits after which compliance counts as lasting
 
 
-def _steps(rec: Recording, any_over: np.ndarray, dt: float) -> list[dict[str, Any]]:
+def _steps(rec: Recording, any_over: np.ndarray) -> list[dict[str, Any]]:
     """Per base-load step, on the circuits it loads: the time to the first sample within the limits, and the
     time to lasting compliance (the end of the last overload that is followed by LASTING_S within the limits,
     looking until the next step of any of those circuits)."""
@@ -181,9 +181,9 @@ def _steps(rec: Recording, any_over: np.ndarray, dt: float) -> list[dict[str, An
             ok = np.flatnonzero(span & ~over & (t >= t[idx[0]]))
             first_ok = float(t[ok[0]]) - tw if len(ok) else math.inf
             gap = np.diff(np.concatenate((t[idx], [math.inf])))  # the last overload before the next step ends it
-            lasting_end = next((float(t[idx[n]]) + dt for n in range(len(idx)) if gap[n] >= LASTING_S / k - 1e-9),
-                               math.inf)
-            lasting = lasting_end - tw
+            last = next((int(idx[n]) for n in range(len(idx)) if gap[n] >= LASTING_S / k - 1e-9), len(t) - 1)
+            # compliance from the sample after the last overload (never, if the run ends overloaded)
+            lasting = float(t[last + 1]) - tw if last + 1 < len(t) else math.inf
         steps = {"at_s": t_s, "circuit": cid, "step_a": round(inc, 1)}
         for key, v in (("time_to_compliance", first_ok), ("time_to_lasting_compliance", lasting)):
             steps[f"{key}_wall_s"] = round(v, 3) if math.isfinite(v) else None
@@ -198,7 +198,7 @@ def scorecard(rec: Recording, ideal: Mapping[str, Any] | None = None) -> dict[st
     dt = float(np.median(np.diff(t))) if len(t) > 1 else sc.sample_wall_s
     window = allowed_window_s(rec)
     overload, episodes, any_over = _overload(rec, window, dt)
-    steps = _steps(rec, any_over, dt)
+    steps = _steps(rec, any_over)
 
     # energy and sessions
     sessions: list[dict[str, Any]] = []

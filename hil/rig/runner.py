@@ -282,8 +282,10 @@ class Rig:
         return d
 
     def _start_chargers(self, port: int) -> None:
+        # schema validation of every frame costs the rig's one process more than 200 chargers reporting
+        # every few wall tenths of a second leave it (as the sim's own CLI, only up to 50 chargers)
         self.sim.start_chargers(port, tick_s=self.sc.charger_tick_wall_s, reconnect_s=(0.2, 2.0),
-                                response_timeout_s=30.0)
+                                response_timeout_s=30.0, validate_schemas=len(self.site.chargers) <= 50)
         for cid, ch in self.sim.chargers.items():
             b = self.sc.behaviour_of(cid)
             cfg = self.site.chargers[cid]

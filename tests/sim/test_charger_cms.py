@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 
 from gateway.model import ChargerState
 from hil.sim import SimCallError
-from hil.sim.charger import SimCharger, iso
+from hil.sim.charger import SimCharger, iso, parse_iso
 from hil.sim.cms import SimCms
 from hil.sim.ev import EvSpec
 
@@ -319,3 +320,39 @@ async def test_basic_auth_and_subprotocol(clock: ShiftClock, run_charger: Runner
         assert cms.versions["CP1"] == "2.0.1"
     finally:
         await cms.stop()
+
+
+async def test_meter_values_per_connector_on_their_own_schedule_or_none(
+    cms: SimCms, clock: ShiftClock, run_charger: Runner
+) -> None:
+    ch = SimCharger("CP2", "1.6", "ac", 3, 2, cms.url, clock=clock, meter_interval_s=0.3, tick_s=0.05,
+                    reconnect_s=(0.1, 0.5))
+    run_charger(ch)
+    await up(cms, ch)
+    ch.plug_in(ev(), 1, id_tag="TAG-1")
+    await asyncio.sleep(0.15)
+    second_at = clock()
+    ch.plug_in(ev(), 2, id_tag="TAG-2")
+
+    def reports(connector: int) -> list[float]:
+        return [parse_iso(r.payload["meterValue"][0]["timestamp"]) for r in cms.received.get("CP2", [])
+                if r.action == "MeterValues" and r.payload["connectorId"] == connector
+                and ("Current.Import", "L1") in samples(r.payload)]
+
+    await wait_until(lambda: len(reports(1)) >= 3 and len(reports(2)) >= 3, what="three reports per connector")
+    one, two = reports(1), reports(2)
+    # each connector on its own schedule from its own session start (not every 0.05 s tick), stamped with
+    # the time of its sample
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(one)), one
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(two)), two
+    assert two[0] >= second_at
+
+    ch.meter_interval_s = 0.0  # a charger that reports no current at all
+    n = len(cms.received["CP2"])
+    await asyncio.sleep(0.5)
+    later = [r for r in cms.received["CP2"][n:] if r.action == "MeterValues"]
+    assert later == []
+    ch.unplug(1)
+    stop = await cms.wait_call("CP2", "StopTransaction")
+    assert stop.payload["meterStop"] >= 0  # the energy register still goes out with the transaction
+    assert ("Current.Import", "L1") not in samples({"meterValue": stop.payload.get("transactionData") or []})

@@ -1,0 +1,80 @@
+"""The HIL scorecard on a recording made up by hand: overload after a base-load step of the circuit (within
+the allowed window) is external, any other is self-inflicted, and --check fails on the latter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.config import site_from_dict
+from hil.__main__ import check
+from hil.rig.runner import Recording
+from hil.scenario import scenario_from_dict
+from hil.scorecard import allowed_window_s, scorecard
+
+GARAGE = Path(__file__).resolve().parents[2] / "etc" / "examples" / "garage-4xL2.toml"
+
+
+def recording(current: np.ndarray, times: np.ndarray, **scenario: Any) -> Recording:
+    sc = scenario_from_dict({
+        "scenario": {"name": "made-up", "site_config": str(GARAGE), "duration_s": 1200, "time_scale": 60},
+        "base_loads": [{"circuit": "service", "points": [[0, 10], [600, 40]]}],
+        "arrivals": [{"at_s": 0, "charger": "garage-1", "departure_s": 1200}],
+        **scenario,
+    })
+    site = site_from_dict(sc.site)
+    n = len(times)
+    return Recording(scenario=sc, mode="gateway", site=site, times=times, circuit_ids=list(site.circuits),
+                     circuit_a=current.reshape(n, 1, 1), charger_ids=list(site.chargers),
+                     charger_limit_a=np.zeros((n, len(site.chargers))),
+                     charger_draw_a=np.zeros((n, len(site.chargers))), events=[], gateway_logs=[], sessions=[],
+                     messages={"lost": 0}, process={})
+
+
+def test_overload_after_a_step_is_external_any_other_self_inflicted() -> None:
+    t = np.round(np.arange(0.0, 20.0, 0.1), 6)  # wall s; the step (600 s at 60x) is at 10 s wall
+    cur = np.full(len(t), 90.0)
+    rec = recording(cur, t)
+    window = allowed_window_s(rec)
+    cur[(t >= 10.0) & (t < 10.3)] = 105.0  # 5 A over for 3 samples, inside the window after the step
+    cur[(t >= 15.0) & (t < 15.5)] = 102.0  # 2 A over for 5 samples, long after it
+    assert 10.3 < 10.0 + window < 15.0
+    card = scorecard(recording(cur, t))
+    ph = card["overload"]["service"]["phases"]["L1"]
+    assert ph["external_a_s"] == pytest.approx(5.0 * 3 * 0.1 * 60, rel=1e-6)
+    assert ph["external_peak_a"] == 105.0 and ph["external_peak_over_a"] == 5.0
+    assert ph["self_inflicted_a_s"] == pytest.approx(2.0 * 5 * 0.1 * 60, rel=1e-6)
+    assert ph["self_inflicted_peak_a"] == 102.0
+    assert [e["kind"] for e in card["episodes"]] == ["external", "self-inflicted"]
+    assert card["external_episodes_beyond_window"] == 0 and card["self_inflicted_episodes"] == 1
+    step = card["load_steps"][0]
+    assert step["time_to_compliance_s"] == pytest.approx(0.3 * 60)
+    # the self-inflicted one 5 s wall (300 s) later still follows it within LASTING_S: not yet lasting
+    assert step["time_to_lasting_compliance_s"] == pytest.approx(5.5 * 60)
+    problems = check(card, Path("/nonexistent"))
+    assert any(p.startswith("self-inflicted overload: 60.0 A*s in 1 episode(s)") for p in problems), problems
+
+
+def test_an_external_overload_that_outlasts_the_window_fails_the_check() -> None:
+    t = np.round(np.arange(0.0, 20.0, 0.1), 6)
+    cur = np.full(len(t), 90.0)
+    cur[(t >= 10.0) & (t < 13.0)] = 104.0
+    card = scorecard(recording(cur, t))
+    assert card["external_episodes_beyond_window"] == 1
+    assert card["self_inflicted_a_s"] > 0  # the part beyond the window is the loop's own
+    assert any("beyond the window" in p for p in check(card, Path("/nonexistent")))
+    clean = scorecard(recording(np.full(len(t), 90.0), t))
+    assert clean["self_inflicted_a_s"] == clean["external_a_s"] == 0.0
+    assert clean["load_steps"][0]["time_to_lasting_compliance_s"] == 0.0
+    assert not [p for p in check(clean, Path("/nonexistent")) if "overload" in p]
+
+
+def test_meter_interval_from_the_scenario_and_the_override() -> None:
+    rec = recording(np.zeros(2), np.array([0.0, 0.1]), chargers={"meter_interval_s": 60})
+    assert rec.scenario.meter_interval_wall_of("garage-1") == pytest.approx(1.0)
+    assert scorecard(rec)["meter_interval_s"] == 60.0
+    none = rec.scenario.with_meter_interval(0)
+    assert none.meter_interval_wall_of("garage-2") == 0.0
