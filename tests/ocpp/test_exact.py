@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ class RawCharger:
         self.ws = ws
         self.answers: dict[str, list[Any]] = {}
         self.calls: list[list[Any]] = []
+        self.after_answer: Callable[[list[Any]], Awaitable[None]] | None = None  # a CALL of the gateway's answered
         self._task = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
@@ -52,6 +54,8 @@ class RawCharger:
             if msg[0] == CALL:
                 self.calls.append(msg)
                 await self.ws.send(json.dumps([3, msg[1], {"status": "Accepted"}]))
+                if self.after_answer is not None:
+                    await self.after_answer(msg)
             else:
                 self.answers[msg[1]] = msg
 
