@@ -58,6 +58,9 @@ class OcppConfig:
     offline_mark_events: bool = False
     token_cache_max_age_s: float = 7 * 86400.0  # a cached CMS verdict older than this is not used offline
     token_cache_max_entries: int = 10_000  # least recently confirmed tokens forgotten beyond this
+    # 2.0.1 GetChargingProfiles: the gateway's reserved profiles hidden from the CMS ("hide"), or reported
+    # apart with chargingLimitSource "EMS" ("ems"); the CMS's merged profiles are reported either way
+    gateway_profiles_report: str = "hide"
     failsafe_timeout_s: float = 5.0  # apply_failsafe waits this long for the answers
 
 
@@ -109,6 +112,7 @@ def parse_ocpp(t: Table | None) -> OcppConfig:
         offline_mark_events=t.bool("offline_mark_events", d.offline_mark_events),
         token_cache_max_age_s=t.float("token_cache_max_age_s", d.token_cache_max_age_s, gt=0),
         token_cache_max_entries=t.int("token_cache_max_entries", d.token_cache_max_entries, min=1),
+        gateway_profiles_report=t.choice("gateway_profiles_report", ("hide", "ems"), d.gateway_profiles_report),
     )
     if c.renew_before_s >= c.lease_s:
         raise t.error("renew_before_s", f"must be below lease_s ({c.lease_s:g} s)")

@@ -39,6 +39,7 @@ from gateway.ocpp_proxy.frames import (
     value_span,
 )
 from gateway.ocpp_proxy.relay import CallChannel, CallFailed, OutCall
+from gateway.ocpp_proxy.reports import cms_view
 from gateway.ocpp_proxy.state import ChargerTracker
 from gateway.ocpp_proxy.store import QueueFull
 from gateway.ocpp_proxy.upstream import Backoff, UpstreamTarget, open_upstream
@@ -213,6 +214,7 @@ class ChargerSession:
         self.target: UpstreamTarget | None = ctrl.upstream_target(cfg)
         self._enqueuing = 0  # queue writes not yet committed (the replay waits for them before going live)
         self._queue_full = False  # an episode of the queue refusing rows: reported once
+        self._reports: dict[int, ProfileReport] = {}  # 2.0.1 GetChargingProfiles being collected, by requestId
 
     # ------------------------------------------------------------------ lifecycle
     def _initial_mode(self) -> str:
@@ -422,6 +424,9 @@ class ChargerSession:
 
     async def _charger_call(self, frame: Frame) -> None:
         action = frame.action or ""
+        if action == "ReportChargingProfiles" and frame.payload.get("requestId") in self._reports:
+            await self._charger_report(frame)
+            return
         if action in INSPECTED:
             code = validate(self.version, CALL, action, frame.payload)
             if code is not None:
@@ -643,6 +648,13 @@ class ChargerSession:
                 if up is not None:
                     await up.send(result_text(frame.message_id, local))
                 return
+        if (
+            action == "GetChargingProfiles"
+            and self.version == "2.0.1"
+            and isinstance(frame.payload.get("requestId"), int)
+        ):
+            self._collect_reports(frame)
+            return
         text = self._rewrite_tx_down(frame.raw, frame.payload) if self.version == "1.6" else frame.raw
         self.to_charger.submit(
             OutCall(frame.message_id, text, action, False, frame.payload, on_answer=self._relayed_down_answered)
@@ -666,6 +678,63 @@ class ChargerSession:
             await up.send(text)
         except ConnectionClosed:
             self.log.info("cms_send_failed_closed")
+
+    # ------------------------------------------------------------------ 2.0.1 GetChargingProfiles
+    def _collect_reports(self, frame: Frame) -> None:
+        """Relay the request; the charger's answer and reports are collected, then the CMS gets its view."""
+        rid = int(frame.payload["requestId"])
+        self._reports[rid] = ProfileReport(frame.message_id, frame.payload)
+
+        def answered(out: OutCall, ans: Frame | None) -> None:
+            rec = self._reports.get(rid)
+            if rec is None:
+                return
+            if ans is None:
+                del self._reports[rid]  # the charger did not answer: the CMS times out as it would without us
+                return
+            status = ans.payload.get("status") if ans.kind == CALLRESULT else None
+            if status not in ("Accepted", "NoProfiles"):
+                del self._reports[rid]
+                self.spawn(self._send_up(ans.raw))
+                return
+            rec.answered = True
+            if status == "NoProfiles" or rec.complete:
+                self.spawn(self._finish_reports(rid))
+
+        self.to_charger.submit(
+            OutCall(frame.message_id, frame.raw, "GetChargingProfiles", False, frame.payload, on_answer=answered)
+        )
+        self.spawn(self._reports_deadline(rid))
+
+    async def _charger_report(self, frame: Frame) -> None:
+        rid = int(frame.payload["requestId"])
+        rec = self._reports[rid]
+        rec.reports.append(frame.payload)
+        await self._send_charger(result_text(frame.message_id, {}))
+        if not frame.payload.get("tbc", False):
+            rec.complete = True
+            if rec.answered:
+                await self._finish_reports(rid)
+
+    async def _reports_deadline(self, rid: int) -> None:
+        await asyncio.sleep(self.ocpp.call_timeout_s * 0.8)
+        rec = self._reports.get(rid)
+        if rec is not None and rec.answered:
+            self.log.warning("profile_report_incomplete", request_id=rid, reports=len(rec.reports))
+            await self._finish_reports(rid)
+        else:
+            self._reports.pop(rid, None)
+
+    async def _finish_reports(self, rid: int) -> None:
+        rec = self._reports.pop(rid, None)
+        if rec is None:
+            return
+        merged = [(int(r.get("evse") or 0), r["profile"]) for r in self.ctrl.store.cms_profiles(self.id).values()]
+        reserved = frozenset({self.ocpp.failsafe_profile_id, self.ocpp.limit_profile_id})
+        out = cms_view(rec.reports, merged, reserved, rec.request, self.ocpp.gateway_profiles_report)
+        await self._send_up(result_text(rec.message_id, {"status": "Accepted" if out else "NoProfiles"}))
+        for i, part in enumerate(out):
+            self._own_to_cms("ReportChargingProfiles", {"requestId": rid, **part, "tbc": i < len(out) - 1})
 
     # ------------------------------------------------------------------ 1.6 transaction ids
     # the ids are spliced into the text: every other byte stays as sent
@@ -715,7 +784,7 @@ class ChargerSession:
             pid = policy.profile_id(self.version, prof)
             if pid is None:
                 return {"status": "Rejected"}
-            store.put_cms_profile(self.id, pid, {"profile": prof, "received_at": policy.iso(_now())})
+            store.put_cms_profile(self.id, pid, {"profile": prof, "received_at": policy.iso(_now()), "evse": conn})
             self.log.info("cms_profile_merged", profile_id=pid, purpose=prof.get("chargingProfilePurpose"))
             self.ctrl.event("cms_profile_merged", charger=self.id, profile_id=pid)
             self.spawn(self.push_limit(force=True))
@@ -1026,6 +1095,15 @@ class ChargerSession:
         except CallFailed:
             return False
         return ans.kind == CALLRESULT and ans.payload.get("status") == "Accepted"
+
+
+class ProfileReport:
+    def __init__(self, message_id: str, request: dict[str, Any]) -> None:
+        self.message_id = message_id  # the CMS's GetChargingProfiles
+        self.request = request
+        self.reports: list[dict[str, Any]] = []
+        self.answered = False  # the charger answered Accepted/NoProfiles
+        self.complete = False  # its last report (tbc false) arrived
 
 
 def refusal(exc: BaseException) -> str | None:

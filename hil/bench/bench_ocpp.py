@@ -6,8 +6,14 @@
    time until all are accepted, frames the CMS received.
 3. steady state: the N chargers connected, each sending MeterValues every 30 s (spread);
    RSS and CPU of the gateway process over a window.
+4. outage (``--outage``): 200 chargers send MeterValues every 10 s while the CMS is down, so every
+   one is written to the durable queue. In the gateway process a 100 ms probe tick measures the
+   loop's lateness and the tick time (lateness + reading every charger's snapshot): CMS up (no
+   writes), outage with the store written on the loop (a commit per message, the old way), outage
+   with the writer thread (group commit). Then the CMS returns: replay throughput in messages/s.
 
     python hil/bench/bench_ocpp.py [--chargers 1000] [--window-s 60] [--rounds 20]
+    python hil/bench/bench_ocpp.py --outage [--chargers 200] [--window-s 30]
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 NOW = "2024-01-01T00:00:00Z"
+BENCH_FILE = str(Path(__file__).resolve())
 
 
 def site_toml(state_dir: str, cms_port: int, n: int) -> str:
@@ -50,8 +57,6 @@ limit_a = 1000000
 listen_host = "127.0.0.1"
 listen_port = 0
 cms_url = "ws://127.0.0.1:{cms_port}/ocpp"
-reconnect_min_s = 0.5
-reconnect_max_s = 5
 """
     ch = "".join(
         f'[[chargers]]\nid = "B{i:04d}"\nocpp_version = "1.6J"\ncircuit = "p1"\nphases = 1\nmax_current_a = 32\n'
@@ -197,12 +202,271 @@ async def latency(chargers: list[Charger], rounds: int) -> list[float]:
     return out
 
 
+# ---------------------------------------------------------------- 4. outage: the store and the loop
+def _mv16(i: int) -> dict[str, Any]:
+    sv = [{"value": "16.0", "measurand": "Current.Import", "phase": f"L{p}", "unit": "A"} for p in (1, 2, 3)]
+    sv.append({"value": str(1000 + i), "measurand": "Energy.Active.Import.Register", "unit": "Wh"})
+    return {"connectorId": 1, "meterValue": [{"timestamp": NOW, "sampledValue": sv}]}
+
+
+async def gateway_child(cfg: str, mode: str, window_s: float) -> None:
+    """The gateway in this process plus a 100 ms probe tick; prints ``probe {json}`` after the window."""
+    from gateway.config import load_site
+    from gateway.ocpp_proxy.controller import OcppController
+    from gateway.ocpp_proxy.store import Store
+
+    class InlineStore(Store):
+        """Every write committed at once on the calling thread (the event loop): the store before the
+        writer thread."""
+
+        def submit(self, fn: Any) -> Any:
+            import concurrent.futures
+
+            fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            db = self._wdb
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                out = fn(db)
+                db.execute("COMMIT")
+                self.commits += 1
+                fut.set_result(out)
+            except Exception as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                fut.set_exception(exc)
+            return fut
+
+    site = load_site(cfg)
+    ctrl = OcppController(site)
+    if mode == "inline":
+        ctrl.store.close()
+        ctrl.store = InlineStore(os.path.join(site.state_dir, "ocpp.sqlite"))
+    task = asyncio.create_task(ctrl.run())
+    await ctrl.wait_started()
+    print(f"ocpp_proxy_listening port={ctrl.port}", flush=True)
+    lags: list[float] = []
+    ticks: list[float] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    due = start
+    while True:
+        due += 0.1
+        await asyncio.sleep(max(0.0, due - loop.time()))
+        t = time.perf_counter()
+        lag = max(0.0, loop.time() - due)
+        ctrl.snapshot()
+        if window_s / 6 < loop.time() - start < window_s:  # skip the connection burst
+            lags.append(lag * 1000)
+            ticks.append((lag + time.perf_counter() - t) * 1000)
+        if loop.time() - start >= window_s and lags:
+            stats = {
+                "lag_p50_ms": pct(lags, 50),
+                "lag_p99_ms": pct(lags, 99),
+                "lag_max_ms": max(lags),
+                "tick_p99_ms": pct(ticks, 99),
+                "commits": ctrl.store.commits,
+                "queued": ctrl.store.count_pending(),
+            }
+            print("probe " + json.dumps(stats), flush=True)
+            lags.clear()
+            break
+    await task
+
+
+async def outage_run(n: int, window_s: float, mode: str, cms_up: bool) -> dict[str, Any]:
+    cms = Cms()
+    server = await serve(cms.handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"], compression=None)  # type: ignore[list-item]
+    cms.port = int(next(iter(server.sockets)).getsockname()[1])
+    if not cms_up:
+        server.close()
+        await server.wait_closed()
+    tmp = tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_STATE_DIR"))
+    cfg = Path(tmp.name) / "site.toml"
+    cfg.write_text(site_toml(tmp.name + "/state", cms.port, n))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        BENCH_FILE,
+        "--gateway-child",
+        str(cfg),
+        mode,
+        str(window_s),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    probe: dict[str, Any] = {}
+    got_probe = asyncio.Event()
+
+    async def read() -> int:
+        assert proc.stdout is not None
+        port = 0
+        while line := (await proc.stdout.readline()).decode():
+            if line.startswith("ocpp_proxy_listening"):
+                port = int(line.split("port=")[1].split()[0])
+                port_fut.set_result(port)
+            elif line.startswith("probe "):
+                probe.update(json.loads(line[6:]))
+                got_probe.set()
+        return port
+
+    port_fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    reader = asyncio.create_task(read())
+    port = await asyncio.wait_for(port_fut, 60)
+    ids = [f"B{i:04d}" for i in range(n)]
+    chargers = await connect_chargers(port, ids, 50)
+    stop = False
+    sent = 0
+
+    async def meter(c: Charger, offset: float) -> None:
+        nonlocal sent
+        await asyncio.sleep(offset)
+        i = 0
+        while not stop:
+            i += 1
+            await c.call("MeterValues", _mv16(i))
+            sent += 1
+            await asyncio.sleep(10.0)
+
+    tasks = [asyncio.create_task(meter(c, 10.0 * k / n)) for k, c in enumerate(chargers)]
+    await asyncio.wait_for(got_probe.wait(), window_s + 60)
+    stop = True
+    for t in tasks:
+        t.cancel()
+    out = dict(probe, sent=sent)
+    if not cms_up:
+        # the CMS returns on the same port: replay throughput
+        queued = int(probe["queued"])
+        before = cms.received
+        server = await serve(cms.handler, "127.0.0.1", cms.port, subprotocols=["ocpp1.6"], compression=None)  # type: ignore[list-item]
+        t0 = time.perf_counter()
+        t_first = None
+        deadline = time.monotonic() + 300
+        while cms.received - before < queued and time.monotonic() < deadline:
+            if t_first is None and cms.received > before:
+                t_first = time.perf_counter()
+            await asyncio.sleep(0.002)
+        t_end = time.perf_counter()
+        t_first = t_first or t_end
+        out["replay_start_s"] = t_first - t0  # CMS listening -> first replayed message (reconnect backoff)
+        out["replay_s"] = max(t_end - t_first, 1e-6)
+        out["replayed"] = cms.received - before
+    for c in chargers:
+        await c.ws.close()
+    proc.terminate()
+    await proc.wait()
+    reader.cancel()
+    server.close()
+    tmp.cleanup()
+    return out
+
+
+async def burst_run(n: int, per: int, mode: str) -> dict[str, float]:
+    """CMS down: n chargers each send ``per`` MeterValues back to back (each acknowledged once on disk);
+    then the CMS returns (reconnect within 1 s) and the queue is replayed."""
+    cms = Cms()
+    server = await serve(cms.handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"], compression=None)  # type: ignore[list-item]
+    cms.port = int(next(iter(server.sockets)).getsockname()[1])
+    server.close()
+    await server.wait_closed()
+    tmp = tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_STATE_DIR"))
+    cfg = Path(tmp.name) / "site.toml"
+    cfg.write_text(site_toml(tmp.name + "/state", cms.port, n).replace("[ocpp]\n", "[ocpp]\nreconnect_max_s = 1\n"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        BENCH_FILE,
+        "--gateway-child",
+        str(cfg),
+        mode,
+        "100000",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    while not (line := (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()).startswith("ocpp_proxy_"):
+        pass
+    port = int(line.split("port=")[1].split()[0])
+
+    async def drain() -> None:
+        assert proc.stdout is not None
+        while await proc.stdout.readline():
+            pass
+
+    drainer = asyncio.create_task(drain())
+    chargers = await connect_chargers(port, [f"B{i:04d}" for i in range(n)], 50)
+    await asyncio.sleep(1.0)
+
+    async def burst(c: Charger) -> None:
+        for i in range(per):
+            await c.call("MeterValues", _mv16(i))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(burst(c) for c in chargers))
+    t_queue = time.perf_counter() - t0
+    server = await serve(cms.handler, "127.0.0.1", cms.port, subprotocols=["ocpp1.6"], compression=None)  # type: ignore[list-item]
+    before = cms.received
+    t_first = None
+    deadline = time.monotonic() + 300
+    while cms.received - before < n * per and time.monotonic() < deadline:
+        if t_first is None and cms.received > before:
+            t_first = time.perf_counter()
+        await asyncio.sleep(0.002)
+    t_end = time.perf_counter()
+    for c in chargers:
+        await c.ws.close()
+    proc.terminate()
+    await proc.wait()
+    drainer.cancel()
+    server.close()
+    tmp.cleanup()
+    return {
+        "queue_per_s": n * per / t_queue,
+        "replay_per_s": (cms.received - before) / max(1e-6, t_end - (t_first or t_end)),
+    }
+
+
+async def outage_bench(n: int, window_s: float) -> None:
+    print(f"outage: {n} chargers, MeterValues every 10 s, {window_s:.0f} s window, probe tick every 100 ms")
+    runs = [("CMS up (nothing queued)", "thread", True), ("outage, store on the loop", "inline", False)]
+    runs.append(("outage, store writer thread", "thread", False))
+    results = []
+    for label, mode, up in runs:
+        r = await outage_run(n, window_s, mode, up)
+        results.append(r)
+        print(
+            f"  {label:30s} loop lag p50 {r['lag_p50_ms']:6.2f} p99 {r['lag_p99_ms']:6.2f} max {r['lag_max_ms']:6.2f}"
+            f" ms; tick p99 {r['tick_p99_ms']:6.2f} ms; {r['sent']} sent, {r['queued']} queued, {r['commits']} commits"
+        )
+        if "replay_s" in r:
+            print(
+                f"    replay: first message {r['replay_start_s']:.2f} s after the CMS is back; {r['replayed']} messages"
+                f" in {r['replay_s']:.2f} s = {r['replayed'] / r['replay_s']:.0f}/s ({n} chargers in parallel)"
+            )
+    for mode, label in (("inline", "store on the loop"), ("thread", "store writer thread")):
+        for chargers, per in ((1, 2000), (50, 40)):
+            b = await burst_run(chargers, per, mode)
+            print(
+                f"  burst {chargers:3d} x {per:4d} MeterValues, {label:20s}: queued (acknowledged on disk)"
+                f" {b['queue_per_s']:6.0f}/s, replayed {b['replay_per_s']:6.0f}/s"
+            )
+    base = results[0]["tick_p99_ms"]
+    print(
+        f"  outage adds to the tick p99: on the loop {results[1]['tick_p99_ms'] - base:+.2f} ms, "
+        f"writer thread {results[2]['tick_p99_ms'] - base:+.2f} ms (target < 1 ms)"
+    )
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--chargers", type=int, default=1000)
     ap.add_argument("--window-s", type=float, default=60.0)
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--outage", action="store_true")
     args = ap.parse_args()
+    if args.outage:
+        await outage_bench(200 if args.chargers == 1000 else args.chargers, args.window_s)
+        return
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     cms = Cms()
@@ -301,4 +565,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if len(sys.argv) == 5 and sys.argv[1] == "--gateway-child":
+        asyncio.run(gateway_child(sys.argv[2], sys.argv[3], float(sys.argv[4])))
+    else:
+        asyncio.run(main())

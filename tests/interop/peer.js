@@ -1,5 +1,5 @@
 // An independent OCPP-J peer (npm ocpp-rpc, strict schema validation) driven over stdin/stdout.
-//   node peer.js cms                                   -> a CMS on 127.0.0.1:<ephemeral>
+//   node peer.js cms [PORT]                            -> a CMS on 127.0.0.1:PORT (default ephemeral)
 //   node peer.js charger URL IDENTITY PROTOCOL [PASSWORD] -> a charging station
 // stdout: one JSON object per line ({"ev": "ready"|"open"|"call"|"msg"|"result"|"error", ...}).
 // stdin: {"cmd": "call", "id": IDENTITY, "method": M, "params": P, "tag": T} per line.
@@ -56,7 +56,7 @@ async function main() {
       out({ ev: 'open', id: client.identity, protocol: client.protocol, password: client.session.password });
       client.on('close', () => { clients.delete(client.identity); out({ ev: 'close', id: client.identity }); });
     });
-    const http = await server.listen(0, '127.0.0.1');
+    const http = await server.listen(Number(args[0] || 0), '127.0.0.1');
     out({ ev: 'ready', port: http.address().port });
   } else {
     const [url, identity, proto, password] = args;

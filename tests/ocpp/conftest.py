@@ -206,6 +206,11 @@ class Cms201(CP201):
         self.cms.got(self.id, "DataTransfer", kw)
         return cr201.DataTransfer(status="Accepted", data="pong")
 
+    @on("ReportChargingProfiles")
+    def rcp(self, **kw: Any) -> Any:
+        self.cms.got(self.id, "ReportChargingProfiles", kw)
+        return cr201.ReportChargingProfiles()
+
 
 class Cms:
     """A CMS on 127.0.0.1 that can be stopped and restarted on the same port (an outage)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ class RawCharger:
         self.ws = ws
         self.answers: dict[str, list[Any]] = {}
         self.calls: list[list[Any]] = []
+        self.after_answer: Callable[[list[Any]], Awaitable[None]] | None = None  # a CALL of the gateway's answered
         self._task = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
@@ -52,6 +54,8 @@ class RawCharger:
             if msg[0] == CALL:
                 self.calls.append(msg)
                 await self.ws.send(json.dumps([3, msg[1], {"status": "Accepted"}]))
+                if self.after_answer is not None:
+                    await self.after_answer(msg)
             else:
                 self.answers[msg[1]] = msg
 
@@ -302,3 +306,23 @@ def test_store_migrates_a_queue_of_payload_rows(tmp_path: Path) -> None:
         assert (m.raw, m.message_id, m.local_tx, m.payload) == (None, None, -4, {"connectorId": 1})
     finally:
         store.close()
+
+
+def test_ocpp_keys_of_the_queue_cache_and_report(tmp_path: Path) -> None:
+    from gateway.config import site_from_text
+    from gateway.errors import ConfigError
+
+    from .conftest import site_text
+
+    keys = ["queue_max_messages = 1000", "token_cache_max_age_s = 60", "offline_mark_events = true"]
+    extra = "\n".join([*keys, 'gateway_profiles_report = "ems"'])
+    o = site_from_text(site_text(tmp_path, 1, ocpp_extra=extra)).ocpp
+    assert (o.queue_max_messages, o.token_cache_max_age_s, o.offline_mark_events) == (1000, 60.0, True)
+    assert o.gateway_profiles_report == "ems"
+    for bad, key in (
+        ('gateway_profiles_report = "show"', "gateway_profiles_report"),
+        ("queue_max_messages = 0", "queue_max_messages"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            site_from_text(site_text(tmp_path, 1, ocpp_extra=bad))
+        assert f"ocpp.{key}" in str(err.value)

@@ -1,4 +1,5 @@
-"""Interop with an implementation we did not write: npm ocpp-rpc (strict schema mode) as charger and CMS."""
+"""Interop with implementations we did not write: npm ocpp-rpc and npm ocpp-ws-io (strict schema mode),
+each as charger and as CMS."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from .conftest import wait_for
 
 INTEROP = Path(__file__).resolve().parents[1] / "interop"
 pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (INTEROP / "node_modules" / "ocpp-rpc").is_dir(),
+    shutil.which("node") is None
+    or not (INTEROP / "node_modules" / "ocpp-rpc").is_dir()
+    or not (INTEROP / "node_modules" / "ocpp-ws-io").is_dir(),
     reason="node and tests/interop/node_modules (./dev installs them) are needed",
 )
 
@@ -29,10 +32,10 @@ class NodePeer:
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def start(cls, *args: str) -> NodePeer:
+    async def start(cls, *args: str, script: str = "peer.js") -> NodePeer:
         proc = await asyncio.create_subprocess_exec(
             "node",
-            str(INTEROP / "peer.js"),
+            str(INTEROP / script),
             *args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -66,9 +69,10 @@ class NodePeer:
         self._reader.cancel()
 
 
+@pytest.mark.parametrize("script", ["peer.js", "peer_wsio.js"])
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
-async def test_ocpp_rpc_on_both_sides(make_gateway: Any, version: str) -> None:
-    cms = await NodePeer.start("cms")
+async def test_independent_peers_on_both_sides(make_gateway: Any, version: str, script: str) -> None:
+    cms = await NodePeer.start("cms", script=script)
     charger: NodePeer | None = None
     try:
         ready = await wait_for(lambda: cms.of("ready"), what="ocpp-rpc CMS")
@@ -76,7 +80,7 @@ async def test_ocpp_rpc_on_both_sides(make_gateway: Any, version: str) -> None:
         cid, proto = ("CP16", "ocpp1.6") if version == "1.6" else ("CP201", "ocpp2.0.1")
         url = f"ws://127.0.0.1:{gw.ctrl.port}/ocpp"
         args = [url, cid, proto] + (["secret-cp16"] if version == "1.6" else [])
-        charger = await NodePeer.start("charger", *args)
+        charger = await NodePeer.start("charger", *args, script=script)
         await wait_for(lambda: charger.of("open") if charger else None, what="ocpp-rpc charger connected")
         await wait_for(lambda: gw.ctrl.cms_online(cid), what="upstream to ocpp-rpc CMS")
         if version == "1.6":
