@@ -28,7 +28,6 @@ class View(NamedTuple):
     base_a: float  # the reserve before any decrease still being followed
     follows: tuple[tuple[float, float], ...]  # decreases being followed: (earlier line A, until)
     raised_at: float
-    controlled: bool
 
 
 def fresh_reserve(ch: ChargerConfig, cs: ChargerSnapshot, u2l: float) -> float:
@@ -63,20 +62,19 @@ def view(
         follows, raised = ((), NEVER) if mem is None else (tuple(f for f in mem.follows if now < f[1]), mem.raised_at)
         if not cs.online:
             base = max(base, fs_a)
-        controlled = cs.online
     else:
-        base, controlled = _base(mem, cs, act, ch, u2l, fs_a, resp, now)
+        base = _base(mem, cs, act, ch, u2l, fs_a, resp, now)
         changed_at = act.accepted_at if act.accepted_at is not None and act.accepted_at <= now else now
         follows, raised = follow(mem, fresh_reserve(ch, cs, u2l), base, changed_at, resp, now)
     may = max(base, following(follows, now))
-    return View(may, base, follows, raised, controlled)
+    return View(may, base, follows, raised)
 
 
 def _base(
     mem: ChargerMemory | None, cs: ChargerSnapshot, act: Actuation, ch: ChargerConfig, u2l: float, fs_a: float,
     resp: float, now: float,
-) -> tuple[float, bool]:
-    """The reserve from the actuation feedback alone, and whether the charger is controlled."""
+) -> float:
+    """The reserve from the actuation feedback alone (before followers)."""
     accepted = act.accepted_limit * u2l if act.accepted_limit is not None else None
     controlled = cs.online and act.controlled
     if controlled:
@@ -89,7 +87,7 @@ def _base(
     pending = act.pending_limit * u2l if act.pending_limit is not None else 0.0
     if mem is not None:
         pending = max(pending, mem.line_a)  # decided last tick, perhaps not yet queued: as if pending
-    return max(base, pending), controlled
+    return max(base, pending)
 
 
 def measured_draw(site: Site, ch: ChargerConfig, cs: ChargerSnapshot, P: int) -> list[float] | None:
