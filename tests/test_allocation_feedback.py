@@ -40,7 +40,7 @@ def test_a_decrease_not_yet_accepted_frees_nothing() -> None:
     s0 = replace(s0, chargers={**s0.chargers, "B": _with(s0.chargers["B"], accepted_limit=0.0)})
     a, state = allocate(s0, site, None, 100)
     assert a.limits["A"].limit < 32.0  # the decrease is decided at once
-    s1 = replace(s0, taken_at=101, meters={"m-main": replace(s0.meters["m-main"], at=101)},  # type: ignore[arg-type]
+    s1 = replace(snap(101, [], {"m-main": (32,) * 3}),
                  chargers={"A": _with(s0.chargers["A"], accepted_limit=32.0, pending_limit=a.limits["A"].limit,
                                        pending_since=100.5),
                            "B": _with(s0.chargers["B"], accepted_limit=0.0)})
@@ -85,6 +85,6 @@ def test_an_offline_charger_keeps_its_lease_reserved_until_it_lapses() -> None:
                              "B": _with(s.chargers["B"], accepted_limit=6.0)})
     a, _ = _run(site, [s])
     assert a.limits["A"].may_draw_a == 30.0 and a.limits["A"].reason == "offline:reserved"
-    late = replace(s, taken_at=200.0, meters={"m-main": replace(s.meters["m-main"], at=200.0)})  # type: ignore[arg-type]
+    late = replace(snap(200, [], {"m-main": (0,) * 3}), chargers=s.chargers)
     b, _ = _run(site, [late])
     assert b.limits["A"].may_draw_a == 0.0  # lapsed (and a response later): its fail-safe (0 A) applies
