@@ -255,6 +255,7 @@ class ChargerSession:
                     self.pending_boot = None
             except CallFailed:
                 return
+        await store.delete_answered(self.id)  # answered before a crash or a lost link: never sent again
         while self.up is not None:
             batch = store.pending(self.id, self.ocpp.replay_batch_messages)
             if not batch:
@@ -603,11 +604,12 @@ class ChargerSession:
             rec.answered = True
             if status == "NoProfiles" or rec.complete:
                 self.spawn(self._finish_reports(rid))
+            else:
+                self.spawn(self._reports_deadline(rid))
 
         self.to_charger.submit(
             OutCall(frame.message_id, frame.raw, "GetChargingProfiles", False, frame.payload, on_answer=answered)
         )
-        self.spawn(self._reports_deadline(rid))
 
     async def _charger_report(self, frame: Frame) -> None:
         rid = int(frame.payload["requestId"])
@@ -620,13 +622,12 @@ class ChargerSession:
                 await self._finish_reports(rid)
 
     async def _reports_deadline(self, rid: int) -> None:
-        await asyncio.sleep(self.ocpp.call_timeout_s * 0.8)
+        """The charger accepted but its last report is late: the CMS gets what has come."""
+        await asyncio.sleep(self.ocpp.call_timeout_s * 0.5)
         rec = self._reports.get(rid)
-        if rec is not None and rec.answered:
+        if rec is not None:
             self.log.warning("profile_report_incomplete", request_id=rid, reports=len(rec.reports))
             await self._finish_reports(rid)
-        else:
-            self._reports.pop(rid, None)
 
     async def _finish_reports(self, rid: int) -> None:
         rec = self._reports.pop(rid, None)
