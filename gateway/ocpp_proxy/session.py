@@ -118,6 +118,7 @@ class ChargerSession:
         self._enqueuing = 0  # queue writes not yet committed (the replay waits for them before going live)
         self._queue_full = False  # an episode of the queue refusing rows: reported once
         self._reports: dict[int, ProfileReport] = {}  # 2.0.1 GetChargingProfiles being collected, by requestId
+        self._installed: dict[int, dict[str, Any]] = {}  # CMS profiles relayed to the charger and accepted
 
     # ------------------------------------------------------------------ lifecycle
     def _initial_mode(self) -> str:
@@ -569,10 +570,29 @@ class ChargerSession:
             return  # the charger did not answer: the CMS times out as it would without us
         if self.up is not None:
             self.spawn(self._send_up(ans.raw))
+        if ans.kind == CALLRESULT and ans.payload.get("status") == "Accepted":
+            self._track_installed(out.action, out.payload)
         if out.action == "ClearChargingProfile":
             # it may have matched the gateway's own profiles: put them back
             self.limit.sent = None
             self.spawn(self.install_profiles())
+
+    def _track_installed(self, action: str, p: dict[str, Any]) -> None:
+        """The CMS profiles the charger holds (in memory: what its composite schedule is made of)."""
+        if action == "SetChargingProfile":
+            conn, prof = policy.profile_of(self.version, p)
+            pid = policy.profile_id(self.version, prof)
+            if pid is not None:
+                self._installed[pid] = {"profile": prof, "received_at": policy.iso(_now()), "evse": conn}
+        elif action == "ClearChargingProfile":
+            pid = p.get("id" if self.version == "1.6" else "chargingProfileId")
+            crit = p if self.version == "1.6" else (p.get("chargingProfileCriteria") or {})
+            for key, rec in list(self._installed.items()):
+                prof = rec["profile"]
+                if (pid is None or key == pid) and all(
+                    crit.get(k) is None or prof.get(k) == crit.get(k) for k in ("chargingProfilePurpose", "stackLevel")
+                ):
+                    del self._installed[key]
 
     async def _send_up(self, text: str) -> None:
         up = self.up
@@ -720,9 +740,13 @@ class ChargerSession:
                     return {"status": "Accepted"}  # nothing of the CMS's own left on the charger to clear
             return None
         if action == "GetCompositeSchedule":
-            limit = self.cms_limit()
-            if limit is None:
-                return None
+            if self.ocpp.gateway_profiles_report == "ems":
+                limit = self.cms_limit()
+                if limit is None:
+                    return None  # the charger's own composite: the site (EMS) limit in it, reported as such
+            else:  # hidden: made of the CMS's profiles only; none in force, the charger's rating
+                limit = self.cms_view_limit()
+                limit = self.cfg.max_limit if limit is None else limit
             duration = int(p.get("duration", 0))
             unit = str(p.get("chargingRateUnit") or self.cfg.unit)
             value = self._convert(limit, self.cfg.unit, unit)
@@ -743,9 +767,17 @@ class ChargerSession:
 
     def cms_limit(self) -> float | None:
         """The lowest limit the CMS's merged profiles set now, in the charger's unit."""
+        return self._lowest_limit(list(self.ctrl.store.cms_profiles(self.id).values()))
+
+    def cms_view_limit(self) -> float | None:
+        """The lowest limit of all the CMS's profiles now (merged, and those the charger accepted): what
+        its GetCompositeSchedule shows when the gateway's profiles are hidden."""
+        return self._lowest_limit([*self.ctrl.store.cms_profiles(self.id).values(), *self._installed.values()])
+
+    def _lowest_limit(self, records: list[dict[str, Any]]) -> float | None:
         now = _now()
         best: float | None = None
-        for rec in self.ctrl.store.cms_profiles(self.id).values():
+        for rec in records:
             if rec["profile"].get("chargingProfilePurpose") == "TxProfile" and self.tracker.session is None:
                 continue  # a TxProfile ends with its transaction
             received = policy.parse_iso(rec.get("received_at")) or now
