@@ -58,8 +58,10 @@ class OcppConfig:
     offline_mark_events: bool = False
     token_cache_max_age_s: float = 7 * 86400.0  # a cached CMS verdict older than this is not used offline
     token_cache_max_entries: int = 10_000  # least recently confirmed tokens forgotten beyond this
-    # 2.0.1 GetChargingProfiles: the gateway's reserved profiles hidden from the CMS ("hide"), or reported
-    # apart with chargingLimitSource "EMS" ("ems"); the CMS's merged profiles are reported either way
+    # what the CMS reads back. "hide": 2.0.1 GetChargingProfiles without the gateway's reserved profiles (the
+    # CMS's merged ones included), GetCompositeSchedule (both versions) made of the CMS's own profiles (the
+    # charger's rating when none is in force). "ems": the reserved profiles reported apart with
+    # chargingLimitSource "EMS", and the charger's own composite schedule (the site limit in it)
     gateway_profiles_report: str = "hide"
     failsafe_timeout_s: float = 5.0  # apply_failsafe waits this long for the answers
 

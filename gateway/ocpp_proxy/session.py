@@ -215,6 +215,7 @@ class ChargerSession:
         self._enqueuing = 0  # queue writes not yet committed (the replay waits for them before going live)
         self._queue_full = False  # an episode of the queue refusing rows: reported once
         self._reports: dict[int, ProfileReport] = {}  # 2.0.1 GetChargingProfiles being collected, by requestId
+        self._installed: dict[int, dict[str, Any]] = {}  # CMS profiles relayed to the charger and accepted
 
     # ------------------------------------------------------------------ lifecycle
     def _initial_mode(self) -> str:
@@ -352,6 +353,7 @@ class ChargerSession:
                     self.pending_boot = None
             except CallFailed:
                 return
+        await store.delete_answered(self.id)  # answered before a crash or a lost link: never sent again
         while self.up is not None:
             batch = store.pending(self.id, self.ocpp.replay_batch_messages)
             if not batch:
@@ -665,10 +667,29 @@ class ChargerSession:
             return  # the charger did not answer: the CMS times out as it would without us
         if self.up is not None:
             self.spawn(self._send_up(ans.raw))
+        if ans.kind == CALLRESULT and ans.payload.get("status") == "Accepted":
+            self._track_installed(out.action, out.payload)
         if out.action == "ClearChargingProfile":
             # it may have matched the gateway's own profiles: put them back
             self.limit.sent = None
             self.spawn(self.install_profiles())
+
+    def _track_installed(self, action: str, p: dict[str, Any]) -> None:
+        """The CMS profiles the charger holds (in memory: what its composite schedule is made of)."""
+        if action == "SetChargingProfile":
+            conn, prof = policy.profile_of(self.version, p)
+            pid = policy.profile_id(self.version, prof)
+            if pid is not None:
+                self._installed[pid] = {"profile": prof, "received_at": policy.iso(_now()), "evse": conn}
+        elif action == "ClearChargingProfile":
+            pid = p.get("id" if self.version == "1.6" else "chargingProfileId")
+            crit = p if self.version == "1.6" else (p.get("chargingProfileCriteria") or {})
+            for key, rec in list(self._installed.items()):
+                prof = rec["profile"]
+                if (pid is None or key == pid) and all(
+                    crit.get(k) is None or prof.get(k) == crit.get(k) for k in ("chargingProfilePurpose", "stackLevel")
+                ):
+                    del self._installed[key]
 
     async def _send_up(self, text: str) -> None:
         up = self.up
@@ -700,11 +721,12 @@ class ChargerSession:
             rec.answered = True
             if status == "NoProfiles" or rec.complete:
                 self.spawn(self._finish_reports(rid))
+            else:
+                self.spawn(self._reports_deadline(rid))
 
         self.to_charger.submit(
             OutCall(frame.message_id, frame.raw, "GetChargingProfiles", False, frame.payload, on_answer=answered)
         )
-        self.spawn(self._reports_deadline(rid))
 
     async def _charger_report(self, frame: Frame) -> None:
         rid = int(frame.payload["requestId"])
@@ -717,13 +739,12 @@ class ChargerSession:
                 await self._finish_reports(rid)
 
     async def _reports_deadline(self, rid: int) -> None:
-        await asyncio.sleep(self.ocpp.call_timeout_s * 0.8)
+        """The charger accepted but its last report is late: the CMS gets what has come."""
+        await asyncio.sleep(self.ocpp.call_timeout_s * 0.5)
         rec = self._reports.get(rid)
-        if rec is not None and rec.answered:
+        if rec is not None:
             self.log.warning("profile_report_incomplete", request_id=rid, reports=len(rec.reports))
             await self._finish_reports(rid)
-        else:
-            self._reports.pop(rid, None)
 
     async def _finish_reports(self, rid: int) -> None:
         rec = self._reports.pop(rid, None)
@@ -816,9 +837,13 @@ class ChargerSession:
                     return {"status": "Accepted"}  # nothing of the CMS's own left on the charger to clear
             return None
         if action == "GetCompositeSchedule":
-            limit = self.cms_limit()
-            if limit is None:
-                return None
+            if self.ocpp.gateway_profiles_report == "ems":
+                limit = self.cms_limit()
+                if limit is None:
+                    return None  # the charger's own composite: the site (EMS) limit in it, reported as such
+            else:  # hidden: made of the CMS's profiles only; none in force, the charger's rating
+                limit = self.cms_view_limit()
+                limit = self.cfg.max_limit if limit is None else limit
             duration = int(p.get("duration", 0))
             unit = str(p.get("chargingRateUnit") or self.cfg.unit)
             value = self._convert(limit, self.cfg.unit, unit)
@@ -838,9 +863,17 @@ class ChargerSession:
 
     def cms_limit(self) -> float | None:
         """The lowest limit the CMS's merged profiles set now, in the charger's unit."""
+        return self._lowest_limit(list(self.ctrl.store.cms_profiles(self.id).values()))
+
+    def cms_view_limit(self) -> float | None:
+        """The lowest limit of all the CMS's profiles now (merged, and those the charger accepted): what
+        its GetCompositeSchedule shows when the gateway's profiles are hidden."""
+        return self._lowest_limit([*self.ctrl.store.cms_profiles(self.id).values(), *self._installed.values()])
+
+    def _lowest_limit(self, records: list[dict[str, Any]]) -> float | None:
         now = _now()
         best: float | None = None
-        for rec in self.ctrl.store.cms_profiles(self.id).values():
+        for rec in records:
             if rec["profile"].get("chargingProfilePurpose") == "TxProfile" and self.tracker.session is None:
                 continue  # a TxProfile ends with its transaction
             received = policy.parse_iso(rec.get("received_at")) or now

@@ -261,18 +261,12 @@ async def test_txdefault_charger_cms_txprofile_is_merged_not_relayed(cms: Cms, m
     try:
         await wait_for(lambda: gw.ctrl.sessions.get("CP16") and gw.ctrl.sessions["CP16"].profiles_ready.is_set())
         await wait_for(lambda: "CP16" in cms.peers, what="upstream")
-        start = await ch.cp.call(
-            c16.StartTransaction(connector_id=1, id_tag="OK-1", meter_start=0, timestamp="2024-01-01T00:00:00Z")
-        )
+        start = await ch.cp.call(c16.StartTransaction(connector_id=1, id_tag="OK-1", meter_start=0,
+                                                      timestamp="2024-01-01T00:00:00Z"))
         await ch.cp.call(c16.StatusNotification(connector_id=1, error_code="NoError", status="Charging"))
         await gw.ctrl.apply(alloc(CP16=16.0))
-        await wait_for(
-            lambda: any(
-                p["charging_schedule"]["charging_schedule_period"][0]["limit"] == 16.0
-                for p in ch.cp.of("SetChargingProfile")
-            ),
-            what="site limit",
-        )
+        await wait_for(lambda: any(p["charging_schedule"]["charging_schedule_period"][0]["limit"] == 16.0
+                                   for p in ch.cp.of("SetChargingProfile")), what="site limit")
         n = len(ch.cp.of("SetChargingProfile"))
         r = await cms.peers["CP16"].call(
             c16.SetChargingProfile(
@@ -283,10 +277,8 @@ async def test_txdefault_charger_cms_txprofile_is_merged_not_relayed(cms: Cms, m
                     "stack_level": 2,
                     "charging_profile_purpose": "TxProfile",
                     "charging_profile_kind": "Relative",
-                    "charging_schedule": {
-                        "charging_rate_unit": "A",
-                        "charging_schedule_period": [{"start_period": 0, "limit": 10.0}],
-                    },
+                    "charging_schedule": {"charging_rate_unit": "A",
+                                          "charging_schedule_period": [{"start_period": 0, "limit": 10.0}]},
                 },
             )
         )

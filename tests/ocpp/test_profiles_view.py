@@ -109,3 +109,72 @@ async def test_get_charging_profiles_with_only_reserved_profiles_is_no_profiles(
         assert cms.of("CP201", "ReportChargingProfiles") == []
     finally:
         await ch.close()
+
+
+def _prof16(pid: int, purpose: str, level: int, limit: float) -> dict[str, Any]:
+    return {
+        "charging_profile_id": pid,
+        "stack_level": level,
+        "charging_profile_purpose": purpose,
+        "charging_profile_kind": "Absolute",
+        "charging_schedule": {
+            "charging_rate_unit": "A",
+            "start_schedule": "2024-01-01T00:00:00Z",
+            "charging_schedule_period": [{"start_period": 0, "limit": limit}],
+        },
+    }
+
+
+async def test_16_composite_schedule_is_made_of_the_cms_profiles_only(cms: Cms, make_gateway: Any) -> None:
+    from ocpp.v16 import call as c16
+
+    from .conftest import connect_charger
+
+    gw = await make_gateway(cms.port)
+    ch = await connect_charger(gw.ctrl.port, "CP16", "1.6", password="secret-cp16")
+    try:
+        await wait_for(lambda: gw.ctrl.sessions.get("CP16") and gw.ctrl.sessions["CP16"].profiles_ready.is_set())
+        await wait_for(lambda: "CP16" in cms.peers, what="upstream")
+        peer = cms.peers["CP16"]
+
+        async def composite() -> float:
+            r = await peer.call(c16.GetCompositeSchedule(connector_id=1, duration=3600, charging_rate_unit="A"))
+            assert r.status == "Accepted"
+            return float(r.charging_schedule["charging_schedule_period"][0]["limit"])
+
+        assert await composite() == 32.0  # the CMS set nothing: the charger's rating, not the site's fail-safe
+        # a TxDefaultProfile goes to the charger (no collision in max mode) and shows in the composite
+        r = await peer.call(
+            c16.SetChargingProfile(connector_id=1, cs_charging_profiles=_prof16(11, "TxDefaultProfile", 2, 20.0))
+        )
+        assert r.status == "Accepted" and ch.cp.of("SetChargingProfile")[-1]["charging_profile_id"] == 11
+        assert await composite() == 20.0
+        # a station maximum is merged by the gateway; the composite is the lower of the CMS's two
+        await peer.call(
+            c16.SetChargingProfile(connector_id=0, cs_charging_profiles=_prof16(12, "ChargePointMaxProfile", 3, 12.5))
+        )
+        assert await composite() == 12.5
+        assert not [c for c in ch.cp.received if c[0] == "GetCompositeSchedule"]
+    finally:
+        await ch.close()
+
+
+@pytest.mark.parametrize("mode", ["hide", "ems"])
+async def test_201_composite_schedule_hidden_or_the_chargers(cms: Cms, make_gateway: Any, mode: str) -> None:
+    gw = await make_gateway(cms.port, ocpp_extra=f'gateway_profiles_report = "{mode}"')
+    ch = await RawCharger.open(gw.ctrl.port, "CP201", "2.0.1")
+    try:
+        await wait_for(lambda: gw.ctrl.cms_online("CP201") and "CP201" in cms.peers, what="CMS link")
+        peer = cms.peers["CP201"]
+        r = await peer.call(c201.SetChargingProfile(evse_id=1, charging_profile=_prof(21, "TxDefaultProfile", 2, 16.0)))
+        assert r.status == "Accepted"
+        got = await peer.call(c201.GetCompositeSchedule(duration=600, evse_id=1, charging_rate_unit="A"))
+        assert got.status == "Accepted"
+        asked = [c for c in ch.calls if c[2] == "GetCompositeSchedule"]
+        if mode == "hide":
+            assert got.schedule["charging_schedule_period"][0]["limit"] == 16.0
+            assert not asked
+        else:
+            assert len(asked) == 1  # the charger's own composite, the site limit in it (reported as EMS)
+    finally:
+        await ch.close()
