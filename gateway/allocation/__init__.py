@@ -53,7 +53,7 @@ def allocate(
     state = state if state is not None else AllocatorState()
     plan = plan_of(site)
     t = trust(site, plan, snapshot.meters, now)
-    c = classify(snapshot, site, plan, state, t.failsafe_reason, now, t.aging)
+    c = classify(snapshot, site, plan, state, t.failsafe_reason, now, t.aging, t.readings)
     h = headroom(site, plan, c, t.readings, state.circuits, snapshot.site_cap_a, now)
     room = h.cap - h.non_ev - plan.per_constraint(np.array(c.fixed, dtype=np.float64))
     paused = pause(plan, c, room, snapshot.chargers, site.control.rotation_period_s, now)

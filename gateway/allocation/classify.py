@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.allocation.plan import Plan
-from gateway.allocation.reserve import View, lowest_since_report, measured_draw, usable, view
+from gateway.allocation.reserve import Report, View, measured_draw, report_for, reports, usable, view
 from gateway.allocation.state import NEVER, AllocatorState, ChargerMemory
 from gateway.config import ChargerConfig, Site
-from gateway.model import ChargerSnapshot, ChargerState, Snapshot
+from gateway.model import ChargerSnapshot, ChargerState, MeterReading, Snapshot
 
 _EPS_A = 1e-6
 _DT_MAX_TICKS = 5.0  # an increase may use at most this many ticks of ramp after a gap
@@ -28,7 +28,7 @@ class Classes:
     reserve: list[float]  # line A it may draw now
     draw: list[list[float] | None]  # usable reported draw per site phase (None: none that may make room)
     draw_at: list[float]  # when that draw was measured (NEVER when none)
-    low: list[float]  # the lowest reserve followed since the report was measured (memory)
+    reports: list[tuple[Report, ...]]  # recent draw reports with the lowest reserve since each (memory)
     following: list[bool]  # still following a decrease (its earlier limit is part of its reserve)
     limit: list[float]  # for chargers decided here (not active)
     line: list[float]
@@ -46,11 +46,11 @@ class Classes:
 
 def classify(
     snapshot: Snapshot, site: Site, plan: Plan, state: AllocatorState, failsafe: Mapping[int, str], now: float,
-    aging: Mapping[int, str] | None = None,
+    aging: Mapping[int, str] | None = None, readings: Mapping[str, MeterReading] | None = None,
 ) -> Classes:
     n, P = len(plan.ids), plan.n_phases
     c = Classes(
-        views=[], reserve=[0.0] * n, draw=[None] * n, draw_at=[NEVER] * n, low=[float("inf")] * n,
+        views=[], reserve=[0.0] * n, draw=[None] * n, draw_at=[NEVER] * n, reports=[()] * n,
         following=[False] * n, limit=[0.0] * n, line=[0.0] * n, reason=[""] * n, fixed=[0.0] * n, active=[],
         lo=[0.0] * n, lo_limit=[0.0] * n, hi=[0.0] * n, hi_reason=[""] * n,
         weight=[1.0] * n, paused_since=[None] * n, running_since=[None] * n,
@@ -66,17 +66,19 @@ def classify(
         c.views.append(v)
         raw = measured_draw(site, ch, cs, P)
         raw_max = max(raw) if raw else 0.0
-        c.low[i] = lowest_since_report(mem, cs, v)
+        c.reports[i] = reports(mem, cs, raw, v)
         # an EV follows a change late: while a decrease it accepted is within its response window, its draw
         # may still be falling (even if a later increase is already accepted)
         c.following[i] = any(now < until for _, until in v.follows)
-        if raw is not None and usable(cs, now) and cs.draw_at is not None:
+        seen_at = min((readings[m].at for m in plan.metered_path[i] if m in readings), default=now) if readings else now
+        rep = report_for(c.reports[i], seen_at)
+        if rep is not None and usable(rep[0], cs, now):
             # believed only up to what the charger may draw now and, once it has followed, the lowest limit it
             # has had since it was measured: more is stale (a non-compliant charger's draw is believed). While
             # it follows, the non-EV estimate holds instead (headroom).
-            bound = raw_max if cs.noncompliant else (v.may_draw_a if c.following[i] else min(v.may_draw_a, c.low[i]))
-            c.draw[i] = [min(x, bound) for x in raw]
-            c.draw_at[i] = cs.draw_at
+            bound = max(rep[1]) if cs.noncompliant else (v.may_draw_a if c.following[i] else min(v.may_draw_a, rep[2]))
+            c.draw[i] = [min(x, bound) for x in rep[1]]
+            c.draw_at[i] = rep[0]
         c.reserve[i] = max(v.may_draw_a, raw_max) if cs.noncompliant else v.may_draw_a
         if not _decide_fixed(c, i, ch, cs, mem, v, failsafe.get(i), u2l, raw_max):
             _bounds(c, i, site, ch, cs, mem, v, u2l, dt, now)

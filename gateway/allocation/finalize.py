@@ -107,7 +107,7 @@ def remember(
             limit=limit, line_a=line, reason=why, changed_at=changed_at,
             paused_since=paused_since, running_since=running_since, base_a=base_a,
             follows=follows, raised_at=raised_at,
-            report_at=cs.draw_at if cs is not None else None, followed_low_a=c.low[i],
+            reports=c.reports[i],
         )
         may = max(c.reserve[i], line, following(follows, now))
         limits[cid] = ChargerLimit(limit, line, why, may)

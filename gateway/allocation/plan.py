@@ -30,6 +30,7 @@ class Plan:
     subtree_circuits: Mapping[str, tuple[str, ...]]
     measured_phases: Mapping[str, npt.NDArray[np.bool_]]  # metered circuit -> site phases its meter sees
     constraint_names: tuple[str, ...]  # "<circuit>/<phase>" per constraint
+    metered_path: tuple[tuple[str, ...], ...]  # per charger: the metered circuits on its path to the service
 
     @property
     def n_constraints(self) -> int:
@@ -96,4 +97,7 @@ def _build(site: Site) -> Plan:
             m.circuit: np.array([p in m.phase_map for p in range(P)], dtype=bool) for m in site.meters.values()
         },
         constraint_names=tuple(f"{cid}/{PHASES[k]}" for cid in circuit_ids for k in range(P)),
+        metered_path=tuple(
+            tuple(c for c in site.path_to_root[ch.circuit] if site.circuits[c].meter is not None) for ch in chargers
+        ),
     )

@@ -118,17 +118,29 @@ def measured_draw(site: Site, ch: ChargerConfig, cs: ChargerSnapshot, P: int) ->
     return None
 
 
-def usable(cs: ChargerSnapshot, now: float) -> bool:
-    """Whether the charger's draw report may make room at all: measured after its last state change and
-    not too old. A report that may not can only count as load."""
-    at = cs.draw_at
-    if at is None or now - at > REPORT_MAX_AGE_S:
+Report = tuple[float, tuple[float, ...], float]  # (measured at, line A per site phase, lowest reserve since)
+_KEEP_REPORTS = 3
+
+
+def reports(mem: ChargerMemory | None, cs: ChargerSnapshot, draw: list[float] | None, v: View) -> tuple[Report, ...]:
+    """The charger's recent draw reports with the lowest reserve it has had since each, this one included."""
+    kept = mem.reports if mem is not None else ()
+    if draw is not None and cs.draw_at is not None and (not kept or cs.draw_at > kept[-1][0]):
+        kept = (*kept, (cs.draw_at, tuple(draw), float("inf")))[-_KEEP_REPORTS:]
+    return tuple((at, d, min(low, v.base_a)) for at, d, low in kept)
+
+
+def report_for(history: tuple[Report, ...], reading_at: float) -> Report | None:
+    """The newest report measured no later than the meters' readings (what the meters saw it draw)."""
+    for r in reversed(history):
+        if r[0] <= reading_at + 1e-9:
+            return r
+    return None
+
+
+def usable(at: float, cs: ChargerSnapshot, now: float) -> bool:
+    """Whether a draw report measured at ``at`` may make room at all: after the charger's last state change
+    and not too old. A report that may not can only count as load."""
+    if now - at > REPORT_MAX_AGE_S:
         return False
     return cs.state_changed_at is None or at >= cs.state_changed_at
-
-
-def lowest_since_report(mem: ChargerMemory | None, cs: ChargerSnapshot, v: View) -> float:
-    """The lowest reserve (before followers) the charger has had since its draw report was measured: once it
-    has followed, it draws no more than that until it reports again, whatever the report says."""
-    low = mem.followed_low_a if mem is not None and cs.draw_at == mem.report_at else float("inf")
-    return min(low, v.base_a)

@@ -30,11 +30,12 @@ class ChargerMemory:
     follows: tuple[tuple[float, float], ...] = ()
     # when the accepted limit last rose: an EV's draw says something about its demand only a response later
     raised_at: float = NEVER
-    # the draw report last seen (its measurement time), and the lowest reserve the charger has fully followed
-    # since it was measured: an EV that followed a decrease draws no more than that, whatever the old report
-    # says (a report taken before a pause is not believed again when the limit rises)
-    report_at: float | None = None
-    followed_low_a: float = float("inf")
+    # the last draw reports seen, oldest first: (measured at, line A per site phase, the lowest reserve the
+    # charger has had since): the meters may read later than the last report, so the report subtracted is
+    # the newest one measured before the meter's reading; and once the charger has followed, it draws no
+    # more than that lowest reserve, whatever the report says (a report from before a pause is not believed
+    # again when the limit rises)
+    reports: tuple[tuple[float, tuple[float, ...], float], ...] = ()
 
 
 @dataclass(frozen=True)
