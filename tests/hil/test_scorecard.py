@@ -28,7 +28,10 @@ def recording(current: np.ndarray, times: np.ndarray, **scenario: Any) -> Record
     site = site_from_dict(sc.site)
     n = len(times)
     return Recording(scenario=sc, mode="gateway", site=site, times=times, circuit_ids=list(site.circuits),
-                     circuit_a=current.reshape(n, 1, 1), charger_ids=list(site.chargers),
+                     # the current on L1, the other leg idle (the garage is 120/240 V split-phase)
+                     circuit_a=np.concatenate([current.reshape(n, 1, 1), np.zeros((n, 1, site.service.phases - 1))],
+                                              axis=2),
+                     charger_ids=list(site.chargers),
                      charger_limit_a=np.zeros((n, len(site.chargers))),
                      charger_draw_a=np.zeros((n, len(site.chargers))), events=[], gateway_logs=[], sessions=[],
                      messages={"lost": 0}, process={})
