@@ -160,6 +160,9 @@ class OcppController:
                 self._servers.append(tsrv)
                 self._tls_port = int(next(iter(tsrv.sockets)).getsockname()[1])
             log.info("ocpp_listening", port=self._port, tls_port=self._tls_port, chargers=len(self.site.chargers))
+            unauth = [cid for cid, ch in self.site.chargers.items() if ch.ocpp.allow_unauthenticated]
+            if unauth:
+                log.warning("ocpp_unauthenticated_chargers", chargers=unauth, listen_host=oc.listen_host)
             self._started.set()
             await asyncio.Future()
         finally:
