@@ -315,3 +315,24 @@ def test_config_keys_and_errors(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as e:
             site_from_text(site_text(tmp_path, 1234, ocpp_extra=bad))
         assert e.value.path == key, (bad, e.value)
+
+
+async def test_allow_unauthenticated_chargers_are_logged_at_start(tmp_path: Path, make_gateway: Any) -> None:
+    chargers = """
+[[chargers]]
+id = "OPEN1"
+ocpp_version = "1.6J"
+circuit = "p1"
+phases = 1
+max_current_a = 16
+failsafe_current_a = 6
+[chargers.ocpp]
+allow_unauthenticated = true
+"""
+    import structlog
+
+    with structlog.testing.capture_logs() as logs:
+        gw = await make_gateway(None, chargers=chargers)
+        await wait_for(lambda: gw.ctrl.port != 0, what="listening")
+    warned = [e for e in logs if e["event"] == "ocpp_unauthenticated_chargers"]
+    assert warned and warned[0]["chargers"] == ["OPEN1"] and warned[0]["log_level"] == "warning"
