@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.confkit import Table, check_host
+from gateway.confkit import Table, check_host, check_readable_file
 
 MqttProtocol = Literal["5", "3.1.1"]
 
@@ -68,6 +68,10 @@ def parse_mqtt(t: Table | None) -> MqttConfig | None:
         if (tls.cert_file is None) != (tls.key_file is None):
             missing = "key_file" if tls.key_file is None else "cert_file"
             raise tls_t.error(missing, "a client certificate needs both cert_file and key_file")
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(tls, key)
+            if path is not None:
+                check_readable_file(tls_t.key_path(key), path)
         tls_t.done()
     protocol_raw = t.choice("protocol", ("5", "3.1.1"), "5")
     protocol: MqttProtocol = "5" if protocol_raw == "5" else "3.1.1"

@@ -201,6 +201,8 @@ CASES: dict[str, tuple[str | bytes, int, str, str]] = {
                                 "meters[0].host", "not a valid host"),
     "mqtt-host-invalid.toml": (sub('[mqtt]\nhost = "127.0.0.1"', '[mqtt]\nhost = "broker:1883"'), 2, "mqtt.host",
                                "not a valid host"),
+    "mqtt-ca-missing.toml": (sub('[mqtt]\nhost = "127.0.0.1"', '[mqtt]\nhost = "127.0.0.1"\n[mqtt.tls]\n'
+                                 'ca_file = "/nonexistent/ca.pem"'), 2, "mqtt.tls.ca_file", "cannot read"),
     # -- authentication ---------------------------------------------------------------------------
     "lan-without-password.toml": (sub("[ocpp]\n", '[ocpp]\nlisten_host = "0.0.0.0"\n'), 2, "chargers[0].ocpp.password",
                                   "no password"),
