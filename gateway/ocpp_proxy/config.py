@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.confkit import Table, check_host, check_readable_file
+from gateway.confkit import Table, check_host, check_readable_file, valid_host
 
 
 @dataclass(frozen=True)
@@ -135,14 +135,31 @@ def parse_ocpp(t: Table | None) -> OcppConfig:
             check_readable_file(t.key_path(key), path)
     if c.tls_listen_port is not None:
         _check_server_tls(t, c)
-    if c.cms_url is not None and not c.cms_url.startswith(("ws://", "wss://")):
-        raise t.error("cms_url", "must start with ws:// or wss://")
+    if c.cms_url is not None:
+        _check_cms_url(t, c.cms_url)
     if c.cms_security_profile >= 2 and c.cms_url is not None and not c.cms_url.startswith("wss://"):
         raise t.error("cms_security_profile", "profiles 2 and 3 need a wss:// cms_url")
     if c.cms_security_profile == 3 and not (c.cms_client_cert_file and c.cms_client_key_file):
         raise t.error("cms_security_profile", "profile 3 needs cms_client_cert_file and cms_client_key_file")
     t.done()
     return c
+
+
+def _check_cms_url(t: Table, url: str) -> None:
+    """ws:// or wss://, a valid host, a port in range."""
+    from urllib.parse import urlsplit
+
+    if not url.startswith(("ws://", "wss://")):
+        raise t.error("cms_url", "must start with ws:// or wss://")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise t.error("cms_url", f"not a valid URL: {exc}") from None
+    if not parts.hostname or not valid_host(parts.hostname):
+        raise t.error("cms_url", f"not a valid host in {url[:100]!r}")
+    if port == 0:
+        raise t.error("cms_url", "port 0 is not a CMS port")
 
 
 def _check_server_tls(t: Table, c: OcppConfig) -> None:
@@ -177,8 +194,8 @@ def parse_charger_ocpp(t: Table | None) -> ChargerOcppConfig:
     )
     if c.allow_unauthenticated and (c.password is not None or c.security_profile == 3):
         raise t.error("allow_unauthenticated", "contradicts the charger's password / client certificate: remove it")
-    if c.cms_url is not None and not c.cms_url.startswith(("ws://", "wss://")):
-        raise t.error("cms_url", "must start with ws:// or wss://")
+    if c.cms_url is not None:
+        _check_cms_url(t, c.cms_url)
     if c.password is not None and len(c.password) < 8:
         raise t.error("password", "must be at least 8 characters (OCPP security profile 1/2)")
     t.done()

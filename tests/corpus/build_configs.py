@@ -203,6 +203,12 @@ CASES: dict[str, tuple[str | bytes, int, str, str]] = {
                                "not a valid host"),
     "mqtt-ca-missing.toml": (sub('[mqtt]\nhost = "127.0.0.1"', '[mqtt]\nhost = "127.0.0.1"\n[mqtt.tls]\n'
                                  'ca_file = "/nonexistent/ca.pem"'), 2, "mqtt.tls.ca_file", "cannot read"),
+    "cms-url-bad-host.toml": (sub("listen_port = 9000", 'listen_port = 9000\ncms_url = "wss://not a host/ocpp"'), 2,
+                              "ocpp.cms_url", "not a valid host"),
+    "cms-url-bad-port.toml": (sub("listen_port = 9000", 'listen_port = 9000\ncms_url = "wss://cms.example:99999/ocpp"'),
+                              2, "ocpp.cms_url", "not a valid URL"),
+    "cms-url-http.toml": (sub("listen_port = 9000", 'listen_port = 9000\ncms_url = "https://cms.example/ocpp"'), 2,
+                          "ocpp.cms_url", "ws:// or wss://"),
     # -- authentication ---------------------------------------------------------------------------
     "lan-without-password.toml": (sub("[ocpp]\n", '[ocpp]\nlisten_host = "0.0.0.0"\n'), 2, "chargers[0].ocpp.password",
                                   "no password"),
