@@ -32,6 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -41,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return func(args)
+    except BrokenPipeError:  # `ems-gateway check-config FILE | head`: the reader has gone, nothing to report
+        _silence_stdout()
+        return 0
     except ConfigError as exc:
         print(f"ems-gateway: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG

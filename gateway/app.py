@@ -79,7 +79,7 @@ class App:
 
             self.telemetry = Telemetry(site.mqtt, site, clock=clock, state_dir=Path(site.state_dir))
         self.ocpp = OcppController(site, clock=clock, on_event=self._ocpp_event)
-        self.meters = MeterService(site, clock=clock, on_reading=self._on_reading)
+        self.meters = MeterService(site, clock=clock, on_reading=self._on_reading, on_stale=self._on_stale)
         sink: TelemetrySink | None = self.telemetry
         self.control = ControlLoop(site, self.meters, self.ocpp, telemetry=sink, notifier=self.notifier, clock=clock)
         self._stop = asyncio.Event()
@@ -94,6 +94,9 @@ class App:
     # -- callbacks from components -----------------------------------------------------------
     def _on_reading(self, meter_id: str, reading: MeterReading) -> None:
         self.control.on_meter_reading(meter_id, reading)
+
+    def _on_stale(self, meter_id: str) -> None:
+        self.control.wake(f"meter-stale:{meter_id}")
 
     def _ocpp_event(self, name: str, fields: dict[str, object]) -> None:
         log.info("ocpp_event", event_name=name, **{k: v for k, v in fields.items() if k != "event_name"})

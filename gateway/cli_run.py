@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     if args.state_dir:
         from dataclasses import replace
 
-        site = replace(site, state_dir=args.state_dir)
+        from gateway.config import check_state_dir
+
+        site = replace(site, state_dir=check_state_dir(args.state_dir, "--state-dir"))
     logs.configure(args.log_level or site.logging.level, args.log_format or site.logging.format)
     from gateway.app import App
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway import electrical
-from gateway.confkit import Table, parse_toml, read_toml
+from gateway.confkit import Table, check_ident, is_loopback_host, parse_toml, read_toml
 from gateway.errors import ConfigError
 from gateway.meters.config import MeterConfig, check_bus_settings, parse_meter
 from gateway.ocpp_proxy.config import ChargerOcppConfig, OcppConfig, parse_charger_ocpp, parse_ocpp
@@ -23,6 +23,9 @@ PHASES = electrical.LINE_NAMES  # site lines by index; a service uses the first 
 CIRCUIT_KINDS = ("service", "transformer", "switchboard", "panel", "cabinet", "feeder")
 OcppVersion = Literal["1.6", "2.0.1"]
 ChargerKind = Literal["ac", "dc"]
+MAX_CIRCUIT_A = 100_000.0  # no circuit or service limit beyond this (A per phase)
+MAX_CHARGER_A = 1000.0  # an AC charger's limits (A per phase)
+MAX_CHARGER_W = 5_000_000.0  # a DC charger's limits (W; megawatt charging is 3.75 MW)
 
 
 @dataclass(frozen=True)
@@ -178,9 +181,11 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
     site_t = root.table("site")
     if site_t is None:
         raise ConfigError("site", "required table is missing")
-    site_id = site_t.str("id", required=True)
+    site_id = site_t.ident("id", what="site id")
     site_name = site_t.str("name", site_id)
-    state_dir = site_t.str("state_dir", "/var/lib/ems-gateway")
+    if len(site_name) > 200 or not site_name.isprintable():
+        raise site_t.error("name", "must be printable text of at most 200 characters")
+    state_dir = check_state_dir(site_t.str("state_dir", "/var/lib/ems-gateway"), site_t.key_path("state_dir"))
     site_t.done()
 
     service = _parse_service(root)
@@ -223,7 +228,52 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
         chargers_under={k: tuple(v) for k, v in under.items()},
     )
     _check_electrical(site)
+    _check_charger_auth(site)
     return site
+
+
+def _check_charger_auth(site: Site) -> None:
+    """Every charger can be told apart from an impostor: a password, a client certificate, a loopback
+    listener (only this machine can connect), or an explicit ``allow_unauthenticated = true``. Profiles 2
+    and 3 need the TLS listener."""
+    loopback = is_loopback_host(site.ocpp.listen_host)
+    for ch in site.chargers.values():
+        o = ch.ocpp
+        if o.security_profile >= 2 and site.ocpp.tls_listen_port is None:
+            raise ConfigError(
+                f"{ch.key}.ocpp.security_profile",
+                f"security profile {o.security_profile} needs TLS, but [ocpp] has no tls_listen_port",
+            )
+        if o.security_profile == 3 and not site.ocpp.client_ca_file:
+            raise ConfigError(
+                f"{ch.key}.ocpp.security_profile",
+                "security profile 3 needs [ocpp] client_ca_file (client certificates)",
+            )
+        if o.password is None and o.security_profile != 3 and not loopback and not o.allow_unauthenticated:
+            raise ConfigError(
+                f"{ch.key}.ocpp.password",
+                f"charger {ch.id!r} has no password, and ocpp.listen_host = {site.ocpp.listen_host!r} is not "
+                f"loopback: any client could connect as it and receive its profiles. Set a password (or security "
+                f"profile 3), or allow_unauthenticated = true in its [chargers.ocpp] to accept that",
+            )
+
+
+def check_state_dir(state_dir: str, key: str = "site.state_dir") -> str:
+    """``state_dir``: an absolute or relative path that is a directory, or does not exist yet (it is created).
+    A regular file there would fail later, at the first write, with the daemon running."""
+    if "\0" in state_dir:
+        raise ConfigError(key, "must not contain NUL")
+    p = Path(state_dir)
+    cur: Path | None = p
+    while cur is not None:
+        try:
+            if cur.exists() and not cur.is_dir():
+                what = "is" if cur == p else f"lies under {str(cur)!r}, which is"
+                raise ConfigError(key, f"{state_dir!r} {what} not a directory")
+        except OSError as exc:
+            raise ConfigError(key, f"cannot inspect {state_dir!r}: {exc.strerror or exc}") from exc
+        cur = cur.parent if cur.parent != cur else None
+    return state_dir
 
 
 def _with_meter(c: CircuitConfig, meters: Mapping[str, MeterConfig]) -> CircuitConfig:
@@ -239,13 +289,15 @@ def _parse_service(root: Table) -> ServiceConfig:
         raise ConfigError("service", "required table is missing")
     wiring = _parse_wiring(t)
     s = ServiceConfig(
-        id=t.str("id", "service"),
+        id=t.ident("id", "service", what="service id"),
         voltage_ll_v=t.float("voltage_ll_v", min=100, max=1000),
         wiring=wiring,
-        limit_a=t.float("limit_a", gt=0),
-        margin_a=t.float("margin_a", 0.0, min=0),
+        limit_a=t.float("limit_a", gt=0, max=MAX_CIRCUIT_A),
+        margin_a=t.float("margin_a", 0.0, min=0, max=MAX_CIRCUIT_A),
         voltage_tolerance_pct=t.float("voltage_tolerance_pct", 5.0, min=0, max=20),
-        worst_case_non_ev_a=t.float("worst_case_non_ev_a", -1.0) if t.has("worst_case_non_ev_a") else -1.0,
+        worst_case_non_ev_a=t.float("worst_case_non_ev_a", -1.0, max=MAX_CIRCUIT_A)
+        if t.has("worst_case_non_ev_a")
+        else -1.0,
     )
     if s.margin_a >= s.limit_a:
         raise t.error("margin_a", f"must be below limit_a ({s.limit_a:g} A)")
@@ -278,7 +330,7 @@ def _parse_circuits(root: Table, service: ServiceConfig) -> dict[str, CircuitCon
     explicit_wc: dict[str, bool] = {}
     tables = root.tables("circuits")
     for t in tables:
-        cid = t.str("id", required=True)
+        cid = t.ident("id", what="circuit id")
         if cid == service.id or cid in circuits:
             raise t.error("id", f"duplicate circuit id {cid!r}")
         kind = t.choice("kind", CIRCUIT_KINDS[1:], "panel")
@@ -287,9 +339,9 @@ def _parse_circuits(root: Table, service: ServiceConfig) -> dict[str, CircuitCon
             id=cid,
             kind=kind,
             parent=t.str("parent", required=True),
-            limit_a=t.float("limit_a", gt=0),
-            margin_a=t.float("margin_a", 0.0, min=0),
-            worst_case_non_ev_a=t.float("worst_case_non_ev_a", 0.0, min=0),
+            limit_a=t.float("limit_a", gt=0, max=MAX_CIRCUIT_A),
+            margin_a=t.float("margin_a", 0.0, min=0, max=MAX_CIRCUIT_A),
+            worst_case_non_ev_a=t.float("worst_case_non_ev_a", 0.0, min=0, max=MAX_CIRCUIT_A),
             can_export=t.bool("can_export", False),
             key=t.path,
             worst_case_explicit=has_wc,
@@ -365,7 +417,8 @@ def _topology(
 def _parse_priorities(root: Table) -> dict[str, PriorityClass]:
     out: dict[str, PriorityClass] = {}
     for name, t in root.subtables("priorities"):
-        out[name] = PriorityClass(name=name, weight=t.float("weight", gt=0))
+        check_ident(t.path, name, "priority class name")
+        out[name] = PriorityClass(name=name, weight=t.float("weight", gt=0, max=1e6))
         t.done()
     if not out:
         out["default"] = PriorityClass("default", 1.0)
@@ -394,12 +447,12 @@ def _parse_control(t: Table | None) -> ControlConfig:
     d = ControlConfig()
     c = ControlConfig(
         tick_s=t.float("tick_s", d.tick_s, min=0.2, max=10.0),
-        ramp_up_a_per_s=t.float("ramp_up_a_per_s", d.ramp_up_a_per_s, gt=0),
-        hysteresis_a=t.float("hysteresis_a", d.hysteresis_a, min=0),
-        draw_allowance_a=t.float("draw_allowance_a", d.draw_allowance_a, min=0),
-        rotation_period_s=t.float("rotation_period_s", d.rotation_period_s, gt=0),
-        noncompliance_tolerance_a=t.float("noncompliance_tolerance_a", d.noncompliance_tolerance_a, min=0),
-        noncompliance_grace_s=t.float("noncompliance_grace_s", d.noncompliance_grace_s, min=0),
+        ramp_up_a_per_s=t.float("ramp_up_a_per_s", d.ramp_up_a_per_s, gt=0, max=1000),
+        hysteresis_a=t.float("hysteresis_a", d.hysteresis_a, min=0, max=100),
+        draw_allowance_a=t.float("draw_allowance_a", d.draw_allowance_a, min=0, max=100),
+        rotation_period_s=t.float("rotation_period_s", d.rotation_period_s, gt=0, max=7 * 86400),
+        noncompliance_tolerance_a=t.float("noncompliance_tolerance_a", d.noncompliance_tolerance_a, min=0, max=100),
+        noncompliance_grace_s=t.float("noncompliance_grace_s", d.noncompliance_grace_s, min=0, max=3600),
         ev_response_s=t.float("ev_response_s", d.ev_response_s, min=0, max=120),
         stop_noncompliant=t.bool("stop_noncompliant", d.stop_noncompliant),
     )
@@ -525,10 +578,11 @@ def _parse_chargers(
     default_prio = "default" if "default" in priorities else next(iter(priorities))
     for t in root.tables("chargers"):
         cid = t.str("id", required=True)
-        if cid in out:
-            raise t.error("id", f"duplicate charger id {cid!r}")
         if "/" in cid or cid.strip() != cid:
             raise t.error("id", "must not contain '/' or surrounding spaces (it is the OCPP identity in the URL path)")
+        check_ident(t.key_path("id"), cid, "charger id (its OCPP identity)")
+        if cid in out:
+            raise t.error("id", f"duplicate charger id {cid!r}")
         version_raw = t.choice("ocpp_version", ("1.6", "1.6J", "2.0.1"), "1.6J")
         version: OcppVersion = "2.0.1" if version_raw == "2.0.1" else "1.6"
         kind_raw = t.choice("kind", ("ac", "dc"), "ac")
@@ -542,9 +596,9 @@ def _parse_chargers(
             for bad in ("min_power_w", "max_power_w", "failsafe_power_w"):
                 if t.has(bad):
                     raise t.error(bad, "AC chargers are limited in A per phase: use the *_current_a key")
-            lo = t.float("min_current_a", 6.0, min=0)
-            hi = t.float("max_current_a", gt=0)
-            fs = t.float("failsafe_current_a", min=0)
+            lo = t.float("min_current_a", 6.0, min=0, max=MAX_CHARGER_A)
+            hi = t.float("max_current_a", gt=0, max=MAX_CHARGER_A)
+            fs = t.float("failsafe_current_a", min=0, max=MAX_CHARGER_A)
             eff, pf = 1.0, 1.0
             t.float("efficiency", 1.0, gt=0, max=1)
             t.float("power_factor", 1.0, gt=0, max=1)
@@ -554,9 +608,9 @@ def _parse_chargers(
             for bad in ("min_current_a", "max_current_a", "failsafe_current_a"):
                 if t.has(bad):
                     raise t.error(bad, "DC chargers are limited in W: use the *_power_w key")
-            lo = t.float("min_power_w", 0.0, min=0)
-            hi = t.float("max_power_w", gt=0)
-            fs = t.float("failsafe_power_w", min=0)
+            lo = t.float("min_power_w", 0.0, min=0, max=MAX_CHARGER_W)
+            hi = t.float("max_power_w", gt=0, max=MAX_CHARGER_W)
+            fs = t.float("failsafe_power_w", min=0, max=MAX_CHARGER_W)
             if lo <= 0 < hi:
                 raise t.error(
                     "min_power_w",

@@ -9,6 +9,7 @@ a key with the wrong unit suffix is an unknown key, reported with the key that w
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,21 +26,73 @@ _B: TypeAlias = bool
 
 _UNITS = {"a", "v", "w", "kw", "kva", "s", "ms", "pct", "hz", "wh", "kwh", "ma", "mw", "min", "h"}
 
+MAX_FILE_BYTES = 4 * 1024 * 1024  # a site config larger than this is refused unread (a 200-charger site is 60 kB)
+MAX_DEPTH = 16  # tables and arrays nested deeper than this are refused
+MAX_ABS_NUMBER = 1e12  # no key takes a number beyond this (each has its own, tighter range)
+MAX_ABS_INT = 2**53  # integers beyond this do not survive a float conversion exactly
+# identities (charger, meter, circuit, priority ids): printable, no space, no '/', at most ID_MAX_LEN
+ID_MAX_LEN = 48  # OCPP's CiString48 for a charge point identity
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+~*=|-]*")
+
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file; syntax errors become ConfigError with the line number."""
+    """Read a TOML file. Whatever makes it unreadable (missing, too large, not UTF-8 text, a syntax error,
+    nesting too deep, a number Python cannot hold) is a ConfigError with the file and the reason."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError("", f"cannot read config: {exc.strerror or exc}", file=str(p)) from exc
-    return parse_toml(text, file=str(p))
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError("", f"file too large: more than {MAX_FILE_BYTES // (1024 * 1024)} MiB", file=str(p))
+    return parse_toml(decode_text(raw, file=str(p)), file=str(p))
+
+
+def decode_text(raw: bytes, *, file: str = "config") -> str:
+    """UTF-8 text without NUL bytes, or a ConfigError naming the first offending byte."""
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise ConfigError("", f"not a text file: NUL byte at offset {nul}", file=file, line=line)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            "", f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}", file=file, line=line
+        ) from None
+
+
+def _depth(value: object) -> int:
+    """How deeply tables and arrays nest in a parsed document (iterative: no recursion limit)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            children: list[object] = list(v.values())
+        elif isinstance(v, list):
+            children = list(v)
+        else:
+            continue
+        deepest = max(deepest, d)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((c, d + 1) for c in children)
+    return deepest
 
 
 def parse_toml(text: str, *, file: str = "config") -> dict[str, Any]:
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError("", f"file too large: more than {MAX_FILE_BYTES // (1024 * 1024)} MiB", file=file)
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError("", f"nested too deeply (more than {MAX_DEPTH} levels)", file=file) from None
+    except ValueError as exc:  # TOMLDecodeError, and integers past Python's digit limit
+        if not isinstance(exc, tomllib.TOMLDecodeError):
+            raise ConfigError("", f"a number out of range: {str(exc)[:120]}", file=file) from None
         msg = str(exc)
         line = getattr(exc, "lineno", None)
         if line is None and "(at line " in msg:
@@ -48,6 +101,24 @@ def parse_toml(text: str, *, file: str = "config") -> dict[str, Any]:
             except ValueError:
                 line = None
         raise ConfigError("", f"TOML syntax error: {msg}", file=file, line=line) from exc
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigError("", f"nested too deeply (more than {MAX_DEPTH} levels)", file=file)
+    return data
+
+
+def check_ident(key_path: str, v: str, what: str = "id") -> str:
+    """An identity: 1..ID_MAX_LEN characters, letters, digits and ``._:@+~*=|-``, starting with a letter
+    or digit (no spaces, '/', NUL or control characters: it is a URL path segment and an MQTT topic level)."""
+    if len(v) > ID_MAX_LEN:
+        raise ConfigError(key_path, f"{what} too long: {len(v)} characters, at most {ID_MAX_LEN}")
+    if not _ID_RE.fullmatch(v):
+        bad = next((c for c in v if not _ID_RE.fullmatch("a" + c)), v[:1])
+        raise ConfigError(
+            key_path,
+            f"{what} {v[:60]!r}: character {bad!r} not allowed (letters, digits and ._:@+~*=|- only, starting "
+            f"with a letter or digit)",
+        )
+    return v
 
 
 def _type_name(value: object) -> str:
@@ -93,16 +164,34 @@ class Table:
         self._used.add(key)
         if key not in self.data:
             if required:
-                raise self.error(key, "required key is missing")
+                raise self.error(key, self._missing(key))
             return None
         return self.data[key]
+
+    def _missing(self, key: _S) -> _S:
+        """ "required key is missing", with the key given under another unit or spelling when there is one."""
+        stem, _, unit = key.rpartition("_")
+        for k in self.data:
+            kstem, _, kunit = k.rpartition("_")
+            if stem and kstem == stem and kunit.lower() in _UNITS and kunit != unit:
+                return (
+                    f"required key is missing; found {k!r}: wrong unit, this key is {key!r} "
+                    f"(units are part of key names)"
+                )
+            if k != key and k.replace("_", "").replace("-", "").lower() == key.replace("_", "").lower():
+                return f"required key is missing; found {k!r}: did you mean {key!r}?"
+        return "required key is missing"
+
+    def ident(self, key: _S, default: _S | None = None, *, what: _S = "id") -> _S:
+        """A required (or defaulted) identity string, checked with `check_ident`."""
+        return check_ident(self.key_path(key), self.str(key, default, required=default is None), what)
 
     # -- scalars -------------------------------------------------------------------
     def str(self, key: _S, default: _S | None = None, *, required: _B = False) -> _S:
         v = self._get(key, required and default is None)
         if v is None:
             if default is None:
-                raise self.error(key, "required key is missing")
+                raise self.error(key, self._missing(key))
             return default
         if not isinstance(v, _S):
             raise self.error(key, f"expected a string, got {_type_name(v)}")
@@ -157,9 +246,13 @@ class Table:
     ) -> _F:
         if isinstance(v, _B) or not isinstance(v, _I | _F):
             raise self.error(key, f"expected a number, got {_type_name(v)}")
+        if isinstance(v, _I) and abs(v) > MAX_ABS_INT:
+            raise self.error(key, f"out of range: a {len(_S(abs(v)))}-digit number")
         f = float(v)
         if not math.isfinite(f):
             raise self.error(key, "must be a finite number")
+        if abs(f) > MAX_ABS_NUMBER:
+            raise self.error(key, f"out of range: {f:g} (no key takes a number beyond {MAX_ABS_NUMBER:g})")
         if min is not None and f < min:
             raise self.error(key, f"must be >= {min:g}, got {f:g}")
         if max is not None and f > max:
@@ -182,6 +275,8 @@ class Table:
             return default
         if isinstance(v, _B) or not isinstance(v, _I):
             raise self.error(key, f"expected an integer, got {_type_name(v)}")
+        if abs(v) > MAX_ABS_INT:
+            raise self.error(key, f"out of range: a {len(_S(abs(v)))}-digit integer")
         if min is not None and v < min:
             raise self.error(key, f"must be >= {min}, got {v}")
         if max is not None and v > max:
@@ -263,3 +358,53 @@ def _unit_hint(key: str, known: set[str]) -> str:
     if close:
         return f"did you mean '{close[0]}'?"
     return ""
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def valid_host(host: str) -> bool:
+    """An IP address (v4 or v6) or a DNS name (RFC 1123 labels)."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in name.split("."))
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or "localhost": reachable from this machine only."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host(t: Table, key: str, default: str | None = None) -> str:
+    """A host key: an IP address or a DNS name."""
+    host = t.str(key, default, required=default is None)
+    if not valid_host(host):
+        raise t.error(key, f"not a valid host name or IP address: {host[:80]!r}")
+    return host
+
+
+def check_readable_file(key_path: str, path: str) -> str:
+    """A file the daemon must read at start (a certificate, a key, a CA): it exists and can be read now."""
+    if "\0" in path:
+        raise ConfigError(key_path, "must not contain NUL")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except IsADirectoryError:
+        raise ConfigError(key_path, f"{path!r} is a directory, not a file") from None
+    except OSError as exc:
+        raise ConfigError(key_path, f"cannot read {path!r}: {exc.strerror or exc}") from None
+    return path

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.confkit import Table
+from gateway.confkit import Table, check_host
 from gateway.errors import ConfigError, RegisterMapError
 
 SITE_PHASES = ("L1", "L2", "L3")
@@ -77,7 +77,7 @@ def parse_meter(t: Table) -> MeterConfig:
     from gateway.meters.regmap import load_map
 
     d = MeterConfig(id="", circuit="")
-    mid = t.str("id", required=True)
+    mid = t.ident("id", what="meter id")
     circuit = t.str("circuit", required=True)
     map_name = t.str("map", d.map)
     try:
@@ -88,7 +88,7 @@ def parse_meter(t: Table) -> MeterConfig:
     host, port, device = d.host, d.port, ""
     baud, parity, stop_bits, gap = d.baud_rate, d.parity, d.stop_bits, d.bus_gap_s
     if transport == "tcp":
-        host = t.str("host", required=True)
+        host = check_host(t, "host")
         port = t.int("port", 502, min=1, max=65535)
         for k in ("device", "baud_rate", "parity", "stop_bits", "bus_gap_s"):
             if t.has(k):
@@ -117,7 +117,7 @@ def parse_meter(t: Table) -> MeterConfig:
     if len(set(raw_pm)) != len(raw_pm):
         raise t.error("phase_map", "a site phase appears twice")
     poll = t.float("poll_interval_s", 1.0, min=0.05, max=60)
-    stale = t.float("stale_after_s", 3.0, gt=0)
+    stale = t.float("stale_after_s", 3.0, gt=0, max=3600)
     if stale <= poll:
         raise t.error("stale_after_s", f"must be longer than poll_interval_s ({poll:g} s)")
     m = MeterConfig(
@@ -137,12 +137,12 @@ def parse_meter(t: Table) -> MeterConfig:
         poll_interval_s=poll,
         timeout_s=t.float("timeout_s", 1.0, min=0.01, max=30),
         retries=t.int("retries", 1, min=0, max=10),
-        ct_ratio=t.float("ct_ratio", 1.0, gt=0),
+        ct_ratio=t.float("ct_ratio", 1.0, gt=0, max=100_000),
         invert=t.bool("invert", False),
         phase_map=tuple(SITE_PHASES.index(p) for p in raw_pm),
-        max_current_a=t.opt_float("max_current_a", gt=0),
-        frozen_polls=t.int("frozen_polls", 10, min=0),
-        export_tolerance_w=t.float("export_tolerance_w", 500.0, min=0),
+        max_current_a=t.opt_float("max_current_a", gt=0, max=1_000_000),
+        frozen_polls=t.int("frozen_polls", 10, min=0, max=10_000),
+        export_tolerance_w=t.float("export_tolerance_w", 500.0, min=0, max=10_000_000),
         key=t.path,
     )
     t.done()

@@ -90,10 +90,16 @@ async def read_block(client: ModbusReader, block: Block, device_id: int, timeout
         raise MeterExceptionResponse(
             f"exception response {code} to {block.function} {block.address}+{block.count}", code
         )
+    fc = getattr(rr, "function_code", None)
+    want = 4 if block.function == "input" else 3
+    if isinstance(fc, int) and fc != want:
+        raise MeterError(f"wrong function code {fc} in the answer to {block.function} {block.address}+{block.count}"
+                         f" (expected {want})")
     regs = list(getattr(rr, "registers", []) or [])
-    if len(regs) < block.count:
-        raise MeterError(f"short response: {len(regs)} of {block.count} registers at {block.address}")
-    return regs[: block.count]
+    if len(regs) != block.count:
+        what = "short" if len(regs) < block.count else "long"
+        raise MeterError(f"{what} response: {len(regs)} of {block.count} registers at {block.address}")
+    return regs
 
 
 class MeterDriver:
@@ -121,6 +127,7 @@ class MeterDriver:
         self._points = self._wanted_points()
         self._last_fp: tuple[float, ...] | None = None
         self._same = 0
+        self._runs: dict[str, _Run] = {}  # per current register: its run of identical values
 
     # -- what to read ----------------------------------------------------------------
     def _wanted_points(self) -> list[Point]:
@@ -263,8 +270,11 @@ class MeterDriver:
             self._same += 1
         else:
             self._same, self._last_fp = 1, fp
+        stuck = self._frozen_currents(values) if cfg.frozen_polls else []  # counted on every poll
         if cfg.frozen_polls and self._same >= cfg.frozen_polls:
             reasons.append(f"frozen:{self._same}_polls")
+        else:
+            reasons.extend(stuck)
 
         return MeterReading(
             current_a=current,
@@ -277,6 +287,47 @@ class MeterDriver:
             frequency_hz=freq,
             energy_import_wh=energy,
         )
+
+    def _frozen_currents(self, values: Mapping[str, float]) -> list[str]:
+        counts = _frozen_quantity(self._runs, values)
+        return [f"frozen:{k}:{n}_polls" for k, n in sorted(counts.items()) if n >= self.cfg.frozen_polls]
+
+
+FROZEN_POWER_SPREAD = 0.05  # a current register stuck while its phase's power moves more than this fraction...
+FROZEN_POWER_MIN_W = 100.0  # ...and more than this (W) is frozen, not a steady load
+
+
+@dataclass
+class _Run:
+    """One current register's run of identical values, and the range its phase's power covered meanwhile."""
+
+    value: float
+    polls: int
+    p_lo: float
+    p_hi: float
+
+
+def _frozen_quantity(runs: dict[str, _Run], values: Mapping[str, float]) -> dict[str, int]:
+    """Per current register: the polls it has read exactly the same value while the power on its phase (or the
+    total) moved: a stuck register. A steady load keeps both still; an idle phase reads 0 A and about 0 W."""
+    out: dict[str, int] = {}
+    for k, v in values.items():
+        if not (k.startswith("current_l") and k.endswith("_a")):
+            continue
+        pw = values.get(f"power_{k[len('current_'):-2]}_w", values.get("total_power_w"))
+        if pw is None or math.isnan(pw) or math.isnan(v):
+            runs.pop(k, None)
+            continue
+        r = runs.get(k)
+        if r is None or r.value != v:
+            runs[k] = _Run(v, 1, pw, pw)
+            continue
+        r.polls += 1
+        r.p_lo, r.p_hi = min(r.p_lo, pw), max(r.p_hi, pw)
+        mid = (abs(r.p_lo) + abs(r.p_hi)) / 2
+        if r.p_hi - r.p_lo > max(FROZEN_POWER_SPREAD * mid, FROZEN_POWER_MIN_W):
+            out[k] = r.polls
+    return out
 
 
 def fmt_phases(values: Sequence[float] | None, unit: str) -> str:

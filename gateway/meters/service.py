@@ -121,11 +121,13 @@ class MeterService:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_reading: Callable[[str, MeterReading], None] | None = None,
+        on_stale: Callable[[str], None] | None = None,
         stop_timeout_s: float = 5.0,
     ) -> None:
         self.site = site
         self._clock = clock
         self._on_reading = on_reading
+        self._on_stale = on_stale  # a meter just went stale: the control loop acts now, not at its next tick
         check_bus_settings(list(site.meters.values()))
         self._slots: dict[str, _Slot] = {mid: _Slot(cfg) for mid, cfg in site.meters.items()}
         self._maps = {mid: load_map(cfg.map) for mid, cfg in site.meters.items()}
@@ -310,3 +312,8 @@ class MeterService:
         elif state == "stale":
             age = None if slot.reading is None else round(self._clock() - slot.reading.at, 2)
             log.error("meter_stale", meter=mid, age_s=age, error=slot.error, previous=prev)
+            if self._on_stale is not None:
+                try:
+                    self._on_stale(mid)
+                except Exception:
+                    log.exception("on_stale_failed", meter=mid)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.confkit import Table
+from gateway.confkit import Table, check_host, check_readable_file, valid_host
 
 
 @dataclass(frozen=True)
@@ -15,11 +15,13 @@ class ChargerOcppConfig:
     cms_url: str | None = None  # overrides [ocpp] cms_url (the identity is still appended)
     cms_security_profile: int | None = None  # overrides [ocpp] cms_security_profile
     profile_purpose: str | None = None  # force "max" or "txdefault" instead of learning it
+    # no password and no client certificate: only on a loopback listener, or with this set (logged at start)
+    allow_unauthenticated: bool = False
 
 
 @dataclass(frozen=True)
 class OcppConfig:
-    listen_host: str = "0.0.0.0"
+    listen_host: str = "127.0.0.1"  # loopback unless configured: chargers on the LAN need listen_host set
     listen_port: int = 9000  # plain ws listener (security profile 1); 0 = ephemeral
     tls_listen_port: int | None = None  # wss listener (profiles 2 and 3); needs the server cert/key
     server_cert_file: str | None = None
@@ -80,7 +82,7 @@ def parse_ocpp(t: Table | None) -> OcppConfig:
     d = OcppConfig()
     tls_port = t.raw("tls_listen_port")
     c = OcppConfig(
-        listen_host=t.str("listen_host", d.listen_host),
+        listen_host=check_host(t, "listen_host", d.listen_host),
         listen_port=t.int("listen_port", d.listen_port, min=0, max=65535),
         tls_listen_port=t.int("tls_listen_port", min=0, max=65535) if tls_port is not None else None,
         server_cert_file=t.opt_str("server_cert_file"),
@@ -93,8 +95,8 @@ def parse_ocpp(t: Table | None) -> OcppConfig:
         cms_client_key_file=t.opt_str("cms_client_key_file"),
         lease_s=t.float("lease_s", d.lease_s, min=10, max=86400),
         renew_before_s=t.float("renew_before_s", d.renew_before_s, gt=0),
-        significance_a=t.float("significance_a", d.significance_a, min=0),
-        significance_w=t.float("significance_w", d.significance_w, min=0),
+        significance_a=t.float("significance_a", d.significance_a, min=0, max=100),
+        significance_w=t.float("significance_w", d.significance_w, min=0, max=100_000),
         strict_offline=t.bool("strict_offline", d.strict_offline),
         offline_allow_list=t.str_list("offline_allow_list"),
         offline_accept_unknown=t.bool("offline_accept_unknown", False),
@@ -102,18 +104,18 @@ def parse_ocpp(t: Table | None) -> OcppConfig:
         call_timeout_s=t.float("call_timeout_s", d.call_timeout_s, gt=0, max=600),
         failsafe_stack_level=t.int("failsafe_stack_level", d.failsafe_stack_level, min=0, max=100),
         limit_stack_level=t.int("limit_stack_level", d.limit_stack_level, min=0, max=100),
-        failsafe_profile_id=t.int("failsafe_profile_id", d.failsafe_profile_id, min=1),
-        limit_profile_id=t.int("limit_profile_id", d.limit_profile_id, min=1),
-        heartbeat_interval_s=t.int("heartbeat_interval_s", d.heartbeat_interval_s, min=1),
-        reconnect_min_s=t.float("reconnect_min_s", d.reconnect_min_s, gt=0),
-        reconnect_max_s=t.float("reconnect_max_s", d.reconnect_max_s, gt=0),
+        failsafe_profile_id=t.int("failsafe_profile_id", d.failsafe_profile_id, min=1, max=2**31 - 1),
+        limit_profile_id=t.int("limit_profile_id", d.limit_profile_id, min=1, max=2**31 - 1),
+        heartbeat_interval_s=t.int("heartbeat_interval_s", d.heartbeat_interval_s, min=1, max=86400),
+        reconnect_min_s=t.float("reconnect_min_s", d.reconnect_min_s, gt=0, max=3600),
+        reconnect_max_s=t.float("reconnect_max_s", d.reconnect_max_s, gt=0, max=3600),
         failsafe_timeout_s=t.float("failsafe_timeout_s", d.failsafe_timeout_s, gt=0, max=60),
         reconnect_refused_s=t.float("reconnect_refused_s", d.reconnect_refused_s, gt=0, max=3600),
-        queue_max_messages=t.int("queue_max_messages", d.queue_max_messages, min=10),
+        queue_max_messages=t.int("queue_max_messages", d.queue_max_messages, min=10, max=100_000_000),
         replay_batch_messages=t.int("replay_batch_messages", d.replay_batch_messages, min=1, max=10_000),
         offline_mark_events=t.bool("offline_mark_events", d.offline_mark_events),
-        token_cache_max_age_s=t.float("token_cache_max_age_s", d.token_cache_max_age_s, gt=0),
-        token_cache_max_entries=t.int("token_cache_max_entries", d.token_cache_max_entries, min=1),
+        token_cache_max_age_s=t.float("token_cache_max_age_s", d.token_cache_max_age_s, gt=0, max=366 * 86400),
+        token_cache_max_entries=t.int("token_cache_max_entries", d.token_cache_max_entries, min=1, max=10_000_000),
         gateway_profiles_report=t.choice("gateway_profiles_report", ("hide", "ems"), d.gateway_profiles_report),
     )
     if c.renew_before_s >= c.lease_s:
@@ -126,14 +128,57 @@ def parse_ocpp(t: Table | None) -> OcppConfig:
         raise t.error("reconnect_max_s", "must be >= reconnect_min_s")
     if c.tls_listen_port is not None and not (c.server_cert_file and c.server_key_file):
         raise t.error("tls_listen_port", "needs server_cert_file and server_key_file")
-    if c.cms_url is not None and not c.cms_url.startswith(("ws://", "wss://")):
-        raise t.error("cms_url", "must start with ws:// or wss://")
+    if c.tls_listen_port is not None and c.tls_listen_port == c.listen_port and c.listen_port != 0:
+        raise t.error("tls_listen_port", f"must differ from listen_port ({c.listen_port}): two listeners, one port")
+    for key in ("server_cert_file", "server_key_file", "client_ca_file", "cms_ca_file", "cms_client_cert_file",
+                "cms_client_key_file"):
+        path = getattr(c, key)
+        if path is not None:
+            check_readable_file(t.key_path(key), path)
+    if c.tls_listen_port is not None:
+        _check_server_tls(t, c)
+    if c.cms_url is not None:
+        _check_cms_url(t, c.cms_url)
     if c.cms_security_profile >= 2 and c.cms_url is not None and not c.cms_url.startswith("wss://"):
         raise t.error("cms_security_profile", "profiles 2 and 3 need a wss:// cms_url")
     if c.cms_security_profile == 3 and not (c.cms_client_cert_file and c.cms_client_key_file):
         raise t.error("cms_security_profile", "profile 3 needs cms_client_cert_file and cms_client_key_file")
     t.done()
     return c
+
+
+def _check_cms_url(t: Table, url: str) -> None:
+    """ws:// or wss://, a valid host, a port in range."""
+    from urllib.parse import urlsplit
+
+    if not url.startswith(("ws://", "wss://")):
+        raise t.error("cms_url", "must start with ws:// or wss://")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise t.error("cms_url", f"not a valid URL: {exc}") from None
+    if not parts.hostname or not valid_host(parts.hostname):
+        raise t.error("cms_url", f"not a valid host in {url[:100]!r}")
+    if port == 0:
+        raise t.error("cms_url", "port 0 is not a CMS port")
+
+
+def _check_server_tls(t: Table, c: OcppConfig) -> None:
+    """The TLS listener's certificate and key load together (and the client CA), as at start."""
+    import ssl
+
+    assert c.server_cert_file is not None and c.server_key_file is not None
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(c.server_cert_file, c.server_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise t.error("server_cert_file", f"cannot load the certificate with server_key_file: {exc}") from None
+    if c.client_ca_file:
+        try:
+            ctx.load_verify_locations(c.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise t.error("client_ca_file", f"cannot load the CA: {exc}") from None
 
 
 def parse_charger_ocpp(t: Table | None) -> ChargerOcppConfig:
@@ -147,9 +192,12 @@ def parse_charger_ocpp(t: Table | None) -> ChargerOcppConfig:
         cms_url=t.opt_str("cms_url"),
         cms_security_profile=_profile(t, "cms_security_profile", None),
         profile_purpose=t.choice("profile_purpose", ("max", "txdefault")) if purpose is not None else None,
+        allow_unauthenticated=t.bool("allow_unauthenticated", False),
     )
-    if c.cms_url is not None and not c.cms_url.startswith(("ws://", "wss://")):
-        raise t.error("cms_url", "must start with ws:// or wss://")
+    if c.allow_unauthenticated and (c.password is not None or c.security_profile == 3):
+        raise t.error("allow_unauthenticated", "contradicts the charger's password / client certificate: remove it")
+    if c.cms_url is not None:
+        _check_cms_url(t, c.cms_url)
     if c.password is not None and len(c.password) < 8:
         raise t.error("password", "must be at least 8 characters (OCPP security profile 1/2)")
     t.done()

@@ -17,9 +17,9 @@ from websockets.typing import Subprotocol
 from gateway.config import ChargerConfig, Site
 from gateway.model import Allocation, ChargerSnapshot
 from gateway.ocpp_proxy.frames import SUBPROTOCOLS
-from gateway.ocpp_proxy.server import check_request, identity_of, server_ssl_context
+from gateway.ocpp_proxy.server import check_request, credential_strength, identity_of, is_tls, server_ssl_context
 from gateway.ocpp_proxy.session import DUE_NOT, ChargerSession, LimitState
-from gateway.ocpp_proxy.state import ChargerTracker
+from gateway.ocpp_proxy.state import ChargerTracker, draw_bounds
 from gateway.ocpp_proxy.store import QueueLimits, Store
 from gateway.ocpp_proxy.upstream import UpstreamTarget, target_for
 
@@ -43,6 +43,7 @@ class OcppController:
         self._trackers: dict[str, ChargerTracker] = {}
         self._limits: dict[str, LimitState] = {}
         self.sessions: dict[str, ChargerSession] = {}
+        self._strength: dict[str, int] = {}  # the live session's credential_strength, per identity
         self._servers: list[Server] = []
         self._started = asyncio.Event()
         self._port = 0
@@ -57,9 +58,9 @@ class OcppController:
         cfg = self.site.chargers[charger_id]
         if tr is None or tr.cfg is not cfg:
             old = tr
-            tr = ChargerTracker(cfg, self.site.service.phases, self.clock)
+            tr = ChargerTracker(cfg, self.site.service.phases, self.clock, bounds=draw_bounds(self.site, cfg))
             if old is not None:
-                tr.__dict__.update({k: v for k, v in old.__dict__.items() if k not in ("cfg", "n_phases")})
+                tr.__dict__.update({k: v for k, v in old.__dict__.items() if k not in ("cfg", "n_phases", "bounds")})
             self._trackers[charger_id] = tr
         return tr
 
@@ -107,8 +108,16 @@ class OcppController:
 
     def _process_request(self, tls: bool) -> Callable[[ServerConnection, Request], Response | None]:
         def check(conn: ServerConnection, request: Request) -> Response | None:
-            refusal, _ = check_request(conn, request, self.site.chargers, tls)
-            return refusal
+            refusal, cid = check_request(conn, request, self.site.chargers, tls)
+            if refusal is not None:
+                return refusal
+            live = self._strength.get(cid)
+            new = credential_strength(self.site.chargers[cid], tls)
+            if cid in self.sessions and live is not None and new < live:
+                log.warning("charger_refused", charger=cid, reason="weaker credentials than the connected session",
+                            strength=new, connected_strength=live)
+                return conn.respond(409, "this identity is connected with stronger credentials\n")
+            return None
 
         return check
 
@@ -118,10 +127,15 @@ class OcppController:
         if cfg is None:
             await ws.close(1008, "unknown identity")
             return
+        strength = credential_strength(cfg, is_tls(ws))
         old = self.sessions.get(cid)
         if old is not None:
+            if strength < self._strength.get(cid, 0):  # raced past the handshake check
+                await ws.close(1008, "identity connected with stronger credentials")
+                return
             log.info("charger_replaced_connection", charger=cid)
             await old.close()
+        self._strength[cid] = strength
         self.limit_state(cid).connected()  # online now, but not controlled until its profiles are accepted
         session = ChargerSession(self, cfg, ws)
         self.sessions[cid] = session
@@ -160,6 +174,9 @@ class OcppController:
                 self._servers.append(tsrv)
                 self._tls_port = int(next(iter(tsrv.sockets)).getsockname()[1])
             log.info("ocpp_listening", port=self._port, tls_port=self._tls_port, chargers=len(self.site.chargers))
+            unauth = [cid for cid, ch in self.site.chargers.items() if ch.ocpp.allow_unauthenticated]
+            if unauth:
+                log.warning("ocpp_unauthenticated_chargers", chargers=unauth, listen_host=oc.listen_host)
             self._started.set()
             await asyncio.Future()
         finally:

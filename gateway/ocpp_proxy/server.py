@@ -99,3 +99,17 @@ def check_request(
             resp.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
             return resp, cid
     return None, cid
+
+
+def credential_strength(ch: ChargerConfig, tls: bool) -> int:
+    """How strongly an admitted connection proves the identity: a client certificate (4), a password over TLS (3),
+    a password over plain ws (2), none over TLS (1), none (0). A connection may replace the identity's live one
+    only when it is at least as strong."""
+    if ch.ocpp.security_profile == 3:
+        return 4
+    return (2 if ch.ocpp.password is not None else 0) + (1 if tls else 0)
+
+
+def is_tls(conn: ServerConnection) -> bool:
+    transport = getattr(conn, "transport", None)
+    return transport is not None and transport.get_extra_info("ssl_object") is not None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from gateway.config import ChargerConfig
+from gateway import electrical
+from gateway.config import ChargerConfig, Site
 from gateway.model import Actuation, ChargerSnapshot, ChargerState, Session
 from gateway.ocpp_proxy.policy import parse_iso
 
@@ -66,6 +68,31 @@ class _Draw:
         self.w_at: float | None = None
 
 
+PLAUSIBLE_TOLERANCE = 0.10  # a reported draw up to this fraction above the physical bound is believed...
+PLAUSIBLE_MARGIN_A = 2.0  # ...plus this much (meter error, a rounding charger)
+
+
+@dataclass(frozen=True)
+class DrawBounds:
+    """The most a charger can physically draw, per report: line current per phase (AC chargers; a DC
+    charger's Current.Import is its DC output, not bounded here) and power (W)."""
+
+    max_a: float = 10_000.0
+    max_w: float = 5e6
+
+
+def draw_bounds(site: Site, cfg: ChargerConfig) -> DrawBounds:
+    """A report above its own maximum or its circuits' smallest limit, with PLAUSIBLE_TOLERANCE and
+    PLAUSIBLE_MARGIN_A, cannot be a real draw (a breaker would have opened first): it is rejected."""
+    circuit_a = min(site.circuits[c].limit_a for c in site.path_to_root[cfg.circuit])
+    line_a = min(site.to_line_a(cfg, cfg.max_limit), circuit_a) * (1 + PLAUSIBLE_TOLERANCE) + PLAUSIBLE_MARGIN_A
+    volts = 1 + site.service.voltage_tolerance_pct / 100
+    max_w = electrical.ac_power_w(site.service, cfg.line_phases, line_a) * volts
+    if cfg.kind == "dc":
+        return DrawBounds(max_a=10_000.0, max_w=max(max_w, cfg.max_limit * (1 + PLAUSIBLE_TOLERANCE)))
+    return DrawBounds(max_a=line_a, max_w=max_w)
+
+
 class ChargerTracker:
     """Per charger: connector states, the session and the measured draw, per connector and in total.
 
@@ -80,8 +107,10 @@ class ChargerTracker:
         n_phases: int,
         clock: Callable[[], float],
         wall: Callable[[], float] = time.time,
+        bounds: DrawBounds | None = None,
     ) -> None:
         self.cfg = cfg
+        self.bounds = bounds or DrawBounds()
         self.n_phases = n_phases
         self.clock = clock
         self.wall = wall
@@ -376,14 +405,16 @@ class ChargerTracker:
         touched = False
         draw = self._map_currents(currents, unphased_current)
         if draw is not None:
-            if any(x < 0 or x > 10_000 for x in draw):
-                log.warning("meter_value_implausible", charger=self.cfg.id, draw_a=draw)
+            if any(x < 0 or x > self.bounds.max_a for x in draw):
+                log.warning("meter_value_implausible", charger=self.cfg.id, connector=conn, draw_a=draw,
+                            max_a=round(self.bounds.max_a, 1))
             elif rec.a_at is None or at >= rec.a_at:  # an older (buffered) value does not replace a newer one
                 rec.a, rec.a_at = draw, at
                 touched = True
         if power is not None:
-            if power < -1e6 or power > 5e6:
-                log.warning("meter_value_implausible", charger=self.cfg.id, draw_w=power)
+            if power < -1e6 or power > self.bounds.max_w:
+                log.warning("meter_value_implausible", charger=self.cfg.id, connector=conn, draw_w=power,
+                            max_w=round(self.bounds.max_w))
             elif rec.w_at is None or at >= rec.w_at:
                 rec.w, rec.w_at = power, at
                 touched = True

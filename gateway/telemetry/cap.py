@@ -6,6 +6,10 @@ Command payload on ``<root>cmd/site_limit`` (JSON object):
   for 900 s; ``limit_kw`` instead of ``limit_a`` gives the cap in kW of active power, and
   ``until`` (ISO 8601 with a UTC offset) instead of ``duration_s`` an absolute expiry.
 * ``{"id": "dr-43", "clear": true}``: remove the active cap now.
+* ``ts`` (ISO 8601 with a UTC offset, optional with MQTT 5, required with MQTT 3.1.1): when the command was
+  sent; one older than MAX_COMMAND_AGE_S (or as far in the future) is refused as stale. MQTT 5 subscribes
+  with retain-as-published, so a retained command is recognised and refused however it is delivered;
+  MQTT 3.1.1 clears that flag on live delivery, so there the timestamp is what tells a fresh command.
 
 A cap can only lower the limit: one above the configured service limit is refused. The
 newest valid command replaces the previous cap. Anything else is refused with a reason.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,7 +31,11 @@ from gateway.errors import TelemetryError
 MAX_DURATION_S = 86_400.0  # a cap lasts at most a day; the cloud re-sends to extend it
 MAX_PAYLOAD_BYTES = 4096
 MAX_ID_LEN = 64
-_KEYS = {"id", "limit_a", "limit_kw", "duration_s", "until", "clear"}
+MIN_DURATION_S = 1.0  # a shorter cap is a mistake (1e-300), not a command: refused, the active cap stands
+MAX_COMMAND_AGE_S = 120.0  # a command whose ts is older than this (or as far ahead) is stale
+MAX_ABS_NUMBER = 1e12
+_KEYS = {"id", "limit_a", "limit_kw", "duration_s", "until", "clear", "ts"}
+_ID_RE = re.compile(rb'"id"\s*:\s*"([^"\\]{1,64})"')
 
 
 class CommandRejected(TelemetryError):
@@ -76,20 +85,41 @@ def _number(obj: dict[str, Any], key: str, rid: str | None) -> float:
     v = obj[key]
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise CommandRejected(f"{key} must be a number, got {type(v).__name__}", rid)
+    if isinstance(v, int) and abs(v) > MAX_ABS_NUMBER:
+        raise CommandRejected(f"{key} out of range ({len(str(abs(v)))} digits)", rid)
     f = float(v)
     if not math.isfinite(f):
         raise CommandRejected(f"{key} must be a finite number", rid)
+    if abs(f) > MAX_ABS_NUMBER:
+        raise CommandRejected(f"{key} out of range ({f:g})", rid)
     return f
 
 
-def parse_cap_command(payload: bytes, *, service: ServiceConfig, now_wall: float) -> CapRequest:
+def request_id_of(payload: bytes) -> str | None:
+    """The ``id`` of a command that cannot be parsed (too deep, a number too long, not JSON), if it has a
+    readable one: a reply names its command whenever it can."""
+    m = _ID_RE.search(payload[:MAX_PAYLOAD_BYTES])
+    if m is None:
+        return None
+    try:
+        return m.group(1).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def parse_cap_command(
+    payload: bytes, *, service: ServiceConfig, now_wall: float, require_ts: bool = False
+) -> CapRequest:
     """Validate a ``cmd/site_limit`` payload; raise CommandRejected with the reason."""
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise CommandRejected(f"payload too large ({len(payload)} bytes > {MAX_PAYLOAD_BYTES})")
+        raise CommandRejected(f"payload too large ({len(payload)} bytes > {MAX_PAYLOAD_BYTES})",
+                              request_id_of(payload))
     try:
         obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:
+        raise CommandRejected("not a JSON document: nested too deeply", request_id_of(payload)) from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise CommandRejected(f"not a JSON document: {exc}") from None
+        raise CommandRejected(f"not a JSON document: {str(exc)[:120]}", request_id_of(payload)) from None
     if not isinstance(obj, dict):
         raise CommandRejected(f"expected a JSON object, got {type(obj).__name__}")
     rid_raw = obj.get("id")
@@ -101,11 +131,13 @@ def parse_cap_command(payload: bytes, *, service: ServiceConfig, now_wall: float
     unknown = sorted(set(obj) - _KEYS)
     if unknown:
         raise CommandRejected(f"unknown key(s): {', '.join(unknown)}", rid)
+    _check_fresh(obj, rid, now_wall, require_ts)
+    obj.pop("ts", None)
 
     if "clear" in obj:
         if obj["clear"] is not True:
             raise CommandRejected("clear must be true", rid)
-        extra = sorted(set(obj) - {"id", "clear"})
+        extra = sorted(set(obj) - {"id", "clear", "ts"})
         if extra:
             raise CommandRejected(f"clear takes no other keys (got {', '.join(extra)})", rid)
         return CapRequest(request_id=rid, clear=True)
@@ -150,9 +182,35 @@ def parse_cap_command(payload: bytes, *, service: ServiceConfig, now_wall: float
         duration = dt.timestamp() - now_wall
     if duration <= 0:
         raise CommandRejected("the cap would already have expired (duration must be > 0)", rid)
+    if duration < MIN_DURATION_S:
+        raise CommandRejected(f"a cap lasts at least {MIN_DURATION_S:g} s (got {duration:g} s)", rid)
     if duration > MAX_DURATION_S:
         raise CommandRejected(f"a cap lasts at most {MAX_DURATION_S:g} s; re-send it to extend", rid)
     return CapRequest(request_id=rid, limit_a=limit_a, limit_kw=limit_kw, duration_s=duration)
+
+
+def _parse_time(v: object, key: str, rid: str | None) -> float:
+    if not isinstance(v, str) or len(v) > 40:
+        raise CommandRejected(f"{key} must be an ISO 8601 date-time string", rid)
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise CommandRejected(f"{key} is not an ISO 8601 date-time: {v!r}", rid) from None
+    if dt.tzinfo is None:
+        raise CommandRejected(f"{key} needs a UTC offset (e.g. 'Z' or '+00:00')", rid)
+    return dt.timestamp()
+
+
+def _check_fresh(obj: dict[str, Any], rid: str | None, now_wall: float, required: bool) -> None:
+    if "ts" not in obj:
+        if required:
+            raise CommandRejected("ts is required (MQTT 3.1.1 cannot tell a retained command from a fresh one)", rid)
+        return
+    age = now_wall - _parse_time(obj["ts"], "ts", rid)
+    if abs(age) > MAX_COMMAND_AGE_S:
+        raise CommandRejected(
+            f"stale command: ts is {age:+.0f} s from now (at most {MAX_COMMAND_AGE_S:g} s either way)", rid
+        )
 
 
 def _reject_constant(name: str) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.confkit import Table
+from gateway.confkit import Table, check_host, check_readable_file
 
 MqttProtocol = Literal["5", "3.1.1"]
 
@@ -68,6 +68,10 @@ def parse_mqtt(t: Table | None) -> MqttConfig | None:
         if (tls.cert_file is None) != (tls.key_file is None):
             missing = "key_file" if tls.key_file is None else "cert_file"
             raise tls_t.error(missing, "a client certificate needs both cert_file and key_file")
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(tls, key)
+            if path is not None:
+                check_readable_file(tls_t.key_path(key), path)
         tls_t.done()
     protocol_raw = t.choice("protocol", ("5", "3.1.1"), "5")
     protocol: MqttProtocol = "5" if protocol_raw == "5" else "3.1.1"
@@ -77,7 +81,7 @@ def parse_mqtt(t: Table | None) -> MqttConfig | None:
         raise t.error("password", "a password needs a username")
     root_raw = t.opt_str("topic_root")
     c = MqttConfig(
-        host=t.str("host", required=True),
+        host=check_host(t, "host"),
         port=t.int("port", 8883 if tls is not None else 1883, min=1, max=65535),
         protocol=protocol,
         tls=tls,
@@ -86,9 +90,9 @@ def parse_mqtt(t: Table | None) -> MqttConfig | None:
         topic_root=None if root_raw is None else _check_topic_root(t, root_raw),
         qos=t.int("qos", 1, min=0, max=1),
         keepalive_s=t.int("keepalive_s", 30, min=5, max=3600),
-        charger_min_interval_s=t.float("charger_min_interval_s", 5.0, min=0),
-        heartbeat_s=t.float("heartbeat_s", 60.0, gt=0),
-        queue_max=t.int("queue_max", 10_000, min=10),
+        charger_min_interval_s=t.float("charger_min_interval_s", 5.0, min=0, max=3600),
+        heartbeat_s=t.float("heartbeat_s", 60.0, gt=0, max=86400),
+        queue_max=t.int("queue_max", 10_000, min=10, max=10_000_000),
         reconnect_max_s=t.int("reconnect_max_s", 30, min=1, max=3600),
     )
     if c.heartbeat_s < c.charger_min_interval_s:

@@ -37,6 +37,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway import electrical
 from gateway.config import ChargerConfig, Site
@@ -49,6 +50,7 @@ from gateway.telemetry.cap import (
     cap_from_json,
     cap_to_json,
     parse_cap_command,
+    request_id_of,
 )
 from gateway.telemetry.config import MqttConfig
 from gateway.telemetry.store import EVENTS_FILE, EventStore
@@ -60,6 +62,8 @@ PUMP_BATCH = 50  # messages handed over per event-loop turn, so a backlog never 
 DRAW_DEADBAND_A = 1.0  # a charger's draw must move this much (any phase) to count as a change
 DRAW_DEADBAND_W = 1000.0
 SHUTDOWN_TIMEOUT_S = 2.0
+RECONNECT_FAST_MAX_S = 2  # reconnect attempts at most this far apart while an outage is young...
+RECONNECT_FAST_FOR_S = 120.0  # ...this young; then the backoff grows to reconnect_max_s
 CHECKPOINT_EVERY_S = 30.0  # the event store's WAL is folded back by a worker thread this often
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CAP_KEY = "site_cap"
@@ -182,6 +186,7 @@ class Telemetry:
         self._wake = asyncio.Event()
         self._connected = False
         self._stopping = False
+        self._backoff_fast = True
         self._down_since: float | None = None
         self._down_since_wall: float | None = None
         # per-topic state
@@ -552,7 +557,11 @@ class Telemetry:
             return
         # in the network thread: the status and the subscription go out before anything else
         client.publish(self.status_topic, b"online", qos=1, retain=True)
-        client.subscribe(self.cmd_prefix + "+", qos=1)
+        if self.cfg.protocol == "5":
+            # retain-as-published: a retained command keeps its flag on live delivery too, and is refused
+            client.subscribe(self.cmd_prefix + "+", options=SubscribeOptions(qos=1, retainAsPublished=True))
+        else:
+            client.subscribe(self.cmd_prefix + "+", qos=1)
         self._call(self._link_up)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: Any, _p: object = None) -> None:
@@ -623,7 +632,9 @@ class Telemetry:
                 raise CommandRejected(
                     "retained commands are refused: publish commands with retain=false", _request_id(payload)
                 )
-            req = parse_cap_command(payload, service=self._site.service, now_wall=wall)
+            req = parse_cap_command(
+                payload, service=self._site.service, now_wall=wall, require_ts=self.cfg.protocol != "5"
+            )
         except CommandRejected as exc:
             log.warning("mqtt_command_rejected", command=name, reason=exc.reason, request_id=exc.request_id)
             self._reply(reply_topic, {"id": exc.request_id, "ok": False, "reason": exc.reason}, wall)
@@ -631,7 +642,7 @@ class Telemetry:
             return
         except Exception as exc:  # never let a payload take the link down
             log.exception("mqtt_command_failed", command=name, error=str(exc))
-            self._reply(reply_topic, {"id": None, "ok": False, "reason": "internal error"}, wall)
+            self._reply(reply_topic, {"id": request_id_of(payload), "ok": False, "reason": "internal error"}, wall)
             self._wake.set()
             return
         ts = iso_ts(wall)
@@ -739,7 +750,7 @@ class Telemetry:
         if cfg.username is not None:
             client.username_pw_set(cfg.username, cfg.password)
         client.will_set(self.status_topic, b"offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=cfg.reconnect_max_s)
+        client.reconnect_delay_set(min_delay=1, max_delay=min(cfg.reconnect_max_s, RECONNECT_FAST_MAX_S))
         client.max_inflight_messages_set(INFLIGHT_WINDOW + 20)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
@@ -755,6 +766,7 @@ class Telemetry:
         """
         self._loop = asyncio.get_running_loop()
         self._stopping = False
+        self._backoff_fast = True  # _make_client sets the fast backoff
         self._wake = asyncio.Event()
         self._wake.set()
         client: mqtt.Client | None = None
@@ -785,6 +797,7 @@ class Telemetry:
                 if (checkpoint is None or checkpoint.done()) and time.monotonic() >= next_checkpoint:
                     next_checkpoint = time.monotonic() + CHECKPOINT_EVERY_S
                     checkpoint = asyncio.ensure_future(asyncio.to_thread(self._store.checkpoint))
+                self._widen_backoff(client)
                 if self._pump(client):
                     self._wake.set()
                     await asyncio.sleep(0)
@@ -797,10 +810,33 @@ class Telemetry:
             await asyncio.to_thread(self._store.checkpoint)
             self._connected = False
 
+    async def _drain_events(self, client: mqtt.Client) -> None:
+        """On the way out: hand the queued events and replies (gateway_stopping among them) to the broker and
+        wait, within SHUTDOWN_TIMEOUT_S, for their acknowledgements."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
+                while self._connected:
+                    self._pump(client)
+                    waiting = any(m.event_key is not None or not m.retain for m in self._inflight.values())
+                    if not (self._direct or self._events or waiting):
+                        return
+                    await asyncio.sleep(0.02)
+
+    def _widen_backoff(self, client: mqtt.Client) -> None:
+        """A young outage is retried every RECONNECT_FAST_MAX_S at most (the broker restarting: back within
+        seconds); one older than RECONNECT_FAST_FOR_S backs off up to reconnect_max_s."""
+        down = self._down_since
+        fast = down is None or self._clock() - down < RECONNECT_FAST_FOR_S
+        if fast != self._backoff_fast:
+            self._backoff_fast = fast
+            top = min(self.cfg.reconnect_max_s, RECONNECT_FAST_MAX_S) if fast else self.cfg.reconnect_max_s
+            client.reconnect_delay_set(min_delay=1, max_delay=top)
+
     async def _shutdown(self, client: mqtt.Client) -> None:
         self._stopping = True
         try:
             if self._connected:
+                await self._drain_events(client)
                 done = asyncio.Event()
                 info = client.publish(self.status_topic, b"offline", qos=1, retain=True)
                 self._inflight[info.mid] = _Msg(self.status_topic, b"offline", 1, True)

@@ -74,3 +74,19 @@ async def test_daemon_publishes_takes_a_remote_cap_and_leaves_a_last_will(rig_fa
         assert await wait_for(lambda: read_retained(broker, ROOT + "status", timeout=2) == b"offline", 30)
     finally:
         sub.stop()
+
+
+async def test_sigterm_publishes_gateway_stopping_before_exit(rig_factory: Any, broker: Mosquitto) -> None:
+    """Issue 13: `gateway_stopping` reaches the broker on SIGTERM (the event is flushed before the link closes)."""
+    sub = MosquittoSub(broker, [ROOT + "event/#", ROOT + "status"]).start()
+    try:
+        rig: Rig = await rig_factory(extra={"mqtt": {"host": broker.host, "port": broker.port}})
+        assert await sub.until(lambda _m: sub.on(ROOT + "status")[-1:] == [b"online"], 15)
+        rig.daemon.signal(signal.SIGTERM)
+        await rig.daemon.wait_exit()
+        assert await sub.until(lambda _m: bool(sub.on(ROOT + "event/gateway_stopping")), 10), sub.snapshot()[-5:]
+        ev = json.loads(sub.on(ROOT + "event/gateway_stopping")[-1])
+        assert ev["reason"] == "signal"
+        assert sub.on(ROOT + "status")[-1] == b"offline"
+    finally:
+        sub.stop()

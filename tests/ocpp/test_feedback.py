@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from gateway.config import site_from_text
 from gateway.model import Actuation, ChargerSnapshot, ChargerState
 from gateway.ocpp_proxy.session import ACCEPTED, REJECTED, UNANSWERED, LimitState
-from gateway.ocpp_proxy.state import ChargerTracker
+from gateway.ocpp_proxy.state import PLAUSIBLE_MARGIN_A, PLAUSIBLE_TOLERANCE, ChargerTracker, draw_bounds
 
 from .conftest import CHARGERS, Charger16, Charger201, Cms, Gateway, Running, site_text, wait_for
 from .test_limits import FakeClock, alloc
@@ -489,3 +489,41 @@ def test_limit_state_transitions() -> None:
     assert a.controlled and ls.actuation(110.0, True) is a, "unchanged: the same record"
     assert not ls.actuation(108.0 + LEASE_S, True).controlled, "the lease lapsed"
     assert not ls.actuation(110.0, False).controlled, "offline"
+
+
+# ---------------------------------------------------------------- plausibility relative to the equipment
+def test_a_draw_above_what_the_charger_could_draw_is_rejected(tmp_path: Path) -> None:
+    """Issue 13 finding 4: one report of 9999 A from a 32 A charger is not believed (it would become a fixed
+    load holding the panel's other chargers at 0 A); up to the tolerance above its maximum it is."""
+    site = site_from_text(site_text(tmp_path, None, chargers=CHARGERS + STATIONS))
+    clock, wall = FakeClock(), 1_800_000_000.0
+    cp16, st16 = site.chargers["CP16"], site.chargers["ST16"]
+    t = ChargerTracker(cp16, 3, clock, wall=lambda: wall, bounds=draw_bounds(site, cp16))
+    bound = 32 * (1 + PLAUSIBLE_TOLERANCE) + PLAUSIBLE_MARGIN_A
+    assert t.bounds.max_a == pytest.approx(bound)
+    t.on_meter_values_16(mv16(1, 20.0, wall_iso(wall - 2)))
+    t.on_meter_values_16(mv16(1, 9999.0, wall_iso(wall - 1)))
+    assert t.draw_a == (20.0,) * 3, "9999 A rejected, the last plausible report kept"
+    t.on_meter_values_16(mv16(1, bound + 0.5, wall_iso(wall)))
+    assert t.draw_a == (20.0,) * 3
+    t.on_meter_values_16(mv16(1, 34.0, wall_iso(wall)))  # a little above its 32 A: believed (it may overdraw)
+    assert t.draw_a == (34.0,) * 3
+    # a multi-connector station: one connector's implausible report leaves the other connector's draw alone
+    st = ChargerTracker(st16, 3, clock, wall=lambda: wall, bounds=draw_bounds(site, st16))
+    for conn in (1, 2):
+        st.on_status_16({"connectorId": conn, "status": "Charging", "errorCode": "NoError"})
+    st.on_meter_values_16(mv16(1, 10.0, wall_iso(wall)))
+    st.on_meter_values_16(mv16(2, 12.0, wall_iso(wall)))
+    st.on_meter_values_16(mv16(2, 9999.0, wall_iso(wall)))
+    assert st.draw_a == (22.0,) * 3
+
+
+def test_the_circuit_limit_bounds_a_draw_too(tmp_path: Path) -> None:
+    """A 32 A charger on a 20 A circuit cannot draw 30 A: the breaker would have opened."""
+    txt = site_text(tmp_path, None, chargers=CHARGERS).replace("limit_a = 200", "limit_a = 20", 1)
+    site = site_from_text(txt.replace("failsafe_current_a = 6", "failsafe_current_a = 0"))
+    assert site.circuits["p1"].limit_a == 20
+    b = draw_bounds(site, site.chargers["CP16"])
+    assert b.max_a == pytest.approx(20 * (1 + PLAUSIBLE_TOLERANCE) + PLAUSIBLE_MARGIN_A)
+    dc = draw_bounds(site, site.chargers["DC1"])
+    assert dc.max_w >= 50000 * (1 + PLAUSIBLE_TOLERANCE) and dc.max_w < 5e6

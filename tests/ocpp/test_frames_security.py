@@ -207,6 +207,15 @@ max_current_a = 32
 failsafe_current_a = 6
 [chargers.ocpp]
 security_profile = 3
+[[chargers]]
+id = "P1"
+ocpp_version = "1.6J"
+circuit = "p1"
+phases = 1
+max_current_a = 32
+failsafe_current_a = 6
+[chargers.ocpp]
+password = "profile-one-pw"
 """
 
 
@@ -263,6 +272,23 @@ cms_client_key_file = "{gw_client[1]}"
         other = pki.issue("P2", server=False)
         with pytest.raises(InvalidStatus):
             await connect_charger(tls_port, "P3", "2.0.1", ssl_context=_client_ctx(pki, other), scheme="wss")
+        # profile 1 connected over TLS: a plain-ws connection as its identity (weaker) does not replace it
+        p1 = await connect_charger(
+            tls_port, "P1", "1.6", password="profile-one-pw", ssl_context=_client_ctx(pki, None), scheme="wss"
+        )
+        await wait_for(lambda: "P1" in gw.ctrl.sessions, what="P1 over TLS")
+        live = gw.ctrl.sessions["P1"]
+        with pytest.raises(InvalidStatus) as e:
+            await connect_charger(gw.ctrl.port, "P1", "1.6", password="profile-one-pw")
+        assert e.value.response.status_code == 409
+        assert gw.ctrl.sessions["P1"] is live
+        # ...an equally strong one (a reboot) does
+        p1b = await connect_charger(
+            tls_port, "P1", "1.6", password="profile-one-pw", ssl_context=_client_ctx(pki, None), scheme="wss"
+        )
+        await wait_for(lambda: gw.ctrl.sessions.get("P1") not in (None, live), what="P1 replaced over TLS")
+        await p1b.close()
+        await p1.close()
         await p2.close()
         await p3.close()
     finally:
@@ -289,3 +315,24 @@ def test_config_keys_and_errors(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as e:
             site_from_text(site_text(tmp_path, 1234, ocpp_extra=bad))
         assert e.value.path == key, (bad, e.value)
+
+
+async def test_allow_unauthenticated_chargers_are_logged_at_start(tmp_path: Path, make_gateway: Any) -> None:
+    chargers = """
+[[chargers]]
+id = "OPEN1"
+ocpp_version = "1.6J"
+circuit = "p1"
+phases = 1
+max_current_a = 16
+failsafe_current_a = 6
+[chargers.ocpp]
+allow_unauthenticated = true
+"""
+    import structlog
+
+    with structlog.testing.capture_logs() as logs:
+        gw = await make_gateway(None, chargers=chargers)
+        await wait_for(lambda: gw.ctrl.port != 0, what="listening")
+    warned = [e for e in logs if e["event"] == "ocpp_unauthenticated_chargers"]
+    assert warned and warned[0]["chargers"] == ["OPEN1"] and warned[0]["log_level"] == "warning"

@@ -188,3 +188,25 @@ def _stored_payloads(state: Path) -> list[bytes]:
         return [bytes(r[0]) for r in db.execute("SELECT payload FROM events ORDER BY id")]
     finally:
         db.close()
+
+
+async def test_reconnects_within_seconds_of_the_brokers_return(tmp_path: Path, site: Site) -> None:
+    """Issue 13: after a short broker outage the link took up to 31 s to come back (paho's backoff doubling to
+    reconnect_max_s). A young outage is retried every 2 s at most, whatever reconnect_max_s is."""
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    tel = Telemetry(mqtt_cfg(broker, reconnect_max_s=30), site, state_dir=tmp_path / "state")
+    try:
+        async with running(tel):
+            assert await async_wait(lambda: tel.connected)
+            await asyncio.to_thread(broker.stop)
+            assert await async_wait(lambda: not tel.connected)
+            await asyncio.sleep(7.5)  # old backoff: attempts 1, 3, 7, 15 s after the loss: back 7.5 s late
+            await asyncio.to_thread(broker.start)
+            back = asyncio.get_running_loop().time()
+            assert await async_wait(lambda: tel.connected, timeout=15)
+            gap = asyncio.get_running_loop().time() - back
+            print(f"reconnected {gap:.2f} s after the broker's return")
+            assert gap < 3.5
+    finally:
+        broker.stop()

@@ -36,7 +36,7 @@ def events(tel: Telemetry) -> list[dict[str, object]]:
 
 
 # ---------------------------------------------------------------------------- config
-def test_config_defaults_and_all_keys() -> None:
+def test_config_defaults_and_all_keys(tmp_path: Path) -> None:
     site = site_from_text(SITE_TOML + '\n[mqtt]\nhost = "broker.example"\n')
     c = site.mqtt
     assert c is not None and c.host == "broker.example" and c.port == 1883 and c.protocol == "5"
@@ -55,14 +55,20 @@ heartbeat_s = 30
 queue_max = 500
 reconnect_max_s = 60
 [mqtt.tls]
-ca_file = "/etc/ssl/ca.pem"
-cert_file = "/etc/ems/client.pem"
-key_file = "/etc/ems/client.key"
-"""
+ca_file = "{d}/ca.pem"
+cert_file = "{d}/client.pem"
+key_file = "{d}/client.key"
+""".replace("{d}", str(tmp_path))
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("PEM\n")  # readable; loaded (and judged) when the link starts
     c = site_from_text(full).mqtt
     assert c is not None
     assert c.port == 8883  # TLS default port
-    assert c.tls == MqttTlsConfig("/etc/ssl/ca.pem", "/etc/ems/client.pem", "/etc/ems/client.key")
+    assert c.tls == MqttTlsConfig(f"{tmp_path}/ca.pem", f"{tmp_path}/client.pem", f"{tmp_path}/client.key")
+    missing = full.replace(f"{tmp_path}/ca.pem", f"{tmp_path}/absent.pem")
+    with pytest.raises(ConfigError) as e:
+        site_from_text(missing)
+    assert e.value.path == "mqtt.tls.ca_file" and "cannot read" in e.value.reason
     assert c.topic_root == "acme/sites/t/" and c.protocol == "3.1.1" and c.qos == 0
     assert (c.charger_min_interval_s, c.heartbeat_s, c.queue_max, c.reconnect_max_s) == (2, 30, 500, 60)
     assert site_from_text(SITE_TOML).mqtt is None  # no [mqtt]: telemetry off
