@@ -175,3 +175,29 @@ async def test_disk_full_periodic_dropped_transaction_refused_site_keeps_control
     finally:
         await ch.close()
         await gw.stop()
+
+
+async def test_a_charger_that_connects_on_a_full_disk_is_still_managed(tmp_path: Path) -> None:
+    """Issue 13, finding 2: saving a newly connected charger's learned capabilities fails on a full disk; it
+    still gets its fail-safe profile (the store writes behind, from memory; this controller runs without the
+    control loop, so no limit profile follows here)."""
+    cms = Cms()  # down
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(site_text(tmp_path / "state", cms.port, chargers=CHARGER_201))
+    gw = await Proc.spawn(cfg)
+    await gw.stop()  # the store exists; from now on it cannot grow
+    db = max((p for p in (tmp_path / "state").iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
+    gw = await Proc.spawn(cfg, fsize_limit=max(db.stat().st_size, 4096))
+    ch = await RawCharger.open(gw.port, "CP201", "2.0.1")
+    try:
+        await wait_for(lambda: any(c[2] == "SetChargingProfile" for c in ch.calls),
+                       what="the fail-safe profile on a full disk")
+        purposes = [json.dumps(c[3]) for c in ch.calls if c[2] == "SetChargingProfile"]
+        assert any('"stackLevel": 0' in p or '"stackLevel":0' in p for p in purposes), purposes
+        assert (await ch.call('[2,"hb","Heartbeat",{}]'))[0] == 3
+        assert gw.proc.returncode is None
+        # the capabilities could not be saved (reported), and that did not stop the charger's set-up
+        assert any("ocpp_store_write_failed" in ln and "caps" in ln for ln in gw.lines), gw.lines[-20:]
+    finally:
+        await ch.close()
+        await gw.stop()
