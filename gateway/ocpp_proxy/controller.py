@@ -15,6 +15,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from gateway.config import ChargerConfig, Site
+from gateway.errors import StoreError
 from gateway.model import Allocation, ChargerSnapshot
 from gateway.ocpp_proxy.frames import SUBPROTOCOLS
 from gateway.ocpp_proxy.server import check_request, credential_strength, identity_of, is_tls, server_ssl_context
@@ -24,6 +25,17 @@ from gateway.ocpp_proxy.store import QueueLimits, Store
 from gateway.ocpp_proxy.upstream import UpstreamTarget, target_for
 
 log = structlog.get_logger(__name__)
+
+
+def _open_store(path: str, limits: QueueLimits) -> Store:
+    """The durable store, or, when it cannot be opened (a full or broken disk), one in memory: the chargers are
+    still managed (profiles and limits never depend on a disk write); what is queued is then not durable,
+    which is logged as an error (queue rows already on disk stay there for the next start)."""
+    try:
+        return Store(path, limits)
+    except StoreError as exc:
+        log.error("ocpp_store_unavailable", path=path, error=str(exc), fallback="memory")
+        return Store(":memory:", limits)
 
 
 class OcppController:
@@ -39,7 +51,7 @@ class OcppController:
         self.clock = clock
         self._on_event = on_event
         self._on_change = on_change
-        self.store = Store(os.path.join(site.state_dir, "ocpp.sqlite"), QueueLimits(site.ocpp.queue_max_messages))
+        self.store = _open_store(os.path.join(site.state_dir, "ocpp.sqlite"), QueueLimits(site.ocpp.queue_max_messages))
         self._trackers: dict[str, ChargerTracker] = {}
         self._limits: dict[str, LimitState] = {}
         self.sessions: dict[str, ChargerSession] = {}

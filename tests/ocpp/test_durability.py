@@ -39,6 +39,7 @@ class Proc:
 
     @classmethod
     async def spawn(cls, cfg: Path, fsize_limit: int | None = None) -> Proc:
+        """Start the controller; the lines it logged before listening are the new Proc's first ``lines``."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
         def limit() -> None:
@@ -56,11 +57,15 @@ class Proc:
             preexec_fn=limit,
         )
         assert proc.stdout is not None
+        early: list[str] = []
         while True:
             line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
             assert line, "the gateway exited"
+            early.append(line)
             if line.startswith("ocpp_proxy_listening"):
-                return cls(proc, int(line.split("port=")[1].split()[0]))
+                started = cls(proc, int(line.split("port=")[1].split()[0]))
+                started.lines[:0] = early
+                return started
 
     async def kill(self) -> None:
         if self.proc.returncode is None:
@@ -198,6 +203,24 @@ async def test_a_charger_that_connects_on_a_full_disk_is_still_managed(tmp_path:
         assert gw.proc.returncode is None
         # the capabilities could not be saved (reported), and that did not stop the charger's set-up
         assert any("ocpp_store_write_failed" in ln and "caps" in ln for ln in gw.lines), gw.lines[-20:]
+    finally:
+        await ch.close()
+        await gw.stop()
+
+
+async def test_a_store_that_cannot_be_opened_falls_back_to_memory_and_still_manages(tmp_path: Path) -> None:
+    """A disk so full that the store cannot even be created: the controller says so and keeps the store in
+    memory, and a charger still gets its fail-safe profile (nothing about control waits for the disk)."""
+    cms = Cms()  # down
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(site_text(tmp_path / "state", cms.port, chargers=CHARGER_201))
+    gw = await Proc.spawn(cfg, fsize_limit=4096)
+    ch = await RawCharger.open(gw.port, "CP201", "2.0.1")
+    try:
+        assert any("ocpp_store_unavailable" in ln for ln in gw.lines), gw.lines[-10:]
+        await wait_for(lambda: any(c[2] == "SetChargingProfile" for c in ch.calls), what="the fail-safe profile")
+        assert (await ch.call('[2,"hb","Heartbeat",{}]'))[0] == 3
+        assert gw.proc.returncode is None
     finally:
         await ch.close()
         await gw.stop()
