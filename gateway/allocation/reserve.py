@@ -65,7 +65,8 @@ def view(
     else:
         base = _base(mem, cs, act, ch, u2l, fs_a, resp, now)
         changed_at = act.accepted_at if act.accepted_at is not None and act.accepted_at <= now else now
-        follows, raised = follow(mem, fresh_reserve(ch, cs, u2l), base, changed_at, resp, now)
+        start = fresh_reserve(ch, cs, u2l) if mem is None else 0.0
+        follows, raised = follow(mem, start, base, changed_at, resp, now)
     may = max(base, following(follows, now))
     return View(may, base, follows, raised)
 
@@ -127,7 +128,10 @@ def reports(mem: ChargerMemory | None, cs: ChargerSnapshot, draw: list[float] | 
     kept = mem.reports if mem is not None else ()
     if draw is not None and cs.draw_at is not None and (not kept or cs.draw_at > kept[-1][0]):
         kept = (*kept, (cs.draw_at, tuple(draw), float("inf")))[-_KEEP_REPORTS:]
-    return tuple((at, d, min(low, v.base_a)) for at, d, low in kept)
+    base = v.base_a
+    if all(low <= base for _, _, low in kept):
+        return kept  # nothing lower to note (the common case: no new report, the reserve has not fallen)
+    return tuple((at, d, min(low, base)) for at, d, low in kept)
 
 
 def report_for(history: tuple[Report, ...], reading_at: float) -> Report | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 NEVER = float("-inf")
 
@@ -15,8 +16,9 @@ def following(follows: tuple[tuple[float, float], ...], now: float) -> float:
     return max((a for a, until in follows if now < until), default=0.0)
 
 
-@dataclass(frozen=True)
-class ChargerMemory:
+class ChargerMemory(NamedTuple):
+    """One charger's memory (a NamedTuple: the allocator makes one per charger per tick)."""
+
     limit: float  # the limit decided last (charger unit)
     line_a: float  # its line current per loaded phase
     reason: str
