@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -69,6 +70,10 @@ class Mosquitto:
             "log_type information",
             "max_queued_messages 100000",
         ]
+        if os.geteuid() == 0:
+            # started as root, mosquitto drops to its own user, which cannot write its log or its persistence
+            # file into a private (0700) test directory: sessions would then not survive a broker restart
+            lines.append("user root")
         if self.persistence:
             lines += ["persistence true", f"persistence_location {self.dir}/", "autosave_interval 1"]
         self.conf.write_text("\n".join(lines) + "\n")
