@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.allocation.plan import Plan
+from gateway.allocation.plan import EPS_A, Plan
 from gateway.allocation.reserve import Report, View, measured_draw, report_for, reports, usable, view
 from gateway.allocation.state import NEVER, AllocatorState, ChargerMemory
 from gateway.config import ChargerConfig, Site
 from gateway.model import ChargerSnapshot, ChargerState, MeterReading, Snapshot
 
-_EPS_A = 1e-6
 _DT_MAX_TICKS = 5.0  # an increase may use at most this many ticks of ramp after a gap
 
 
@@ -159,7 +158,7 @@ def _bounds(
     if start is None and mem is None and draw is not None:
         start = max(draw)  # first allocation after a (re)start: continue from the measured draw
     ramp_cap = max(lo_a, (start or 0.0) + ctl.ramp_up_a_per_s * dt)
-    if ramp_cap < cap - _EPS_A:
+    if ramp_cap < cap - EPS_A:
         cap, why = ramp_cap, "ramp:rate-limit"
     c.hi[i], c.hi_reason[i] = cap, why
     if mem is not None:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway.allocation.plan import FloatArray, IntArray, Plan
-
-_EPS_A = 1e-6
-_TOL_A = 1e-4  # bisection stops when levels differ by less than this (in amperes)
+from gateway.allocation.plan import EPS_A, TOL_A, FloatArray, IntArray, Plan
 
 
 def fill(
@@ -31,19 +28,19 @@ def fill(
         # a constraint already full at t=0 (fixed loads alone; its members are paused) must not hold back
         # the others: it binds only its growing members, and it has none
         room_r = np.maximum(room, usage(0.0))
-        if (usage(t_hi_all) <= room_r + _EPS_A).all():
+        if (usage(t_hi_all) <= room_r + EPS_A).all():
             x[grow] = hi[grow]
             break
         t_lo, t_up = 0.0, t_hi_all
         wmax = float(np.max(weight[grow]))
-        while (t_up - t_lo) * wmax > _TOL_A:
+        while (t_up - t_lo) * wmax > TOL_A:
             t_mid = 0.5 * (t_lo + t_up)
-            if (usage(t_mid) <= room_r + _EPS_A).all():
+            if (usage(t_mid) <= room_r + EPS_A).all():
                 t_lo = t_mid
             else:
                 t_up = t_mid
         sat = np.zeros(K, dtype=bool)
-        sat[np.flatnonzero(usage(t_up) > room_r + _EPS_A)] = True
+        sat[np.flatnonzero(usage(t_up) > room_r + EPS_A)] = True
         xt = np.clip(weight * t_lo, lo, hi)
         hit = np.zeros(n, dtype=bool)
         hit_k = np.full(n, -1, dtype=np.intp)

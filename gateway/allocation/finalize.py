@@ -13,19 +13,16 @@ import math
 import numpy as np
 
 from gateway.allocation.classify import Classes
-from gateway.allocation.plan import FloatArray, Plan
+from gateway.allocation.plan import EPS_A, TOL_A, FloatArray, Plan
 from gateway.allocation.reserve import follow, fresh_reserve
 from gateway.allocation.state import AllocatorState, ChargerMemory, following
 from gateway.config import Site
 from gateway.model import ChargerLimit, Snapshot
 
-_EPS_A = 1e-6
-_TOL_A = 1e-4
-
 
 def floor_limit(v: float, step: float = 0.1) -> float:
-    # the filling level is found to within _TOL_A: allow that much so an exact share is not rounded down
-    return math.floor((v + 2 * _TOL_A) / step) * step
+    # the filling level is found to within TOL_A: allow that much so an exact share is not rounded down
+    return math.floor((v + 2 * TOL_A) / step) * step
 
 
 def propose(
@@ -68,18 +65,18 @@ def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:
     held = np.where(is_active, reserve, np.array(c.fixed, dtype=np.float64))
     line = np.array(c.line, dtype=np.float64)
     delta = np.where(is_active, np.maximum(line - reserve, 0.0), 0.0)
-    if not (delta > _EPS_A).any():
+    if not (delta > EPS_A).any():
         return
     free = np.maximum(cap - non_ev - plan.per_constraint(held), 0.0)
     want = plan.per_constraint(delta)
-    factor_k = np.where(want > _EPS_A, np.minimum(1.0, free / np.maximum(want, _EPS_A)), 1.0)
+    factor_k = np.where(want > EPS_A, np.minimum(1.0, free / np.maximum(want, EPS_A)), 1.0)
     factor = np.ones(n)
     np.minimum.at(factor, plan.mem_c, factor_k[plan.mem_k])
-    for i in np.flatnonzero((delta > _EPS_A) & (factor < 1.0 - 1e-9)).tolist():
+    for i in np.flatnonzero((delta > EPS_A) & (factor < 1.0 - 1e-9)).tolist():
         u2l = plan.unit_to_line[i]
         granted = float(reserve[i] + delta[i] * factor[i])
         limit = floor_limit(granted / u2l)
-        if granted < c.lo[i] - _EPS_A or limit < c.lo_limit[i] - 1e-9:
+        if granted < c.lo[i] - EPS_A or limit < c.lo_limit[i] - 1e-9:
             limit = 0.0  # its minimum does not fit in freed capacity yet: it waits (a decrease, always safe)
         c.limit[i], c.line[i], c.reason[i] = limit, limit * u2l, "hold:in-flight"
 
@@ -102,9 +99,8 @@ def remember(
             start = fresh_reserve(plan.chargers[i], cs, plan.unit_to_line[i])
             follows, raised_at = follow(mem, start, line, now, resp, now)
             base_a = line
-        changed_at = mem.changed_at if mem is not None and limit == mem.limit else now
         memory[cid] = ChargerMemory(
-            limit=limit, line_a=line, reason=why, changed_at=changed_at,
+            limit=limit, line_a=line, reason=why,
             paused_since=paused_since, running_since=running_since, base_a=base_a,
             follows=follows, raised_at=raised_at,
             reports=c.reports[i],

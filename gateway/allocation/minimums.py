@@ -8,10 +8,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from gateway.allocation.classify import Classes
-from gateway.allocation.plan import FloatArray, Plan
+from gateway.allocation.plan import EPS_A, FloatArray, Plan
 from gateway.model import ChargerSnapshot
 
-_EPS_A = 1e-6
 _FAR = 1e18
 
 
@@ -27,7 +26,7 @@ def pause(
     lo = np.array(c.lo, dtype=np.float64)
     need = np.bincount(a_k, weights=lo[a_c], minlength=K)
     paused: dict[int, int] = {}
-    if not (need > room + _EPS_A).any():
+    if not (need > room + EPS_A).any():
         return paused
     members: dict[int, list[int]] = {}
     for c_i, k_i in zip(a_c.tolist(), a_k.tolist(), strict=True):
@@ -48,12 +47,12 @@ def pause(
         return (c.weight[i], group, k2, -(dep if dep is not None else _FAR), plan.ids[i])
 
     for i in sorted(c.active, key=order_key):
-        over = [k for k in members[i] if need[k] > room[k] + _EPS_A]
+        over = [k for k in members[i] if need[k] > room[k] + EPS_A]
         if not over:
             continue
         paused[i] = over[0]
         for k in members[i]:
             need[k] -= lo[i]
-        if not (need > room + _EPS_A).any():
+        if not (need > room + EPS_A).any():
             break
     return paused

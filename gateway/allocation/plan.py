@@ -13,6 +13,9 @@ from gateway.config import PHASES, ChargerConfig, Site
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 
+EPS_A = 1e-6  # numerical slack in amperes, in every step
+TOL_A = 1e-4  # the filling's bisection stops when levels differ by less than this; limits are floored with it
+
 
 @dataclass(frozen=True)
 class Plan:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from gateway.allocation.plan import EPS_A
 from gateway.allocation.state import NEVER, ChargerMemory, following
 from gateway.config import ChargerConfig, Site
 from gateway.electrical import ac_line_current_a, dc_line_current_a
 from gateway.model import Actuation, ChargerSnapshot
 
-_EPS_A = 1e-6
 # a draw report older than this neither caps an EV nor makes room (buffered MeterValues are not fresh)
 REPORT_MAX_AGE_S = 120.0
 
@@ -45,9 +45,9 @@ def follow(
     the earlier reserve is ``start_a`` (``fresh_reserve``)."""
     before, raised = (start_a, NEVER) if mem is None else (mem.base_a, mem.raised_at)
     follows: tuple[tuple[float, float], ...] = () if mem is None else tuple(f for f in mem.follows if now < f[1])
-    if base_a < before - _EPS_A:
+    if base_a < before - EPS_A:
         follows = (*follows, (before, changed_at + resp))
-    elif base_a > before + _EPS_A:
+    elif base_a > before + EPS_A:
         raised = changed_at
     return follows, raised
 

@@ -22,7 +22,6 @@ class ChargerMemory(NamedTuple):
     limit: float  # the limit decided last (charger unit)
     line_a: float  # its line current per loaded phase
     reason: str
-    changed_at: float  # when the decided limit last changed
     paused_since: float | None = None  # when its session was paused (rotation)
     running_since: float | None = None  # when it last got its minimum or more
     # its reserve before followers (line A): what it accepted, or may draw offline / uncontrolled
