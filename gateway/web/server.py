@@ -344,9 +344,9 @@ class WebService:
             session = await self._basic(request)
         if session is None:
             return _json({"error": "login required"}, 401)
-        if request.method == "POST" and session is not ANONYMOUS:
-            if not _same(request.headers.get("X-CSRF-Token", ""), session.csrf):
-                return _json({"error": "missing or wrong CSRF token (X-CSRF-Token)"}, 403)
+        csrf_ok = _same(request.headers.get("X-CSRF-Token", ""), session.csrf)
+        if request.method == "POST" and session is not ANONYMOUS and not csrf_ok:
+            return _json({"error": "missing or wrong CSRF token (X-CSRF-Token)"}, 403)
         request["session"] = session
         return await handler(request)
 
