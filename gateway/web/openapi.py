@@ -149,6 +149,7 @@ def openapi_document() -> dict[str, Any]:
                                              "503": "no remote cap mechanism (no [mqtt])"}),
         "/api/commissioning/start": _post("technician: start commissioning", _obj({}), {
             "501": "not available in this build", "403": "not a technician"}),
+        "/api/openapi.json": _get("this description", {"type": "object"}),
         "/metrics": {"get": {"summary": "Prometheus exposition format", "responses": {"200": {"description": "text"}}}},
     }
     return {

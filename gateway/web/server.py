@@ -181,7 +181,7 @@ class WebService:
     def sample(self) -> None:
         site, snap, alloc, now = self._state()
         self._count_ticks()
-        if alloc is None or (snap, alloc) == self._seen:
+        if alloc is None or (snap is self._seen[0] and alloc is self._seen[1]):
             return
         self._seen = (snap, alloc)
         self._derive_events(site, snap, alloc, now)
@@ -211,10 +211,10 @@ class WebService:
             self.store.add_chargers(wall, ids, vals)
 
     def _derive_events(self, site: Site, snap: Snapshot | None, alloc: Allocation, now: float) -> None:
+        # before the first sample: normal mode, no caps, nobody flagged (a start in fail-safe or under a cap shows)
         prev = self._prev
-        first = not prev
         mode = alloc.mode
-        if not first and mode != prev.get("mode"):
+        if mode != prev.get("mode", "normal"):
             if mode == "normal":
                 self.event("failsafe_left", mode=mode)
             else:
@@ -228,15 +228,14 @@ class WebService:
                 self.event(f"meter_{h}", meter=mid, previous=o, reason=r.reason if r is not None else "")
         flagged = {cid for cid, c in (snap.chargers if snap is not None else {}).items() if c.noncompliant}
         old_flagged: set[str] = prev.get("flagged", set())
-        if not first:
-            for cid in sorted(flagged - old_flagged):
-                lim = alloc.limits.get(cid)
-                self.event("charger_noncompliant", charger=cid, limit=lim.limit if lim is not None else None)
-            for cid in sorted(old_flagged - flagged):
-                self.event("charger_compliant_again", charger=cid)
+        for cid in sorted(flagged - old_flagged):
+            lim = alloc.limits.get(cid)
+            self.event("charger_noncompliant", charger=cid, limit=lim.limit if lim is not None else None)
+        for cid in sorted(old_flagged - flagged):
+            self.event("charger_compliant_again", charger=cid)
         budget = views.budget_source(snap, site)
         caps = budget["caps"]
-        if not first and caps != prev.get("caps"):
+        if caps != prev.get("caps", []):
             self.event("budget_changed", source=budget["source"], caps=caps)
         self._prev = {"mode": mode, "health": health, "flagged": flagged, "caps": caps}
 
