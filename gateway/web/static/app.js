@@ -168,9 +168,10 @@
     svg.appendChild(svgEl("line", { x1: L, y1: T, x2: L, y2: y(0), class: "axis" }));
     for (let i = 0; i <= 4; i++) {
       const v = vmax * i / 4;
-      svg.appendChild(svgEl("text", { x: 2, y: y(v) + 4 }, v.toFixed(0) + " " + unit));
+      svg.appendChild(svgEl("text", { x: 2, y: y(v) + 4 }, v.toFixed(vmax < 10 ? 1 : 0) + " " + unit));
       const t = t0 + (t1 - t0) * i / 4;
-      svg.appendChild(svgEl("text", { x: x(t) - 18, y: H - 6 }, new Date(t * 1000).toTimeString().slice(0, 5)));
+      const hhmm = new Date(t * 1000).toTimeString().slice(0, t1 - t0 < 600 ? 8 : 5);
+      svg.appendChild(svgEl("text", { x: Math.min(x(t) - 18, W - 50), y: H - 6 }, hhmm));
     }
     let lx = L + 10;
     for (const s of series) {
