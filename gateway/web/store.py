@@ -80,6 +80,7 @@ class HistoryStore:
                 self.path.replace(self.path.with_suffix(".corrupt"))
             db = sqlite3.connect(self.path, check_same_thread=False)
             db.executescript(_SCHEMA)
+        db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
@@ -127,8 +128,10 @@ class HistoryStore:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle, ok, res)
 
-        if not self._submit(job):
-            raise RuntimeError("history store busy")
+        try:
+            self._q.put_nowait(job)
+        except queue.Full:  # a read waits for room (off the loop); only writes are ever dropped
+            await asyncio.to_thread(self._q.put, job, True, 10.0)
         return await fut
 
     def close(self) -> None:
