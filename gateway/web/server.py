@@ -100,6 +100,7 @@ class WebService:
         self._last_record_at: float | None = None
         self._live_key: tuple[int, int] | None = None
         self._live_bytes = b"{}"
+        self._live_build: tuple[tuple[int, int], asyncio.Future[bytes]] | None = None
         self._seen: tuple[Snapshot | None, Allocation | None] = (None, None)
         self._prev: dict[str, Any] = {}
         self._next_site_at = 0.0
@@ -151,8 +152,7 @@ class WebService:
 
     def _metric_state(self) -> tuple[Site, Snapshot | None, Allocation | None, Sequence[Any], int, float]:
         site, snap, alloc, now = self._state()
-        self._count_ticks()
-        return site, snap, alloc, self.loop_view.records, self.ticks_total, now
+        return site, snap, alloc, tuple(self.loop_view.records), self.ticks_total, now
 
     def _count_ticks(self) -> None:
         recs = self.loop_view.records
@@ -166,16 +166,31 @@ class WebService:
             self._last_record_at = recs[-1].at
         self.ticks_total += n
 
-    def live_bytes(self) -> bytes:
-        """The live document, encoded once per allocation and second, whoever asks."""
+    async def live_bytes(self) -> bytes:
+        """The live document, encoded once per allocation and second whoever asks, in a worker thread.
+
+        The views read frozen values only, so building them in a thread is safe; the GIL is handed back every
+        few milliseconds, so at 1000 chargers the event loop (and the control tick in it) is never held for
+        the whole build.
+        """
         site, snap, alloc, now = self._state()
         key = (id(alloc), int(now))
-        if key != self._live_key:
-            doc = views.live_view(site, snap, alloc, now)
-            doc["events"] = list(self.recent_events)[-20:]
-            self._live_bytes = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-            self._live_key = key
-        return self._live_bytes
+        if key == self._live_key:
+            return self._live_bytes
+        if self._live_build is None or self._live_build[0] != key:
+            events = list(self.recent_events)[-20:]
+            self._live_build = (key, asyncio.ensure_future(asyncio.to_thread(_encode_live, site, snap, alloc, now,
+                                                                             events)))
+        build_key, fut = self._live_build
+        data = await asyncio.shield(fut)
+        if self._live_build is not None and self._live_build[0] == build_key:
+            self._live_key, self._live_bytes, self._live_build = build_key, data, None
+        return data
+
+    async def _off(self, fn: Callable[..., Any], *args: Any) -> web.Response:
+        """A JSON answer built and encoded in a worker thread (from frozen values)."""
+        text = await asyncio.to_thread(lambda: json.dumps(fn(*args), separators=(",", ":"), default=str))
+        return web.Response(text=text, content_type="application/json")
 
     # -- sampler: history and derived events (once a second, off the tick) ------------------------
     def sample(self) -> None:
@@ -389,7 +404,8 @@ class WebService:
         return _json(openapi_document())
 
     async def h_metrics(self, request: web.Request) -> web.StreamResponse:
-        body = generate_latest(self.registry)
+        self._count_ticks()
+        body = await asyncio.to_thread(generate_latest, self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     # -- handlers: session ------------------------------------------------------------------
@@ -431,7 +447,7 @@ class WebService:
 
     # -- handlers: data -----------------------------------------------------------------------
     async def h_live(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(body=self.live_bytes(), content_type="application/json")
+        return web.Response(body=await self.live_bytes(), content_type="application/json")
 
     async def h_stream(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: the live document once a second (encoded once for every client)."""
@@ -442,7 +458,7 @@ class WebService:
         try:
             await resp.write(b"retry: 2000\n\n")
             while True:
-                await resp.write(b"data: " + self.live_bytes() + b"\n\n")
+                await resp.write(b"data: " + await self.live_bytes() + b"\n\n")
                 await asyncio.sleep(1.0 - (self.clock() % 1.0) + 0.05)
         except (ConnectionResetError, ConnectionError):
             pass
@@ -452,19 +468,19 @@ class WebService:
 
     async def h_site(self, request: web.Request) -> web.StreamResponse:
         site, snap, alloc, now = self._state()
-        return _json(views.site_view(site, snap, alloc, now))
+        return await self._off(views.site_view, site, snap, alloc, now)
 
     async def h_circuits(self, request: web.Request) -> web.StreamResponse:
         site, _, alloc, _ = self._state()
-        return _json(views.circuits_view(site, alloc))
+        return await self._off(views.circuits_view, site, alloc)
 
     async def h_chargers(self, request: web.Request) -> web.StreamResponse:
         site, snap, alloc, _ = self._state()
-        return _json(views.chargers_view(site, snap, alloc))
+        return await self._off(views.chargers_view, site, snap, alloc)
 
     async def h_meters(self, request: web.Request) -> web.StreamResponse:
         site, snap, _, now = self._state()
-        return _json(views.meters_view(site, snap, now))
+        return await self._off(views.meters_view, site, snap, now)
 
     async def h_failsafe(self, request: web.Request) -> web.StreamResponse:
         site, _, alloc, _ = self._state()
@@ -497,7 +513,7 @@ class WebService:
         return _json({"kinds": sorted(set(EVENT_KINDS.values())), "events": rows})
 
     async def h_config(self, request: web.Request) -> web.StreamResponse:
-        return _json(views.config_view(self.site))
+        return await self._off(views.config_view, self.site)
 
     def _phases(self) -> list[str]:
         from gateway.config import PHASES
@@ -527,6 +543,13 @@ class WebService:
         if s.role != "technician":
             return _json({"error": "a technician's action: your role is " + s.role}, 403)
         return _json({"error": "commissioning is not available in this build (issue 17 adds it)"}, 501)
+
+
+def _encode_live(site: Site, snap: Snapshot | None, alloc: Allocation | None, now: float,
+                 events: list[dict[str, Any]]) -> bytes:
+    doc = views.live_view(site, snap, alloc, now)
+    doc["events"] = events
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False, default=str).encode()
 
 
 def _same(a: str, b: str) -> bool:
