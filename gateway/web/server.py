@@ -226,14 +226,10 @@ class WebService:
             self.store.add_chargers(wall, ids, vals)
 
     def _derive_events(self, site: Site, snap: Snapshot | None, alloc: Allocation, now: float) -> None:
-        # before the first sample: normal mode, no caps, nobody flagged (a start in fail-safe or under a cap shows)
+        # before the first sample: normal mode, no caps, nobody flagged (a start in fail-safe or under a cap shows);
+        # the cause before the effect: a meter's change, then the mode it leads to
         prev = self._prev
         mode = alloc.mode
-        if mode != prev.get("mode", "normal"):
-            if mode == "normal":
-                self.event("failsafe_left", mode=mode)
-            else:
-                self.event("failsafe_entered", mode=mode, meters=list(alloc.failsafe_meters))
         health = {mid: views.meter_health(site, mid, snap, now) for mid in site.meters}
         old_health: dict[str, str] = prev.get("health", {})
         for mid, h in health.items():
@@ -241,6 +237,11 @@ class WebService:
             if o is not None and o != h:
                 r = snap.meters.get(mid) if snap is not None else None
                 self.event(f"meter_{h}", meter=mid, previous=o, reason=r.reason if r is not None else "")
+        if mode != prev.get("mode", "normal"):
+            if mode == "normal":
+                self.event("failsafe_left", mode=mode)
+            else:
+                self.event("failsafe_entered", mode=mode, meters=list(alloc.failsafe_meters))
         flagged = {cid for cid, c in (snap.chargers if snap is not None else {}).items() if c.noncompliant}
         old_flagged: set[str] = prev.get("flagged", set())
         for cid in sorted(flagged - old_flagged):

@@ -141,3 +141,30 @@ async def test_the_active_configuration_has_its_secrets_masked(web_site: Any) ->
     assert raw_pw not in text
     assert cfg["mqtt"]["password"] == "***" and cfg["mqtt"]["username"] == "u"
     assert cfg["service"]["limit_a"] == 100.0 and set(cfg["chargers"]) == {"CP1", "CP2", "CP3", "CP4"}
+
+
+async def test_a_silent_meter_shows_as_failsafe_and_meter_events_and_its_return(web_site: Any) -> None:
+    w: Web = await web_site()
+    web = w.app.web
+
+    def names() -> list[str]:
+        return [e["name"] for e in web.recent_events]
+
+    async with client(w.url) as http:
+        await w.login(http, "viewer")
+        w.sim.meters["m-main"].silence()
+        assert await wait_for(lambda: "failsafe_entered" in names(), 10), names()
+        site = await _get(http, w.url + "/api/site")
+        assert site["mode"] in ("failsafe", "partial-failsafe") and "m-main" in site["failsafe_meters"]
+        meters = {m["id"]: m for m in await _get(http, w.url + "/api/meters")}
+        assert meters["m-main"]["health"] in ("stale", "invalid") and meters["m-p1"]["health"] == "ok"
+        w.sim.meters["m-main"].clear_faults()
+        assert await wait_for(lambda: "failsafe_left" in names() and "meter_ok" in names(), 15), names()
+        await web.store.flush()
+        events = (await _get(http, w.url + "/api/events?kind=failsafe,meter"))["events"]
+        got = [e["name"] for e in reversed(events)]
+        assert got[0] in ("meter_stale", "meter_invalid") and got[0] != "meter_ok"
+        assert got.index("failsafe_entered") < got.index("failsafe_left")
+        assert {e["kind"] for e in events} == {"failsafe", "meter"}
+        stale = next(e for e in events if e["name"] == got[0])
+        assert stale["fields"]["meter"] == "m-main" and stale["fields"]["previous"] == "ok"
