@@ -96,6 +96,7 @@ class Browser:
             await asyncio.sleep(interval)
 
     async def screenshot(self, path: Path) -> Path:
+        await self.js("window.scrollTo(0, 0)")  # the header at the top, where check_screenshot looks
         await self.call(self.d.save_screenshot, str(path))
         return path
 

@@ -4,6 +4,7 @@ simulated site on loopback, with a users file of one viewer and one technician."
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,12 @@ from hil.site_sim import SiteSim
 from tests.daemon.conftest import small_site, wait_for
 
 PASSWORDS = {"viewer": "viewer-pass-1", "tech": "tech-pass-12"}
+
+
+def basic(user: str) -> dict[str, str]:
+    """HTTP Basic credentials for ``user`` (for GETs by scrapers and scripts)."""
+    token = base64.b64encode(f"{user}:{PASSWORDS[user]}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
 
 
 def write_users(path: Path) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon.conftest import wait_for
-from tests.web.conftest import Web, client, plug_all
+from tests.web.conftest import Web, basic, client, plug_all
 
 
 async def _get(http: Any, url: str) -> Any:
@@ -80,13 +80,11 @@ async def test_site_circuits_chargers_and_meters_are_the_loops_latest_values(web
 
 async def test_metrics_in_the_prometheus_format_with_the_loops_tick_figures(web_site: Any) -> None:
     w: Web = await web_site()
-    import aiohttp
-
     async with client(w.url) as http:
         r = await http.get(w.url + "/metrics")
         assert r.status == 401  # users exist: a scraper authenticates (HTTP Basic, GET only)
         await asyncio.sleep(1.5)
-        r = await http.get(w.url + "/metrics", auth=aiohttp.BasicAuth("viewer", "viewer-pass-1"))
+        r = await http.get(w.url + "/metrics", headers=basic("viewer"))
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("text/plain")
         text = await r.text()

@@ -4,6 +4,8 @@ action, a technician's cap shown as the budget source; screenshots checked for s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,6 @@ from tests.web.conftest import PASSWORDS, Web
 @pytest.fixture
 async def browser() -> Any:
     chromium_or_skip()
-    import asyncio
-
     b = Browser(await asyncio.to_thread(new_driver))
     yield b
     await b.quit()
@@ -73,7 +73,11 @@ async def test_live_page_history_events_and_roles_in_chromium(web_site: Any, bro
     print(f"site change -> loop {in_loop - changed_at:.2f} s, loop -> page {shown - in_loop:.2f} s")
     assert shown - in_loop <= 2.0
 
-    # the history chart: the site series drawn from the store
+    # the history chart: the site series drawn from the store (once it holds a few samples)
+    for _ in range(50):
+        if len(await w.app.web.store.site_history(0)) >= 3:
+            break
+        await asyncio.sleep(0.1)
     await b.select("#hist-hours", "1")
     assert await b.until(lambda: int(b.d.find_element("id", "chart-site").get_attribute("data-points") or 0) > 3, 10)
     series = await b.js("return Array.from(document.querySelectorAll('#chart-site polyline'))"
@@ -118,3 +122,48 @@ async def test_live_page_history_events_and_roles_in_chromium(web_site: Any, bro
     assert await b.until(lambda: "refused (501)" in b._text("#action-result"), 5)
     shot = await b.screenshot(tmp_path / "live-technician.png")
     print("screenshot", check_screenshot(shot))
+
+
+async def test_the_page_with_1000_chargers(browser: Browser, tmp_path: Path) -> None:
+    """Every charger's row from frozen values the real allocator computed for a 1000-charger tree (the load
+    time is printed; hil/bench/bench_web.py measures it)."""
+    import random
+
+    from gateway.allocation import allocate
+    from gateway.web.config import WebConfig
+    from gateway.web.server import WebService
+    from hil.bench.bench_web import Holder
+    from hil.bench.sites import busy_snapshot, tree_site
+
+    site = tree_site(1000)
+    snap = busy_snapshot(site, 1000.0, random.Random(3))
+    alloc, _ = allocate(snap, site, None, 1000.0)
+    holder = Holder()
+    holder.snapshot, holder.allocation = snap, alloc
+    svc = WebService(WebConfig(port=0, users_file=str(tmp_path / "none")), site, holder, state_dir=tmp_path,
+                     clock=lambda: 1000.5)
+    task = asyncio.create_task(svc.run())
+    try:
+        async with asyncio.timeout(10):
+            await svc.started.wait()
+        b = browser
+        t0 = time.monotonic()
+        await b.get(f"http://127.0.0.1:{svc.port}/")
+        rows = await b.until(lambda: b.d.execute_script(
+            "const n = document.querySelectorAll('#chargers tbody tr').length; return n === 1000 ? n : 0;"), 20)
+        print(f"1000 chargers: every row shown {time.monotonic() - t0:.2f} s after the request")
+        assert rows == 1000
+        cid = "CP0500"
+        lim = alloc.limits[cid]
+        cells = await b.js(f"return [...document.querySelector('#chargers tr[data-id=\"{cid}\"]').cells]"
+                           ".map(c => c.textContent)")
+        assert cells[0] == cid and cells[3] == f"{lim.limit:.1f} A" and cells[5] == lim.reason
+        await b.type("#charger-filter", "CP099")
+        assert await b.until(lambda: b.d.execute_script(
+            "return document.querySelectorAll('#chargers tbody tr').length === 10"), 5)
+        print("screenshot", check_screenshot(await b.screenshot(tmp_path / "thousand.png")))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        svc.close()
