@@ -15,6 +15,20 @@ DEFAULT_USERS_FILE = "/etc/ems-gateway/web-users"
 
 
 @dataclass(frozen=True)
+class WebPushConfig:
+    """[web.push]: the site's figures POSTed as JSON to a URL (for CMSs that take HTTP rather than MQTT)."""
+
+    url: str
+    interval_s: float = 10.0  # figures at most this often (the newest replaces any unsent)
+    timeout_s: float = 5.0
+    token: str | None = None  # sent as "Authorization: Bearer <token>"
+    ca_file: str | None = None  # https: the CA to trust (default: the system's)
+    events: bool = True  # also push the event log (durable outbox, at least once, each with an id)
+    queue_max: int = 10_000  # events waiting at most (the oldest dropped, logged)
+    retry_max_s: float = 30.0  # a failing URL is retried with backoff from 1 s up to this
+
+
+@dataclass(frozen=True)
 class WebConfig:
     enabled: bool = True
     listen_host: str = "127.0.0.1"
@@ -27,6 +41,7 @@ class WebConfig:
     charger_history_interval_s: float = 60.0
     history_hours: float = 24.0
     login_attempts_per_min: int = 5  # per client address and per user name
+    push: WebPushConfig | None = None
 
     @property
     def tls(self) -> bool:
@@ -46,6 +61,40 @@ def _check_users(key_path: str, path: str) -> None:
         raise ConfigError(key_path, f"{path}: {exc}") from None
     if not users:
         raise ConfigError(key_path, f"{path} has no users (add one with `ems-gateway web-user add`)")
+
+
+def _parse_push(t: Table | None) -> WebPushConfig | None:
+    if t is None:
+        return None
+    from urllib.parse import urlsplit
+
+    url = t.str("url", required=True)
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise t.error("url", f"invalid port in {url[:200]!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise t.error("url", f"must be an http:// or https:// URL with a host (got {url[:200]!r})")
+    token = t.opt_str("token")
+    if token is not None and parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise t.error("token", "a token is sent over https only (or to a loopback http URL)")
+    ca = t.opt_str("ca_file")
+    if ca is not None:
+        check_readable_file(t.key_path("ca_file"), ca)
+    d = WebPushConfig(url=url)
+    c = WebPushConfig(
+        url=url,
+        interval_s=t.float("interval_s", d.interval_s, min=1, max=3600),
+        timeout_s=t.float("timeout_s", d.timeout_s, gt=0, max=120),
+        token=token,
+        ca_file=ca,
+        events=t.bool("events", d.events),
+        queue_max=t.int("queue_max", d.queue_max, min=10, max=10_000_000),
+        retry_max_s=t.float("retry_max_s", d.retry_max_s, min=1, max=3600),
+    )
+    t.done()
+    return c
 
 
 def parse_web(t: Table | None, *, taken_ports: tuple[int, ...] = ()) -> WebConfig | None:
@@ -72,6 +121,7 @@ def parse_web(t: Table | None, *, taken_ports: tuple[int, ...] = ()) -> WebConfi
         ),
         history_hours=t.float("history_hours", d.history_hours, min=1, max=24 * 31),
         login_attempts_per_min=t.int("login_attempts_per_min", d.login_attempts_per_min, min=1, max=1000),
+        push=_parse_push(t.table("push")),
     )
     if c.enabled and c.port != 0 and c.port in taken_ports:
         raise t.error("port", f"{c.port} is an OCPP listener's port: two listeners, one port")

@@ -34,6 +34,7 @@ from gateway.web.auth import ANONYMOUS, SESSION_COOKIE, RateLimit, Session, Sess
 from gateway.web.config import WebConfig
 from gateway.web.metrics import LoopCollector
 from gateway.web.openapi import openapi_document
+from gateway.web.push import HttpPush
 from gateway.web.store import HistoryStore
 from gateway.web.users import User, UsersFileError, dummy_hash, load_users, verify_password
 
@@ -109,6 +110,9 @@ class WebService:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(LoopCollector(self._metric_state))
         self.sse_clients = 0
+        self.push: HttpPush | None = None
+        if cfg.push is not None:
+            self.push = HttpPush(cfg.push, site.id, state_dir, figures=self.push_figures, wall=wall)
 
     # -- inputs from the daemon ---------------------------------------------------------------
     def update_site(self, site: Site) -> None:
@@ -122,6 +126,8 @@ class WebService:
             clean = {k: v for k, v in fields.items() if k != "event_name"}
             self.recent_events.append({"ts": ts, "kind": kind, "name": name, "fields": clean})
             self.store.add_event(ts, kind, name, clean)
+            if self.push is not None:
+                self.push.event(name, kind, clean, ts)
         except Exception:
             log.exception("web_event_failed", event_name=name)
 
@@ -304,7 +310,7 @@ class WebService:
         """Serve until cancelled (a failure to bind raises: the daemon's supervisor restarts the task)."""
         runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=1.0, handle_signals=False)
         await runner.setup()
-        sampler: asyncio.Task[None] | None = None
+        helpers: list[asyncio.Task[None]] = []
         try:
             site = web.TCPSite(runner, self.cfg.listen_host, self.cfg.port, ssl_context=self._ssl())
             await site.start()
@@ -314,13 +320,17 @@ class WebService:
             log.info("web_listening", host=self.cfg.listen_host, port=self.port, tls=self.cfg.tls,
                      auth=self.auth_required)
             self.started.set()
-            sampler = asyncio.get_running_loop().create_task(self._sampler(), name="web-sampler")
-            await asyncio.Event().wait()
+            loop = asyncio.get_running_loop()
+            helpers = [loop.create_task(self._sampler(), name="web-sampler")]
+            if self.push is not None:
+                helpers.append(loop.create_task(self.push.run(), name="web-push"))
+            await asyncio.gather(*helpers)  # neither ends but by a cancel: a failure restarts the web task
         finally:
-            if sampler is not None:
-                sampler.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sampler
+            for h in helpers:
+                h.cancel()
+            for h in helpers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await h
             self.started.clear()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(3):
@@ -328,6 +338,24 @@ class WebService:
 
     def close(self) -> None:
         self.store.close()
+        if self.push is not None:
+            self.push.close()
+
+    def push_figures(self) -> dict[str, Any] | None:
+        """The document pushed to [web.push] url: the site and every charger, compact (frozen values)."""
+        site, snap, alloc, now = self._state()
+        if alloc is None:
+            return None
+        doc = views.site_view(site, snap, alloc, now)
+        meter = site.circuits[site.root].meter
+        r = snap.meters.get(meter) if snap is not None and meter else None
+        doc["service"]["power_kw"] = round(r.total_power_w / 1000, 3) if r is not None and r.valid and \
+            r.total_power_w is not None else None
+        doc["charger_figures"] = [
+            {k: c[k] for k in ("id", "state", "online", "limit", "unit", "line_a", "draw_a", "draw_w", "reason")}
+            for c in views.chargers_view(site, snap, alloc)
+        ]
+        return doc
 
     # -- middlewares ------------------------------------------------------------------------
     @web.middleware
