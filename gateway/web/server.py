@@ -145,6 +145,10 @@ class WebService:
         except (UsersFileError, OSError) as exc:
             log.error("web_users_file_unreadable", file=str(p), error=str(exc))
             return  # keep the users we had
+        for name, old in self._users.items():  # a user removed, or given another role, is logged out
+            new = users.get(name)
+            if new is None or new.role != old.role or new.hash != old.hash:
+                self.sessions.drop_user(name)
         self._users, self._users_mtime = users, mtime
 
     @property

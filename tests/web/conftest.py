@@ -57,7 +57,8 @@ class Web:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.app.web.port}"
+        scheme = "https" if self.app.web.cfg.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.app.web.port}"
 
     async def login(self, http: aiohttp.ClientSession, user: str) -> str:
         """Log ``user`` in on ``http`` (its cookie jar keeps the session); returns the CSRF token."""
