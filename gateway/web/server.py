@@ -94,6 +94,7 @@ class WebService:
         self.limiter = RateLimit(cfg.login_attempts_per_min)
         self._users: dict[str, User] = {}
         self._users_mtime: float | None = None
+        self._users_checked_at = -math.inf
         self._reload_users()
         self.port: int | None = None
         self.started = asyncio.Event()
@@ -376,6 +377,10 @@ class WebService:
         return resp
 
     def _session_of(self, request: web.Request) -> Session | None:
+        now = self.clock()
+        if now - self._users_checked_at >= 2.0:  # one stat() every 2 s at most: users file edits take effect
+            self._users_checked_at = now
+            self._reload_users()
         if not self.auth_required:
             return ANONYMOUS
         return self.sessions.get(request.cookies.get(SESSION_COOKIE), self.clock())

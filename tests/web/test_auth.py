@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
+from pathlib import Path
 from typing import Any
 
+from gateway.web.users import load_users, save_users
 from tests.daemon.conftest import wait_for
 from tests.web.conftest import Web, client
 
@@ -119,3 +123,26 @@ async def test_loopback_without_users_is_open_read_only(web_site: Any) -> None:
         assert (await http.get(w.url + "/metrics")).status == 200
         r = await http.post(w.url + "/api/site-cap", json={"limit_a": 60, "duration_s": 60})
         assert r.status == 403
+
+
+async def test_a_user_removed_from_the_users_file_is_logged_out(web_site: Any) -> None:
+    w: Web = await web_site()
+    async with client(w.url) as http:
+        await w.login(http, "tech")
+        assert (await http.get(w.url + "/api/live")).status == 200
+        users_file = Path(w.app.web.cfg.users_file)
+        users = load_users(users_file)
+        del users["tech"]
+        save_users(users_file, users)
+        os.utime(users_file, (time.time() + 5, time.time() + 5))  # a new mtime even within the same tick
+        assert await wait_for_status(http, w.url + "/api/live", 401, 5)
+        assert (await http.post(w.url + "/api/login", json={"user": "tech", "password": "tech-pass-12"})).status == 401
+
+
+async def wait_for_status(http: Any, url: str, status: int, timeout: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if (await http.get(url)).status == status:
+            return True
+        await asyncio.sleep(0.2)
+    return False
