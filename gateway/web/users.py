@@ -1,7 +1,9 @@
 """The web users file: one user a line, ``name:role:scrypt$n$r$p$salt$hash`` (salt and hash in hex).
 
 Passwords are stored only as scrypt hashes (``hashlib.scrypt``, n=2**14, r=8, p=1, 16-byte salt, 32-byte
-key). The file is written atomically with mode 0600. Lines starting with ``#`` and blank lines are ignored.
+key). The file is written atomically, never world-readable: an existing file keeps its owner, group and mode; a new
+one is 0640 root:ems-gateway where that group exists (the daemon's), else 0600. Lines starting with ``#`` and
+blank lines are ignored.
 """
 
 from __future__ import annotations
@@ -113,13 +115,37 @@ def render_users(users: dict[str, User]) -> str:
     return head + "".join(f"{u.name}:{u.role}:{u.hash}\n" for u in users.values())
 
 
+DAEMON_GROUP = "ems-gateway"  # the unit's Group=: it must be able to read the file
+
+
+def _ownership(p: Path) -> tuple[int, int | None, int | None]:
+    """(mode, uid, gid) for the new file: an existing file's, else 0640 root:ems-gateway when that group
+    exists (the daemon runs as ems-gateway), else 0600 for the caller."""
+    try:
+        st = p.stat()
+        return st.st_mode & 0o777, st.st_uid, st.st_gid
+    except FileNotFoundError:
+        pass
+    try:
+        import grp
+
+        return 0o640, None, grp.getgrnam(DAEMON_GROUP).gr_gid
+    except (KeyError, ImportError):
+        return 0o600, None, None
+
+
 def save_users(path: str | Path, users: dict[str, User]) -> None:
-    """Write atomically (temp file, fsync, rename) with mode 0600."""
+    """Write atomically (temp file, fsync, rename), keeping an existing file's owner, group and mode."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    mode, uid, gid = _ownership(p)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        if uid is not None or gid is not None:
+            with contextlib.suppress(PermissionError):  # not root: the caller's own file
+                os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+        os.fchmod(fd, mode & 0o640)  # never world-readable, never executable
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(render_users(users))
             f.flush()

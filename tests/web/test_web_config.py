@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def test_an_exposed_listener_with_tls_and_users_passes_check_config(tmp_path: Pa
     assert r.returncode == 0, r.stderr
 
 
-def test_web_user_add_writes_a_scrypt_hash_with_mode_0600(tmp_path: Path) -> None:
+def test_web_user_add_writes_scrypt_hashes_never_world_readable(tmp_path: Path) -> None:
     f = tmp_path / "etc" / "web-users"
 
     def add(name: str, role: str, pw: str) -> subprocess.CompletedProcess[str]:
@@ -96,6 +97,13 @@ def test_web_user_add_writes_a_scrypt_hash_with_mode_0600(tmp_path: Path) -> Non
     assert verify_password("battery staple", users["bob"].hash)
     assert not verify_password("battery stapl", users["bob"].hash)
     assert "correct horse" not in f.read_text()
-    assert f.stat().st_mode & 0o777 == 0o600
+    try:
+        grp.getgrnam("ems-gateway")
+        created = 0o640  # readable by the daemon's group
+    except KeyError:
+        created = 0o600
+    assert f.stat().st_mode & 0o777 == created
+    f.chmod(0o640)
     assert add("anna", "viewer", "new password!").returncode == 0
     assert load_users(f)["anna"].role == "viewer"
+    assert f.stat().st_mode & 0o777 == 0o640  # an existing file keeps its mode
