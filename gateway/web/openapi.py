@@ -68,6 +68,17 @@ _SCHEMAS: dict[str, Any] = {
         "name": {"type": "string"}, "fields": {"type": "object"},
     }),
     "Error": _obj({"error": {"type": "string"}}),
+    "Push": _obj({
+        "type": {"type": "string", "enum": ["figures", "events"]}, "site": {"type": "string"},
+        "ts": {"type": "string", "format": "date-time"},
+        "figures": {"description": "with type figures: the Site document, service.power_kw (the service meter's "
+                    "total active power) and charger_figures (id, state, online, limit, unit, line_a, draw_a, "
+                    "draw_w, reason)", "allOf": [{"$ref": "#/components/schemas/Site"}]},
+        "events": {"type": "array", "description": "with type events: at least once, in order; de-duplicate "
+                   "by id", "items": _obj({"id": {"type": "string"}, "ts": {"type": "string"},
+                                           "name": {"type": "string"}, "kind": {"type": "string"},
+                                           "fields": {"type": "object"}})},
+    }, "what [web.push] POSTs to its url (application/json; Authorization: Bearer <token> when set)"),
 }
 
 
