@@ -9,7 +9,8 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.config import PHASES, Site
@@ -22,6 +23,28 @@ _MODES = ("normal", "partial-failsafe", "failsafe")
 def _q(values: Sequence[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
+
+
+_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class TickHistograms:
+    """Cumulative histograms of the loop's phases, fed from ControlLoop.records by the web's sampler (once a
+    second, off the tick): every record is observed once."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.phase = Histogram("ems_control_phase_seconds", "control loop: time per tick phase",
+                               ["phase"], registry=registry, buckets=_BUCKETS_S)
+        self.latency = Histogram("ems_control_reading_to_actuated_seconds",
+                                 "control loop: from the meter reading that woke it to the last limit frame written",
+                                 registry=registry, buckets=_BUCKETS_S)
+
+    def observe(self, record: Any) -> None:
+        self.phase.labels("allocation").observe(record.allocation_s)
+        self.phase.labels("actuation").observe(record.actuation_s)
+        self.phase.labels("publish").observe(record.publish_s)
+        if record.reading_to_actuated_s is not None:
+            self.latency.observe(record.reading_to_actuated_s)
 
 
 class LoopCollector(Collector):
@@ -46,10 +69,6 @@ class LoopCollector(Collector):
                 for q in (0.5, 0.99, 1.0):
                     g.add_metric([f"{q:g}"], _q(vals, q))
             yield g
-            s = SummaryMetricFamily(f"ems_control_{name}_recent_seconds",
-                                    f"control loop: {name.replace('_', ' ')}, sum and count of the recent ticks",
-                                    count_value=len(vals), sum_value=sum(vals))
-            yield s
         yield GaugeMetricFamily("ems_control_last_tick_age_seconds", "seconds since the last tick",
                                 value=(now - alloc.at) if alloc is not None else float("nan"))
         mode = GaugeMetricFamily("ems_failsafe_mode", "1 for the current mode", labels=["mode"])

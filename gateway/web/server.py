@@ -32,7 +32,7 @@ from gateway.web import views
 from gateway.web.actions import CapSetter
 from gateway.web.auth import ANONYMOUS, SESSION_COOKIE, RateLimit, Session, Sessions
 from gateway.web.config import WebConfig
-from gateway.web.metrics import LoopCollector
+from gateway.web.metrics import LoopCollector, TickHistograms
 from gateway.web.openapi import openapi_document
 from gateway.web.push import HttpPush
 from gateway.web.store import HistoryStore
@@ -110,6 +110,7 @@ class WebService:
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=200)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(LoopCollector(self._metric_state))
+        self.histograms = TickHistograms(self.registry)
         self.sse_clients = 0
         self.push: HttpPush | None = None
         if cfg.push is not None:
@@ -168,14 +169,16 @@ class WebService:
     def _count_ticks(self) -> None:
         recs = self.loop_view.records
         last = self._last_record_at
-        n = 0
+        new = []
         for r in reversed(recs):
             if last is not None and r.at <= last:
                 break
-            n += 1
+            new.append(r)
         if recs:
             self._last_record_at = recs[-1].at
-        self.ticks_total += n
+        for r in reversed(new):
+            self.histograms.observe(r)
+        self.ticks_total += len(new)
 
     async def live_bytes(self) -> bytes:
         """The live document, encoded once per allocation and second whoever asks, in a worker thread.

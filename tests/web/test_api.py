@@ -93,6 +93,11 @@ async def test_metrics_in_the_prometheus_format_with_the_loops_tick_figures(web_
     assert ticks >= 2
     alloc = {s.labels["quantile"]: s.value for s in fams["ems_control_allocation_seconds"].samples}
     assert set(alloc) == {"0.5", "0.99", "1"} and 0 < alloc["0.5"] <= alloc["1"] < 1.0
+    phases = {s.labels["phase"] for s in fams["ems_control_phase_seconds"].samples if s.name.endswith("_count")}
+    assert phases == {"allocation", "actuation", "publish"}
+    counts = [s.value for s in fams["ems_control_phase_seconds"].samples
+              if s.name.endswith("_count") and s.labels["phase"] == "allocation"]
+    assert counts == [ticks]  # every tick observed once
     limits = {(s.labels["circuit"], s.labels["phase"]): s.value for s in fams["ems_circuit_limit_amperes"].samples}
     assert limits[("service", "L1")] == 100.0 and limits[("p1", "L3")] == 63.0
     online = {s.labels["charger"]: s.value for s in fams["ems_charger_online"].samples}
