@@ -119,6 +119,8 @@ class WebService:
     # -- inputs from the daemon ---------------------------------------------------------------
     def update_site(self, site: Site) -> None:
         self.site = site
+        if site.web != self.cfg:
+            log.warning("web_config_changed", note="the [web] section takes effect on restart")
 
     def event(self, name: str, **fields: object) -> None:
         """Record an event (from the daemon: OCPP link, reloads; or derived here). Never blocks or raises."""

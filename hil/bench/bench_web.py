@@ -148,13 +148,9 @@ async def sse_client(url: str, stop: asyncio.Event) -> int:
 
 
 def chromium_driver() -> Any:
-    try:
-        from tests.web.browser import new_driver
-    except ImportError:
-        return None
-    if not Path("/usr/bin/chromium").exists() or not Path("/usr/bin/chromedriver").exists():
-        return None
-    return new_driver(1280, 1000)
+    from hil.browser import chromium_paths, new_driver
+
+    return new_driver(1280, 1000) if chromium_paths() is not None else None
 
 
 async def measure(pid: int, conn: Connection, seconds: float, label: str, run: Any = None) -> None:

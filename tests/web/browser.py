@@ -7,7 +7,6 @@ which run in the test's event loop, go on meanwhile.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,29 +14,14 @@ from typing import Any, TypeVar
 
 import pytest
 
+from hil.browser import chromium_paths
+
 T = TypeVar("T")
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 def chromium_or_skip() -> None:
-    if not (Path(CHROMIUM).exists() or shutil.which("chromium")) or not (
-            Path(CHROMEDRIVER).exists() or shutil.which("chromedriver")):
+    if chromium_paths() is None:
         pytest.skip("Debian chromium and chromium-driver are not installed (./dev install adds them)")
-
-
-def new_driver(width: int = 1280, height: int = 2400) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM if Path(CHROMIUM).exists() else str(shutil.which("chromium"))
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-              f"--window-size={width},{height}", "--disable-extensions", "--no-first-run"):
-        opts.add_argument(a)
-    driver_path = CHROMEDRIVER if Path(CHROMEDRIVER).exists() else str(shutil.which("chromedriver"))
-    return webdriver.Chrome(service=Service(driver_path), options=opts)
 
 
 class Browser:

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from hil.browser import new_driver
 from tests.daemon.conftest import wait_for
-from tests.web.browser import Browser, check_screenshot, chromium_or_skip, new_driver
+from tests.web.browser import Browser, check_screenshot, chromium_or_skip
 from tests.web.conftest import PASSWORDS, Web
 
 
