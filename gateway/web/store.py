@@ -55,6 +55,14 @@ def unpack(data: bytes) -> list[float | None]:
     return [None if v != v else round(v, 2) for v in struct.unpack(f"<{n}f", data)]
 
 
+def _peak(rows: list[list[float | None]], lo: int, hi: int, pick: Any) -> list[float | None]:
+    out: list[float | None] = []
+    for j in range(lo, hi):
+        col = [r[j] for r in rows if r[j] is not None]
+        out.append(pick(col) if col else None)
+    return out
+
+
 class HistoryStore:
     def __init__(self, path: str | Path, *, retention_s: float = 86_400.0) -> None:
         self.path = Path(path)
@@ -187,13 +195,19 @@ class HistoryStore:
         self._submit(job)
 
     # -- reads (awaited) ---------------------------------------------------------------------
-    async def site_history(self, since: float) -> list[dict[str, Any]]:
+    async def site_history(self, since: float, max_points: int = 2000) -> list[dict[str, Any]]:
+        """Samples since ``since``; more than ``max_points`` are merged in buckets that keep the peaks (the
+        highest measured and allocated current, the lowest limit), so a chart never hides an excursion."""
         def q(db: sqlite3.Connection) -> list[dict[str, Any]]:
             rows = db.execute("SELECT ts, phases, data FROM site WHERE ts >= ? ORDER BY ts", (since,)).fetchall()
+            step = max(1, -(-len(rows) // max_points))
             out = []
-            for ts, p, data in rows:
-                v = unpack(data)
-                out.append({"ts": ts, "measured_a": v[:p], "allocated_a": v[p:2 * p], "limit_a": v[2 * p:3 * p]})
+            for i in range(0, len(rows), step):
+                chunk = rows[i:i + step]
+                p = chunk[-1][1]
+                vals = [unpack(d) for _, ph, d in chunk if ph == p]
+                out.append({"ts": chunk[-1][0], "measured_a": _peak(vals, 0, p, max),
+                            "allocated_a": _peak(vals, p, 2 * p, max), "limit_a": _peak(vals, 2 * p, 3 * p, min)})
             return out
 
         return await self._call(q)

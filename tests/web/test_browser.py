@@ -98,6 +98,11 @@ async def test_live_page_history_events_and_roles_in_chromium(web_site: Any, bro
         "const r = [...document.querySelectorAll('#events tbody tr')];"
         "return r.length > 0 && r.every(x => x.dataset.kind === 'cms');"), 5)
 
+    # the active configuration, read-only, loaded when opened
+    await b.click("details summary")
+    assert await b.until(lambda: '"id": "test-site"' in b._text("#config"), 5)
+    assert '"limit_a": 100,' in await b.text("#config")
+
     # a viewer is refused the technician's action, and the loop has no cap
     await b.type("#cap-limit", "50")
     await b.click("#cap-set")

@@ -86,3 +86,19 @@ async def test_a_corrupt_file_is_set_aside_and_the_store_starts_afresh(tmp_path:
     assert len(await s.site_history(0)) == 1
     s.close()
     assert path.with_suffix(".corrupt").exists()
+
+
+async def test_a_long_history_is_merged_into_buckets_that_keep_the_peaks(tmp_path: Path) -> None:
+    s = HistoryStore(tmp_path / "h.sqlite", retention_s=1e9)
+    for k in range(1000):
+        spike = 90.0 if k == 503 else 10.0
+        limit = 40.0 if k == 777 else 100.0
+        s.add_site(float(k), 1, [spike, 20.0, limit])
+    await s.flush()
+    rows = await s.site_history(0, max_points=100)
+    assert len(rows) == 100
+    assert max(r["measured_a"][0] for r in rows) == 90.0  # the spike survives the merge
+    assert min(r["limit_a"][0] for r in rows) == 40.0  # and so does the dip of the limit
+    assert sum(1 for r in rows if r["measured_a"][0] == 90.0) == 1
+    assert len(await s.site_history(0)) == 1000
+    s.close()

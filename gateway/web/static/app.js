@@ -84,7 +84,7 @@
         if (r.status === 401) showLogin();
       };
     }
-    loadEvents(); loadConfig(); loadHistory();
+    loadEvents(); loadHistory();
   }
 
   // -- live ---------------------------------------------------------------------------------
@@ -225,6 +225,7 @@
   $("event-kind").addEventListener("change", loadEvents);
   $("event-q").addEventListener("input", loadEvents);
 
+  $("config").parentElement.addEventListener("toggle", (ev) => { if (ev.target.open) loadConfig(); });
   async function loadConfig() {
     const r = await api("/api/config");
     if (r.status === 200) $("config").textContent = JSON.stringify(r.body, null, 2);
