@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -171,3 +172,22 @@ async def test_a_silent_meter_shows_as_failsafe_and_meter_events_and_its_return(
         assert {e["kind"] for e in events} == {"failsafe", "meter"}
         stale = next(e for e in events if e["name"] == got[0])
         assert stale["fields"]["meter"] == "m-main" and stale["fields"]["previous"] == "ok"
+
+
+async def test_the_stream_sends_the_live_document_every_second(web_site: Any) -> None:
+    w: Web = await web_site()
+    async with client(w.url) as http:
+        await w.login(http, "viewer")
+        docs: list[dict[str, Any]] = []
+        async with http.get(w.url + "/api/stream") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+            t0 = asyncio.get_running_loop().time()
+            while len(docs) < 3:
+                line = await r.content.readline()
+                if line.startswith(b"data: "):
+                    docs.append(json.loads(line[6:]))
+            elapsed = asyncio.get_running_loop().time() - t0
+        assert w.app.web.sse_clients == 0 or await wait_for(lambda: w.app.web.sse_clients == 0, 3)
+    assert all(set(d) == {"site", "circuits", "chargers", "meters", "events"} for d in docs)
+    assert 1.0 <= elapsed <= 4.0, elapsed  # three documents: the first at once, then one a second
+    assert docs[-1]["site"]["tick_age_s"] is not None
