@@ -55,6 +55,7 @@ EVENT_KINDS: dict[str, str] = {
 }
 _PUBLIC = ("/", "/index.html", "/static/", "/api/login", "/api/session", "/api/openapi.json")
 _MAX_BODY = 16 * 1024
+SESSION_KEY = web.RequestKey("session", Session)
 
 
 class LoopView(Protocol):
@@ -404,7 +405,7 @@ class WebService:
         csrf_ok = _same(request.headers.get("X-CSRF-Token", ""), session.csrf)
         if request.method == "POST" and session is not ANONYMOUS and not csrf_ok:
             return _json({"error": "missing or wrong CSRF token (X-CSRF-Token)"}, 403)
-        request["session"] = session
+        request[SESSION_KEY] = session
         return await handler(request)
 
     async def _basic(self, request: web.Request) -> Session | None:
@@ -565,7 +566,7 @@ class WebService:
 
     # -- handlers: technician actions -----------------------------------------------------------
     async def h_site_cap(self, request: web.Request) -> web.StreamResponse:
-        s: Session = request["session"]
+        s = request[SESSION_KEY]
         if s.role != "technician":
             return _json({"error": "a technician's action: your role is " + s.role}, 403)
         if self.cap_setter is None:
@@ -582,7 +583,7 @@ class WebService:
         return _json(answer, 200 if ok else 400)
 
     async def h_commission(self, request: web.Request) -> web.StreamResponse:
-        s: Session = request["session"]
+        s = request[SESSION_KEY]
         if s.role != "technician":
             return _json({"error": "a technician's action: your role is " + s.role}, 403)
         return _json({"error": "commissioning is not available in this build (issue 17 adds it)"}, 501)
