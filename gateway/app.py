@@ -82,6 +82,7 @@ class App:
         self.meters = MeterService(site, clock=clock, on_reading=self._on_reading, on_stale=self._on_stale)
         sink: TelemetrySink | None = self.telemetry
         self.control = ControlLoop(site, self.meters, self.ocpp, telemetry=sink, notifier=self.notifier, clock=clock)
+        self.web: Any = _make_web(site, self.control, self.telemetry, clock)  # [web]: the local page and API
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
@@ -102,6 +103,8 @@ class App:
         log.info("ocpp_event", event_name=name, **{k: v for k, v in fields.items() if k != "event_name"})
         if self.telemetry is not None and name in _PUBLISHED_OCPP_EVENTS:
             self.telemetry.event(name, **fields)
+        if self.web is not None and name in _PUBLISHED_OCPP_EVENTS:
+            self.web.event(name, **fields)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -146,6 +149,8 @@ class App:
                         "telemetry",
                         lambda: supervise("telemetry", self.telemetry.run, restart_delay_s=self.restart_delay_s),
                     )
+                if self.web is not None:  # restarted while it fails; never ends the daemon
+                    self._spawn("web", lambda: supervise("web", self.web.run, restart_delay_s=self.restart_delay_s))
                 self._spawn("start", self._start_then_serve)
                 await self._stop.wait()
                 await self._shutdown()
@@ -158,6 +163,8 @@ class App:
             self.notifier.close()
             if self.telemetry is not None:
                 self.telemetry.close()
+            if self.web is not None:
+                self.web.close()
         log.info("gateway_stopped", failure=self.failure)
         if self.failure is not None:
             raise FatalError(self.failure)
@@ -301,6 +308,9 @@ class App:
         if self.telemetry is not None:
             self.telemetry.update_site(new)
         self.control.update_site(new)
+        if self.web is not None:
+            self.web.update_site(new)
+            self.web.event("config_reloaded", chargers=len(new.chargers), meters=len(new.meters))
         log.info("config_reloaded", file=str(self.config_path), chargers=len(new.chargers), meters=len(new.meters))
         self.notifier.ready(self.control.summary())
 
@@ -310,7 +320,20 @@ class App:
         if self.telemetry is not None:
             with contextlib.suppress(Exception):
                 self.telemetry.event("config_reload_failed", key=key, reason=reason)
+        if self.web is not None:
+            self.web.event("config_reload_failed", key=key, reason=reason)
         self.notifier.ready(self.control.summary())
+
+
+def _make_web(site: Site, control: ControlLoop, telemetry: Any, clock: Callable[[], float]) -> Any:
+    """The web page and API when [web] is enabled (aiohttp imported only then)."""
+    if site.web is None or not site.web.enabled:
+        return None
+    from gateway.web.actions import remote_cap_setter
+    from gateway.web.server import WebService
+
+    setter = remote_cap_setter(telemetry) if telemetry is not None else None
+    return WebService(site.web, site, control, state_dir=site.state_dir, cap_setter=setter, clock=clock)
 
 
 async def off_loop(fn: Callable[..., T], *args: Any) -> T:

@@ -18,6 +18,7 @@ from gateway.errors import ConfigError
 from gateway.meters.config import MeterConfig, check_bus_settings, parse_meter
 from gateway.ocpp_proxy.config import ChargerOcppConfig, OcppConfig, parse_charger_ocpp, parse_ocpp
 from gateway.telemetry.config import MqttConfig, parse_mqtt
+from gateway.web.config import WebConfig, parse_web
 
 PHASES = electrical.LINE_NAMES  # site lines by index; a service uses the first n_lines of them
 CIRCUIT_KINDS = ("service", "transformer", "switchboard", "panel", "cabinet", "feeder")
@@ -130,6 +131,7 @@ class Site:
     children: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     path_to_root: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # circuit -> itself..service
     chargers_under: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # transitive
+    web: WebConfig | None = None  # [web]: the local page and API (gateway.web)
 
     @property
     def root(self) -> str:
@@ -200,6 +202,7 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
     chargers = _parse_chargers(root, service, circuits, priorities)
     ocpp = parse_ocpp(root.table("ocpp"))
     mqtt = parse_mqtt(root.table("mqtt"))
+    web = parse_web(root.table("web"), taken_ports=(ocpp.listen_port, ocpp.tls_listen_port or 0))
     root.done()
 
     children, path_to_root, order = _topology(circuits)
@@ -226,6 +229,7 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
         children=children,
         path_to_root=path_to_root,
         chargers_under={k: tuple(v) for k, v in under.items()},
+        web=web,
     )
     _check_electrical(site)
     _check_charger_auth(site)
