@@ -189,8 +189,10 @@ def _fresh(
     month = month_of(start, tz)
     peak = prev.month_peak_kw if prev is not None and prev.month == month else 0.0
     e = _unknown_rate_w(cfg, m.import_w) * elapsed / 3600.0
+    # the register's start is unknown: taken as now less the estimate, so both measures carry the estimate
+    reg_start = None if m.register_wh is None or cfg.measurement == "power" else m.register_wh - e
     return DemandState(
-        interval_start=start, energy_wh=e, integrated_wh=e, register_wh=m.register_wh, register_start_wh=None,
+        interval_start=start, energy_wh=e, integrated_wh=e, register_wh=m.register_wh, register_start_wh=reg_start,
         last_wall=now_wall, last_mono=now_mono, power_w=m.import_w,
         non_ev_avg_w=prev.non_ev_avg_w if prev is not None else m.non_ev_w, month=month, month_peak_kw=peak,
         estimated_s=elapsed,
