@@ -296,3 +296,34 @@ def _days(t: Table) -> frozenset[int]:
 def tariff_from_json(obj: Mapping[str, Any], default_tz: str, source: str) -> TariffConfig:
     """A tariff received over MQTT (the [budget.tariff] table as a JSON object), validated like the config."""
     return parse_tariff(Table(obj, "tariff"), default_tz, source)
+
+
+def describe(cfg: BudgetConfig, service: Any) -> list[str]:
+    """check-config's lines for the budget: the demand target in A at the service, the tariff's periods."""
+    if not cfg.active:
+        return []
+    out = [f"budget (timezone {cfg.timezone}):"]
+    d = cfg.demand
+    if d is not None:
+        amps = electrical.service_line_current_a(service, d.target_kw * 1000.0)
+        out.append(
+            f"  demand target {d.target_kw:g} kW per {d.interval_min}-minute interval = {amps:.1f} A per line at "
+            f"the service ({amps / service.limit_a:.0%} of its {service.limit_a:g} A); measurement {d.measurement}"
+            + (", rises to the month's peak" if d.raise_to_month_peak else "")
+        )
+    t = cfg.tariff
+    if t is not None:
+        out.append(f"  tariff ({t.timezone}{', gaps have no price' if t.allow_gaps else ''}):")
+        for s in t.seasons:
+            months = ",".join(str(m) for m in sorted(s.months))
+            out.append(f"    season {s.name} (months {months}):")
+            for p in s.periods:
+                days = ",".join(DAY_NAMES[i] for i in sorted(p.days))
+                cap = ""
+                if p.cap_kw is not None:
+                    cap = f", cap {p.cap_kw:g} kW = {electrical.service_line_current_a(service, p.cap_kw * 1000):.1f} A"
+                out.append(
+                    f"      {p.name}: {days} {p.start_min // 60:02d}:{p.start_min % 60:02d}-"
+                    f"{p.end_min // 60:02d}:{p.end_min % 60:02d} at {p.price_per_kwh:g}/kWh{cap}"
+                )
+    return out

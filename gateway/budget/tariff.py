@@ -54,13 +54,17 @@ def active(cfg: TariffConfig, now_wall: float, horizon_s: float = 8 * 86400.0) -
 
 
 def schedule(cfg: TariffConfig, now_wall: float, horizon_s: float = 48 * 3600.0) -> list[Slot]:
-    """The periods from now over the horizon (for the planner and the cloud), as contiguous slots."""
+    """The periods from now over the horizon (for the planner and the cloud), as contiguous slots; neighbours
+    with the same season, period, price and cap are one slot."""
     out: list[Slot] = []
     t, end = now_wall, now_wall + horizon_s
     while t < end:
         a = active(cfg, t, end - t)
         p = a.period
-        out.append(Slot(t, a.until, a.season.name, None if p is None else p.name,
-                        None if p is None else p.price_per_kwh, None if p is None else p.cap_kw))
+        slot = Slot(t, a.until, a.season.name, None if p is None else p.name,
+                    None if p is None else p.price_per_kwh, None if p is None else p.cap_kw)
+        if out and out[-1][2:] == slot[2:]:  # the same period in two pieces (e.g. Friday night and Saturday)
+            slot = slot._replace(start=out.pop().start)
+        out.append(slot)
         t = a.until
     return out
