@@ -168,3 +168,17 @@ def test_check_config_exit_2_names_the_key(tmp_path: Path) -> None:
     r = _check(tmp_path, _toml('[budget]\ntimezone = "Nowhere/Atlantis"\n'))
     assert r.returncode == 2
     assert "budget.timezone" in r.stderr and "unknown timezone" in r.stderr
+
+
+def test_the_reference_sites_commented_budget_is_valid(tmp_path: Path) -> None:
+    text = (ROOT / "etc" / "gateway.toml").read_text()
+    head, _, tail = text.partition("# [budget]\n")
+    assert tail, "the reference site has a commented [budget] example"
+    lines = ["[budget]", *(ln[2:] if ln.startswith("# ") else ln for ln in tail.splitlines())]
+    f = tmp_path / "ref.toml"
+    f.write_text(head + "\n".join(lines) + "\n")
+    r = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(f)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "demand target 1500 kW per 15-minute interval = 1804.2 A per line at the service" in r.stdout
+    assert "on-peak: mon,tue,wed,thu,fri 13:00-19:00 at 0.21/kWh, cap 1200 kW = 1443.4 A" in r.stdout
