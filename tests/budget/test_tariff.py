@@ -11,6 +11,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.budget import BudgetState
 from gateway.budget.compute import BudgetInputs, budget
@@ -155,3 +157,26 @@ def test_retained_and_stale_tariff_commands_are_refused(tmp_path: Path) -> None:
     stale = {"id": "s", "ts": "2020-01-01T00:00:00Z", "tariff": TARIFF}
     assert "stale" in str(_cmd(svc, stale)["reason"])
     svc.close()
+
+
+def _scan(cfg: TariffConfig, t: float) -> float:
+    """The period's end the slow way: minute by minute on the real clock."""
+    key = period_at(cfg, t)
+    u = (t // 60 + 1) * 60
+    while period_at(cfg, u) == key:
+        u += 60
+    return u
+
+
+@settings(max_examples=150, deadline=None)
+@given(offset_min=st.integers(0, 366 * 1440), second=st.floats(0, 59.9))
+def test_the_periods_end_from_the_week_table_matches_a_scan(offset_min: int, second: float) -> None:
+    t = at(2026, 1, 1, 0, 0) + offset_min * 60 + second  # every DST change and season change of a year
+    assert active(T, t).until == _scan(T, t)
+
+
+@pytest.mark.parametrize("when", [(2026, 3, 29, 1, 59), (2026, 10, 25, 1, 30), (2026, 3, 31, 21, 0),
+                                  (2026, 9, 30, 23, 59)])
+def test_the_periods_end_across_dst_and_seasons(when: tuple[int, ...]) -> None:
+    t = at(*when)
+    assert active(T, t).until == _scan(T, t)
