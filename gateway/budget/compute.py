@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway import electrical
@@ -31,6 +31,9 @@ class BudgetInputs:
     measure: Measure  # the service meter now
     remote: RemoteCap | None = None
     tariff: TariffConfig | None = None  # the schedule in force (the config's, or one received over MQTT)
+    # this tick's readings and chargers, for the sources that need more than the service meter (solar)
+    readings: Mapping[str, MeterReading | None] = field(default_factory=dict)
+    chargers: Mapping[str, ChargerSnapshot] = field(default_factory=dict)
 
 
 def budget(
@@ -55,6 +58,7 @@ def budget(
         if tariff_fig.cap_kw is not None and tariff_fig.period is not None:
             amps = min(electrical.service_line_current_a(svc, tariff_fig.cap_kw * 1000.0), svc.limit_a)
             caps.append(BudgetCap(f"tariff:{tariff_fig.period}", (amps,) * svc.phases))
+    # the solar branch adds its charger caps here: charger_caps = surplus_caps(...)
     b = Budget(caps=tuple(caps), demand=demand_fig, tariff=tariff_fig, events=tuple(events))
     return b, BudgetState(demand=demand_st, tariff=memo)
 

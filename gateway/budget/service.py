@@ -183,7 +183,7 @@ class BudgetService:
         wall = self._wall()
         inputs = BudgetInputs(
             service=site.service, measure=measure(site, readings, chargers), remote=self.remote_cap(now),
-            tariff=self.tariff(),
+            tariff=self.tariff(), readings=readings, chargers=chargers,
         )
         before = self._state
         b, st = budget(inputs, site.budget, before, now, wall)
@@ -422,6 +422,9 @@ class BudgetService:
         return self._writer.flush()
 
     def close(self) -> None:
+        """The demand window's latest state to disk, then the writer stopped."""
+        self._persisted_at = -math.inf
+        self._persist_demand(self._state.demand, self._state.demand, 0.0)
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
