@@ -58,7 +58,6 @@ def budget(
         if tariff_fig.cap_kw is not None and tariff_fig.period is not None:
             amps = min(electrical.service_line_current_a(svc, tariff_fig.cap_kw * 1000.0), svc.limit_a)
             caps.append(BudgetCap(f"tariff:{tariff_fig.period}", (amps,) * svc.phases))
-    # the solar branch adds its charger caps here: charger_caps = surplus_caps(...)
     b = Budget(caps=tuple(caps), demand=demand_fig, tariff=tariff_fig, events=tuple(events))
     return b, BudgetState(demand=demand_st, tariff=memo)
 
