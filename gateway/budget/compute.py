@@ -78,13 +78,14 @@ def _tariff(t: TariffConfig, memo: TariffMemo | None, now_wall: float) -> tuple[
 
 
 def measure(
-    site: Site, readings: Mapping[str, MeterReading | None], chargers: Mapping[str, ChargerSnapshot]
+    site: Site, readings: Mapping[str, MeterReading | None], chargers: Mapping[str, ChargerSnapshot], now: float
 ) -> Measure:
-    """The service meter's import now, its register, and the non-EV load (import - the EVs' reported draw)."""
+    """The service meter's import now, its register, and the non-EV load (import - the EVs' reported draw);
+    unknown when the reading is invalid or older than the meter's stale_after_s."""
     svc = site.service
     mid = site.circuits[site.root].meter
     rd = readings.get(mid) if mid is not None else None
-    if rd is None or not rd.valid:
+    if rd is None or not rd.valid or mid is None or now - rd.at > site.meters[mid].stale_after_s:
         return Measure(None, None, None)
     if rd.total_power_w is not None:
         p = rd.total_power_w

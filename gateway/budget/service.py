@@ -182,7 +182,7 @@ class BudgetService:
         site = self._site
         wall = self._wall()
         inputs = BudgetInputs(
-            service=site.service, measure=measure(site, readings, chargers), remote=self.remote_cap(now),
+            service=site.service, measure=measure(site, readings, chargers, now), remote=self.remote_cap(now),
             tariff=self.tariff(), readings=readings, chargers=chargers,
         )
         before = self._state
