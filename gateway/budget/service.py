@@ -356,6 +356,8 @@ class BudgetService:
             self._tariff_override = None
             self._writer.put(TARIFF_FILE, None)
             self._state = replace(self._state, tariff=None)
+            if had:
+                self._emit("tariff_cleared", request_id=rid)
             self._changed("tariff")
             return {"id": rid, "ok": True, "cleared": had}
         raw = obj.get("tariff")
