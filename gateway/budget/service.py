@@ -61,6 +61,7 @@ SCHEDULE_H = 48.0  # the tariff schedule published ahead
 REMOTE_FILE, TARIFF_FILE, DEMAND_FILE = "remote_cap.json", "tariff.json", "demand.json"
 COMMANDS = ("site_limit", "tariff")
 _TARIFF_KEYS = {"id", "ts", "tariff", "clear"}
+_WARN_EVENTS = frozenset({"demand_projected_over", "demand_interval_over", "clock_jump"})
 
 
 class BudgetListener(Protocol):
@@ -232,7 +233,7 @@ class BudgetService:
         self._listeners.append(listener)
 
     def _emit(self, name: str, **fields: object) -> None:
-        log.info(name, **fields)
+        (log.warning if name in _WARN_EVENTS else log.info)(name, **fields)
         for li in self._listeners:
             try:
                 li.event(name, **fields)
