@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from gateway.budget.service import BudgetService
 from gateway.config import Site, load_site
 from gateway.control import ControlLoop, TelemetrySink
 from gateway.errors import ConfigError
@@ -73,16 +74,21 @@ class App:
         self.start_timeout_s = start_timeout_s
         self.hard_exit_after_s = hard_exit_after_s
         Path(site.state_dir).mkdir(parents=True, exist_ok=True)
+        self.budget = BudgetService(site, clock=clock, state_dir=Path(site.state_dir))
         self.telemetry: Any = None
         if site.mqtt is not None:
             from gateway.telemetry.mqtt import Telemetry
 
-            self.telemetry = Telemetry(site.mqtt, site, clock=clock, state_dir=Path(site.state_dir))
+            self.telemetry = Telemetry(
+                site.mqtt, site, clock=clock, state_dir=Path(site.state_dir), budget=self.budget
+            )
         self.ocpp = OcppController(site, clock=clock, on_event=self._ocpp_event)
         self.meters = MeterService(site, clock=clock, on_reading=self._on_reading, on_stale=self._on_stale)
         sink: TelemetrySink | None = self.telemetry
-        self.control = ControlLoop(site, self.meters, self.ocpp, telemetry=sink, notifier=self.notifier, clock=clock)
-        self.web: Any = _make_web(site, self.control, self.telemetry, clock)  # [web]: the local page and API
+        self.control = ControlLoop(
+            site, self.meters, self.ocpp, telemetry=sink, budget=self.budget, notifier=self.notifier, clock=clock
+        )
+        self.web: Any = _make_web(site, self.control, self.budget, clock)  # [web]: the local page and API
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
@@ -165,6 +171,7 @@ class App:
                 self.telemetry.close()
             if self.web is not None:
                 self.web.close()
+            self.budget.close()
         log.info("gateway_stopped", failure=self.failure)
         if self.failure is not None:
             raise FatalError(self.failure)
@@ -305,6 +312,7 @@ class App:
             return
         self.site = new
         self.ocpp.update_site(new)
+        self.budget.update_site(new)
         if self.telemetry is not None:
             self.telemetry.update_site(new)
         self.control.update_site(new)
@@ -325,15 +333,16 @@ class App:
         self.notifier.ready(self.control.summary())
 
 
-def _make_web(site: Site, control: ControlLoop, telemetry: Any, clock: Callable[[], float]) -> Any:
+def _make_web(site: Site, control: ControlLoop, budget: Any, clock: Callable[[], float]) -> Any:
     """The web page and API when [web] is enabled (aiohttp imported only then)."""
     if site.web is None or not site.web.enabled:
         return None
     from gateway.web.actions import remote_cap_setter
     from gateway.web.server import WebService
 
-    setter = remote_cap_setter(telemetry) if telemetry is not None else None
-    return WebService(site.web, site, control, state_dir=site.state_dir, cap_setter=setter, clock=clock)
+    return WebService(
+        site.web, site, control, state_dir=site.state_dir, cap_setter=remote_cap_setter(budget), clock=clock
+    )
 
 
 async def off_loop(fn: Callable[..., T], *args: Any) -> T:

@@ -12,29 +12,22 @@ from typing import Any
 CapSetter = Callable[[dict[str, Any], str], tuple[bool, dict[str, Any]]]
 
 
-def remote_cap_setter(telemetry: Any) -> CapSetter:
-    """A temporary site cap from the web page, through the MQTT remote cap (gateway/telemetry/cap.py + mqtt.py).
+def remote_cap_setter(budget: Any) -> CapSetter:
+    """A temporary site cap from the web page, through the budget's remote cap (gateway/budget/remote.py).
 
-    The command goes the same way as one from the cloud: validated by ``parse_cap_command`` (a cap only lowers
-    the limit, lasts 1 s..24 h), then handed to the telemetry's command handler, which sets and persists it,
-    publishes its state and the ``site_cap_set`` event (and a reply on ``cmd/site_limit/reply``).
+    The command goes the same way as one from the cloud over MQTT: the budget service validates it (a cap only
+    lowers the limit, lasts 1 s..24 h), sets and persists it and tells its listeners (telemetry publishes the
+    cap's state and the ``site_cap_set`` event). No MQTT needed.
     """
-    from gateway.telemetry.cap import CommandRejected, parse_cap_command
 
     def set_cap(body: dict[str, Any], user: str) -> tuple[bool, dict[str, Any]]:
         cmd = {k: v for k, v in body.items() if k in ("limit_a", "limit_kw", "duration_s", "until", "clear")}
         cmd["id"] = f"web:{user}:{int(time.time())}"[:64]
-        payload = json.dumps(cmd).encode()
-        try:
-            req = parse_cap_command(payload, service=telemetry._site.service, now_wall=time.time())
-        except CommandRejected as exc:
-            return False, {"error": exc.reason}
-        telemetry._command(telemetry.cmd_prefix + "site_limit", payload, False)
-        cap = telemetry._cap
-        if req.clear:
-            return True, {"cleared": True, "request_id": req.request_id}
-        if cap is None or cap.request_id != req.request_id:
-            return False, {"error": "the cap was not taken"}
-        return True, {"request_id": req.request_id, "cap_a": round(cap.limit_a, 2), "duration_s": req.duration_s}
+        reply = budget.command("site_limit", json.dumps(cmd).encode(), retained=False, require_ts=False)
+        if not reply.get("ok"):
+            return False, {"error": str(reply.get("reason", "refused"))}
+        if cmd.get("clear"):
+            return True, {"cleared": True, "request_id": cmd["id"]}
+        return True, {"request_id": cmd["id"], "cap_a": reply.get("cap_a"), "duration_s": body.get("duration_s")}
 
     return set_cap

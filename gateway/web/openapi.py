@@ -18,7 +18,7 @@ def _obj(props: dict[str, Any], desc: str = "") -> dict[str, Any]:
 _SCHEMAS: dict[str, Any] = {
     "Budget": _obj({
         "source": {"type": "string", "description": "what binds the service: 'service' or a cap's name "
-                   "(e.g. 'site-cap', 'remote:<id>', 'demand-window')"},
+                   "(e.g. 'remote:<id>', 'demand-window', 'tariff:<period>')"},
         "per_phase": {"type": "array", "items": _obj({"phase": {"type": "string"}, "source": {"type": "string"},
                                                       "limit_a": _NUM})},
         "caps": {"type": "array", "items": _obj({"name": {"type": "string"}, "limit_a": _PHASES})},
@@ -156,8 +156,7 @@ def openapi_document() -> dict[str, Any]:
         "/api/config": _get("the active configuration, read-only, secrets masked", {"type": "object"}),
         "/api/site-cap": _post("technician: a temporary site cap (through the remote cap mechanism)", _obj({
             "limit_a": {"type": "number"}, "limit_kw": {"type": "number"}, "duration_s": {"type": "number"},
-            "clear": {"type": "boolean"}}), {"200": "taken", "400": "refused (reason)", "403": "not a technician",
-                                             "503": "no remote cap mechanism (no [mqtt])"}),
+            "clear": {"type": "boolean"}}), {"200": "taken", "400": "refused (reason)", "403": "not a technician"}),
         "/api/commissioning/start": _post("technician: start commissioning", _obj({}), {
             "501": "not available in this build", "403": "not a technician"}),
         "/api/openapi.json": _get("this description", {"type": "object"}),

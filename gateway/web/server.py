@@ -570,7 +570,7 @@ class WebService:
         if s.role != "technician":
             return _json({"error": "a technician's action: your role is " + s.role}, 403)
         if self.cap_setter is None:
-            return _json({"error": "no remote cap mechanism on this site (it needs the [mqtt] section)"}, 503)
+            return _json({"error": "no remote cap mechanism on this site "}, 503)
         body = await _body(request)
         if body is None:
             return _json({"error": "expected a JSON object"}, 400)

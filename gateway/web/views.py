@@ -30,20 +30,10 @@ def _rt(vs: Iterable[float] | None, nd: int = 2) -> list[float | None] | None:
 
 
 def caps_of(snapshot: Snapshot | None, site: Site) -> list[tuple[str, tuple[float, ...]]]:
-    """The budget caps on the service in this snapshot: (name, per-phase A).
-
-    Reads ``Snapshot.caps`` (BudgetCap: name, limit_a per phase) once the budget branch adds it; until then the
-    remote site cap (``site_cap_a``, every phase) under the allocator's name for it, ``site-cap``.
-    """
+    """The budget caps on the service in this snapshot: (name, per-phase A)."""
     if snapshot is None:
         return []
-    out: list[tuple[str, tuple[float, ...]]] = []
-    for cap in getattr(snapshot, "caps", ()) or ():
-        out.append((str(cap.name), tuple(float(a) for a in cap.limit_a)))
-    cap_a = getattr(snapshot, "site_cap_a", None)
-    if cap_a is not None and not out:
-        out.append(("site-cap", (float(cap_a),) * site.service.phases))
-    return out
+    return [(cap.name, tuple(float(a) for a in cap.limit_a)) for cap in snapshot.caps]
 
 
 def budget_source(snapshot: Snapshot | None, site: Site) -> dict[str, Any]:

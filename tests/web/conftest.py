@@ -16,6 +16,7 @@ import pytest
 
 from gateway.app import App
 from gateway.config import site_from_dict
+from gateway.model import Snapshot
 from gateway.systemd import Notifier
 from gateway.web.users import User, hash_password, save_users
 from hil.sim.ev import EvSpec
@@ -65,6 +66,12 @@ class Web:
         r = await http.post(self.url + "/api/login", json={"user": user, "password": PASSWORDS[user]})
         assert r.status == 200, await r.text()
         return str((await r.json())["csrf"])
+
+
+def remote_cap_a(snapshot: Snapshot | None) -> float | None:
+    """The remote cap's limit on L1 in a snapshot (None without one)."""
+    caps = [c.limit_a[0] for c in (snapshot.caps if snapshot is not None else ()) if c.name.startswith("remote")]
+    return min(caps) if caps else None
 
 
 def client(url: str) -> aiohttp.ClientSession:

@@ -10,7 +10,7 @@ from typing import Any
 
 from gateway.web.users import load_users, save_users
 from tests.daemon.conftest import wait_for
-from tests.web.conftest import Web, client
+from tests.web.conftest import Web, client, remote_cap_a
 
 
 async def test_nothing_but_the_page_and_the_login_without_a_session(web_site: Any) -> None:
@@ -44,7 +44,7 @@ async def test_a_viewer_is_refused_a_technicians_action(web_site: Any) -> None:
         r = await http.post(w.url + "/api/commissioning/start", json={}, headers={"X-CSRF-Token": csrf})
         assert r.status == 403
     await asyncio.sleep(1.0)
-    assert w.app.control.snapshot is not None and w.app.control.snapshot.site_cap_a is None
+    assert w.app.control.snapshot is not None and remote_cap_a(w.app.control.snapshot) is None
 
 
 async def test_a_post_without_the_sessions_csrf_token_is_refused(web_site: Any) -> None:
@@ -56,7 +56,7 @@ async def test_a_post_without_the_sessions_csrf_token_is_refused(web_site: Any) 
         r = await http.post(w.url + "/api/site-cap", json={"limit_a": 50, "duration_s": 60},
                             headers={"X-CSRF-Token": csrf[:-1] + ("A" if csrf[-1] != "A" else "B")})
         assert r.status == 403
-    assert w.app.control.snapshot is not None and w.app.control.snapshot.site_cap_a is None
+    assert w.app.control.snapshot is not None and remote_cap_a(w.app.control.snapshot) is None
 
 
 async def test_a_technicians_site_cap_goes_through_the_remote_cap_to_the_allocator(web_site: Any) -> None:
@@ -70,11 +70,11 @@ async def test_a_technicians_site_cap_goes_through_the_remote_cap_to_the_allocat
         r = await http.post(w.url + "/api/site-cap", json={"limit_a": 60, "duration_s": 120}, headers=h)
         assert r.status == 200, await r.text()
         assert (await r.json())["cap_a"] == 60.0
-        assert await wait_for(lambda: ctl.snapshot is not None and ctl.snapshot.site_cap_a == 60.0, 5)
+        assert await wait_for(lambda: ctl.snapshot is not None and remote_cap_a(ctl.snapshot) == 60.0, 5)
         assert await wait_for(
             lambda: ctl.allocation is not None and ctl.allocation.circuits["service"].limit_a == 60.0, 5)
         site = await (await http.get(w.url + "/api/site")).json()
-        assert site["budget"]["source"] == "site-cap"
+        assert site["budget"]["source"].startswith("remote:web:tech:")
         assert site["service"]["effective_limit_a"] == 60.0
         assert await wait_for(lambda: any(e["name"] == "budget_changed" for e in w.app.web.recent_events), 3), list(
             w.app.web.recent_events)
@@ -83,7 +83,7 @@ async def test_a_technicians_site_cap_goes_through_the_remote_cap_to_the_allocat
         assert {"site_cap_set", "budget_changed"} <= {e["name"] for e in events}
         r = await http.post(w.url + "/api/site-cap", json={"clear": True}, headers=h)
         assert r.status == 200
-        assert await wait_for(lambda: ctl.snapshot is not None and ctl.snapshot.site_cap_a is None, 5)
+        assert await wait_for(lambda: ctl.snapshot is not None and remote_cap_a(ctl.snapshot) is None, 5)
         r = await http.post(w.url + "/api/commissioning/start", json={}, headers=h)
         assert r.status == 501  # the commissioning branch builds it
         r = await http.post(w.url + "/api/logout", headers=h)
@@ -91,13 +91,14 @@ async def test_a_technicians_site_cap_goes_through_the_remote_cap_to_the_allocat
         assert (await http.get(w.url + "/api/live")).status == 401
 
 
-async def test_without_mqtt_the_cap_is_unavailable_not_silently_dropped(web_site: Any) -> None:
+async def test_without_mqtt_the_cap_still_reaches_the_allocator(web_site: Any) -> None:
     w: Web = await web_site(mqtt=False)
     async with client(w.url) as http:
         csrf = await w.login(http, "tech")
         r = await http.post(w.url + "/api/site-cap", json={"limit_a": 60, "duration_s": 60},
                             headers={"X-CSRF-Token": csrf})
-        assert r.status == 503 and "mqtt" in (await r.json())["error"]
+        assert r.status == 200, await r.text()
+        assert await wait_for(lambda: remote_cap_a(w.app.control.snapshot) == 60.0, 5)
 
 
 async def test_failed_logins_are_rate_limited_per_user_and_address(web_site: Any) -> None:

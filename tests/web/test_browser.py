@@ -15,7 +15,7 @@ import pytest
 from hil.browser import new_driver
 from tests.daemon.conftest import wait_for
 from tests.web.browser import Browser, check_screenshot, chromium_or_skip
-from tests.web.conftest import PASSWORDS, Web
+from tests.web.conftest import PASSWORDS, Web, remote_cap_a
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ async def test_live_page_history_events_and_roles_in_chromium(web_site: Any, bro
     await b.type("#cap-limit", "50")
     await b.click("#cap-set")
     assert "refused (403)" in (await b.until(lambda: b._text("#action-result"), 5) or "")
-    assert w.app.control.snapshot is not None and w.app.control.snapshot.site_cap_a is None
+    assert w.app.control.snapshot is not None and remote_cap_a(w.app.control.snapshot) is None
     await b.click("#commission")
     assert await b.until(lambda: "refused (403)" in b._text("#action-result"), 5)
 
@@ -119,9 +119,9 @@ async def test_live_page_history_events_and_roles_in_chromium(web_site: Any, bro
     await b.type("#cap-duration", "300")
     await b.click("#cap-set")
     assert await b.until(lambda: "done" in b._text("#action-result"), 5), await b.text("#action-result")
-    assert await b.until(lambda: b._text("#budget-source") == "site-cap", 3)
+    assert await b.until(lambda: b._text("#budget-source").startswith("remote:web:tech:"), 3)
     assert await b.until(lambda: b._text("#svc-limit-L1") == "60.0", 3)
-    assert w.app.control.snapshot is not None and w.app.control.snapshot.site_cap_a == 60.0
+    assert w.app.control.snapshot is not None and remote_cap_a(w.app.control.snapshot) == 60.0
     await b.select("#event-kind", "cap")
     assert await b.until(lambda: "site_cap_set" in b._text("#events tbody"), 8)
     await b.click("#commission")
