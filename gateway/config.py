@@ -120,7 +120,7 @@ class Site:
     chargers: Mapping[str, ChargerConfig]
     priorities: Mapping[str, PriorityClass]
     control: ControlConfig
-    meters: Mapping[str, MeterConfig]
+    meters: Mapping[str, MeterConfig]  # the meters that measure circuits
     ocpp: OcppConfig
     mqtt: MqttConfig | None
     logging: LoggingConfig
@@ -130,6 +130,12 @@ class Site:
     children: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     path_to_root: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # circuit -> itself..service
     chargers_under: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # transitive
+    pv_meters: Mapping[str, MeterConfig] = field(default_factory=dict)  # role = "pv": PV inverters, read only
+
+    @property
+    def polled_meters(self) -> dict[str, MeterConfig]:
+        """Every meter the meter service reads: the circuit meters and the PV inverters."""
+        return {**self.meters, **self.pv_meters}
 
     @property
     def root(self) -> str:
@@ -194,6 +200,8 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
     control = _parse_control(root.table("control"))
     logging_cfg = _parse_logging(root.table("logging"))
     meters = _parse_meters(root, circuits, service.phases)
+    pv_meters = {mid: m for mid, m in meters.items() if m.role == "pv"}
+    meters = {mid: m for mid, m in meters.items() if m.role != "pv"}
     circuits = {
         cid: _with_meter(c, meters) for cid, c in circuits.items()
     }
@@ -226,6 +234,7 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
         children=children,
         path_to_root=path_to_root,
         chargers_under={k: tuple(v) for k, v in under.items()},
+        pv_meters=pv_meters,
     )
     _check_electrical(site)
     _check_charger_auth(site)
@@ -480,6 +489,9 @@ def _parse_meters(root: Table, circuits: Mapping[str, CircuitConfig], n_phases: 
             raise t.error("id", f"duplicate meter id {m.id!r}")
         if m.circuit not in circuits:
             raise t.error("circuit", f"unknown circuit {m.circuit!r}")
+        if m.role == "pv":  # a PV inverter on that circuit: it measures what it feeds in, not the circuit
+            out[m.id] = m
+            continue
         if m.circuit in by_circuit:
             raise t.error("circuit", f"circuit {m.circuit!r} is already measured by meter {by_circuit[m.circuit]!r}")
         if any(p >= n_phases for p in m.phase_map):
