@@ -37,6 +37,7 @@ class ServiceConfig:
     margin_a: float
     voltage_tolerance_pct: float
     worst_case_non_ev_a: float
+    can_export: bool = False  # the site exports (PV): the service meter may read negative power
 
     @property
     def phases(self) -> int:
@@ -307,6 +308,7 @@ def _parse_service(root: Table) -> ServiceConfig:
         worst_case_non_ev_a=t.float("worst_case_non_ev_a", -1.0, max=MAX_CIRCUIT_A)
         if t.has("worst_case_non_ev_a")
         else -1.0,
+        can_export=t.bool("can_export", False),
     )
     if s.margin_a >= s.limit_a:
         raise t.error("margin_a", f"must be below limit_a ({s.limit_a:g} A)")
@@ -374,7 +376,7 @@ def _parse_circuits(root: Table, service: ServiceConfig) -> dict[str, CircuitCon
         limit_a=service.limit_a,
         margin_a=service.margin_a,
         worst_case_non_ev_a=max(service.worst_case_non_ev_a, 0.0),
-        can_export=False,
+        can_export=service.can_export,
         key="service",
         worst_case_explicit=service.worst_case_non_ev_a >= 0,
     )

@@ -108,6 +108,11 @@ class Snapshot:
     site_cap_a: float | None = None  # remote, temporary cap on the service (per phase)
 
 
+class ChargerCap(NamedTuple):  # TEMPORARY (solar branch): the budget branch's definition replaces it
+    limit_a: float  # line current per loaded site phase (A) the charger may get at most
+    reason: str  # e.g. "solar:surplus", "solar:surplus+min"
+
+
 class ChargerLimit(NamedTuple):
     """One charger's limit for this tick (immutable; a NamedTuple because the allocator makes
     one per charger per tick and dataclass construction is several times slower)."""
