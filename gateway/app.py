@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from gateway.budget.service import BudgetService
 from gateway.config import Site, load_site
 from gateway.control import ControlLoop, TelemetrySink
 from gateway.errors import ConfigError
@@ -73,15 +74,20 @@ class App:
         self.start_timeout_s = start_timeout_s
         self.hard_exit_after_s = hard_exit_after_s
         Path(site.state_dir).mkdir(parents=True, exist_ok=True)
+        self.budget = BudgetService(site, clock=clock, state_dir=Path(site.state_dir))
         self.telemetry: Any = None
         if site.mqtt is not None:
             from gateway.telemetry.mqtt import Telemetry
 
-            self.telemetry = Telemetry(site.mqtt, site, clock=clock, state_dir=Path(site.state_dir))
+            self.telemetry = Telemetry(
+                site.mqtt, site, clock=clock, state_dir=Path(site.state_dir), budget=self.budget
+            )
         self.ocpp = OcppController(site, clock=clock, on_event=self._ocpp_event)
         self.meters = MeterService(site, clock=clock, on_reading=self._on_reading, on_stale=self._on_stale)
         sink: TelemetrySink | None = self.telemetry
-        self.control = ControlLoop(site, self.meters, self.ocpp, telemetry=sink, notifier=self.notifier, clock=clock)
+        self.control = ControlLoop(
+            site, self.meters, self.ocpp, telemetry=sink, budget=self.budget, notifier=self.notifier, clock=clock
+        )
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
@@ -158,6 +164,7 @@ class App:
             self.notifier.close()
             if self.telemetry is not None:
                 self.telemetry.close()
+            self.budget.close()
         log.info("gateway_stopped", failure=self.failure)
         if self.failure is not None:
             raise FatalError(self.failure)
@@ -298,6 +305,7 @@ class App:
             return
         self.site = new
         self.ocpp.update_site(new)
+        self.budget.update_site(new)
         if self.telemetry is not None:
             self.telemetry.update_site(new)
         self.control.update_site(new)

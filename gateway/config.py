@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway import electrical
+from gateway.budget.config import BudgetConfig, parse_budget
 from gateway.confkit import Table, check_ident, is_loopback_host, parse_toml, read_toml
 from gateway.errors import ConfigError
 from gateway.meters.config import MeterConfig, check_bus_settings, parse_meter
@@ -127,6 +128,7 @@ class Site:
     logging: LoggingConfig
     state_dir: str = "/var/lib/ems-gateway"  # durable queues (OCPP store, MQTT events)
     source: str = "<memory>"
+    budget: BudgetConfig = field(default_factory=BudgetConfig)  # [budget]: demand window, tariff (gateway.budget)
     # derived topology
     children: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     path_to_root: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # circuit -> itself..service
@@ -209,6 +211,7 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
     chargers = _parse_chargers(root, service, circuits, priorities)
     ocpp = parse_ocpp(root.table("ocpp"))
     mqtt = parse_mqtt(root.table("mqtt"))
+    budget = parse_budget(root.table("budget"), service, _service_meter_has_energy(meters, service.id))
     root.done()
 
     children, path_to_root, order = _topology(circuits)
@@ -236,10 +239,21 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
         path_to_root=path_to_root,
         chargers_under={k: tuple(v) for k, v in under.items()},
         pv_meters=pv_meters,
+        budget=budget,
     )
     _check_electrical(site)
     _check_charger_auth(site)
     return site
+
+
+def _service_meter_has_energy(meters: Mapping[str, MeterConfig], service_id: str) -> bool | None:
+    """Whether the service meter reads an imported-energy register (None: the service has no meter)."""
+    from gateway.meters.regmap import load_map
+
+    for m in meters.values():
+        if m.circuit == service_id:
+            return not m.invert and load_map(m.map).has("energy_import_wh")
+    return None
 
 
 def _check_charger_auth(site: Site) -> None:

@@ -18,9 +18,10 @@ from typing import Protocol
 import structlog
 
 from gateway.allocation import AllocatorState, allocate
+from gateway.budget import Budget
 from gateway.compliance import ComplianceMonitor
 from gateway.config import Site
-from gateway.model import Allocation, ChargerSnapshot, MeterReading, Snapshot
+from gateway.model import Allocation, BudgetCap, ChargerCap, ChargerSnapshot, MeterReading, Snapshot
 from gateway.systemd import Notifier
 
 log = structlog.get_logger(__name__)
@@ -43,7 +44,13 @@ class TelemetrySink(Protocol):
 
     def event(self, name: str, **fields: object) -> None: ...
 
-    def site_cap_a(self, now: float) -> float | None: ...
+
+class BudgetPort(Protocol):
+    """The site budget (gateway.budget.service.BudgetService): the caps on the service and on chargers."""
+
+    def tick(
+        self, readings: Mapping[str, MeterReading | None], chargers: Mapping[str, ChargerSnapshot], now: float
+    ) -> Budget: ...
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class ControlLoop:
         chargers: ChargerPort,
         *,
         telemetry: TelemetrySink | None = None,
+        budget: BudgetPort | None = None,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         history: int = 3600,
@@ -74,6 +82,7 @@ class ControlLoop:
         self.meters = meters
         self.chargers = chargers
         self.telemetry = telemetry
+        self.budget = budget
         self.notifier = notifier or Notifier(address="")
         self.clock = clock
         self.allocation: Allocation | None = None
@@ -157,8 +166,9 @@ class ControlLoop:
             chargers = {
                 k: (replace(v, noncompliant=True) if k in self.compliance.flagged else v) for k, v in raw.items()
             }
-        cap = self.telemetry.site_cap_a(t0) if self.telemetry is not None else None
-        snapshot = Snapshot(taken_at=t0, meters=dict(self.meters.readings()), chargers=chargers, site_cap_a=cap)
+        readings = dict(self.meters.readings())
+        caps, charger_caps = self._budget(readings, chargers, t0)
+        snapshot = Snapshot(taken_at=t0, meters=readings, chargers=chargers, caps=caps, charger_caps=charger_caps)
         t1 = self.clock()
         allocation, state = allocate(snapshot, site, self.state, t0)
         t2 = self.clock()
@@ -195,6 +205,20 @@ class ControlLoop:
         self.ticked.set()
         self.ticked = asyncio.Event()
         return allocation
+
+    def _budget(
+        self, readings: Mapping[str, MeterReading | None], chargers: Mapping[str, ChargerSnapshot], now: float
+    ) -> tuple[tuple[BudgetCap, ...], Mapping[str, ChargerCap]]:
+        """This tick's budget caps. A budget that fails keeps the last caps (it never raises a limit)."""
+        if self.budget is None:
+            return (), {}
+        try:
+            b = self.budget.tick(readings, chargers, now)
+        except Exception:
+            log.exception("budget_failed")
+            last = self.snapshot
+            return (last.caps, last.charger_caps) if last is not None else ((), {})
+        return b.caps, b.charger_caps
 
     async def _stop(self, cid: str) -> None:
         try:

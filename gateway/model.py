@@ -100,17 +100,28 @@ class ChargerSnapshot:
     actuation: Actuation | None = None
 
 
+class BudgetCap(NamedTuple):
+    """A budget source that lowers the service limit (gateway.budget): the remote cap, the demand window, a
+    tariff period's cap. The service constraint per phase is min(service limit, every cap) - service margin."""
+
+    name: str  # "remote:<id>", "demand-window", "tariff:<period>"; a binding cap reads "capped:<name>/L<n>"
+    limit_a: tuple[float, ...]  # per service phase, A at the service (before the service's margin)
+
+
+class ChargerCap(NamedTuple):
+    """An upper bound on one charger's share (solar modes; later the planner)."""
+
+    limit_a: float  # line current per loaded site phase (A) the charger may get at most
+    reason: str  # e.g. "solar:surplus", "solar:surplus+min"
+
+
 @dataclass(frozen=True)
 class Snapshot:
     taken_at: float
     meters: Mapping[str, MeterReading | None]  # None: never read / unknown
     chargers: Mapping[str, ChargerSnapshot]
-    site_cap_a: float | None = None  # remote, temporary cap on the service (per phase)
-
-
-class ChargerCap(NamedTuple):  # TEMPORARY (solar branch): the budget branch's definition replaces it
-    limit_a: float  # line current per loaded site phase (A) the charger may get at most
-    reason: str  # e.g. "solar:surplus", "solar:surplus+min"
+    caps: tuple[BudgetCap, ...] = ()  # budget sources on the service (the service limit itself is not one)
+    charger_caps: Mapping[str, ChargerCap] = field(default_factory=dict)
 
 
 class ChargerLimit(NamedTuple):
@@ -127,7 +138,7 @@ class ChargerLimit(NamedTuple):
 
 @dataclass(frozen=True)
 class CircuitStatus:
-    limit_a: float  # effective per-phase limit (a remote cap may lower the service's)
+    limit_a: float  # effective per-phase limit (a budget cap may lower the service's)
     measured_a: tuple[float, ...] | None  # None: no meter, or unknown
     non_ev_a: tuple[float, ...]
     headroom_a: tuple[float, ...]  # limit - margin - non-EV load

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from gateway.allocation import AllocatorState, allocate
 from gateway.config import Site, site_from_dict
-from gateway.model import Allocation, ChargerSnapshot, ChargerState, MeterReading, Session, Snapshot
+from gateway.model import (
+    Allocation,
+    BudgetCap,
+    ChargerCap,
+    ChargerSnapshot,
+    ChargerState,
+    MeterReading,
+    Session,
+    Snapshot,
+)
 
 
 def site_dict(
@@ -114,7 +124,10 @@ def snap(
     chargers: list[ChargerSnapshot],
     meters: dict[str, tuple[float, ...] | MeterReading | None] | None = None,
     site_cap_a: float | None = None,
+    caps: tuple[BudgetCap, ...] = (),
+    charger_caps: Mapping[str, ChargerCap] | None = None,
 ) -> Snapshot:
+    """``site_cap_a``: a remote cap named ``remote:test`` on every line."""
     ms: dict[str, MeterReading | None] = {}
     for mid, v in (meters or {}).items():
         if v is None or isinstance(v, MeterReading):
@@ -125,7 +138,9 @@ def snap(
         c.id: (replace(c, draw_at=now) if c.draw_at is None and (c.draw_a or c.draw_w) is not None else c)
         for c in chargers
     }
-    return Snapshot(taken_at=now, meters=ms, chargers=stamped, site_cap_a=site_cap_a)
+    if site_cap_a is not None:
+        caps = (*caps, BudgetCap("remote:test", (site_cap_a,) * 3))
+    return Snapshot(taken_at=now, meters=ms, chargers=stamped, caps=caps, charger_caps=charger_caps or {})
 
 
 # the allocator's state travels with the allocation it came with, so table tests read as one tick after another

@@ -323,7 +323,7 @@ def test_noncompliant_charger_counts_at_its_draw_and_others_are_lowered() -> Non
 def test_remote_site_cap_lowers_the_service_limit() -> None:
     site = make_site(limit_a=100, chargers=[ac("A", phases=3), ac("B", phases=3)], control=FAST)
     a = settle(site, snap(0, [charging("A"), charging("B")], {"m-main": (0, 0, 0)}, site_cap_a=50))
-    assert lim(a, "A") == 25.0 and why(a, "A") == "capped:site-cap/L1"
+    assert lim(a, "A") == 25.0 and why(a, "A") == "capped:remote:test/L1"
     assert a.circuits["service"].limit_a == 50.0
 
 

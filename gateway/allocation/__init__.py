@@ -20,7 +20,7 @@ The steps, each a module:
    an allowance, the ramp).
 3. ``headroom``: limit - margin - non-EV estimate (measured - usable EV draws; a rise believed at once, a
    fall after a drop of the measured current only once every subtracted draw was measured after the drop),
-   lowered by a site cap.
+   the service's lowered by the budget caps (gateway.budget: remote, demand window, tariff).
 4. ``minimums``: minimum or 0; the lowest priority pauses first, equals take turns (rotation).
 5. ``fill``: priority-weighted max-min fairness by progressive filling.
 6. ``finalize``: floor, hysteresis, reasons, the in-flight gate, the next state.
@@ -54,7 +54,7 @@ def allocate(
     plan = plan_of(site)
     t = trust(site, plan, snapshot.meters, now)
     c = classify(snapshot, site, plan, state, t.failsafe_reason, now, t.aging, t.readings)
-    h = headroom(site, plan, c, t.readings, state.circuits, snapshot.site_cap_a, now)
+    h = headroom(site, plan, c, t.readings, state.circuits, snapshot.caps, now)
     room = h.cap - h.non_ev - plan.per_constraint(np.array(c.fixed, dtype=np.float64))
     paused = pause(plan, c, room, snapshot.chargers, site.control.rotation_period_s, now)
     n = len(plan.ids)

@@ -2,7 +2,8 @@
 
 Chargers that are not allocated (fail-safe subtree, offline, non-compliant, no session) get their limit
 here and count as fixed loads at their reserve. Active sessions get bounds for the filling: the minimum
-(per active connector), and a cap from the charger's maximum, its EV's draw plus an allowance and the ramp.
+(per active connector), and a cap from the charger's maximum, its EV's draw plus an allowance, the ramp and a
+budget's cap on the charger (Snapshot.charger_caps).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from gateway.allocation.plan import EPS_A, Plan
 from gateway.allocation.reserve import Report, View, measured_draw, report_for, reports, usable, view
 from gateway.allocation.state import NEVER, AllocatorState, ChargerMemory
 from gateway.config import ChargerConfig, Site
-from gateway.model import ChargerSnapshot, ChargerState, MeterReading, Snapshot
+from gateway.model import ChargerCap, ChargerSnapshot, ChargerState, MeterReading, Snapshot
 
 _DT_MAX_TICKS = 5.0  # an increase may use at most this many ticks of ramp after a gap
 
@@ -84,7 +85,23 @@ def classify(
             late = aging.get(i) if aging else None
             if late is not None:
                 _hold_late(c, i, mem, f"hold:{late}-late")
+            ccap = snapshot.charger_caps.get(cid) if snapshot.charger_caps else None
+            if ccap is not None and c.active and c.active[-1] == i:
+                _charger_cap(c, i, ccap)
     return c
+
+
+def _charger_cap(c: Classes, i: int, cap: ChargerCap) -> None:
+    """A budget's cap on one charger (solar modes, the planner) lowers its upper bound, never raises it; below
+    the charger's minimum the session pauses (limit 0, the cap's reason)."""
+    lim = cap.limit_a if cap.limit_a >= 0 else 0.0  # NaN and negative: 0 (a fault lowers, never raises)
+    if lim >= c.lo[i] - EPS_A:
+        if lim < c.hi[i]:
+            c.hi[i], c.hi_reason[i] = max(lim, c.lo[i]), cap.reason
+        return
+    c.active.pop()
+    c.limit[i], c.line[i], c.reason[i] = 0.0, 0.0, cap.reason
+    c.fixed[i] = c.reserve[i]
 
 
 def _decide_fixed(

@@ -1,4 +1,4 @@
-"""Step 3: headroom per circuit and phase: limit - margin - non-EV load (and the site cap).
+"""Step 3: headroom per circuit and phase: limit - margin - non-EV load (and the budget caps on the service).
 
 The non-EV load of a metered circuit is its measured current minus the EV draws reported beneath it. Reports
 lag the meter (10-60 s), so an EV that lowered its draw after it reported (it followed a decrease, tapered,
@@ -17,7 +17,7 @@ A rise is believed at once. A phase the meter does not measure keeps the worst c
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,7 @@ from gateway.allocation.classify import Classes
 from gateway.allocation.plan import FloatArray, Plan
 from gateway.allocation.state import CircuitMemory
 from gateway.config import PHASES, Site
-from gateway.model import MeterReading
+from gateway.model import BudgetCap, MeterReading
 
 _DROP_A = 0.5  # the measured current falling more than this below its peak is a drop
 
@@ -42,7 +42,7 @@ class Headroom:
 
 def headroom(
     site: Site, plan: Plan, c: Classes, readings: Mapping[str, MeterReading],
-    before: Mapping[str, CircuitMemory], site_cap_a: float | None, now: float,
+    before: Mapping[str, CircuitMemory], caps: Sequence[BudgetCap], now: float,
 ) -> Headroom:
     P, K = plan.n_phases, plan.n_constraints
     n = len(plan.ids)
@@ -71,7 +71,7 @@ def headroom(
         memory[cid] = mem
         non_ev[sl] = mem.non_ev_a
         measured[cid] = tuple(cur)
-    cap, names = _site_cap(site, plan, site_cap_a)
+    cap, names = _site_cap(site, plan, caps)
     return Headroom(cap, non_ev, names, memory, measured)
 
 
@@ -109,16 +109,26 @@ def _estimate(
     return CircuitMemory(tuple(est), tuple(peaks), tuple(held), tuple(cur))
 
 
-def _site_cap(site: Site, plan: Plan, site_cap_a: float | None) -> tuple[FloatArray, tuple[str, ...]]:
+def _site_cap(site: Site, plan: Plan, caps: Sequence[BudgetCap]) -> tuple[FloatArray, tuple[str, ...]]:
+    """The service constraint per phase: min(service limit, every budget cap) - margin, named after the binding
+    cap ("<cap name>/L<n>"). A cap never raises anything; one that is not a number counts as 0 A (a data fault
+    lowers limits)."""
     P = plan.n_phases
     cap = plan.cap.copy()
     names = list(plan.constraint_names)
-    if site_cap_a is not None and math.isfinite(site_cap_a) and site_cap_a >= 0:
-        root_j = plan.circuit_ids.index(site.root)
-        root = site.circuits[site.root]
-        room = min(root.limit_a, site_cap_a) - root.margin_a
+    if not caps:
+        return cap, tuple(names)
+    root_j = plan.circuit_ids.index(site.root)
+    root = site.circuits[site.root]
+    for bc in caps:
+        if not bc.limit_a:
+            continue
         for ph in range(P):
+            v = bc.limit_a[ph] if ph < len(bc.limit_a) else min(bc.limit_a)
+            if math.isnan(v) or v < 0:
+                v = 0.0
+            room = min(root.limit_a, v) - root.margin_a
             if room < cap[root_j * P + ph]:
                 cap[root_j * P + ph] = room
-                names[root_j * P + ph] = f"site-cap/{PHASES[ph]}"
+                names[root_j * P + ph] = f"{bc.name}/{PHASES[ph]}"
     return cap, tuple(names)

@@ -1,12 +1,15 @@
-"""MQTT telemetry: site, circuit, charger and meter topics, events, and the remote site cap.
+"""MQTT telemetry: site, circuit, charger, meter and budget topics, events, and the commands.
 
-The control loop calls :meth:`Telemetry.publish_tick`, :meth:`Telemetry.event` and
-:meth:`Telemetry.site_cap_a`; they only touch in-memory structures (and, for events, one
-SQLite insert), never the network, and never raise. :meth:`Telemetry.run` is a separate
+The control loop calls :meth:`Telemetry.publish_tick` and :meth:`Telemetry.event`; they only touch
+in-memory structures (and, for events, one SQLite insert), never the network, and never raise.
+Commands (``<root>cmd/site_limit``: the remote cap, ``<root>cmd/tariff``: the time-of-use schedule) are
+received here and handed to the budget service (`gateway.budget.service`), which validates, holds and
+persists them; telemetry sends its reply and publishes its state (``site_cap``, ``tariff``, ``budget``).
+:meth:`Telemetry.run` is a separate
 asyncio task that owns the paho-mqtt client (its network thread connects, reconnects with
 backoff and does all socket I/O) and drains a bounded outbox into it:
 
-* values (site, circuits, chargers, meters, cap): the latest payload per topic, oldest topic
+* values (site, circuits, chargers, meters, cap, budget, tariff): the latest payload per topic, oldest topic
   dropped when ``queue_max`` topics wait;
 * events: persisted first, sent with QoS 1, deleted once the broker acknowledged them, so
   none is lost across a broker outage or a gateway restart (at least once; every event has
@@ -29,7 +32,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,18 +43,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway import electrical
+from gateway.budget import Budget
+from gateway.budget.remote import request_id_of
+from gateway.budget.service import BudgetService
 from gateway.config import ChargerConfig, Site
 from gateway.errors import StoreError
 from gateway.model import Allocation, ChargerLimit, ChargerSnapshot, MeterReading, Snapshot
-from gateway.telemetry.cap import (
-    CommandRejected,
-    RemoteCap,
-    cap_amps,
-    cap_from_json,
-    cap_to_json,
-    parse_cap_command,
-    request_id_of,
-)
 from gateway.telemetry.config import MqttConfig
 from gateway.telemetry.store import EVENTS_FILE, EventStore
 
@@ -66,7 +63,7 @@ RECONNECT_FAST_MAX_S = 2  # reconnect attempts at most this far apart while an o
 RECONNECT_FAST_FOR_S = 120.0  # ...this young; then the backoff grows to reconnect_max_s
 CHECKPOINT_EVERY_S = 30.0  # the event store's WAL is folded back by a worker thread this often
 _EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_CAP_KEY = "site_cap"
+_LEGACY_CAP_KEY = "site_cap"  # where versions before the budget service kept the remote cap
 
 
 def iso_ts(wall: float) -> str:
@@ -160,6 +157,7 @@ class Telemetry:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         state_dir: Path | None = None,
+        budget: BudgetService | None = None,
     ) -> None:
         self.cfg = cfg
         self._site = site
@@ -196,9 +194,18 @@ class Telemetry:
         self._circuit_pub_at: dict[str, float] = {}
         self._mode: str | None = None
         self._mode_since = 0.0
-        # remote cap
-        self._cap: RemoteCap | None = None
-        self._restore_cap()
+        self._budget_key: bytes | None = None
+        self._budget_pub_at = -math.inf
+        # the budget: commands go to it, its events and state come back
+        self._owns_budget = budget is None
+        self.budget = budget if budget is not None else BudgetService(site, clock=clock, wall_clock=wall_clock,
+                                                                      state_dir=sd)
+        self._adopt_legacy_cap()
+        self.budget.listen(self)
+        if self.budget.remote_restored:
+            self._publish_cap_state(iso_ts(self._wall()))
+        if self.budget.tariff() is not None:
+            self._publish_tariff_state(iso_ts(self._wall()))
 
     # ================================================================== control-loop API
     def publish_tick(self, snapshot: Snapshot, allocation: Allocation) -> None:
@@ -209,6 +216,7 @@ class Telemetry:
             ts = iso_ts(wall)
             self._tick_mode(allocation, now)
             self._tick_site(snapshot, allocation, ts)
+            self._tick_budget(self.budget.last, ts, now)
             self._tick_circuits(allocation, ts, now)
             self._tick_meters(snapshot, ts, now)
             self._tick_chargers(snapshot, allocation, ts, now)
@@ -233,21 +241,26 @@ class Telemetry:
         self._wake.set()
 
     def site_cap_a(self, now: float) -> float | None:
-        """The active remote cap in A per phase, or None; never above the service limit."""
-        cap = self._cap
-        if cap is None:
-            return None
-        if now >= cap.expires_at:
-            self._expire_cap(cap)
-            return None
-        return min(cap.limit_a, self._site.service.limit_a)
+        """The active remote cap in A per phase, or None (the budget service holds it)."""
+        return self.budget.remote_cap_a(now)
+
+    def budget_changed(self, what: str) -> None:
+        """The budget service's remote cap or tariff changed: publish its state."""
+        try:
+            ts = iso_ts(self._wall())
+            if what == "remote":
+                self._publish_cap_state(ts)
+            elif what == "tariff":
+                self._publish_tariff_state(ts)
+        except Exception as exc:
+            log.exception("mqtt_budget_state_failed", error=str(exc))
+        self._wake.set()
 
     def update_site(self, site: Site) -> None:
         """A reloaded configuration: forget removed chargers/circuits/meters, emit config_reloaded."""
         try:
             old = self._site
             self._site = site
-            ts = iso_ts(self._wall())
             if site.id != old.id:
                 log.warning("mqtt_site_id_changed", old=old.id, new=site.id, note="topic root kept until restart")
             for cid in [c for c in self._chargers if c not in site.chargers]:
@@ -260,10 +273,8 @@ class Telemetry:
                 del self._circuits[cid]
                 self._circuit_pub_at.pop(cid, None)
                 self._put_value(self.root + "circuit/" + topic_level(cid), b"")
-            cap = self._cap
-            if cap is not None:
-                self._cap = replace(cap, limit_a=cap_amps(cap.requested_a, cap.requested_kw, site.service))
-                self._publish_cap_state(ts)
+            if self._owns_budget:
+                self.budget.update_site(site)
             if site.mqtt is not None and site.mqtt != self.cfg:
                 log.warning("mqtt_config_changed", note="the [mqtt] section takes effect on restart")
             self.event(
@@ -322,7 +333,12 @@ class Telemetry:
         for ch in snapshot.chargers.values():
             online += ch.online
             charging += ch.state == "charging"
-        limit_a = st.limit_a if st is not None else min(svc.limit_a, snapshot.site_cap_a or math.inf)
+        caps = {c.name: min(c.limit_a, default=math.inf) for c in snapshot.caps}
+        remote = [a for n, a in caps.items() if n == "remote" or n.startswith("remote:")]
+        limit_a = st.limit_a if st is not None else min([svc.limit_a, *caps.values()])
+        binding = min(caps, key=lambda n: caps[n], default=None)
+        if binding is not None and caps[binding] >= svc.limit_a:
+            binding = None
         body: dict[str, object] = {
             "ts": ts,
             "mode": allocation.mode,
@@ -331,7 +347,9 @@ class Telemetry:
             "limit_a": _r(limit_a),
             "limit_w": _r(electrical.service_power_w(svc, limit_a), 0),
             "service_limit_a": svc.limit_a,
-            "site_cap_a": _r(snapshot.site_cap_a),
+            "site_cap_a": _r(min(remote)) if remote else None,
+            "caps": {n: _r(a) for n, a in caps.items()},
+            "limit_source": binding or "service",
             "headroom_a": _rt(st.headroom_a) if st is not None else None,
             "allocated_a": _rt(st.allocated_a) if st is not None else None,
             "non_ev_a": _rt(st.non_ev_a) if st is not None else None,
@@ -617,7 +635,7 @@ class Telemetry:
                 self._acked_keys.append(m.event_key)
         self._wake.set()
 
-    # ================================================================== remote cap
+    # ================================================================== budget: commands and state
     def _command(self, topic: str, payload: bytes, retained: bool) -> None:
         name = topic[len(self.cmd_prefix):] if topic.startswith(self.cmd_prefix) else topic
         if not payload:  # a zero-length message clears a retained command on the broker: no command
@@ -626,110 +644,66 @@ class Telemetry:
         reply_topic = self.cmd_prefix + topic_level(name) + "/reply"
         wall = self._wall()
         try:
-            if name != "site_limit":
-                raise CommandRejected(f"unknown command {name!r} (known: site_limit)")
-            if retained:
-                raise CommandRejected(
-                    "retained commands are refused: publish commands with retain=false", _request_id(payload)
-                )
-            req = parse_cap_command(
-                payload, service=self._site.service, now_wall=wall, require_ts=self.cfg.protocol != "5"
-            )
-        except CommandRejected as exc:
-            log.warning("mqtt_command_rejected", command=name, reason=exc.reason, request_id=exc.request_id)
-            self._reply(reply_topic, {"id": exc.request_id, "ok": False, "reason": exc.reason}, wall)
-            self._wake.set()
-            return
+            body = self.budget.command(name, payload, retained=retained, require_ts=self.cfg.protocol != "5")
         except Exception as exc:  # never let a payload take the link down
             log.exception("mqtt_command_failed", command=name, error=str(exc))
-            self._reply(reply_topic, {"id": request_id_of(payload), "ok": False, "reason": "internal error"}, wall)
-            self._wake.set()
-            return
-        ts = iso_ts(wall)
-        if req.clear:
-            had = self._cap is not None
-            self._set_cap(None)
-            self._reply(reply_topic, {"id": req.request_id, "ok": True, "cleared": had}, wall)
-            if had:
-                self.event("site_cap_cleared", request_id=req.request_id)
-        else:
-            now = self._clock()
-            cap = RemoteCap(
-                limit_a=cap_amps(req.limit_a, req.limit_kw, self._site.service),
-                request_id=req.request_id,
-                requested_a=req.limit_a,
-                requested_kw=req.limit_kw,
-                expires_at=now + req.duration_s,
-                expires_wall=wall + req.duration_s,
-                set_wall=wall,
-            )
-            self._set_cap(cap)
-            log.info("mqtt_site_cap_set", limit_a=round(cap.limit_a, 1), duration_s=req.duration_s,
-                     request_id=req.request_id)
-            self._reply(
-                reply_topic,
-                {"id": req.request_id, "ok": True, "cap_a": _r(cap.limit_a), "expires_at": iso_ts(cap.expires_wall)},
-                wall,
-            )
-            self.event(
-                "site_cap_set",
-                request_id=req.request_id,
-                cap_a=_r(cap.limit_a),
-                limit_a=req.limit_a,
-                limit_kw=req.limit_kw,
-                expires_at=iso_ts(cap.expires_wall),
-            )
-        self._publish_cap_state(ts)
+            body = {"id": request_id_of(payload), "ok": False, "reason": "internal error"}
+        if body.get("ok") is False:
+            log.warning("mqtt_command_rejected", command=name, reason=body.get("reason"), request_id=body.get("id"))
+        self._reply(reply_topic, body, wall)
         self._wake.set()
 
     def _reply(self, topic: str, body: dict[str, object], wall: float) -> None:
         body["ts"] = iso_ts(wall)
-        self._direct.append(_Msg(topic, _dumps(body), 1, False))
-
-    def _set_cap(self, cap: RemoteCap | None) -> None:
-        self._cap = cap
-        try:
-            self._store.put(_CAP_KEY, None if cap is None else cap_to_json(cap))
-        except StoreError as exc:
-            log.error("mqtt_site_cap_not_persisted", error=str(exc))
-
-    def _expire_cap(self, cap: RemoteCap) -> None:
-        if self._cap is not cap:
-            return
-        self._set_cap(None)
-        log.info("mqtt_site_cap_expired", request_id=cap.request_id)
-        self.event("site_cap_expired", request_id=cap.request_id, cap_a=_r(cap.limit_a))
-        self._publish_cap_state(iso_ts(self._wall()))
+        self._direct.append(_Msg(topic, _dumps({k: _clean(v) for k, v in body.items()}), 1, False))
 
     def _publish_cap_state(self, ts: str) -> None:
-        cap = self._cap
-        body: dict[str, object] = {"ts": ts, "active": cap is not None}
-        if cap is not None:
-            body.update(
-                cap_a=_r(cap.limit_a),
-                limit_a=cap.requested_a,
-                limit_kw=cap.requested_kw,
-                expires_at=iso_ts(cap.expires_wall),
-                request_id=cap.request_id,
-            )
+        body: dict[str, object] = {"ts": ts, **self.budget.remote_state()}
         self._put_value(self.root + "site_cap", _dumps(body))
 
-    def _restore_cap(self) -> None:
+    def _publish_tariff_state(self, ts: str) -> None:
+        st = self.budget.tariff_state()
+        self._put_value(self.root + "tariff", b"" if st is None else _dumps({"ts": ts, **st}))
+
+    def _tick_budget(self, b: Budget | None, ts: str, now: float) -> None:
+        """``<root>budget``: every source's cap, the demand window's figures, the tariff period and price."""
+        if b is None:
+            return
+        body: dict[str, object] = {"caps": {c.name: _rt(c.limit_a) for c in b.caps}}
+        low = b.binding()
+        body["binding"] = None if low is None or min(low.limit_a) >= self._site.service.limit_a else low.name
+        d = b.demand
+        if d is not None:
+            body["demand"] = {
+                "interval_start": iso_ts(d.interval_start), "interval_end": iso_ts(d.interval_end),
+                "energy_kwh": _r(d.energy_wh / 1000.0, 3), "projected_kw": _r(d.projected_kw, 2),
+                "target_kw": _r(d.target_kw, 3), "effective_target_kw": _r(d.effective_target_kw, 3),
+                "month_peak_kw": _r(d.month_peak_kw, 2), "allowed_ev_kw": _r(d.allowed_ev_kw, 2),
+                "forecast_non_ev_kw": _r(d.forecast_non_ev_kw, 2), "cap_a": _r(d.cap_a, 1),
+                "measurement": d.measurement, "estimated_s": _r(d.estimated_s, 0),
+            }
+        t = b.tariff
+        if t is not None:
+            body["tariff"] = {"season": t.season, "period": t.period, "price_per_kwh": t.price_per_kwh,
+                              "cap_kw": t.cap_kw, "until": iso_ts(t.until), "source": t.source}
+        key = _dumps(body)
+        since = now - self._budget_pub_at
+        if key == self._budget_key and since < self.cfg.heartbeat_s:
+            return
+        if since < self.cfg.charger_min_interval_s and self._budget_key is not None:
+            return
+        self._budget_key, self._budget_pub_at = key, now
+        body["ts"] = ts
+        self._put_value(self.root + "budget", _dumps(body))
+
+    def _adopt_legacy_cap(self) -> None:
         try:
-            text = self._store.get(_CAP_KEY)
+            text = self._store.get(_LEGACY_CAP_KEY)
+            if text is not None:
+                self.budget.adopt_legacy_remote(text)
+                self._store.put(_LEGACY_CAP_KEY, None)
         except StoreError as exc:
-            log.error("mqtt_site_cap_unreadable", error=str(exc))
-            return
-        if text is None:
-            return
-        cap = cap_from_json(text, service=self._site.service, now=self._clock(), now_wall=self._wall())
-        if cap is None:
-            self._set_cap(None)
-            self._publish_cap_state(iso_ts(self._wall()))
-            return
-        self._cap = cap
-        log.info("mqtt_site_cap_restored", cap_a=round(cap.limit_a, 1), expires_at=iso_ts(cap.expires_wall))
-        self._publish_cap_state(iso_ts(self._wall()))
+            log.error("mqtt_legacy_site_cap_unreadable", error=str(exc))
 
     # ================================================================== the link task
     def _make_client(self) -> mqtt.Client:
@@ -791,9 +765,6 @@ class Telemetry:
                     async with asyncio.timeout(1.0):
                         await self._wake.wait()
                 self._wake.clear()
-                cap = self._cap
-                if cap is not None:
-                    self.site_cap_a(self._clock())  # expires it on time even if nobody asks
                 if (checkpoint is None or checkpoint.done()) and time.monotonic() >= next_checkpoint:
                     next_checkpoint = time.monotonic() + CHECKPOINT_EVERY_S
                     checkpoint = asyncio.ensure_future(asyncio.to_thread(self._store.checkpoint))
@@ -854,19 +825,11 @@ class Telemetry:
         self._flush_acked()
 
     def close(self) -> None:
-        """Release the event store (after run() ended)."""
+        """Release the event store (after run() ended), and the budget service if it is telemetry's own."""
         self._flush_acked()
         self._store.close()
-
-
-def _request_id(payload: bytes) -> str | None:
-    """The ``id`` of a command we refuse before reading it, if it has a readable one."""
-    try:
-        obj = json.loads(payload)
-    except ValueError:
-        return None
-    rid = obj.get("id") if isinstance(obj, dict) else None
-    return rid if isinstance(rid, str) and len(rid) <= 64 else None
+        if self._owns_budget:
+            self.budget.close()
 
 
 def _moved(a: tuple[float, ...] | None, b: tuple[float, ...] | None, band: float) -> bool:

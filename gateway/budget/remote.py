@@ -1,4 +1,8 @@
-"""Remote site cap: a temporary, cloud-set limit on the service (demand response, demand charges).
+"""The remote cap: a temporary, cloud-set limit on the service (demand response), one budget source.
+
+Telemetry receives the command over MQTT and hands it to the budget service (`gateway.budget.service`), which
+validates it here, holds the active cap, persists it and expires it. Its budget cap is named ``remote:<id>``
+(``remote`` without an id), so a binding cap reads ``capped:remote:dr-42/L1``.
 
 Command payload on ``<root>cmd/site_limit`` (JSON object):
 
@@ -22,11 +26,14 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import electrical
-from gateway.config import ServiceConfig
-from gateway.errors import TelemetryError
+from gateway.errors import GatewayError
+from gateway.model import BudgetCap
+
+if TYPE_CHECKING:
+    from gateway.config import ServiceConfig
 
 MAX_DURATION_S = 86_400.0  # a cap lasts at most a day; the cloud re-sends to extend it
 MAX_PAYLOAD_BYTES = 4096
@@ -38,7 +45,7 @@ _KEYS = {"id", "limit_a", "limit_kw", "duration_s", "until", "clear", "ts"}
 _ID_RE = re.compile(rb'"id"\s*:\s*"([^"\\]{1,64})"')
 
 
-class CommandRejected(TelemetryError):
+class CommandRejected(GatewayError):
     """A remote command was malformed or not allowed; ``reason`` says why."""
 
     def __init__(self, reason: str, request_id: str | None = None) -> None:
@@ -115,7 +122,7 @@ def parse_cap_command(
         raise CommandRejected(f"payload too large ({len(payload)} bytes > {MAX_PAYLOAD_BYTES})",
                               request_id_of(payload))
     try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        obj = json.loads(payload.decode("utf-8"), parse_constant=reject_constant)
     except RecursionError:
         raise CommandRejected("not a JSON document: nested too deeply", request_id_of(payload)) from None
     except (UnicodeDecodeError, ValueError) as exc:
@@ -131,7 +138,7 @@ def parse_cap_command(
     unknown = sorted(set(obj) - _KEYS)
     if unknown:
         raise CommandRejected(f"unknown key(s): {', '.join(unknown)}", rid)
-    _check_fresh(obj, rid, now_wall, require_ts)
+    check_fresh(obj, rid, now_wall, require_ts)
     obj.pop("ts", None)
 
     if "clear" in obj:
@@ -201,7 +208,7 @@ def _parse_time(v: object, key: str, rid: str | None) -> float:
     return dt.timestamp()
 
 
-def _check_fresh(obj: dict[str, Any], rid: str | None, now_wall: float, required: bool) -> None:
+def check_fresh(obj: dict[str, Any], rid: str | None, now_wall: float, required: bool) -> None:
     if "ts" not in obj:
         if required:
             raise CommandRejected("ts is required (MQTT 3.1.1 cannot tell a retained command from a fresh one)", rid)
@@ -213,7 +220,7 @@ def _check_fresh(obj: dict[str, Any], rid: str | None, now_wall: float, required
         )
 
 
-def _reject_constant(name: str) -> float:
+def reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
@@ -260,3 +267,25 @@ def cap_from_json(text: str, *, service: ServiceConfig, now: float, now_wall: fl
         expires_wall=expires_wall,
         set_wall=set_wall,
     )
+
+
+def remote_cap_of(req: CapRequest, service: ServiceConfig, now: float, now_wall: float) -> RemoteCap:
+    """The cap a validated (non-clear) request sets, from now."""
+    return RemoteCap(
+        limit_a=cap_amps(req.limit_a, req.limit_kw, service),
+        request_id=req.request_id,
+        requested_a=req.limit_a,
+        requested_kw=req.limit_kw,
+        expires_at=now + req.duration_s,
+        expires_wall=now_wall + req.duration_s,
+        set_wall=now_wall,
+    )
+
+
+def cap_name(cap: RemoteCap) -> str:
+    return f"remote:{cap.request_id}" if cap.request_id else "remote"
+
+
+def budget_cap(cap: RemoteCap, service: ServiceConfig) -> BudgetCap:
+    """The active cap as a budget source: the same current on every line of the service."""
+    return BudgetCap(cap_name(cap), (min(cap.limit_a, service.limit_a),) * service.phases)

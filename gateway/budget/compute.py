@@ -1,0 +1,113 @@
+"""The budget of one tick: every source's cap on the service, and the figures for telemetry (pure, no IO).
+
+``budget(inputs, cfg, state, now_mono, now_wall) -> (Budget, BudgetState)``: the remote cap (held by the
+service, given here), the demand window (`gateway.budget.demand`) and the active tariff period's cap
+(`gateway.budget.tariff`). Each becomes a `BudgetCap` in A per line at the service; the allocator takes the
+smallest of them and the service limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gateway import electrical
+from gateway.budget import Budget, BudgetState, DemandFigures, Event, TariffFigures, TariffMemo
+from gateway.budget.config import BudgetConfig, TariffConfig, zone
+from gateway.budget.demand import Measure, step
+from gateway.budget.remote import RemoteCap, budget_cap
+from gateway.budget.tariff import active
+from gateway.model import BudgetCap, ChargerSnapshot, MeterReading
+
+if TYPE_CHECKING:
+    from gateway.config import ServiceConfig, Site
+
+
+@dataclass(frozen=True)
+class BudgetInputs:
+    service: ServiceConfig
+    measure: Measure  # the service meter now
+    remote: RemoteCap | None = None
+    tariff: TariffConfig | None = None  # the schedule in force (the config's, or one received over MQTT)
+
+
+def budget(
+    inputs: BudgetInputs, cfg: BudgetConfig, state: BudgetState, now_mono: float, now_wall: float
+) -> tuple[Budget, BudgetState]:
+    svc = inputs.service
+    caps: list[BudgetCap] = []
+    events: list[Event] = []
+    if inputs.remote is not None:
+        caps.append(budget_cap(inputs.remote, svc))
+    demand_fig: DemandFigures | None = None
+    demand_st = state.demand
+    if cfg.demand is not None:
+        demand_st, demand_fig, ev = step(cfg.demand, zone(cfg.timezone), svc, state.demand, inputs.measure,
+                                         now_mono, now_wall)
+        events.extend(ev)
+        caps.append(BudgetCap("demand-window", (demand_fig.cap_a,) * svc.phases))
+    tariff_fig: TariffFigures | None = None
+    memo: TariffMemo | None = None
+    if inputs.tariff is not None:
+        tariff_fig, memo = _tariff(inputs.tariff, state.tariff, now_wall)
+        if tariff_fig.cap_kw is not None and tariff_fig.period is not None:
+            amps = min(electrical.service_line_current_a(svc, tariff_fig.cap_kw * 1000.0), svc.limit_a)
+            caps.append(BudgetCap(f"tariff:{tariff_fig.period}", (amps,) * svc.phases))
+    b = Budget(caps=tuple(caps), demand=demand_fig, tariff=tariff_fig, events=tuple(events))
+    return b, BudgetState(demand=demand_st, tariff=memo)
+
+
+def _tariff(t: TariffConfig, memo: TariffMemo | None, now_wall: float) -> tuple[TariffFigures, TariffMemo]:
+    if memo is None or memo.source != t.source or now_wall >= memo.until or now_wall < memo.until - 9 * 86400:
+        a = active(t, now_wall)
+        idx = -1 if a.period is None else a.season.periods.index(a.period)
+        memo = TariffMemo(t.source, a.season.name, idx, a.until)
+    season = next((s for s in t.seasons if s.name == memo.season), t.seasons[0])
+    p = season.periods[memo.index] if 0 <= memo.index < len(season.periods) else None
+    fig = TariffFigures(
+        season=season.name, period=None if p is None else p.name,
+        price_per_kwh=None if p is None else p.price_per_kwh, cap_kw=None if p is None else p.cap_kw,
+        until=memo.until, source=t.source,
+    )
+    return fig, memo
+
+
+def measure(
+    site: Site, readings: Mapping[str, MeterReading | None], chargers: Mapping[str, ChargerSnapshot]
+) -> Measure:
+    """The service meter's import now, its register, and the non-EV load (import - the EVs' reported draw)."""
+    svc = site.service
+    mid = site.circuits[site.root].meter
+    rd = readings.get(mid) if mid is not None else None
+    if rd is None or not rd.valid:
+        return Measure(None, None, None)
+    if rd.total_power_w is not None:
+        p = rd.total_power_w
+    elif rd.power_w is not None:
+        p = sum(rd.power_w)
+    else:
+        p = sum(rd.current_a) * electrical.line_to_neutral_v(svc)  # no power registers: unity pf, import
+    reg = rd.energy_import_wh
+    if reg is not None and not math.isfinite(reg):
+        reg = None
+    return Measure(p, reg, max(p - ev_power_w(site, chargers), 0.0))
+
+
+def ev_power_w(site: Site, chargers: Mapping[str, ChargerSnapshot]) -> float:
+    """The EVs' draw at the service by their last reports (W): line current through `gateway.electrical`."""
+    svc = site.service
+    total = 0.0
+    for cid, cs in chargers.items():
+        ch = site.chargers.get(cid)
+        if ch is None or not cs.state.has_session:
+            continue
+        if cs.draw_a is not None:
+            lines = [cs.draw_a[p] for p in ch.line_phases if p < len(cs.draw_a)]
+            if lines:
+                total += electrical.ac_power_w(svc, ch.line_phases, sum(lines) / len(lines))
+                continue
+        if cs.draw_w is not None:
+            total += cs.draw_w / (ch.efficiency if ch.kind == "dc" else 1.0)
+    return total
