@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from gateway import electrical
 from gateway.budget.config import BudgetConfig, parse_budget
+from gateway.budget.solar_config import check_solar
 from gateway.confkit import Table, check_ident, is_loopback_host, parse_toml, read_toml
 from gateway.errors import ConfigError
 from gateway.meters.config import MeterConfig, check_bus_settings, parse_meter
@@ -242,6 +243,7 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
         budget=budget,
     )
     _check_electrical(site)
+    check_solar(site)
     _check_charger_auth(site)
     return site
 

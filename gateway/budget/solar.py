@@ -36,12 +36,14 @@ get their minimum (a data fault lowers limits, never raises them).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
 from gateway import electrical
-from gateway.budget.solar_config import SOLAR_MODES, SolarConfig
+from gateway.budget import Budget
+from gateway.budget.solar_config import SOLAR_MODES, SolarConfig, SolarFigures
 from gateway.config import ChargerConfig, Site
 from gateway.model import ChargerCap, ChargerSnapshot, ChargerState, MeterReading
 
@@ -221,3 +223,21 @@ def solar_inputs(site: Site, cfg: SolarConfig, readings: Mapping[str, MeterReadi
                  chargers: Mapping[str, ChargerSnapshot], now: float) -> SolarInputs:
     grid, pv = grid_and_pv_w(site, cfg, readings, now)
     return SolarInputs(grid, pv, solar_chargers(site, cfg, chargers, now))
+
+
+def with_solar(b: Budget, site: Site, readings: Mapping[str, MeterReading | None],
+               chargers: Mapping[str, ChargerSnapshot], state: SolarState, now: float) -> tuple[Budget, SolarState]:
+    """The budget with the solar caps (the lower one where another source already caps a charger) and the
+    solar figures; unchanged when no charger has a surplus mode."""
+    cfg = site.budget.solar
+    if not cfg.enabled:
+        return b, SolarState()
+    s = surplus_caps(solar_inputs(site, cfg, readings, chargers, now), cfg, state, now)
+    caps = dict(b.charger_caps)
+    for chid, cap in s.caps.items():
+        old = caps.get(chid)
+        if old is None or cap.limit_a < old.limit_a:
+            caps[chid] = cap
+    paused = tuple(sorted(i for i, c in s.caps.items() if c.limit_a <= 0.0 and c.reason != "solar:no-session"))
+    fig = SolarFigures(s.pv_w, s.surplus_w, s.export_w, cfg.export_limit_w, paused)
+    return dataclasses.replace(b, charger_caps=caps, solar=fig), s.state

@@ -21,8 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.confkit import Table
+from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.config import Site
 
 MODES = ("normal", "surplus", "surplus+min")
 SOLAR_MODES = ("surplus", "surplus+min")  # the modes that get a ChargerCap
@@ -45,6 +50,39 @@ class SolarConfig:
 
     def mode_of(self, charger: str, priority: str) -> str:
         return self.charger_modes.get(charger, self.class_modes.get(priority, "normal"))
+
+
+class SolarFigures(NamedTuple):
+    """This tick's solar figures for telemetry (W; None: not known)."""
+
+    pv_w: float | None  # what the PV inverters feed in
+    surplus_w: float | None  # export + what the solar-mode chargers draw
+    export_w: float | None  # at the service meter
+    export_limit_w: float | None
+    paused: tuple[str, ...] = ()  # solar-mode chargers with a session the surplus does not carry
+
+
+def check_solar(site: Site) -> None:
+    """The names in [budget.solar] against the site: chargers, priority classes, meters; a grid meter to use."""
+    cfg = site.budget.solar
+    for chid in cfg.charger_modes:
+        if chid not in site.chargers:
+            raise ConfigError(f"{cfg.key}.charger_modes.{chid}", f"unknown charger {chid!r}")
+    for cls in cfg.class_modes:
+        if cls not in site.priorities:
+            raise ConfigError(f"{cfg.key}.class_modes.{cls}", f"unknown priority class {cls!r}")
+    if cfg.grid_meter is not None and cfg.grid_meter not in site.meters:
+        raise ConfigError(f"{cfg.key}.grid_meter", f"unknown meter {cfg.grid_meter!r} (a meter with role = "
+                          "\"circuit\")")
+    for m in cfg.pv_meters or ():
+        if m not in site.pv_meters:
+            raise ConfigError(f"{cfg.key}.pv_meters", f"{m!r} is not a meter with role = \"pv\"")
+    if cfg.enabled and cfg.grid_meter is None and site.circuits[site.root].meter is None:
+        raise ConfigError(f"{cfg.key}", "surplus modes need the export at the service: a meter on the service "
+                          "([[meters]] with circuit = the service's id) or grid_meter")
+    if cfg.enabled and not site.service.can_export:
+        raise ConfigError("service.can_export", "surplus modes need a site that exports: set can_export = true "
+                          "(the service meter then reads negative power as export, not as a fault)")
 
 
 def _modes(t: Table | None, known: Collection[str] | None, what: str) -> dict[str, str]:

@@ -226,3 +226,25 @@ def test_solar_inputs_from_a_site_and_a_snapshot() -> None:
     assert c.w_per_a == pytest.approx(400 * 3**0.5)
     # a stale grid reading is no reading
     assert solar_inputs(site, cfg, readings, chargers, now=200.0).grid_w is None
+
+
+def test_the_budget_applies_the_solar_caps() -> None:
+    from gateway.budget import Budget
+    from gateway.budget.solar import SolarState, with_solar
+
+    text = SITE + "\n[budget.solar.class_modes]\nguest = \"surplus\"\n"
+    site = site_from_text(text)
+    assert site.budget.solar.enabled and site.budget.active
+    readings = {"main": MeterReading((5.0,) * 3, at=99.0, total_power_w=-3000.0)}
+    chargers = {"c1": ChargerSnapshot("c1", True, ChargerState.CHARGING, draw_a=(7.0, 7.0, 7.0), draw_at=90.0)}
+    b, st = with_solar(Budget(), site, readings, chargers, SolarState(), 100.0)
+    w = 400 * 3**0.5
+    assert b.charger_caps["c1"].limit_a == pytest.approx(7.0 + 3000.0 / w) and st.caps_a["c1"] > 0
+    assert b.solar is not None and b.solar.export_w == 3000.0 and b.solar.surplus_w == pytest.approx(3000 + 7 * w)
+
+
+def test_solar_names_are_checked_against_the_site() -> None:
+    with pytest.raises(ConfigError, match=r"budget\.solar\.charger_modes\.nope"):
+        site_from_text(SITE + '\n[budget.solar.charger_modes]\nnope = "surplus"\n')
+    with pytest.raises(ConfigError, match=r"service\.can_export"):
+        site_from_text(SITE.replace("can_export = true\n", "") + '\n[budget.solar.class_modes]\nguest = "surplus"\n')
