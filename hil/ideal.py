@@ -259,11 +259,11 @@ def _demand_result(demand: DemandSpec, scenario: Scenario, xs: np.ndarray, imp_v
                    t0_epoch: float | None) -> dict[str, Any]:
     length = demand.interval_s * scenario.time_scale
     # the import of each step, recomputed from the EV currents (the LP's import variables may sit above it)
-    imp = [max(0.0, base_wh[t] + sum(xs[v] * c for v, c in meter_wh.get(t, []))) for t in range(len(imp_vars))]
+    imp = [max(0.0, float(base_wh[t] + sum(xs[v] * c for v, c in meter_wh.get(t, [])))) for t in range(len(imp_vars))]
     avgs: list[float] = []
     for n in range(len(rows)):
         wh = sum(imp[t] for t in range(len(imp)) if int((t * h + 1e-9) // length) == n)
-        avgs.append(round(wh / 1000.0 / (length / 3600.0), 3))
+        avgs.append(round(float(wh) / 1000.0 / (length / 3600.0), 3))
     excess = [round(float(xs[s]) / 1000.0, 4) for _, s in rows]
     full = [a for n, a in enumerate(avgs) if (n + 1) * length <= scenario.duration_s + 1e-6] or avgs
     res: dict[str, Any] = {

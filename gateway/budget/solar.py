@@ -9,8 +9,13 @@ The surplus is the export at the service meter plus what the solar-mode chargers
 
     surplus_w = -grid_w + sum(draw of each solar-mode charger)      (grid_w: + import, - export; all phases)
 
-(a charger's draw is its reported line current, but never more than its previous cap: a report from before it
-followed a decrease would overstate the surplus; unreported, its previous cap). It is shared out each tick:
+(a charger's draw is its previous cap, what it may draw: the EVs' reports lag them by 10-60 s, and one from
+before a resume or a raise would make the surplus look smaller than it is and pause the charger again at once;
+a new session's draw is its report). The EVs follow a new cap only 5-11 s later, so the estimate runs ahead of
+them (high by what an EV has not taken yet, low while one still follows a decrease); a loop that handed out the
+whole estimate every tick would overshoot and oscillate. The surplus is therefore smoothed: it moves towards each
+tick's estimate by (time since the last tick) / ``smoothing_s`` (default 20 s, a few EV response times), and the
+smoothed surplus is what is shared out each tick:
 
 1. every "surplus+min" charger with a session gets its minimum (6 A per active connector for AC), surplus or not;
 2. "surplus" chargers get their minimum in turn (the ones already charging first, then by priority weight, then
@@ -18,9 +23,10 @@ followed a decrease would overstate the surplus; unreported, its previous cap). 
 3. what is left is shared among the chargers that got their minimum, by priority weight, up to their maximum.
 
 Hysteresis, so that clouds do not toggle sessions every tick: a charger that charges keeps its minimum as long as
-the surplus covers it, and is paused at once when it does not (a "surplus" charger never takes from the grid); a
-charger the surplus paused resumes only once its minimum plus ``resume_margin_w`` has been there for
-``resume_after_s`` without a break. A new session starts at once if its minimum is there. Increases of the cap
+the surplus covers it, and is paused when it does not, at once (``pause_after_s`` = 0, the default: a "surplus"
+charger does not take from the grid) or once that has lasted ``pause_after_s`` (meanwhile it keeps its minimum,
+``solar:pausing``, importing the difference: a short cloud does not end the charge); a charger the surplus paused
+resumes only once its minimum plus ``resume_margin_w`` has been there for ``resume_after_s`` without a break. A new session starts at once if its minimum is there. Increases of the cap
 are then ramped by the allocator's ramp rate, decreases pass at once.
 
 Export limit. The gateway cannot curtail PV; it can only add load, and the inverter's own export control keeps
@@ -73,6 +79,9 @@ class SolarInputs(NamedTuple):
 class SolarState(NamedTuple):
     caps_a: Mapping[str, float] = {}  # the last cap of each solar charger with a session (0: paused)
     ok_since: Mapping[str, float] = {}  # a paused charger: since when its minimum + margin has been there
+    low_since: Mapping[str, float] = {}  # a charging one: since when the surplus has been below its minimum
+    surplus_w: float | None = None  # the smoothed surplus at ``at``
+    at: float | None = None
 
 
 class Surplus(NamedTuple):
@@ -84,10 +93,13 @@ class Surplus(NamedTuple):
 
 
 def _drawn_a(c: SolarCharger, state: SolarState) -> float:
+    """What a solar charger draws, for the surplus: its previous cap while it has one (reports lag the EV by
+    10-60 s: one from before a resume or a raise would make the surplus look smaller than it is and pause the
+    charger again at once), else its report (a new session), else nothing."""
     prev = state.caps_a.get(c.id)
-    if c.draw_a is None:
-        return prev or 0.0
-    return min(c.draw_a, prev) if prev is not None else c.draw_a
+    if prev is not None:
+        return prev
+    return c.draw_a or 0.0
 
 
 def _share(left_w: float, granted: dict[str, float], by_id: Mapping[str, SolarCharger]) -> dict[str, float]:
@@ -124,7 +136,10 @@ def surplus_caps(inp: SolarInputs, cfg: SolarConfig, state: SolarState, now: flo
                           else ChargerCap(0.0, "solar:no-grid-reading"))
         return Surplus(caps, SolarState({i: caps[i].limit_a for i in (c.id for c in active)}, {}), None, None,
                        inp.pv_w)
-    surplus_w = -inp.grid_w + sum(c.w_per_a * _drawn_a(c, state) for c in solar)
+    raw_w = -inp.grid_w + sum(c.w_per_a * _drawn_a(c, state) for c in solar)
+    surplus_w = raw_w
+    if state.surplus_w is not None and state.at is not None and cfg.smoothing_s > 0 and now >= state.at:
+        surplus_w = state.surplus_w + min(1.0, (now - state.at) / cfg.smoothing_s) * (raw_w - state.surplus_w)
     left = surplus_w
     granted: dict[str, float] = {}
     reason: dict[str, str] = {}
@@ -133,6 +148,7 @@ def surplus_caps(inp: SolarInputs, cfg: SolarConfig, state: SolarState, now: flo
             granted[c.id], reason[c.id] = c.min_a, "solar:surplus+min"
             left -= c.min_a * c.w_per_a
     ok_since: dict[str, float] = {}
+    low_since: dict[str, float] = {}
     limit = cfg.export_limit_w
     queue = sorted((c for c in active if c.mode == "surplus"),
                    key=lambda c: (state.caps_a.get(c.id, 1.0) <= 0.0, -c.weight, c.id))
@@ -143,6 +159,10 @@ def surplus_caps(inp: SolarInputs, cfg: SolarConfig, state: SolarState, now: flo
         why = ""
         if not paused and left >= need - EPS_W:
             why = "solar:surplus"
+        elif not paused and cfg.pause_after_s > 0:  # below the floor: paused only once that has lasted
+            since = low_since[c.id] = state.low_since.get(c.id, now)
+            if now - since < cfg.pause_after_s - 1e-9:
+                why = "solar:pausing"
         elif paused and left >= need + cfg.resume_margin_w - EPS_W:
             since = ok_since[c.id] = state.ok_since.get(c.id, now)
             if now - since >= cfg.resume_after_s - 1e-9:
@@ -157,7 +177,7 @@ def surplus_caps(inp: SolarInputs, cfg: SolarConfig, state: SolarState, now: flo
             caps[c.id] = ChargerCap(0.0, "solar:paused")
     for i, a in _share(max(0.0, left), granted, by_id).items():
         caps[i] = ChargerCap(a, reason[i])
-    nxt = SolarState({c.id: caps[c.id].limit_a for c in active}, ok_since)
+    nxt = SolarState({c.id: caps[c.id].limit_a for c in active}, ok_since, low_since, surplus_w, now)
     return Surplus(caps, nxt, surplus_w, max(0.0, -inp.grid_w), inp.pv_w)
 
 

@@ -7,6 +7,9 @@
     pv_meters = ["pv-roof"]            # role = "pv" meters whose power is published (default: all of them)
     resume_after_s = 120               # a paused surplus charger resumes once its minimum has been there this long
     resume_margin_w = 300              # ... and by this much more (hysteresis against clouds)
+    smoothing_s = 20                   # the surplus estimate moves towards each tick's by dt / smoothing_s (0: none)
+    pause_after_s = 0                  # a charging one is paused once the surplus has been below its minimum this
+                                       # long (meanwhile it keeps its minimum from the grid); 0: at once
     export_limit_w = 0                 # optional: the site's export limit (W); see gateway/budget/solar.py
     [budget.solar.class_modes]         # per priority class: "normal" (default), "surplus", "surplus+min"
     guest = "surplus"
@@ -41,6 +44,8 @@ class SolarConfig:
     charger_modes: Mapping[str, str] = field(default_factory=dict)
     resume_after_s: float = 120.0
     resume_margin_w: float = 300.0
+    pause_after_s: float = 0.0
+    smoothing_s: float = 20.0
     export_limit_w: float | None = None
     key: str = "budget.solar"
 
@@ -125,6 +130,8 @@ def parse_solar(
         charger_modes=_modes(t.table("charger_modes"), chargers, "charger"),
         resume_after_s=t.float("resume_after_s", 120.0, min=0, max=3600),
         resume_margin_w=t.float("resume_margin_w", 300.0, min=0, max=1_000_000),
+        pause_after_s=t.float("pause_after_s", 0.0, min=0, max=3600),
+        smoothing_s=t.float("smoothing_s", 20.0, min=0, max=3600),
         export_limit_w=t.opt_float("export_limit_w", min=0, max=1e9),
         key=t.path,
     )

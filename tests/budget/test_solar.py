@@ -15,7 +15,7 @@ from gateway.model import ChargerSnapshot, ChargerState, MeterReading
 
 V = 230.0
 W3 = 3 * V  # W per line A of a three-phase (wye) charger at 400 V
-CFG = SolarConfig(resume_after_s=60.0, resume_margin_w=300.0)
+CFG = SolarConfig(resume_after_s=60.0, resume_margin_w=300.0, smoothing_s=0.0)  # unsmoothed: each tick's estimate
 FRESH = SolarState()
 
 
@@ -44,9 +44,26 @@ def test_the_chargers_own_draw_counts_as_surplus() -> None:
     assert run(3 * W3, [ch("a", draw=10.0)], prev).caps["a"].limit_a == pytest.approx(7.0)
 
 
-def test_a_stale_report_above_the_cap_does_not_inflate_the_surplus() -> None:
+def test_a_charging_charger_counts_its_cap_not_its_lagging_report() -> None:
+    """Reports lag: one from before the EV took its new cap (or before it followed a decrease) is not used."""
     s = run(-2 * W3, [ch("a", draw=16.0)], SolarState({"a": 8.0}))
     assert s.caps["a"].limit_a == pytest.approx(10.0)  # 8 A (its cap) + 2 A exported
+    resumed = run(-0.5 * W3, [ch("a", draw=0.0)], SolarState({"a": 6.5}))  # resumed, the EV not yet in the report
+    assert resumed.caps["a"].limit_a == pytest.approx(7.0) and resumed.caps["a"].reason == "solar:surplus"
+    new = run(-2 * W3, [ch("a", draw=5.0)])  # a new session: its report
+    assert new.caps["a"].limit_a == pytest.approx(7.0)
+
+
+def test_pause_after_s_holds_the_minimum_through_a_short_cloud() -> None:
+    cfg = SolarConfig(resume_after_s=60.0, pause_after_s=30.0, smoothing_s=0.0)
+    st0 = SolarState({"a": 10.0})
+    s1 = run(5 * W3, [ch("a", draw=10.0)], st0, now=100.0, cfg=cfg)  # 5 A of surplus left: below the floor
+    assert s1.caps["a"] == (6.0, "solar:pausing")
+    s2 = run(4 * W3, [ch("a")], s1.state, now=129.0, cfg=cfg)
+    assert s2.caps["a"].reason == "solar:pausing"
+    assert run(4 * W3, [ch("a")], s2.state, now=130.0, cfg=cfg).caps["a"] == (0.0, "solar:paused")
+    back = run(-1 * W3, [ch("a")], s2.state, now=131.0, cfg=cfg)  # 7 A: the cloud passed, the wait forgotten
+    assert back.caps["a"].limit_a == pytest.approx(7.0) and not back.state.low_since
 
 
 def test_below_the_floor_surplus_pauses_and_surplus_min_keeps_the_minimum() -> None:
@@ -105,7 +122,7 @@ def test_no_grid_reading_pauses_surplus_and_keeps_minimums() -> None:
 
 
 def test_export_limit_keeps_a_charger_at_its_minimum_rather_than_export_more() -> None:
-    cfg = SolarConfig(resume_after_s=60.0, export_limit_w=0.0)
+    cfg = SolarConfig(resume_after_s=60.0, export_limit_w=0.0, smoothing_s=0.0)
     s = run(-(3 * W3), [ch("a")], cfg=cfg)  # 3 A of surplus, below the floor: pausing would export 3 A
     assert s.caps["a"] == (6.0, "solar:export-limit")
     assert run(0.0, [ch("a")], cfg=cfg).caps["a"].limit_a == 0.0  # nothing exported: paused
@@ -114,6 +131,17 @@ def test_export_limit_keeps_a_charger_at_its_minimum_rather_than_export_more() -
 def test_sessionless_chargers_are_capped_at_zero_and_forgotten() -> None:
     s = run(-(20 * W3), [ch("a", active=False)])
     assert s.caps["a"] == (0.0, "solar:no-session") and "a" not in s.state.caps_a
+
+
+def test_the_surplus_is_smoothed_over_smoothing_s() -> None:
+    cfg = SolarConfig(resume_after_s=0.0, smoothing_s=20.0)
+    s0 = run(-(10 * W3), [ch("a")], cfg=cfg, now=0.0)  # the first estimate is taken as it is
+    assert s0.caps["a"].limit_a == pytest.approx(10.0)
+    # the EV has not followed yet: export unchanged, the raw estimate 20 A; 5 s of 20 s: a quarter of the way
+    s1 = run(-(10 * W3), [ch("a")], s0.state, now=5.0, cfg=cfg)
+    assert s1.caps["a"].limit_a == pytest.approx(12.5) and s1.surplus_w == pytest.approx(12.5 * W3)
+    # a long gap: the estimate as it is
+    assert run(0.0, [ch("a")], s1.state, now=100.0, cfg=cfg).caps["a"].limit_a == pytest.approx(12.5)
 
 
 # ---- properties ----------------------------------------------------------------------------------------------
