@@ -26,8 +26,9 @@ Hysteresis, so that clouds do not toggle sessions every tick: a charger that cha
 the surplus covers it, and is paused when it does not, at once (``pause_after_s`` = 0, the default: a "surplus"
 charger does not take from the grid) or once that has lasted ``pause_after_s`` (meanwhile it keeps its minimum,
 ``solar:pausing``, importing the difference: a short cloud does not end the charge); a charger the surplus paused
-resumes only once its minimum plus ``resume_margin_w`` has been there for ``resume_after_s`` without a break. A new session starts at once if its minimum is there. Increases of the cap
-are then ramped by the allocator's ramp rate, decreases pass at once.
+resumes only once its minimum plus ``resume_margin_w`` has been there for ``resume_after_s`` without a break. A
+new session starts at once if its minimum is there. Increases of the cap are then ramped by the allocator's ramp
+rate, decreases pass at once.
 
 Export limit. The gateway cannot curtail PV; it can only add load, and the inverter's own export control keeps
 the limit. What the gateway must not do is *cause* export above the limit: lowering a charger to the surplus
