@@ -25,9 +25,13 @@ from hil.rig.runner import Recording
 FULL = 0.98  # an interval covered this much is complete (sampling jitter at its ends)
 
 
-def _dt(rec: Recording) -> float:
+def _dt(rec: Recording) -> np.ndarray:
+    """Per sample, the wall seconds it stands for: up to the next sample (the sampler is late on a loaded
+    machine, so a fixed sample period would undercount energy), the median period for the last one."""
     t = rec.times
-    return float(np.median(np.diff(t))) if len(t) > 1 else rec.scenario.sample_wall_s
+    if len(t) < 2:
+        return np.full(len(t), rec.scenario.sample_wall_s)
+    return np.diff(t, append=t[-1] + float(np.median(np.diff(t))))
 
 
 def service_power_w(rec: Recording) -> np.ndarray:
@@ -47,8 +51,8 @@ def demand_intervals(rec: Recording, spec: DemandSpec) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for n in np.unique(idx):
         sel = idx == n
-        imp_kwh = float(np.maximum(p[sel], 0.0).sum() * dt / 3.6e6)
-        covered = float(sel.sum() * dt)
+        imp_kwh = float((np.maximum(p[sel], 0.0) * dt[sel]).sum() / 3.6e6)
+        covered = float(dt[sel].sum())
         rows.append({
             "start_epoch_s": float(n * spec.interval_s),
             "start_wall_s": round(float(n * spec.interval_s - rec.t0_wall), 2),
@@ -113,15 +117,19 @@ def solar_figures(rec: Recording) -> dict[str, Any] | None:
     building = grid - ev + pv  # the non-EV load
     surplus = np.maximum(pv - building, 0.0)
     from_surplus = np.minimum(ev, surplus)
-    kwh = dt / 3.6e6 * k
-    ev_kwh = float(ev.sum() * kwh)
+    kwh = dt / 3.6e6 * k  # per sample
+
+    def e(x: np.ndarray) -> float:
+        return float((x * kwh).sum())
+
+    ev_kwh = e(ev)
     return {
-        "pv_kwh": round(float(pv.sum() * kwh), 3), "ev_kwh": round(ev_kwh, 3),
-        "ev_from_surplus_kwh": round(float(from_surplus.sum() * kwh), 3),
-        "ev_surplus_share": round(float(from_surplus.sum() * kwh) / ev_kwh, 4) if ev_kwh > 0 else None,
-        "surplus_kwh": round(float(surplus.sum() * kwh), 3),
-        "export_kwh": round(float(np.maximum(-grid, 0.0).sum() * kwh), 3),
-        "import_kwh": round(float(np.maximum(grid, 0.0).sum() * kwh), 3),
+        "pv_kwh": round(e(pv), 3), "ev_kwh": round(ev_kwh, 3),
+        "ev_from_surplus_kwh": round(e(from_surplus), 3),
+        "ev_surplus_share": round(e(from_surplus) / ev_kwh, 4) if ev_kwh > 0 else None,
+        "surplus_kwh": round(e(surplus), 3),
+        "export_kwh": round(e(np.maximum(-grid, 0.0)), 3),
+        "import_kwh": round(e(np.maximum(grid, 0.0)), 3),
         "peak_export_kw": round(float(np.maximum(-grid, 0.0).max()) / 1000.0, 3),
     }
 
