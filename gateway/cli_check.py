@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from gateway import electrical
+from gateway.budget.config import describe as describe_budget
 from gateway.config import PHASES, ChargerConfig, Site, load_site
 
 
@@ -93,6 +94,7 @@ def render_site(site: Site) -> str:
             walk(k, child_prefix, i == len(kids) - 1, depth + 1)
 
     walk(site.root, "", True, 0)
+    lines.extend(["", *describe_budget(site.budget, site.service)] if site.budget.active else [])
     lines.append("")
     lines.append("configuration OK")
     return "\n".join(lines)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway import electrical
 from gateway.budget import Budget, BudgetState, DemandFigures, Event, TariffFigures, TariffMemo
@@ -31,6 +31,9 @@ class BudgetInputs:
     measure: Measure  # the service meter now
     remote: RemoteCap | None = None
     tariff: TariffConfig | None = None  # the schedule in force (the config's, or one received over MQTT)
+    # this tick's readings and chargers, for the sources that need more than the service meter (solar)
+    readings: Mapping[str, MeterReading | None] = field(default_factory=dict)
+    chargers: Mapping[str, ChargerSnapshot] = field(default_factory=dict)
 
 
 def budget(
@@ -75,13 +78,16 @@ def _tariff(t: TariffConfig, memo: TariffMemo | None, now_wall: float) -> tuple[
 
 
 def measure(
-    site: Site, readings: Mapping[str, MeterReading | None], chargers: Mapping[str, ChargerSnapshot]
+    site: Site, readings: Mapping[str, MeterReading | None], chargers: Mapping[str, ChargerSnapshot], now: float,
+    factors: Mapping[str, EvFactor] | None = None,
 ) -> Measure:
-    """The service meter's import now, its register, and the non-EV load (import - the EVs' reported draw)."""
+    """The service meter's import now, its register, and the non-EV load (import - the EVs' reported draw);
+    unknown when the reading is invalid or older than the meter's stale_after_s. ``factors``: `ev_factors`
+    of the site, computed once (the daemon keeps them; computed here when not given)."""
     svc = site.service
     mid = site.circuits[site.root].meter
     rd = readings.get(mid) if mid is not None else None
-    if rd is None or not rd.valid:
+    if rd is None or not rd.valid or mid is None or now - rd.at > site.meters[mid].stale_after_s:
         return Measure(None, None, None)
     if rd.total_power_w is not None:
         p = rd.total_power_w
@@ -92,22 +98,42 @@ def measure(
     reg = rd.energy_import_wh
     if reg is not None and not math.isfinite(reg):
         reg = None
-    return Measure(p, reg, max(p - ev_power_w(site, chargers), 0.0))
+    return Measure(p, reg, max(p - ev_power_w(site, chargers, factors), 0.0))
 
 
-def ev_power_w(site: Site, chargers: Mapping[str, ChargerSnapshot]) -> float:
-    """The EVs' draw at the service by their last reports (W): line current through `gateway.electrical`."""
+class EvFactor(NamedTuple):
+    line_phases: tuple[int, ...]
+    w_per_a: float  # W per A in each loaded line (unity pf, nominal voltage)
+    input_per_w: float  # a reported power -> the power it takes at the service (1 / efficiency for DC)
+
+
+def ev_factors(site: Site) -> dict[str, EvFactor]:
+    """Per charger: how its reported draw turns into power at the service (through gateway.electrical)."""
     svc = site.service
+    return {
+        cid: EvFactor(ch.line_phases, electrical.ac_power_w(svc, ch.line_phases, 1.0),
+                      1.0 / ch.efficiency if ch.kind == "dc" else 1.0)
+        for cid, ch in site.chargers.items()
+    }
+
+
+def ev_power_w(
+    site: Site, chargers: Mapping[str, ChargerSnapshot], factors: Mapping[str, EvFactor] | None = None
+) -> float:
+    """The EVs' draw at the service by their last reports (W): the mean line current over the lines a charger
+    loads, times W per A of that wiring; a report in W alone at its input."""
+    fs = factors if factors is not None else ev_factors(site)
     total = 0.0
     for cid, cs in chargers.items():
-        ch = site.chargers.get(cid)
-        if ch is None or not cs.state.has_session:
+        f = fs.get(cid)
+        if f is None or not cs.state.has_session:
             continue
-        if cs.draw_a is not None:
-            lines = [cs.draw_a[p] for p in ch.line_phases if p < len(cs.draw_a)]
+        d = cs.draw_a
+        if d is not None:
+            lines = [d[p] for p in f.line_phases if p < len(d)]
             if lines:
-                total += electrical.ac_power_w(svc, ch.line_phases, sum(lines) / len(lines))
+                total += sum(lines) / len(lines) * f.w_per_a
                 continue
         if cs.draw_w is not None:
-            total += cs.draw_w / (ch.efficiency if ch.kind == "dc" else 1.0)
+            total += cs.draw_w * f.input_per_w
     return total

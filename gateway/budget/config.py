@@ -33,13 +33,16 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway import electrical
 from gateway.budget.solar_config import SolarConfig, parse_solar
 from gateway.confkit import Table, check_ident
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.config import ServiceConfig
 
 INTERVALS_MIN = (15, 30, 60)
 MINUTES_PER_WEEK = 7 * 1440
@@ -119,7 +122,7 @@ def check_timezone(t: Table, key: str, default: str | None = None) -> str:
     return name
 
 
-def parse_budget(t: Table | None, service: Any, service_meter_has_energy: bool | None) -> BudgetConfig:
+def parse_budget(t: Table | None, service: ServiceConfig, service_meter_has_energy: bool | None) -> BudgetConfig:
     """``service``: the ServiceConfig; ``service_meter_has_energy``: None when the service has no meter."""
     if t is None:
         return BudgetConfig()
@@ -133,7 +136,7 @@ def parse_budget(t: Table | None, service: Any, service_meter_has_energy: bool |
     return BudgetConfig(timezone=site_tz, demand=demand, tariff=tariff, solar=solar)
 
 
-def _parse_demand(t: Table | None, service: Any, has_energy: bool | None) -> DemandConfig | None:
+def _parse_demand(t: Table | None, service: ServiceConfig, has_energy: bool | None) -> DemandConfig | None:
     if t is None:
         return None
     for bad, good in (("target_w", "target_kw"), ("target_a", "target_kw"), ("interval_s", "interval_min"),
@@ -299,3 +302,34 @@ def _days(t: Table) -> frozenset[int]:
 def tariff_from_json(obj: Mapping[str, Any], default_tz: str, source: str) -> TariffConfig:
     """A tariff received over MQTT (the [budget.tariff] table as a JSON object), validated like the config."""
     return parse_tariff(Table(obj, "tariff"), default_tz, source)
+
+
+def describe(cfg: BudgetConfig, service: ServiceConfig) -> list[str]:
+    """check-config's lines for the budget: the demand target in A at the service, the tariff's periods."""
+    if not cfg.active:
+        return []
+    out = [f"budget (timezone {cfg.timezone}):"]
+    d = cfg.demand
+    if d is not None:
+        amps = electrical.service_line_current_a(service, d.target_kw * 1000.0)
+        out.append(
+            f"  demand target {d.target_kw:g} kW per {d.interval_min}-minute interval = {amps:.1f} A per line at "
+            f"the service ({amps / service.limit_a:.0%} of its {service.limit_a:g} A); measurement {d.measurement}"
+            + (", rises to the month's peak" if d.raise_to_month_peak else "")
+        )
+    t = cfg.tariff
+    if t is not None:
+        out.append(f"  tariff ({t.timezone}{', gaps have no price' if t.allow_gaps else ''}):")
+        for s in t.seasons:
+            months = ",".join(str(m) for m in sorted(s.months))
+            out.append(f"    season {s.name} (months {months}):")
+            for p in s.periods:
+                days = ",".join(DAY_NAMES[i] for i in sorted(p.days))
+                cap = ""
+                if p.cap_kw is not None:
+                    cap = f", cap {p.cap_kw:g} kW = {electrical.service_line_current_a(service, p.cap_kw * 1000):.1f} A"
+                out.append(
+                    f"      {p.name}: {days} {p.start_min // 60:02d}:{p.start_min % 60:02d}-"
+                    f"{p.end_min // 60:02d}:{p.end_min % 60:02d} at {p.price_per_kwh:g}/kWh{cap}"
+                )
+    return out

@@ -8,10 +8,10 @@ autumn holds four intervals twice). Each tick::
     allowed_ev_w = max(0, remaining_wh / time left - forecast of the non-EV load)
 
 so a burst early in an interval is paid back later in it. The cap at the service is the EVs' allowance plus
-the non-EV load measured now, in A per line through `gateway.electrical`: the allocator subtracts its own
-non-EV estimate (never below the measured one) again, so the EVs get at most the allowance. Near the end the
-time left is taken as at least END_GUARD_S, so the cap stays finite; it is never below 0 A nor above the
-service limit.
+the non-EV load measured now, in A per line through `gateway.electrical`, plus the service's margin: the
+allocator subtracts the margin and its own non-EV estimate (never below the measured one) again, so the EVs get
+at most the allowance. Near the end the time left is taken as at least END_GUARD_S, so the cap stays finite; it
+is never below 0 A (plus the margin) nor above the service limit.
 
 The forecast of the non-EV load for the rest of the interval is max(its moving average over ``forecast_s``, its
 value now): a load that rises is believed at once, one that falls only as its average does.
@@ -94,7 +94,9 @@ def step(
     time_left = min(max(end - now_wall, 0.0), cfg.interval_s)
     ev_w = allowed_ev_w(target_w, cfg.interval_s, st.energy_wh, time_left, forecast)
     total_w = ev_w + max(non_ev_now, 0.0)
-    cap_a = min(max(electrical.service_line_current_a(service, total_w), 0.0), service.limit_a)
+    # plus the service's margin, which the allocator takes off again: the margin guards the service's rating
+    # (the clamp to its limit keeps it), the window is an energy budget whose own feedback pays back any error
+    cap_a = min(max(electrical.service_line_current_a(service, total_w), 0.0) + service.margin_a, service.limit_a)
     hours = cfg.interval_s / 3600.0
     projected_kw = (st.energy_wh + max(m.import_w or 0.0, 0.0) * time_left / 3600.0) / hours / 1000.0
     if (not st.warned and projected_kw > target_w / 1000.0 * WARN_RATIO
@@ -189,8 +191,10 @@ def _fresh(
     month = month_of(start, tz)
     peak = prev.month_peak_kw if prev is not None and prev.month == month else 0.0
     e = _unknown_rate_w(cfg, m.import_w) * elapsed / 3600.0
+    # the register's start is unknown: taken as now less the estimate, so both measures carry the estimate
+    reg_start = None if m.register_wh is None or cfg.measurement == "power" else m.register_wh - e
     return DemandState(
-        interval_start=start, energy_wh=e, integrated_wh=e, register_wh=m.register_wh, register_start_wh=None,
+        interval_start=start, energy_wh=e, integrated_wh=e, register_wh=m.register_wh, register_start_wh=reg_start,
         last_wall=now_wall, last_mono=now_mono, power_w=m.import_w,
         non_ev_avg_w=prev.non_ev_avg_w if prev is not None else m.non_ev_w, month=month, month_peak_kw=peak,
         estimated_s=elapsed,
