@@ -113,3 +113,19 @@ def test_the_ideal_under_a_demand_target_keeps_every_interval_at_it() -> None:
     over = ideal_demand(sc2)
     assert over["status"] == "optimal" and over["demand_intervals_above_target"] == 1
     assert over["demand_excess_kwh"][0] == pytest.approx((2 * 30 * LEG_W / 1000 - 5.0) * 0.25, rel=0.01)
+
+
+def test_the_long_demand_scenario_and_its_gateway_configs_are_valid(tmp_path: Path) -> None:
+    from hil.demand import without_demand
+    from hil.scenario import Scenario, load_scenario
+
+    def config(s: Scenario) -> dict[str, Any]:  # what the rig merges into the gateway's config
+        return {**s.site, "site": {**s.site["site"], "state_dir": str(tmp_path)}, "budget": dict(s.gateway.budget)}
+
+    sc = load_scenario(Path(__file__).resolve().parents[2] / "hil" / "scenarios" / "demand" / "garage-demand.toml")
+    assert sc.demand is not None and sc.tariff is not None and sc.align_start_s == sc.demand.interval_s
+    with_cfg, without_cfg = site_from_dict(config(sc)), site_from_dict(config(without_demand(sc)))
+    assert with_cfg.budget.demand is not None and with_cfg.budget.demand.target_kw == sc.demand.target_kw
+    assert without_cfg.budget.demand is None
+    ideal = ideal_demand(sc, t0_epoch=0.0)
+    assert ideal["demand_intervals_above_target"] == 0 and len(ideal["demand_intervals_kw"]) == 2
