@@ -154,10 +154,15 @@ chargers_st = st.lists(
 
 @settings(max_examples=400, deadline=None)
 @given(chargers_st, st.floats(-100_000, 100_000), st.dictionaries(st.sampled_from("abcdef"), st.floats(0, 60)),
-       st.floats(0, 1000))
+       st.floats(0, 1000), st.none() | st.tuples(st.floats(-50_000, 50_000), st.floats(0, 1000)))
 def test_caps_never_exceed_surplus_and_respect_minimums(chargers: list[SolarCharger], grid_w: float,
-                                                      prev: dict[str, float], now: float) -> None:
-    s = run(grid_w, chargers, SolarState(prev, {}), now)
+                                                      prev: dict[str, float], now: float,
+                                                      smoothed: tuple[float, float] | None) -> None:
+    """What is handed out never exceeds the surplus (export + the solar chargers' own draw; smoothed, when a
+    previous estimate is given, as the returned surplus_w says), except the surplus+min minimums."""
+    cfg = CFG if smoothed is None else SolarConfig(resume_after_s=60.0, smoothing_s=20.0)
+    state = SolarState(prev, {}) if smoothed is None else SolarState(prev, {}, {}, smoothed[0], smoothed[1])
+    s = run(grid_w, chargers, state, now, cfg)
     assert s.surplus_w is not None
     active = [c for c in chargers if c.active]
     min_w = sum(c.min_a * c.w_per_a for c in active if c.mode == "surplus+min")
