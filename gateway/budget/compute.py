@@ -94,7 +94,8 @@ def measure(
     elif rd.power_w is not None:
         p = sum(rd.power_w)
     else:
-        p = sum(rd.current_a) * electrical.line_to_neutral_v(svc)  # no power registers: unity pf, import
+        # no power registers: each line's current to neutral at unity power factor, taken as import
+        p = sum(electrical.ac_power_w(svc, (i,), a) for i, a in enumerate(rd.current_a[: svc.phases]))
     reg = rd.energy_import_wh
     if reg is not None and not math.isfinite(reg):
         reg = None
