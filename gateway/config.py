@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from gateway import electrical
 from gateway.budget.config import BudgetConfig, parse_budget
+from gateway.budget.solar_config import check_solar
 from gateway.confkit import Table, check_ident, is_loopback_host, parse_toml, read_toml
 from gateway.errors import ConfigError
 from gateway.meters.config import MeterConfig, check_bus_settings, parse_meter
@@ -39,6 +40,7 @@ class ServiceConfig:
     margin_a: float
     voltage_tolerance_pct: float
     worst_case_non_ev_a: float
+    can_export: bool = False  # the site exports (PV): the service meter may read negative power
 
     @property
     def phases(self) -> int:
@@ -122,7 +124,7 @@ class Site:
     chargers: Mapping[str, ChargerConfig]
     priorities: Mapping[str, PriorityClass]
     control: ControlConfig
-    meters: Mapping[str, MeterConfig]
+    meters: Mapping[str, MeterConfig]  # the meters that measure circuits
     ocpp: OcppConfig
     mqtt: MqttConfig | None
     logging: LoggingConfig
@@ -134,6 +136,12 @@ class Site:
     path_to_root: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # circuit -> itself..service
     chargers_under: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # transitive
     web: WebConfig | None = None  # [web]: the local page and API (gateway.web)
+    pv_meters: Mapping[str, MeterConfig] = field(default_factory=dict)  # role = "pv": PV inverters, read only
+
+    @property
+    def polled_meters(self) -> dict[str, MeterConfig]:
+        """Every meter the meter service reads: the circuit meters and the PV inverters."""
+        return {**self.meters, **self.pv_meters}
 
     @property
     def root(self) -> str:
@@ -198,6 +206,8 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
     control = _parse_control(root.table("control"))
     logging_cfg = _parse_logging(root.table("logging"))
     meters = _parse_meters(root, circuits, service.phases)
+    pv_meters = {mid: m for mid, m in meters.items() if m.role == "pv"}
+    meters = {mid: m for mid, m in meters.items() if m.role != "pv"}
     circuits = {
         cid: _with_meter(c, meters) for cid, c in circuits.items()
     }
@@ -233,9 +243,11 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
         path_to_root=path_to_root,
         chargers_under={k: tuple(v) for k, v in under.items()},
         web=web,
+        pv_meters=pv_meters,
         budget=budget,
     )
     _check_electrical(site)
+    check_solar(site)
     _check_charger_auth(site)
     return site
 
@@ -316,6 +328,7 @@ def _parse_service(root: Table) -> ServiceConfig:
         worst_case_non_ev_a=t.float("worst_case_non_ev_a", -1.0, max=MAX_CIRCUIT_A)
         if t.has("worst_case_non_ev_a")
         else -1.0,
+        can_export=t.bool("can_export", False),
     )
     if s.margin_a >= s.limit_a:
         raise t.error("margin_a", f"must be below limit_a ({s.limit_a:g} A)")
@@ -383,7 +396,7 @@ def _parse_circuits(root: Table, service: ServiceConfig) -> dict[str, CircuitCon
         limit_a=service.limit_a,
         margin_a=service.margin_a,
         worst_case_non_ev_a=max(service.worst_case_non_ev_a, 0.0),
-        can_export=False,
+        can_export=service.can_export,
         key="service",
         worst_case_explicit=service.worst_case_non_ev_a >= 0,
     )
@@ -498,6 +511,9 @@ def _parse_meters(root: Table, circuits: Mapping[str, CircuitConfig], n_phases: 
             raise t.error("id", f"duplicate meter id {m.id!r}")
         if m.circuit not in circuits:
             raise t.error("circuit", f"unknown circuit {m.circuit!r}")
+        if m.role == "pv":  # a PV inverter on that circuit: it measures what it feeds in, not the circuit
+            out[m.id] = m
+            continue
         if m.circuit in by_circuit:
             raise t.error("circuit", f"circuit {m.circuit!r} is already measured by meter {by_circuit[m.circuit]!r}")
         if any(p >= n_phases for p in m.phase_map):

@@ -3,6 +3,7 @@
     python -m hil run hil/scenarios/ref-20-dc.toml --out hil/out/ref-20 [--baseline static] [--check]
                       [--meter-interval 10]
     python -m hil ideal hil/scenarios/ref-20-dc.toml        # only the ideal allocator's bound
+    python -m hil demand hil/scenarios/demand/garage-demand.toml --out hil/out/demand   # three ways (hil/demand.py)
 
 ``run`` plays the scenario against the real ``ems-gateway run`` process and writes scorecard.json,
 site_current.png, chargers.png, report.html and recording.npz into --out; ``--baseline static``
@@ -93,6 +94,17 @@ def ideal(args: argparse.Namespace) -> int:
     return 0
 
 
+def demand(args: argparse.Namespace) -> int:
+    from hil.demand import format_three_ways, run_three_ways
+    from hil.scenario import load_scenario
+
+    sc = load_scenario(args.scenario)
+    out = Path(args.out or f"hil/out/{sc.name}")
+    print(format_three_ways(run_three_ways(sc, out)))
+    print(f"figures: {out / 'demand.json'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hil", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     i.add_argument("scenario")
     i.add_argument("--step-s", type=float, default=None)
     i.set_defaults(func=ideal)
+    d = sub.add_parser("demand", help="a demand scenario without demand control, with it, and the LP ideal")
+    d.add_argument("scenario")
+    d.add_argument("--out", help="output directory (default hil/out/<scenario name>)")
+    d.set_defaults(func=demand)
     args = p.parse_args(argv)
     try:
         return int(args.func(args))

@@ -14,6 +14,13 @@ for that part). Line current -> power uses the same physics as the simulators (n
 DC: efficiency and power factor). Solved with scipy's HiGHS. Dropping the minimum-current constraint
 makes this a relaxation, i.e. an upper bound on what any allocator could deliver, up to the
 discretisation of the time steps.
+
+With a demand constraint (``demand=``, a :class:`hil.pv.DemandSpec`; :func:`ideal_demand` uses the scenario's
+``[demand]``): the energy *imported* at the service (base load + EV power at the meters' physics, import only)
+in every billing interval of ``interval_s`` x time scale scenario seconds, counted from scenario time 0 (the rig
+aligns time 0 to the wall clock's interval boundary with ``align_start_s``), is at most target x interval; an
+interval the base load alone pushes above the target gets a slack, penalised far above any EV energy, so the LP
+stays solvable and reports the excess (``demand_excess_kwh``: 0 where the target is feasible).
 """
 
 from __future__ import annotations
@@ -26,7 +33,10 @@ import numpy as np
 
 from gateway import electrical
 from gateway.config import ChargerConfig, Site, site_from_dict
+from hil.pv import METER_PF, DemandSpec, Tariff
 from hil.scenario import Arrival, Scenario
+
+EXCESS_PENALTY = 10.0  # objective per Wh above a demand target (each Wh of EV energy is worth 1)
 
 
 def _loaded_phases(cfg: ChargerConfig, a: Arrival) -> tuple[int, ...]:
@@ -71,8 +81,39 @@ def _base(scenario: Scenario, circuit: str, t0: float, t1: float, P: int) -> np.
     return out
 
 
-def ideal_energy(scenario: Scenario, step_s: float | None = None) -> dict[str, Any]:
-    """Solve the LP; returns energy_kwh (total), per-session kWh, the step, status and solve time."""
+def _base_service_w(scenario: Scenario, site: Site, t0: float, t1: float) -> float:
+    """The mean base load of the whole site within [t0, t1) (noise averages out), W at the meters' physics."""
+    v = electrical.line_to_neutral_v(site.service)
+    total = 0.0
+    for bl in scenario.base_loads:
+        pts = bl.points
+        acc = 0.0
+        for j in range(8):
+            t = t0 + (t1 - t0) * (j + 0.5) / 8
+            cur = np.array(pts[0][1])
+            for i, (ti, vi) in enumerate(pts):
+                if t >= ti:
+                    cur = np.array(vi)
+                    if bl.ramp and i + 1 < len(pts) and t < pts[i + 1][0]:
+                        t2, v2 = pts[i + 1]
+                        cur = np.array(vi) + (np.array(v2) - np.array(vi)) * (t - ti) / (t2 - ti)
+            acc += float(cur.sum()) / 8
+        total += acc * v * METER_PF
+    return total
+
+
+def ideal_demand(scenario: Scenario, step_s: float | None = None, *, t0_epoch: float | None = None) -> dict[str, Any]:
+    """The ideal allocator under the scenario's demand target (its [demand]); with ``t0_epoch`` (the wall clock
+    of scenario time 0) and a [tariff], also the energy cost at the tariff."""
+    if scenario.demand is None:
+        raise ValueError(f"scenario {scenario.name!r} has no [demand] table")
+    return ideal_energy(scenario, step_s, demand=scenario.demand, tariff=scenario.tariff, t0_epoch=t0_epoch)
+
+
+def ideal_energy(scenario: Scenario, step_s: float | None = None, *, demand: DemandSpec | None = None,
+                 tariff: Tariff | None = None, t0_epoch: float | None = None) -> dict[str, Any]:
+    """Solve the LP; returns energy_kwh (total), per-session kWh, the step, status and solve time (with
+    ``demand``: also the billing intervals' averages, the intervals above the target, the peak and the cost)."""
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
 
@@ -107,6 +148,8 @@ def ideal_energy(scenario: Scenario, step_s: float | None = None) -> dict[str, A
     n_eq = 0
     circuit_rows: dict[tuple[int, int, int], int] = {}
     sess_vars: list[list[tuple[int, float]]] = []  # per session: (x var, Wh per unit x)
+    meter_wh: dict[int, list[tuple[int, float]]] = {}  # step -> (x var, Wh at the service meter per unit x)
+    v_ln = electrical.line_to_neutral_v(site.service)
 
     def new_var(cost: float, upper: float) -> int:
         nonlocal n_var
@@ -143,6 +186,7 @@ def ideal_energy(scenario: Scenario, step_s: float | None = None) -> dict[str, A
             wh = w_per_a * frac * h / 3600.0
             x = new_var(-wh, min(ch_max, ev_max))
             mine.append((x, wh))
+            meter_wh.setdefault(t, []).append((x, len(phases) * v_ln * METER_PF * frac * h / 3600.0))
             # energy received before this step
             if prev_e is not None and slope > 0:
                 # x + ev_max * slope / cap * E <= ev_max * (1 - slope * (soc_start - s0))
@@ -170,6 +214,23 @@ def ideal_energy(scenario: Scenario, step_s: float | None = None) -> dict[str, A
                     vals_a.append(1.0)
         sess_vars.append(mine)
 
+    demand_rows: list[tuple[int, int]] = []  # per billing interval: (its import variables' first, slack var)
+    imp_vars: list[int] = []
+    base_wh: list[float] = []
+    if demand is not None:
+        length = demand.interval_s * scenario.time_scale  # scenario seconds per billing interval
+        per_interval: dict[int, list[int]] = {}
+        for t in range(T):
+            bw = _base_service_w(scenario, site, t * h, (t + 1) * h) * h / 3600.0
+            base_wh.append(bw)
+            imp = new_var(0.0, math.inf)  # the step's imported energy: >= the net, >= 0
+            imp_vars.append(imp)
+            ub_row([*meter_wh.get(t, []), (imp, -1.0)], -bw)
+            per_interval.setdefault(int((t * h + 1e-9) // length), []).append(imp)
+        for _n, imps in sorted(per_interval.items()):
+            slack = new_var(EXCESS_PENALTY, math.inf)
+            ub_row([*((v, 1.0) for v in imps), (slack, -1.0)], demand.target_kw * 1000.0 * length / 3600.0)
+            demand_rows.append((imps[0], slack))
     if n_var == 0:
         return {"energy_kwh": 0.0, "sessions_kwh": [], "step_s": h, "status": "no sessions", "solve_s": 0.0}
     A = coo_matrix((vals_a, (rows_a, cols_a)), shape=(len(rhs_ub), n_var)).tocsr()
@@ -182,6 +243,40 @@ def ideal_energy(scenario: Scenario, step_s: float | None = None) -> dict[str, A
                 "solve_s": round(time.monotonic() - started, 2)}
     xs = res.x
     per = [round(float(sum(xs[v] * wh for v, wh in mine)) / 1000.0, 3) for mine in sess_vars]
-    return {"energy_kwh": round(-float(res.fun) / 1000.0, 2), "sessions_kwh": per, "step_s": h,
-            "status": "optimal" if res.status == 0 else str(res.message), "variables": n_var,
-            "solve_s": round(time.monotonic() - started, 2)}
+    energy_wh = float(sum(xs[v] * wh for mine in sess_vars for v, wh in mine))
+    out: dict[str, Any] = {"energy_kwh": round(energy_wh / 1000.0, 2), "sessions_kwh": per, "step_s": h,
+                           "status": "optimal" if res.status == 0 else str(res.message), "variables": n_var,
+                           "solve_s": round(time.monotonic() - started, 2)}
+    if demand is not None:
+        out.update(_demand_result(demand, scenario, xs, imp_vars, demand_rows, h, base_wh, meter_wh, tariff,
+                                  t0_epoch))
+    return out
+
+
+def _demand_result(demand: DemandSpec, scenario: Scenario, xs: np.ndarray, imp_vars: list[int],
+                   rows: list[tuple[int, int]], h: float, base_wh: list[float],
+                   meter_wh: dict[int, list[tuple[int, float]]], tariff: Tariff | None,
+                   t0_epoch: float | None) -> dict[str, Any]:
+    length = demand.interval_s * scenario.time_scale
+    # the import of each step, recomputed from the EV currents (the LP's import variables may sit above it)
+    imp = [max(0.0, float(base_wh[t] + sum(xs[v] * c for v, c in meter_wh.get(t, [])))) for t in range(len(imp_vars))]
+    avgs: list[float] = []
+    for n in range(len(rows)):
+        wh = sum(imp[t] for t in range(len(imp)) if int((t * h + 1e-9) // length) == n)
+        avgs.append(round(float(wh) / 1000.0 / (length / 3600.0), 3))
+    excess = [round(float(xs[s]) / 1000.0, 4) for _, s in rows]
+    full = [a for n, a in enumerate(avgs) if (n + 1) * length <= scenario.duration_s + 1e-6] or avgs
+    res: dict[str, Any] = {
+        "demand_target_kw": demand.target_kw, "demand_interval_s": demand.interval_s,
+        "demand_intervals_kw": avgs, "demand_excess_kwh": excess,
+        "demand_intervals_above_target": sum(1 for a in full if a > demand.target_kw + 1e-3),
+        "demand_peak_kw": max(full, default=0.0),
+        "import_kwh": round(sum(imp) / 1000.0, 3),
+    }
+    if tariff is not None and t0_epoch is not None:
+        k = scenario.time_scale
+        energy = sum(imp[t] / 1000.0 * tariff.price_at(t0_epoch + (t + 0.5) * h / k) for t in range(len(imp)))
+        dem = res["demand_peak_kw"] * tariff.demand_charge_per_kw
+        res["cost"] = {"energy_cost": round(energy, 3), "demand_charge": round(dem, 3),
+                       "total_cost": round(energy + dem, 3)}
+    return res

@@ -263,10 +263,10 @@ class MeterSimulator:
             regs.setdefault(b + 4 + i, 0)
         regs[b + 4 + 64] = self.device_id
         start = b + 4 + 66
-        length = 105 if self.sunspec_model < 210 else 124
+        length, is_float = sunspec_model_layout(self.sunspec_model)
         regs[start], regs[start + 1] = self.sunspec_model, length
         for i in range(length):
-            regs[start + 2 + i] = 0x8000 if self.sunspec_model < 210 else 0x7FC0 if i % 2 == 0 else 0
+            regs[start + 2 + i] = (0x7FC0 if i % 2 == 0 else 0) if is_float else 0x8000
         end = start + 2 + length
         regs[end], regs[end + 1] = 0xFFFF, 0
         return start
@@ -346,6 +346,24 @@ class MeterSimulator:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(s.wait_closed(), 2)
         self._servers.clear()
+
+
+# SunSpec model id -> (length L, float encoding): meters 201-204 / 211-214, inverters 101-103 / 111-113
+# (sunspec/models json/model_<id>.json)
+SUNSPEC_MODEL_LENGTHS: dict[int, tuple[int, bool]] = {
+    **{m: (105, False) for m in (201, 202, 203, 204)},
+    **{m: (124, True) for m in (211, 212, 213, 214)},
+    **{m: (50, False) for m in (101, 102, 103)},
+    **{m: (60, True) for m in (111, 112, 113)},
+}
+
+
+def sunspec_model_layout(model: int) -> tuple[int, bool]:
+    """(L, float encoding) of a SunSpec model the simulator serves."""
+    try:
+        return SUNSPEC_MODEL_LENGTHS[model]
+    except KeyError:
+        raise ValueError(f"the simulator does not serve SunSpec model {model}") from None
 
 
 def _str_regs(s: str, n: int) -> list[int]:

@@ -32,6 +32,7 @@ from typing import Any
 from gateway import electrical
 from gateway.confkit import Table, read_toml
 from gateway.errors import ConfigError
+from hil.pv import DemandSpec, PvProfile, Tariff, parse_demand, parse_pv, parse_tariff, pv_amps
 
 FAULT_KINDS = ("meter_silent", "cms_down", "broker_down", "gateway_restart", "noncompliant")
 
@@ -94,6 +95,7 @@ class GatewayOverrides:
     ocpp: Mapping[str, Any] = field(default_factory=dict)
     meters: Mapping[str, Any] = field(default_factory=dict)  # applied to every meter
     mqtt: bool = True  # run a mosquitto broker and point the gateway's telemetry at it
+    budget: Mapping[str, Any] = field(default_factory=dict)  # [gateway.budget]: merged into the config's [budget]
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,10 @@ class Scenario:
     ideal_step_s: float = 60.0
     ideal: bool = True
     source: str = "<memory>"
+    pv: PvProfile | None = None  # [pv]: also in base_loads, as a negative load on its circuit
+    demand: DemandSpec | None = None  # [demand]: what the scorecard and the ideal judge the demand by
+    tariff: Tariff | None = None  # [tariff]: the scorecard's energy cost
+    align_start_s: float = 0.0  # > 0: scenario time 0 waits for the wall clock's next multiple of this (billing)
 
     def wall(self, t_s: float) -> float:
         """Scenario seconds -> wall seconds since the start of the run."""
@@ -317,6 +323,7 @@ def scenario_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path("."), s
     meter_interval = st.float("charger_meter_interval_wall_s", 2.0, min=0.1)
     ideal_step_s = st.float("ideal_step_s", 60.0, gt=0)
     ideal = st.bool("ideal", True)
+    align_start_s = st.float("align_start_s", 0.0, min=0, max=3600)
     st.done()
 
     gt_ = root.table("gateway")
@@ -332,7 +339,11 @@ def scenario_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path("."), s
                 if met.has(k):
                     mt[k] = met.float(k, gt=0)
             met.done()
-        gw = GatewayOverrides(control=dict(ctl or {}), ocpp=dict(ocp or {}), meters=mt, mqtt=gt_.bool("mqtt", True))
+        bud = gt_.raw("budget")
+        if bud is not None and not isinstance(bud, dict):
+            raise gt_.error("budget", "expected a table (checked against the site config when the run starts)")
+        gw = GatewayOverrides(control=dict(ctl or {}), ocpp=dict(ocp or {}), meters=mt, mqtt=gt_.bool("mqtt", True),
+                              budget=dict(bud or {}))
         gt_.done()
 
     charger_ids = {str(c["id"]) for c in raw.get("chargers", [])}
@@ -373,6 +384,12 @@ def scenario_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path("."), s
         base_loads.append(BaseLoad(circuit, tuple(sorted(pts)), ramp, noise))
         lt.done()
 
+    pv_meters = [str(m["id"]) for m in raw.get("meters", []) if m.get("role") == "pv"]
+    pv = parse_pv(root.table("pv"), pv_meters)
+    if pv is not None:
+        base_loads.append(_pv_load(raw, pv, phases))
+    demand, tariff = parse_demand(root.table("demand")), parse_tariff(root.table("tariff"))
+
     arrivals = [_arrival(at, charger_ids, duration_s) for at in root.tables("arrivals")]
     rt = root.table("random_arrivals")
     if rt is not None:
@@ -407,5 +424,18 @@ def scenario_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path("."), s
         sample_wall_s=sample_wall_s, charger_tick_wall_s=tick_wall_s, charger_meter_interval_wall_s=meter_interval,
         gateway=gw, behaviour=behaviour, behaviour_by_charger=by_charger, base_loads=tuple(base_loads),
         arrivals=tuple(arrivals), faults=tuple(sorted(faults, key=lambda f: f.at_s)), ideal_step_s=ideal_step_s,
-        ideal=ideal, source=source,
+        ideal=ideal, source=source, pv=pv, demand=demand, tariff=tariff, align_start_s=align_start_s,
     )
+
+
+def _pv_load(raw: Mapping[str, Any], pv: PvProfile, phases: int) -> BaseLoad:
+    """The PV as a negative base load on its meter's circuit, spread evenly over the lines the meter measures."""
+    m = next(x for x in raw.get("meters", []) if str(x["id"]) == pv.meter)
+    svc = raw.get("service", {})
+    wiring = str(svc.get("wiring", "three-phase" if int(svc.get("phases", 3)) == 3 else "single-phase"))
+    v_ll = float(svc["voltage_ll_v"])
+    v_ln = v_ll / 3**0.5 if wiring == "three-phase" else v_ll / 2.0 if wiring == "split-phase" else v_ll
+    lines = [("L1", "L2", "L3").index(p) for p in m.get("phase_map", ("L1", "L2", "L3")[:phases])]
+    pts = tuple((t, tuple(-pv_amps(kw, v_ln, len(lines)) if i in lines else 0.0 for i in range(phases)))
+                for t, kw in pv.points)
+    return BaseLoad(str(m["circuit"]), pts, ramp=pv.ramp)

@@ -33,6 +33,7 @@ import numpy as np
 
 from gateway.config import PHASES
 from hil.rig.runner import Recording
+from hil.scorecard_budget import budget_card, format_budget
 
 SATISFIED = 0.99
 
@@ -277,6 +278,7 @@ def scorecard(rec: Recording, ideal: Mapping[str, Any] | None = None) -> dict[st
     }
     if rec.static_limits:
         card["static_limits"] = {c: round(v, 1) for c, v in rec.static_limits.items()}
+    card.update(budget_card(rec))  # demand, cost and solar figures (issue 14)
     if ideal is not None:
         card["ideal"] = dict(ideal)
         ie = float(ideal.get("energy_kwh") or 0.0)
@@ -330,6 +332,7 @@ def format_card(card: Mapping[str, Any]) -> str:
     lines.append(f"  messages: {m.get('tx_messages_sent')} transaction messages sent, "
                  f"{m.get('tx_messages_received_by_cms')} at the CMS, lost {m.get('lost')}, "
                  f"unacknowledged at end {m.get('unacknowledged_at_end')}")
+    lines.extend(format_budget(card))
     gp = card["gateway_process"]
     if gp:
         lines.append(f"  gateway process: CPU {gp['cpu_pct']} % of one core ({gp['cpu_s']} s), "

@@ -41,12 +41,15 @@ class SiteSim:
         rtu: bool = True,
         meter_interval_s: float = 5.0,
         ev_response_s: float | None = None,
+        pv_sources: Mapping[str, BaseLoad] | None = None,
     ) -> None:
         self.raw = copy.deepcopy(dict(raw))
         self.site: Site = site_from_dict(self.raw)
         self.clock = clock
         self.use_rtu = rtu and shutil.which("socat") is not None
         self.base_loads: dict[str, BaseLoad] = dict(base_loads or {})
+        # role = "pv" meters: clock time -> the amperes the inverter feeds in on each of its measured phases
+        self.pv_sources: dict[str, BaseLoad] = dict(pv_sources or {})
         self.meter_interval_s = meter_interval_s
         self.ev_response_s = ev_response_s
         self.cms = SimCms(clock=clock)
@@ -127,9 +130,13 @@ class SiteSim:
     async def start(self) -> None:
         self.cms_port = await self.cms.start()
         by_device: dict[str, RtuBus] = {}
-        for mid, m in self.site.meters.items():
-            sim = MeterSimulator(m.map, device_id=m.device_id, phases=3, source=self._meter_source(mid),
-                                 voltage_v=electrical.line_to_neutral_v(self.site.service), seed=hash(mid) & 0xFFFF)
+        for mid, m in self.site.polled_meters.items():
+            pv = self.pv_sources.get(mid) if m.role == "pv" else None
+            source = self._meter_source(mid) if m.role != "pv" else (
+                (lambda _t, f=pv: f(self.clock())) if pv is not None else (lambda _t: (0.0, 0.0, 0.0)))
+            sim = MeterSimulator(m.map, device_id=m.device_id, phases=3, source=source,
+                                 voltage_v=electrical.line_to_neutral_v(self.site.service), seed=hash(mid) & 0xFFFF,
+                                 power_factor=1.0 if m.role == "pv" else 0.98)
             self.meters[mid] = sim
             if m.transport == "rtu" and self.use_rtu:
                 bus = by_device.get(m.device)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gateway.budget.solar_config import SolarFigures
 from gateway.model import BudgetCap, ChargerCap
 
 
@@ -92,6 +93,7 @@ class Budget:
     charger_caps: Mapping[str, ChargerCap] = field(default_factory=dict)
     demand: DemandFigures | None = None
     tariff: TariffFigures | None = None
+    solar: SolarFigures | None = None  # PV power, surplus, export (gateway.budget.solar)
     events: tuple[Event, ...] = ()  # this tick's: demand_projected_over, demand_interval_over, clock_jump
 
     def binding(self) -> BudgetCap | None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway import electrical
+from gateway.budget.solar_config import SolarConfig, parse_solar
 from gateway.confkit import Table, check_ident
 from gateway.errors import ConfigError
 
@@ -98,10 +99,11 @@ class BudgetConfig:
     timezone: str = "UTC"
     demand: DemandConfig | None = None
     tariff: TariffConfig | None = None
+    solar: SolarConfig = field(default_factory=SolarConfig)  # [budget.solar] (gateway/budget/solar_config.py)
 
     @property
     def active(self) -> bool:
-        return self.demand is not None or self.tariff is not None
+        return self.demand is not None or self.tariff is not None or self.solar.enabled
 
 
 @functools.lru_cache(maxsize=64)
@@ -129,8 +131,9 @@ def parse_budget(t: Table | None, service: ServiceConfig, service_meter_has_ener
     tariff = parse_tariff(tt, tz or "UTC") if tt is not None else None
     site_tz = tz or (tariff.timezone if tariff is not None else "UTC")
     demand = _parse_demand(t.table("demand"), service, service_meter_has_energy)
+    solar = parse_solar(t.table("solar"))  # names checked against the site by solar_config.check_solar
     t.done()
-    return BudgetConfig(timezone=site_tz, demand=demand, tariff=tariff)
+    return BudgetConfig(timezone=site_tz, demand=demand, tariff=tariff, solar=solar)
 
 
 def _parse_demand(t: Table | None, service: ServiceConfig, has_energy: bool | None) -> DemandConfig | None:

@@ -45,6 +45,7 @@ from gateway.budget.remote import (
     remote_cap_of,
     request_id_of,
 )
+from gateway.budget.solar import SolarState, with_solar
 from gateway.budget.tariff import schedule
 from gateway.config import Site
 from gateway.errors import ConfigError
@@ -173,6 +174,7 @@ class BudgetService:
         self._remote: RemoteCap | None = None
         self._tariff_override: TariffConfig | None = None
         self._state = BudgetState()
+        self._solar = SolarState()  # the surplus modes' hysteresis (in memory: a restart starts it afresh)
         self._persisted_at = -math.inf
         self._binding: str | None = None
         self._expiry: asyncio.TimerHandle | None = None
@@ -192,6 +194,7 @@ class BudgetService:
         )
         before = self._state
         b, st = budget(inputs, site.budget, before, now, wall)
+        b, self._solar = with_solar(b, site, readings, chargers, self._solar, now)  # surplus modes' caps
         self._state = st
         self.last = b
         for name, fields in b.events:

@@ -54,15 +54,15 @@ def render(meter_id: str, r: MeterReading, *, phases: int = 3, extra: str = "") 
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     site = load_site(args.config)
-    if args.meter_id not in site.meters:
-        known = ", ".join(site.meters) or "none"
+    if args.meter_id not in site.polled_meters:
+        known = ", ".join(site.polled_meters) or "none"
         print(f"ems-gateway: no meter {args.meter_id!r} in {args.config} (meters: {known})")
         return 2
     return asyncio.run(_read(site, args.meter_id, max(1, args.count)))
 
 
 async def _read(site: Any, meter_id: str, count: int) -> int:
-    cfg = site.meters[meter_id]
+    cfg = site.polled_meters[meter_id]
     regmap = load_map(cfg.map)
     where = f"tcp {cfg.host}:{cfg.port}" if cfg.transport == "tcp" else (
         f"rtu {cfg.device} {cfg.baud_rate} 8{cfg.parity}{cfg.stop_bits}"

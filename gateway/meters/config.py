@@ -24,6 +24,8 @@ One entry per meter::
     # max_current_a = 1600         # plausibility bound; default twice the circuit's limit
     frozen_polls = 10              # identical readings this many polls in a row: invalid (0: off)
     export_tolerance_w = 500       # negative power below -this on a circuit that cannot export: invalid
+    role = "circuit"               # "circuit": measures its circuit; "pv": a PV inverter (the AC power it feeds in,
+                                   # e.g. map = "sunspec_inverter_int"); read and published, never a circuit measurement
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from gateway.confkit import Table, check_host
 from gateway.errors import ConfigError, RegisterMapError
 
 SITE_PHASES = ("L1", "L2", "L3")
+ROLES = ("circuit", "pv")
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class MeterConfig:
     frozen_polls: int = 10
     export_tolerance_w: float = 500.0
     key: str = ""
+    role: str = "circuit"  # "circuit" | "pv" (a PV inverter: never a circuit's measurement)
 
     @property
     def bus_key(self) -> str:
@@ -144,6 +148,7 @@ def parse_meter(t: Table) -> MeterConfig:
         frozen_polls=t.int("frozen_polls", 10, min=0, max=10_000),
         export_tolerance_w=t.float("export_tolerance_w", 500.0, min=0, max=10_000_000),
         key=t.path,
+        role=t.choice("role", ROLES, "circuit"),
     )
     t.done()
     return m

@@ -49,7 +49,7 @@ class PollerStuckError(MeterError):
 
 def _buses_of(site: Site) -> dict[str, list[str]]:
     buses: dict[str, list[str]] = {}
-    for mid, cfg in site.meters.items():
+    for mid, cfg in site.polled_meters.items():
         buses.setdefault(cfg.bus_key, []).append(mid)
     return buses
 
@@ -129,9 +129,9 @@ class MeterService:
         self._clock = clock
         self._on_reading = on_reading
         self._on_stale = on_stale  # a meter just went stale: the control loop acts now, not at its next tick
-        check_bus_settings(list(site.meters.values()))
-        self._slots: dict[str, _Slot] = {mid: _Slot(cfg) for mid, cfg in site.meters.items()}
-        self._maps = {mid: load_map(cfg.map) for mid, cfg in site.meters.items()}
+        check_bus_settings(list(site.polled_meters.values()))
+        self._slots: dict[str, _Slot] = {mid: _Slot(cfg) for mid, cfg in site.polled_meters.items()}
+        self._maps = {mid: load_map(cfg.map) for mid, cfg in site.polled_meters.items()}
         self._buses = _buses_of(site)
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}  # bus -> its poller, while run() runs
@@ -185,13 +185,13 @@ class MeterService:
         Raises ConfigError (nothing changed) if the new meters cannot be set up, and PollerStuckError if a
         replaced poller did not end within ``stop_timeout_s`` (then nothing new was started: the caller must
         not carry on with a second master possibly on the bus)."""
-        check_bus_settings(list(site.meters.values()))
+        check_bus_settings(list(site.polled_meters.values()))
         maps = {
             mid: self._maps[mid] if mid in self._maps and self._slots[mid].cfg.map == cfg.map else load_map(cfg.map)
-            for mid, cfg in site.meters.items()
+            for mid, cfg in site.polled_meters.items()
         }
         buses = _buses_of(site)
-        kept_meters = {m for m in site.meters if m in self._slots and _judged_alike(self.site, site, m)}
+        kept_meters = {m for m in site.polled_meters if m in self._slots and _judged_alike(self.site, site, m)}
         kept_buses = {k for k, mids in buses.items() if self._buses.get(k) == mids and set(mids) <= kept_meters}
         stopping = [t for k, t in self._tasks.items() if k not in kept_buses]
         for task in stopping:
@@ -205,7 +205,7 @@ class MeterService:
         for key in [k for k in self._tasks if k not in kept_buses]:
             del self._tasks[key]
         slots: dict[str, _Slot] = {}
-        for mid, cfg in site.meters.items():
+        for mid, cfg in site.polled_meters.items():
             slot = self._slots[mid] if mid in kept_meters else _Slot(cfg)
             if cfg.bus_key not in kept_buses:  # a new poller: a new driver, no backoff inherited
                 slot.driver, slot.fails, slot.next_due = None, 0, 0.0
@@ -215,7 +215,7 @@ class MeterService:
         for key in started:
             self._start_bus(key)
         log.info("meters_updated", kept_buses=len(kept_buses), restarted_buses=len(started),
-                 kept_readings=len(kept_meters), new_meters=len(site.meters) - len(kept_meters))
+                 kept_readings=len(kept_meters), new_meters=len(site.polled_meters) - len(kept_meters))
 
     async def _watch(self) -> None:
         """Log a meter going stale when it does, even while its poller waits out a timeout or backoff."""

@@ -686,6 +686,11 @@ class Telemetry:
         if t is not None:
             body["tariff"] = {"season": t.season, "period": t.period, "price_per_kwh": t.price_per_kwh,
                               "cap_kw": t.cap_kw, "until": iso_ts(t.until), "source": t.source}
+        sol = b.solar
+        if sol is not None:
+            body["solar"] = {"pv_w": _r(sol.pv_w, 0), "surplus_w": _r(sol.surplus_w, 0),
+                             "export_w": _r(sol.export_w, 0), "export_limit_w": sol.export_limit_w,
+                             "paused": list(sol.paused)}
         key = _dumps(body)
         since = now - self._budget_pub_at
         if key == self._budget_key and since < self.cfg.heartbeat_s:

@@ -80,7 +80,7 @@ class LoopCollector(Collector):
         yield from self._chargers(site, snap, alloc)
         meter = GaugeMetricFamily("ems_meter_healthy", "1 when the meter's reading is valid and fresh",
                                   labels=["meter"])
-        for mid in site.meters:
+        for mid in site.polled_meters:
             meter.add_metric([mid], 1.0 if views.meter_health(site, mid, snap, now) == "ok" else 0.0)
         yield meter
 

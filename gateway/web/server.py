@@ -247,7 +247,7 @@ class WebService:
         # the cause before the effect: a meter's change, then the mode it leads to
         prev = self._prev
         mode = alloc.mode
-        health = {mid: views.meter_health(site, mid, snap, now) for mid in site.meters}
+        health = {mid: views.meter_health(site, mid, snap, now) for mid in site.polled_meters}
         old_health: dict[str, str] = prev.get("health", {})
         for mid, h in health.items():
             o = old_health.get(mid)

@@ -152,18 +152,19 @@ def meter_health(site: Site, mid: str, snapshot: Snapshot | None, now: float) ->
         return "missing"
     if not r.valid:
         return "invalid"
-    if now - r.at > site.meters[mid].stale_after_s:
+    if now - r.at > site.polled_meters[mid].stale_after_s:
         return "stale"
     return "ok"
 
 
 def meters_view(site: Site, snapshot: Snapshot | None, now: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for mid, m in site.meters.items():
+    for mid, m in site.polled_meters.items():  # the circuit meters and the PV inverters
         r = snapshot.meters.get(mid) if snapshot is not None else None
         out.append({
             "id": mid,
             "circuit": m.circuit,
+            "role": m.role,
             "health": meter_health(site, mid, snapshot, now),
             "reason": r.reason if r is not None else "never read",
             "age_s": _r(now - r.at, 3) if r is not None else None,

@@ -75,6 +75,7 @@ class Recording:
     process: dict[str, Any]
     static_limits: dict[str, float] = field(default_factory=dict)
     wall_elapsed_s: float = 0.0
+    t0_wall: float = 0.0  # the epoch (time.time()) of scenario time 0: billing intervals align to it
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
@@ -242,7 +243,9 @@ class Rig:
             self.base.setdefault(bl.circuit, []).append(
                 LoadProfile(list(bl.points), ramp=bl.ramp, noise_a=bl.noise_a, phases=P, seed=scenario.seed + i))
         loads = {cid: self._base_fn(cid, P) for cid in self.base}
-        self.sim = SiteSim(scenario.site, base_loads=loads, meter_interval_s=scenario.charger_meter_interval_wall_s)
+        pv = {scenario.pv.meter: self._pv_fn()} if scenario.pv is not None else {}
+        self.sim = SiteSim(scenario.site, base_loads=loads, meter_interval_s=scenario.charger_meter_interval_wall_s,
+                           pv_sources=pv)
         self.site = self.sim.site
         self.gw: GatewayProcess | None = None
         self.broker: Mosquitto | None = None
@@ -261,6 +264,24 @@ class Rig:
 
         return f
 
+    def _pv_fn(self) -> Callable[[float], tuple[float, ...]]:
+        """The PV inverter's current on each of its measured phases (A), at the clock time."""
+        from gateway import electrical
+        from hil.pv import pv_amps
+
+        pv = self.sc.pv
+        assert pv is not None
+        site = site_from_dict(self.sc.site)
+        m = site.pv_meters[pv.meter]
+        v_ln = electrical.line_to_neutral_v(site.service)
+
+        def f(t: float) -> tuple[float, ...]:
+            s = max(0.0, (t - self.t0) * self.k) if math.isfinite(self.t0) else 0.0
+            a = pv_amps(pv.kw(s), v_ln, len(m.phase_map))
+            return tuple(a if i < len(m.phase_map) else 0.0 for i in range(3))
+
+        return f
+
     def now_s(self) -> float:
         """Wall seconds since scenario time 0."""
         return time.time() - self.t0
@@ -273,6 +294,8 @@ class Rig:
         sc = self.sc
         extra: dict[str, Any] = {"control": dict(sc.gateway.control), "ocpp": dict(sc.gateway.ocpp),
                                  "logging": {"level": "info", "format": "json"}}
+        if sc.gateway.budget:
+            extra["budget"] = dict(sc.gateway.budget)
         d = self.sim.gateway_config(ocpp_port=ocpp_port, extra=extra)
         for m in d.get("meters", []):
             m.update(sc.gateway.meters)
@@ -490,6 +513,8 @@ class Rig:
                 for chid, ch in sim.chargers.items():
                     cfg = self.site.chargers[chid]
                     await sim.cms.call(chid, _fixed_profile(ch.version, cfg.unit, self.static[chid]), timeout_s=30)
+            if self.sc.align_start_s > 0:  # start on a billing interval boundary of the wall clock
+                await asyncio.sleep(-time.time() % self.sc.align_start_s)
             self.t0 = time.time()
             self.stats.sample()
             cpu0 = self.stats.cpu_s
@@ -540,7 +565,7 @@ class Rig:
             charger_limit_a=np.array([r[2] for r in rows]), charger_draw_a=np.array([r[3] for r in rows]),
             events=self.events, gateway_logs=self.gw.logs if self.gw is not None else [], sessions=self.sessions,
             messages=messages, process=process, static_limits=self.static,
-            wall_elapsed_s=time.monotonic() - started,
+            wall_elapsed_s=time.monotonic() - started, t0_wall=self.t0,
         )
 
 
