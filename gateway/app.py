@@ -147,6 +147,7 @@ class App:
                         lambda: supervise("telemetry", self.telemetry.run, restart_delay_s=self.restart_delay_s),
                     )
                 self._spawn("start", self._start_then_serve)
+                self._spawn("ctl", lambda: supervise("ctl", self._serve_ctl, restart_delay_s=self.restart_delay_s))
                 await self._stop.wait()
                 await self._shutdown()
                 raise _Stopped
@@ -177,6 +178,13 @@ class App:
             return
         if not self._stop.is_set():
             self.fail(f"{name}: ended")
+
+    async def _serve_ctl(self) -> None:
+        """The local control socket (``ems-gateway commission``)."""
+        from gateway import ctl
+
+        handler = ctl.CtlHandler(self.control, self.ocpp, self.meters, config_path=self.config_path, clock=self.clock)
+        await ctl.serve(handler, ctl.socket_path(self.site.state_dir))
 
     async def _start_then_serve(self) -> None:
         """Start (bounded by start_timeout_s: a stuck start ends the daemon), then serve reloads."""

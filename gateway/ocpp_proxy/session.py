@@ -475,6 +475,9 @@ class ChargerSession:
 
     def _track_request(self, action: str, p: dict[str, Any]) -> None:
         t = self.tracker
+        if action == "BootNotification":
+            self.ctrl.booted(self.id, p)
+            return
         if self.version == "1.6":
             if action == "StatusNotification":
                 t.on_status_16(p)
@@ -1109,6 +1112,14 @@ class ChargerSession:
         return bool(
             await self._set_profile(lambda mode: self.limit_payload(mode, limit), "limit", wait=True, limit=limit)
         )
+
+    async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """One CALL of the gateway's own to the charger (commissioning read-backs): its result, None if it failed."""
+        try:
+            ans = await self._own_to_charger(action, payload).result
+        except CallFailed:
+            return None
+        return ans.payload if ans.kind == CALLRESULT else None
 
     async def stop_transaction(self) -> bool:
         s = self.tracker.session
