@@ -74,6 +74,7 @@ def site_info(site: Site) -> dict[str, Any]:
     return {
         "id": site.id,
         "name": site.name,
+        "state_dir": site.state_dir,
         "phases": [PHASES[i] for i in range(site.n_phases())],
         "service": {
             "id": site.service.id,
@@ -183,6 +184,15 @@ class CtlHandler:
             if cmd == "clear":
                 self.control.clear_tests(str(req.get("reason", "cleared")))
                 return {"ok": True, "now": self.clock()}
+            if cmd == "failsafe_test":
+                return await self._failsafe_test(str(req["charger"]), int(req.get("lease_s", 10)))
+            if cmd == "event":  # a commissioning finding for the site's telemetry (and the log)
+                fields = {str(k): v for k, v in dict(req.get("fields") or {}).items()}
+                name = str(req["name"])
+                log.warning("commission_event", event_name=name, **fields)
+                if self.control.telemetry is not None:
+                    self.control.telemetry.event(name, **fields)
+                return {"ok": True}
             if cmd == "call":
                 return await self._call(str(req["charger"]), str(req["action"]), dict(req.get("payload") or {}))
         except (KeyError, TypeError, ValueError) as exc:
@@ -200,6 +210,59 @@ class CtlHandler:
             return {"ok": False, "error": f"charger {charger} is not connected"}
         result = await s.call(action, payload)
         return {"ok": result is not None, "result": result, "error": None if result is not None else "no answer"}
+
+    async def _failsafe_test(self, charger: str, lease_s: int) -> dict[str, Any]:
+        """A short test lease on one charger: its limit profile lapses, the fail-safe profile governs (read back
+        with GetCompositeSchedule), then the limit is sent again. Only where the fail-safe limit does not exceed
+        the limit in force: the fall-back then never raises what the charger may draw."""
+        site = self.control.site
+        ch = site.chargers.get(charger)
+        s = self.ocpp.sessions.get(charger)
+        if ch is None or s is None:
+            return {"ok": False, "error": f"charger {charger} is unknown or not connected"}
+        if not 2 <= lease_s <= 120:
+            return {"ok": False, "error": "lease_s must be within 2..120"}
+        alloc = self.control.allocation
+        limit = alloc.limit_of(charger) if alloc is not None else None
+        if alloc is None or alloc.mode != "normal" or limit is None:
+            return {"ok": False, "error": "refused: the site is not in normal operation"}
+        if ch.failsafe_limit > limit + 1e-9:
+            return {"ok": True, "tested": False, "limit": limit,
+                    "reason": f"its fail-safe limit {ch.failsafe_limit:g} {ch.unit} is above the limit in force "
+                    f"{limit:g} {ch.unit}: not tested now (it would raise what it may draw)"}
+        log.warning("failsafe_test_started", charger=charger, lease_s=lease_s)
+        t0 = self.clock()
+        before = await self._composite(s, ch.unit)
+        ok = await s.test_lease(lease_s)
+        mark = s.limit.sent_at
+        during = None
+        reason = "" if ok else "the charger refused the test lease"
+        try:
+            if ok:
+                await asyncio.sleep(lease_s + 1.5)
+                if s.limit.sent_at != mark:  # the allocator sent a new limit meanwhile: it governs, not the fail-safe
+                    ok, reason = False, "a new limit went out during the test lease: repeat the test"
+                else:
+                    during = await self._composite(s, ch.unit)
+        finally:
+            await s.resume_limit()
+            log.warning("failsafe_test_ended", charger=charger)
+        after = await self._composite(s, ch.unit)
+        return {"ok": True, "tested": ok, "limit": limit, "failsafe_limit": ch.failsafe_limit, "before": before,
+                "during": during, "after": after, "lease_s": lease_s, "took_s": self.clock() - t0, "reason": reason}
+
+    @staticmethod
+    async def _composite(s: Any, unit: str) -> float | None:
+        payload: dict[str, Any] = {"duration": 300, "chargingRateUnit": unit}
+        payload["connectorId" if s.version == "1.6" else "evseId"] = 0
+        res = await s.call("GetCompositeSchedule", payload)
+        if not isinstance(res, dict) or res.get("status") != "Accepted":
+            return None
+        sched = res.get("chargingSchedule") or res.get("schedule") or {}
+        if isinstance(sched, list):
+            sched = sched[0] if sched else {}
+        periods = sched.get("chargingSchedulePeriod") or []
+        return float(periods[0]["limit"]) if periods and "limit" in periods[0] else None
 
     def status(self) -> dict[str, Any]:
         c = self.control
