@@ -197,7 +197,8 @@ def verdict(r: dict[str, Any]) -> tuple[bool, list[str]]:
     todo: list[str] = []
     for f in (r.get("wiring") or {}).get("findings", []):
         if not f["ok"]:
-            todo.append(f"Wiring ({f['check']}, meter {f['meter']}): {f['detail']}. Fix: {f['fix'] or 'see below'}")
+            fix = f" Fix: {f['fix']}" if f["fix"] else ""
+            todo.append(f"Wiring ({f['check']}, meter {f['meter']}): {f['detail']}.{fix}")
     for t in r.get("load_tests", []):
         for res in t.get("results", []):
             if not res["passed"]:

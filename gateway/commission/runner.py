@@ -195,6 +195,24 @@ class Recorder:
             return None
         return [sum(r[i] for r in rows) / len(rows) for i in range(len(rows[0]))]
 
+    def steady(self, window_s: float, tolerance_a: float = 1.0) -> bool:
+        """Over the last window_s: the meter's every phase moved less than tolerance_a, and no charger's limit
+        or reported draw changed by more than that."""
+        since = self.samples[-1]["t"] - window_s
+        recent = [s for s in self.samples if s["t"] >= since]
+        rows = [s["meter_a"] for s in recent if s["meter_a"] is not None]
+        if len(rows) < 3 or self.samples[0]["t"] > since:
+            return False
+        if any(max(r[i] for r in rows) - min(r[i] for r in rows) > tolerance_a for i in range(len(rows[0]))):
+            return False
+        for ch in self.site["chargers"]:
+            tol = tolerance_a if ch["unit"] == "A" else 0.02 * float(ch["max_limit"])
+            for key in ("limit", "draw"):
+                vals = [v for s in recent if (v := s["chargers"][ch["id"]][key]) is not None]
+                if vals and max(vals) - min(vals) > tol:
+                    return False
+        return True
+
     async def wait(self, cond: Any, timeout_s: float) -> bool:
         """Until cond(last sample) holds; False after timeout_s."""
         with contextlib.suppress(TimeoutError):
@@ -233,7 +251,8 @@ async def load_test(link: Link, site: dict[str, Any], circuit: dict[str, Any], o
             ans = await ask(link, "test_load", meter=meter, load_a=load, duration_s=opts.hold_s + 30.0)
             test["t_on"] = ans["now"]
             log.info("commission_load_on", meter=meter, load_a=load)
-            await asyncio.sleep(3.0)
+            # at least the EVs' response allowance, so that the plot shows where the site settles
+            await asyncio.sleep(min(opts.hold_s, max(3.0, float(site["control"]["ev_response_s"]))))
             await rec.wait(lambda s: loadtest.all_settled(site, test, s["t"]), opts.hold_s)
         finally:
             ans = await link.handle({"cmd": "clear", "reason": "load test done"})
@@ -279,8 +298,9 @@ async def _phase_step(
         for other, ost in st["chargers"].items():
             if other != cid and ost.get("limit") is not None:
                 await ask(link, "override", charger=other, limit=ost["limit"], duration_s=hold)
-        settle = max(2.0, 3 * opts.poll_s)
+        settle = max(3.0, 4 * opts.poll_s)
         await asyncio.sleep(settle)
+        await rec.wait(lambda s: rec.steady(settle), opts.hold_s)  # EVs still ramping would blur the step
         t0 = rec.samples[-1]["t"]
         before = rec.meter_mean(t0 - settle)
         draw_before = rec.samples[-1]["chargers"][cid]["draw"] or 0.0
@@ -304,11 +324,11 @@ async def _phase_step(
             opts.hold_s,
         )
         await asyncio.sleep(settle)
+        await rec.wait(lambda s: rec.steady(settle), opts.hold_s)
         after = rec.meter_mean(rec.samples[-1]["t"] - settle + opts.poll_s)
     if before is None or low is None or after is None:
         return wiring.PhaseStep(cid, meter, ch["line_phases"][0], [], [], 0.0, note="no meter reading")
-    high = [(a + b) / 2 for a, b in zip(before, after, strict=True)]
-    return wiring.PhaseStep(cid, meter, ch["line_phases"][0], high, low, draw_before - draw_low, note=note)
+    return wiring.PhaseStep(cid, meter, ch["line_phases"][0], before, low, draw_before - draw_low, note=note)
 
 
 async def failsafe_check(link: Link, site: dict[str, Any], lease_s: int = 10) -> list[dict[str, Any]]:

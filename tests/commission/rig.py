@@ -20,8 +20,8 @@ BASE_A = 10.0  # the building's load on the service, per phase
 
 
 def site(*, can_export: bool = False) -> dict[str, Any]:
-    """A 100 A three-phase service with a metered 63 A panel (which may export): single-phase AC chargers on L1, L2, L3 (both
-    OCPP versions) and a DC charger on the service."""
+    """A 100 A three-phase service with a metered 63 A panel (which may export): single-phase AC chargers on
+    L1, L2, L3 (both OCPP versions) and a DC charger on the service."""
     return {
         "site": {"id": "commission-site", "name": "Commissioning test site"},
         "service": {"voltage_ll_v": 400, "phases": 3, "limit_a": 100, "margin_a": 2, "voltage_tolerance_pct": 0,
@@ -37,8 +37,8 @@ def site(*, can_export: bool = False) -> dict[str, Any]:
              "port": 1, "poll_interval_s": 0.25, "timeout_s": 0.3, "stale_after_s": 1.5},
         ],
         "chargers": [
-            {"id": "CP1", "ocpp_version": "1.6J", "kind": "ac", "circuit": "p1", "phases": 1, "phase_rotation": "L1",
-             "max_current_a": 32, "failsafe_current_a": 6},
+            {"id": "CP1", "ocpp_version": "1.6J", "kind": "ac", "circuit": "p1", "phases": 1,
+             "phase_rotation": "L1", "max_current_a": 32, "failsafe_current_a": 6},
             {"id": "CP2", "ocpp_version": "2.0.1", "kind": "ac", "circuit": "p1", "phases": 1,
              "phase_rotation": "L2", "max_current_a": 32, "failsafe_current_a": 6},
             {"id": "CP3", "ocpp_version": "1.6J", "kind": "ac", "circuit": "service", "phases": 1,
@@ -91,10 +91,11 @@ async def running(
                                              response_delay_s=1.5, id_tag=f"TAG{cid}"))
         rig = Rig(sim, app, task)
         assert await wait_for(lambda: rig.socket.exists(), 10), "no control socket"
-        # every plugged charger under control and drawing
+        # every plugged charger under control and drawing what its EV takes (the ramp after start is over)
         ok = await wait_for(lambda: all(
             (s := app.control.snapshot) is not None and (c := s.chargers[k]).actuation is not None
-            and c.actuation.controlled and (c.draw_a or c.draw_w) for k in plug), 30)
+            and c.actuation.controlled and (max(c.draw_a or (0.0,)) > 20.0 or (c.draw_w or 0.0) > 15_000)
+            for k in plug), 30)
         assert ok, "chargers not controlled and drawing"
         yield rig
     finally:
