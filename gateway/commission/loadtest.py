@@ -80,8 +80,11 @@ def charger_result(
            if c["accepted_at"] is not None and c["accepted_at"] >= t_on and c["accepted_limit"] is not None
            and c["accepted_limit"] < limit_b - EPS]
     res["accepted_s"] = min(acc) - t_on if acc else None
+    if res["decided_s"] is not None and res["accepted_s"] is not None:
+        res["decided_s"] = min(res["decided_s"], res["accepted_s"])  # polled: the acceptance is stamped exactly
+    since = t_on + (res["accepted_s"] or 0.0)
     under = next((c["draw_at"] for _, c in during
-                  if c["draw_at"] is not None and c["draw_at"] > t_on and c["draw"] is not None
+                  if c["draw_at"] is not None and c["draw_at"] >= since and c["draw"] is not None
                   and c["limit"] is not None and c["draw"] <= c["limit"] + tol), None)
     res["under_s"] = under - t_on if under is not None else None
     rec = next((t for t, c in after if c["limit"] is not None and c["limit"] >= limit_b - max(tol, 0.1 * limit_b)),

@@ -32,7 +32,7 @@ class Options:
     poll_s: float = 0.5
     hold_s: float = 60.0  # how long a step waits for the chargers to follow (EVs: 5-11 s, reports 10-60 s)
     recover_s: float = 60.0
-    load_a: float | None = None  # the simulated load (None: enough to halve the EV current)
+    load_a: float | None = None  # the simulated load (None: enough to cut the EV current to 40 %)
     sub_circuits: bool = True  # a load test per metered circuit below the service too
     sign_check: bool = False  # the non-disruptive part of the wiring step (--verify)
     lease_s: int = 10  # the fail-safe test's lease
@@ -227,6 +227,10 @@ async def load_test(link: Link, site: dict[str, Any], circuit: dict[str, Any], o
     """Inject a simulated load on the circuit's meter, time the chargers' response, remove it, time the recovery."""
     meter = circuit["meter"]
     test: dict[str, Any] = {"circuit": circuit["id"], "meter": meter, "samples": []}
+    async with Recorder(link, site, meter, opts.poll_s) as pre:  # the previous step may still be settling
+        window = max(3.0, 4 * opts.poll_s)
+        await asyncio.sleep(window)
+        test["steady_before"] = await pre.wait(lambda s: pre.steady(window), opts.hold_s)
     st = await ask(link, "status")
     if st["mode"] != "normal":
         raise CommissionError(f"refused: the site is in {st['mode']}")
@@ -241,7 +245,7 @@ async def load_test(link: Link, site: dict[str, Any], circuit: dict[str, Any], o
         if ev_a < 2.0:
             test["skipped"] = f"the chargers beneath draw {ev_a:.1f} A: the test needs EVs charging"
             return test
-        load = max(1.0, min(cs["headroom_a"]) - 0.5 * ev_a)
+        load = max(1.0, min(cs["headroom_a"]) - 0.4 * ev_a)
     load = round(min(load, circuit["limit_a"]), 1)
     test.update(load_a=load, ev_before_a=ev_a, limit_a=circuit["limit_a"], margin_a=circuit["margin_a"])
     async with Recorder(link, site, meter, opts.poll_s) as rec:
