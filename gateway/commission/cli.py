@@ -36,7 +36,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--verify", action="store_true", help="non-disruptive checks compared with the last report")
     p.add_argument("--report", metavar="DIR", help="write the report here (default: under state_dir/commission)")
     p.add_argument("--no-pdf", action="store_true", help="HTML and JSON only")
-    p.add_argument("--load-a", type=float, help="simulated load per phase (default: enough to cut the EV current to 40 %%)")
+    p.add_argument("--load-a", type=float, help="simulated load per phase (default: the EV current cut to 40 %%)")
     p.add_argument("--hold-s", type=float, default=60.0, help="how long a step waits for the chargers (default 60)")
     p.add_argument("--poll-s", type=float, default=0.5, help="status sampling interval (default 0.5)")
     p.add_argument("--lease-s", type=int, default=10, help="the fail-safe test's lease (default 10)")

@@ -95,8 +95,8 @@ async def running(
         ok = await wait_for(lambda: all(
             (s := app.control.snapshot) is not None and (c := s.chargers[k]).actuation is not None
             and c.actuation.controlled and (max(c.draw_a or (0.0,)) > 20.0 or (c.draw_w or 0.0) > 15_000)
-            for k in plug), 30)
-        assert ok, "chargers not controlled and drawing"
+            for k in plug), 60)
+        assert ok, f"chargers not controlled and drawing: {app.control.snapshot}"
         yield rig
     finally:
         app.request_stop()

@@ -49,6 +49,8 @@ def limits_received(rig: Rig, cid: str) -> list[float]:
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 async def test_commission_all_steps_then_verify_after_a_firmware_update(tmp_path: Path) -> None:
     async with running() as rig:
         out_dir = tmp_path / "report"
@@ -100,17 +102,26 @@ async def test_commission_all_steps_then_verify_after_a_firmware_update(tmp_path
         # maintenance: nothing changed, then a charger reboots with a new firmware
         code, text = await cli("--socket", str(rig.socket), "--verify", "--no-pdf")
         assert code == 0, text
+        rig.app.verify_delay_s = 0.5  # the daemon verifies by itself after the reboot (60 s on a site)
         sim = rig.sim.chargers["CP2"]
         sim.firmware = "sim-2"
         boots = sim.boots
         await sim.disconnect()
         assert await wait_for(lambda: sim.boots > boots and sim.online, 20)
         assert await wait_for(lambda: rig.app.ocpp.boots["CP2"]["firmware"] == "sim-2", 10)
+        state = Path(rig.app.site.state_dir) / "commission"
+
+        def daemon_verified() -> bool:
+            return any("CP2: firmware sim-1 -> sim-2" in p.read_text() for p in state.glob("verify-*/report.json"))
+
+        assert await wait_for(daemon_verified, 30), "the daemon did not verify after the new firmware"
         code, text = await cli("--socket", str(rig.socket), "--verify", "--no-pdf")
         assert code == 1, text
         assert "CP2: firmware sim-1 -> sim-2" in text
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 async def test_wiring_faults_and_a_charger_that_ignores_limits_are_found_and_named(tmp_path: Path) -> None:
     faults = {"m-p1": MeterFault.parse("swap:L1-L2,invert")}
     async with running(faults=faults, can_export=True, noncompliant=("CP3",)) as rig:
