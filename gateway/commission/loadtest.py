@@ -23,6 +23,23 @@ def draw_of(ch: dict[str, Any], st: dict[str, Any]) -> float | None:
     return max(d) if d else None
 
 
+def line_draw_a(ch: dict[str, Any], st: dict[str, Any], n_phases: int) -> list[float]:
+    """A charger's draw as line current per site phase (A). DC: its power at the ratio of line current to
+    limit the gateway uses for it (a DC charger's own current report is its DC output)."""
+    out = [0.0] * n_phases
+    if ch["unit"] == "W":
+        w, lim, line = st.get("draw_w"), st.get("limit"), st.get("limit_line_a")
+        if w is None or not lim or line is None:
+            return out
+        for p in ch["line_phases"]:
+            out[p] = float(w) * float(line) / float(lim)
+        return out
+    for p, a in enumerate(st.get("draw_a") or ()):
+        if p < n_phases:
+            out[p] = float(a)
+    return out
+
+
 def sample_of(site: dict[str, Any], status: dict[str, Any], meter: str | None) -> dict[str, Any]:
     chargers = {}
     for ch in site["chargers"]:

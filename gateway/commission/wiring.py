@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.commission.loadtest import line_draw_a
+
 MIN_STEP_A = 3.0  # a charger step smaller than this identifies nothing
 CT_RATIO_TOLERANCE = 0.2  # meter step / charger step outside 1 +- this: the CT ratio is suspect
 
@@ -36,9 +38,8 @@ def metered_circuit(site: dict[str, Any], circuit: str) -> tuple[str, str] | Non
 
 
 def charger_line_a(ch: dict[str, Any], st: dict[str, Any]) -> float:
-    """The largest per-phase line current a charger reports (A); DC: 0 when only power is known."""
-    d = st.get("draw_a")
-    return max(d) if d else 0.0
+    """The largest per-phase line current a charger draws (A)."""
+    return max(line_draw_a(ch, st, 3), default=0.0)
 
 
 def sign_checks(site: dict[str, Any], status: dict[str, Any]) -> list[Finding]:
