@@ -121,7 +121,8 @@ async def commission(
         previous = _read_json(base)
         changes = verify_mod.compare(previous, result) if previous is not None else []
         result["verify"] = {"previous_date": previous.get("date") if previous else None,
-                            "changes": [c["text"] for c in changes] if previous else ["no earlier report to compare"]}
+                            "changes": [c["text"] for c in changes] if previous
+                            else ["no earlier report to compare: run a full `ems-gateway commission` first"]}
         for c in changes:
             await link.handle({"cmd": "event", "name": "commission_change", "fields": c})
     out_dir = report_dir or state_dir / "commission" / (("verify-" if verify else "report-") + stamp)
