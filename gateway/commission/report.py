@@ -84,9 +84,10 @@ def svg_plot(
         yv = y0 + (y1 - y0) * k / 5
         out.append(f'<line x1="{L}" x2="{L + pw}" y1="{Y(yv):.1f}" y2="{Y(yv):.1f}" stroke="#eee"/>'
                    f'<text x="{L - 4}" y="{Y(yv) + 4:.1f}" text-anchor="end" font-size="10">{yv:.0f}</text>')
+    xd = 0 if x1 - x0 >= 12 else 1
     for k in range(7):
         xv = x0 + (x1 - x0) * k / 6
-        out.append(f'<text x="{X(xv):.1f}" y="{T + ph + 14}" text-anchor="middle" font-size="10">{xv:.0f}</text>')
+        out.append(f'<text x="{X(xv):.1f}" y="{T + ph + 14}" text-anchor="middle" font-size="10">{xv:.{xd}f}</text>')
     out.append(f'<text x="{L + pw / 2}" y="{height - 4}" text-anchor="middle" font-size="11">{e(x_label)}</text>')
     out.append(f'<text x="12" y="{T + ph / 2}" text-anchor="middle" font-size="11" '
                f'transform="rotate(-90 12 {T + ph / 2})">{e(y_label)}</text>')

@@ -52,8 +52,8 @@ def limits_received(rig: Rig, cid: str) -> list[float]:
             continue
         p = c.payload
         prof = p.get("csChargingProfiles") or p.get("chargingProfile") or {}
-        sched = prof.get("chargingSchedule")
-        sched = sched[0] if isinstance(sched, list) else sched
+        raw = prof.get("chargingSchedule")
+        sched: dict[str, Any] = raw[0] if isinstance(raw, list) else (raw or {})
         if prof.get("stackLevel") == 1:
             out.append(float(sched["chargingSchedulePeriod"][0]["limit"]))
     return out
