@@ -15,7 +15,12 @@ EXIT_CONFIG = 2
 
 # Each command module offers add_parser(subparsers); the parser's ``func`` returns an exit code.
 COMMAND_MODULES: tuple[str, ...] = (
-    "gateway.cli_check", "gateway.cli_run", "gateway.demo", "gateway.meters.cli", "gateway.web.cli",
+    "gateway.cli_check",
+    "gateway.cli_run",
+    "gateway.demo",
+    "gateway.meters.cli",
+    "gateway.web.cli",
+    "gateway.commission.cli",
 )
 
 

@@ -47,7 +47,8 @@ T = TypeVar("T")
 
 # OCPP events worth an MQTT event (the rest, e.g. one per replayed message, stay in the log)
 _PUBLISHED_OCPP_EVENTS = frozenset(
-    {"cms_link_down", "cms_link_up", "charger_connected", "charger_disconnected", "profile_rejected"}
+    {"cms_link_down", "cms_link_up", "charger_connected", "charger_disconnected", "profile_rejected",
+     "charger_firmware_changed"}
 )
 
 CONTROL_GIVE_UP_AFTER = 3  # quick control-loop failures in a row before the daemon fails safe and exits
@@ -97,6 +98,9 @@ class App:
         self._hard_exit: threading.Timer | None = None
         self.ready = asyncio.Event()
         self.started_at = clock()
+        self.verify_delay_s = 60.0  # after a charger came back with a new firmware: `commission --verify`
+        self._verify: asyncio.Task[None] | None = None
+        self._ctl: Any = None
 
     # -- callbacks from components -----------------------------------------------------------
     def _on_reading(self, meter_id: str, reading: MeterReading) -> None:
@@ -111,6 +115,9 @@ class App:
             self.telemetry.event(name, **fields)
         if self.web is not None and name in _PUBLISHED_OCPP_EVENTS:
             self.web.event(name, **fields)
+        idle = self._verify is None or self._verify.done()
+        if name == "charger_firmware_changed" and self._ctl is not None and idle:
+            self._verify = asyncio.get_running_loop().create_task(self._verify_later(), name="commission-verify")
 
     # -- lifecycle ---------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -158,6 +165,7 @@ class App:
                 if self.web is not None:  # restarted while it fails; never ends the daemon
                     self._spawn("web", lambda: supervise("web", self.web.run, restart_delay_s=self.restart_delay_s))
                 self._spawn("start", self._start_then_serve)
+                self._spawn("ctl", lambda: supervise("ctl", self._serve_ctl, restart_delay_s=self.restart_delay_s))
                 await self._stop.wait()
                 await self._shutdown()
                 raise _Stopped
@@ -191,6 +199,25 @@ class App:
             return
         if not self._stop.is_set():
             self.fail(f"{name}: ended")
+
+    async def _serve_ctl(self) -> None:
+        """The local control socket (``ems-gateway commission``)."""
+        from gateway import ctl
+
+        handler = ctl.CtlHandler(self.control, self.ocpp, self.meters, config_path=self.config_path, clock=self.clock)
+        self._ctl = handler
+        await ctl.serve(handler, ctl.socket_path(self.site.state_dir))
+
+    async def _verify_later(self) -> None:
+        """`commission --verify` in-process once the charger's profiles are back: its findings become events."""
+        from gateway.commission.runner import Options, commission
+
+        try:
+            await asyncio.sleep(self.verify_delay_s)
+            result, files = await commission(self._ctl, Options(), verify=True, pdf=False)
+            log.info("commission_verified", changes=result["verify"]["changes"], report=files.get("html"))
+        except Exception as exc:  # a failing check never touches the daemon
+            log.warning("commission_verify_failed", error=repr(exc))
 
     async def _start_then_serve(self) -> None:
         """Start (bounded by start_timeout_s: a stuck start ends the daemon), then serve reloads."""
@@ -254,6 +281,8 @@ class App:
 
     async def _stop_and_failsafe(self) -> None:
         # nothing may change a limit any more: stop reloads and the loop, then set every charger to its fail-safe
+        if self._verify is not None:
+            self._verify.cancel()
         busy = [t for n in ("start", "control") if (t := self._tasks.get(n)) is not None and not t.done()]
         for t in busy:
             t.cancel()

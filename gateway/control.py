@@ -65,6 +65,56 @@ class TickRecord:
     reading_to_actuated_s: float | None = None
 
 
+MAX_TEST_S = 900.0  # no commissioning input lasts longer than this
+
+
+@dataclass(frozen=True)
+class SimulatedLoad:
+    """Commissioning: a virtual load added to one meter's reading before allocating (never to the raw readings)."""
+
+    meter: str
+    load_a: float  # added to every phase (A)
+    until: float  # monotonic: it ends by itself here
+
+
+@dataclass(frozen=True)
+class LimitOverride:
+    """Commissioning: a temporary cap on one charger's limit (it can only lower it)."""
+
+    charger: str
+    limit: float  # in the charger's unit
+    until: float
+
+
+def with_test_load(
+    meters: Mapping[str, MeterReading | None], load: SimulatedLoad | None, now: float
+) -> Mapping[str, MeterReading | None]:
+    """The readings with the test load added to its meter (a missing or invalid reading is left alone)."""
+    if load is None or now >= load.until:
+        return meters
+    r = meters.get(load.meter)
+    if r is None or not r.valid:
+        return meters
+    return {**meters, load.meter: replace(r, current_a=tuple(a + load.load_a for a in r.current_a))}
+
+
+def with_overrides(
+    allocation: Allocation, overrides: Mapping[str, LimitOverride], site: Site, now: float
+) -> Allocation:
+    """The allocation with every live override applied: min(limit, override); a limit is never raised."""
+    limits = dict(allocation.limits)
+    changed = False
+    for cid, o in overrides.items():
+        cl = limits.get(cid)
+        ch = site.chargers.get(cid)
+        if cl is None or ch is None or now >= o.until or o.limit >= cl.limit:
+            continue
+        line = site.to_line_a(ch, o.limit)
+        limits[cid] = cl._replace(limit=o.limit, line_a=min(cl.line_a, line), reason="commissioning-override")
+        changed = True
+    return replace(allocation, limits=limits) if changed else allocation
+
+
 class ControlLoop:
     def __init__(
         self,
@@ -96,6 +146,8 @@ class ControlLoop:
         self._mode = "normal"
         self._background: set[asyncio.Task[None]] = set()
         self.ticked = asyncio.Event()  # set after every tick (tests and the demo wait on it)
+        self.test_load: SimulatedLoad | None = None  # commissioning inputs (gateway.commission)
+        self.test_overrides: dict[str, LimitOverride] = {}
 
     # -- inputs --------------------------------------------------------------------------
     def on_meter_reading(self, meter_id: str, reading: MeterReading) -> None:
@@ -116,6 +168,54 @@ class ControlLoop:
             self._trigger = why
             self._trigger_at = at
             self._wake.set()
+
+    def set_test_load(self, meter: str, load_a: float, duration_s: float) -> SimulatedLoad:
+        """Start a simulated load on a meter (ValueError: refused). Audited; ends by itself after duration_s."""
+        m = self.site.meters.get(meter)
+        if m is None:
+            raise ValueError(f"unknown meter {meter!r}")
+        limit = self.site.circuits[m.circuit].limit_a
+        if not (0.0 < load_a <= limit and 0.0 < duration_s <= MAX_TEST_S):
+            raise ValueError(f"test load must be in (0, {limit:g}] A for (0, {MAX_TEST_S:g}] s")
+        if self.allocation is None or self.allocation.mode != "normal":
+            raise ValueError(f"refused: the site is in {self.allocation.mode if self.allocation else 'start-up'}")
+        self.test_load = SimulatedLoad(meter, load_a, self.clock() + duration_s)
+        log.warning("test_load_started", meter=meter, load_a=load_a, duration_s=duration_s)
+        self.wake(f"test-load:{meter}")
+        return self.test_load
+
+    def set_test_override(self, charger: str, limit: float | None, duration_s: float = 0.0) -> None:
+        """Cap a charger's limit for duration_s (None: clear). Audited; ends by itself."""
+        if charger not in self.site.chargers:
+            raise ValueError(f"unknown charger {charger!r}")
+        if limit is None:
+            if self.test_overrides.pop(charger, None) is not None:
+                log.warning("test_override_ended", charger=charger, reason="cleared")
+        else:
+            if not (limit >= 0.0 and 0.0 < duration_s <= MAX_TEST_S):
+                raise ValueError(f"override needs a limit >= 0 and a duration in (0, {MAX_TEST_S:g}] s")
+            self.test_overrides[charger] = LimitOverride(charger, limit, self.clock() + duration_s)
+            log.warning("test_override_started", charger=charger, limit=limit, duration_s=duration_s)
+        self.wake(f"test-override:{charger}")
+
+    def clear_tests(self, reason: str = "cleared") -> None:
+        if self.test_load is not None:
+            log.warning("test_load_ended", meter=self.test_load.meter, reason=reason)
+            self.test_load = None
+        for cid in list(self.test_overrides):
+            log.warning("test_override_ended", charger=cid, reason=reason)
+        self.test_overrides.clear()
+        self.wake("test-cleared")
+
+    def _expire_tests(self, now: float) -> None:
+        t = self.test_load
+        if t is not None and (now >= t.until or (self.allocation is not None and self.allocation.mode != "normal")):
+            log.warning("test_load_ended", meter=t.meter, reason="timeout" if now >= t.until else "failsafe")
+            self.test_load = None
+        for cid, o in list(self.test_overrides.items()):
+            if now >= o.until:
+                log.warning("test_override_ended", charger=cid, reason="timeout")
+                del self.test_overrides[cid]
 
     def update_site(self, site: Site) -> None:
         self.site = site
@@ -166,11 +266,14 @@ class ControlLoop:
             chargers = {
                 k: (replace(v, noncompliant=True) if k in self.compliance.flagged else v) for k, v in raw.items()
             }
-        readings = dict(self.meters.readings())
+        self._expire_tests(t0)
+        readings = with_test_load(dict(self.meters.readings()), self.test_load, t0)
         caps, charger_caps = self._budget(readings, chargers, t0)
         snapshot = Snapshot(taken_at=t0, meters=readings, chargers=chargers, caps=caps, charger_caps=charger_caps)
         t1 = self.clock()
         allocation, state = allocate(snapshot, site, self.state, t0)
+        if self.test_overrides:
+            allocation = with_overrides(allocation, self.test_overrides, site, t0)
         t2 = self.clock()
         try:
             # frames are written, not answered, within this; a stuck socket must not stall the loop

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from gateway import electrical
@@ -29,6 +30,40 @@ from hil.sim.charger import SimCharger
 from hil.sim.cms import SimCms
 
 BaseLoad = Callable[[float], tuple[float, ...]]  # clock time -> per-phase amperes
+
+
+@dataclass(frozen=True)
+class MeterFault:
+    """A wiring fault of a simulated meter, for commissioning tests: what the installer got wrong.
+
+    ``phases[i]``: the site phase meter input i really measures (None: as configured); ``inverted``: the CTs
+    are turned round against the configuration; ``ct_factor``: the CTs' ratio is this times the configured one
+    (the meter then reads 1/ct_factor of the current)."""
+
+    phases: tuple[int, ...] | None = None
+    inverted: bool = False
+    ct_factor: float = 1.0
+
+    @classmethod
+    def parse(cls, spec: str) -> MeterFault:
+        """ "swap:L1-L2", "invert", "ct:2", combined with commas (the scenario option)."""
+        phases: list[int] | None = None
+        inverted, ct = False, 1.0
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            if part == "invert":
+                inverted = True
+            elif part.startswith("ct:"):
+                ct = float(part[3:])
+            elif part.startswith("swap:"):
+                a, b = (int(x.strip().upper().lstrip("L")) - 1 for x in part[5:].split("-"))
+                phases = [0, 1, 2]
+                phases[a], phases[b] = phases[b], phases[a]
+            else:
+                raise ValueError(f"unknown meter fault {part!r} (swap:L1-L2, invert, ct:RATIO)")
+        return cls(tuple(phases) if phases is not None else None, inverted, ct)
+
+
+_NO_FAULT = MeterFault()
 
 
 class SiteSim:
@@ -42,6 +77,7 @@ class SiteSim:
         meter_interval_s: float = 5.0,
         ev_response_s: float | None = None,
         pv_sources: Mapping[str, BaseLoad] | None = None,
+        meter_faults: Mapping[str, MeterFault] | None = None,
     ) -> None:
         self.raw = copy.deepcopy(dict(raw))
         self.site: Site = site_from_dict(self.raw)
@@ -52,6 +88,7 @@ class SiteSim:
         self.pv_sources: dict[str, BaseLoad] = dict(pv_sources or {})
         self.meter_interval_s = meter_interval_s
         self.ev_response_s = ev_response_s
+        self.meter_faults: dict[str, MeterFault] = dict(meter_faults or {})
         self.cms = SimCms(clock=clock)
         self.cms_port = 0
         self.meters: dict[str, MeterSimulator] = {}
@@ -118,8 +155,11 @@ class SiteSim:
         def source(_t: float) -> tuple[float, ...]:
             site_cur = self.circuit_current(m.circuit)
             # the meter's own phase i measures site phase phase_map[i]; CT direction and ratio undone
-            sign = -1.0 if m.invert else 1.0
-            vals = [site_cur[p] * sign / m.ct_ratio for p in m.phase_map]
+            # (a wiring fault, if any, is what the meter really sees instead)
+            fault = self.meter_faults.get(meter_id, _NO_FAULT)
+            sign = (-1.0 if m.invert else 1.0) * (-1.0 if fault.inverted else 1.0)
+            pm = fault.phases[: len(m.phase_map)] if fault.phases is not None else m.phase_map
+            vals = [site_cur[p] * sign / (m.ct_ratio * fault.ct_factor) if p < len(site_cur) else 0.0 for p in pm]
             while len(vals) < 3:
                 vals.append(0.0)
             return tuple(vals)

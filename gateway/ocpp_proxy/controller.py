@@ -61,6 +61,8 @@ class OcppController:
         self._port = 0
         self._tls_port: int | None = None
         self._cms_contexts: dict[int, ssl.SSLContext] = {}
+        # per charger, what its last BootNotification said (vendor, model, serial, firmware), for commissioning
+        self.boots: dict[str, dict[str, str]] = {}
         for ch in site.chargers.values():
             self.tracker(ch.id)
 
@@ -91,6 +93,23 @@ class OcppController:
                 self._on_event(name, fields)
             except Exception:
                 log.exception("on_event_failed", event_name=name)
+
+    def booted(self, charger_id: str, p: dict[str, Any]) -> None:
+        """Keep what a BootNotification said (1.6 flat, 2.0.1 under chargingStation); a new firmware is an event."""
+        cs = p.get("chargingStation")
+        src: dict[str, Any] = cs if isinstance(cs, dict) else p
+        keys = {
+            "vendor": ("vendorName", "chargePointVendor"),
+            "model": ("model", "chargePointModel"),
+            "serial": ("serialNumber", "chargePointSerialNumber", "chargeBoxSerialNumber"),
+            "firmware": ("firmwareVersion",),
+        }
+        info = {k: next((str(src[n]) for n in names if src.get(n) is not None), "") for k, names in keys.items()}
+        old = self.boots.get(charger_id)
+        self.boots[charger_id] = info
+        if old is not None and old.get("firmware") != info["firmware"]:
+            self.event("charger_firmware_changed", charger=charger_id, previous=old.get("firmware"),
+                       firmware=info["firmware"])
 
     def changed(self, charger_id: str) -> None:
         if self._on_change is not None:

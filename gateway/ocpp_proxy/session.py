@@ -476,6 +476,9 @@ class ChargerSession:
 
     def _track_request(self, action: str, p: dict[str, Any]) -> None:
         t = self.tracker
+        if action == "BootNotification":
+            self.ctrl.booted(self.id, p)
+            return
         if self.version == "1.6":
             if action == "StatusNotification":
                 t.on_status_16(p)
@@ -1110,6 +1113,33 @@ class ChargerSession:
         return bool(
             await self._set_profile(lambda mode: self.limit_payload(mode, limit), "limit", wait=True, limit=limit)
         )
+
+    async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """One CALL of the gateway's own to the charger (commissioning read-backs): its result, None if it failed."""
+        try:
+            ans = await self._own_to_charger(action, payload).result
+        except CallFailed:
+            return None
+        return ans.payload if ans.kind == CALLRESULT else None
+
+    async def test_lease(self, lease_s: int) -> bool:
+        """Commissioning: the limit in force again, as a profile lasting only lease_s (then the fail-safe
+        profile governs); the next allocation or renewal replaces it (see :meth:`resume_limit`)."""
+        limit = self.limit.sent
+        if limit is None:
+            return False
+        payload = self.limit_payload(self.mode, limit)
+        prof = payload["csChargingProfiles"] if self.version == "1.6" else payload["chargingProfile"]
+        sched = prof["chargingSchedule"]
+        (sched if isinstance(sched, dict) else sched[0])["duration"] = int(lease_s)
+        self.limit.sent_at = self.ctrl.clock()  # a renewal now would end the test: it is due a lease from now
+        ans = await self.call("SetChargingProfile", payload)
+        return ans is not None and ans.get("status") == "Accepted"
+
+    async def resume_limit(self) -> None:
+        """Send the limit profile again now (with its full lease)."""
+        self.limit.sent = None
+        await self.push_limit(force=True)
 
     async def stop_transaction(self) -> bool:
         s = self.tracker.session

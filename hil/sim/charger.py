@@ -788,6 +788,7 @@ class SimCharger:
         password: str | None = None,
         vendor: str = "SimVendor",
         model: str = "SimCharger",
+        firmware: str = "sim-1",
         meter_interval_s: float = 10.0,
         heartbeat_s: float | None = None,
         accept_purposes: Collection[str] = (PURPOSE_MAX, PURPOSE_TX_DEFAULT, PURPOSE_TX),
@@ -838,6 +839,7 @@ class SimCharger:
         self.password = password
         self.vendor = vendor
         self.model_name = model
+        self.firmware = firmware
         self.meter_interval_s = meter_interval_s
         self.heartbeat_s = heartbeat_s
         self._noncompliant = noncompliant
@@ -1077,7 +1079,7 @@ class SimCharger:
                     charge_point_model=self.model_name,
                     charge_point_vendor=self.vendor,
                     charge_point_serial_number=self.charger_id,
-                    firmware_version="sim-1",
+                    firmware_version=self.firmware,
                 )
             else:
                 payload = call201.BootNotification(
@@ -1085,7 +1087,7 @@ class SimCharger:
                         "model": self.model_name,
                         "vendorName": self.vendor,
                         "serialNumber": self.charger_id,
-                        "firmwareVersion": "sim-1",
+                        "firmwareVersion": self.firmware,
                     },
                     reason=reason,
                 )
