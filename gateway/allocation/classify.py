@@ -23,6 +23,8 @@ _DT_MAX_TICKS = 5.0  # an increase may use at most this many ticks of ramp after
 class Classes:
     """Per charger index, plain lists (numpy scalar access is slow in the per-charger loop)."""
 
+    snaps: list[ChargerSnapshot]  # this tick's snapshot of each (an offline one when it has none)
+    mems: list[ChargerMemory | None]  # its memory from the last tick
     views: list[View]
     reserve: list[float]  # line A it may draw now
     draw: list[list[float] | None]  # usable reported draw per site phase (None: none that may make room)
@@ -48,19 +50,20 @@ def classify(
     aging: Mapping[int, str] | None = None, readings: Mapping[str, MeterReading] | None = None,
 ) -> Classes:
     n, P = len(plan.ids), plan.n_phases
+    offline = ChargerSnapshot(id="", online=False)
     c = Classes(
+        snaps=[snapshot.chargers.get(cid, offline) for cid in plan.ids],
+        mems=[state.chargers.get(cid) for cid in plan.ids],
         views=[], reserve=[0.0] * n, draw=[None] * n, draw_at=[NEVER] * n, reports=[()] * n,
         following=[False] * n, limit=[0.0] * n, line=[0.0] * n, reason=[""] * n, fixed=[0.0] * n, active=[],
         lo=[0.0] * n, lo_limit=[0.0] * n, hi=[0.0] * n, hi_reason=[""] * n,
         weight=[1.0] * n, paused_since=[None] * n, running_since=[None] * n,
     )
     dt = min(max(now - state.at, 0.0), _DT_MAX_TICKS * site.control.tick_s) if state.at is not None else 0.0
-    offline = ChargerSnapshot(id="", online=False)
     resp = site.control.ev_response_s
-    for i, (cid, ch) in enumerate(zip(plan.ids, plan.chargers, strict=True)):
-        cs = snapshot.chargers.get(cid, offline)
-        u2l = plan.unit_to_line[i]
-        mem = state.chargers.get(cid)
+    seen = seen_at(plan, readings, now)
+    for i, ch in enumerate(plan.chargers):
+        cs, mem, u2l = c.snaps[i], c.mems[i], plan.unit_to_line[i]
         v = view(mem, cs, ch, u2l, resp, now)
         c.views.append(v)
         raw = measured_draw(site, ch, cs, P)
@@ -68,9 +71,8 @@ def classify(
         c.reports[i] = reports(mem, cs, raw, v)
         # an EV follows a change late: while a decrease it accepted is within its response window, its draw
         # may still be falling (even if a later increase is already accepted)
-        c.following[i] = any(now < until for _, until in v.follows)
-        seen_at = min((readings[m].at for m in plan.metered_path[i] if m in readings), default=now) if readings else now
-        rep = report_for(c.reports[i], seen_at)
+        c.following[i] = bool(v.follows) and any(now < until for _, until in v.follows)
+        rep = report_for(c.reports[i], seen[i])
         if rep is not None and usable(rep[0], cs, now):
             # believed only up to what the charger may draw now and, once it has followed, the lowest limit it
             # has had since it was measured: more is stale (a non-compliant charger's draw is believed). While
@@ -85,6 +87,14 @@ def classify(
             if late is not None:
                 _hold_late(c, i, mem, f"hold:{late}-late")
     return c
+
+
+def seen_at(plan: Plan, readings: Mapping[str, MeterReading] | None, now: float) -> list[float]:
+    """Per charger: when the meters on its path last read (the oldest of them; now when none did)."""
+    if not readings:
+        return [now] * len(plan.ids)
+    per_path = [min((readings[m].at for m in path if m in readings), default=now) for path in plan.metered_paths]
+    return [per_path[k] for k in plan.path_index]
 
 
 def _decide_fixed(

@@ -48,7 +48,7 @@ def propose(
         # capped where the filling stopped below the cap (by a whole step of the charger's unit)
         capped = i in frozen_by and limit < floor_limit(c.hi[i] / u2l)
         why = f"capped:{names[frozen_by[i]]}" if capped else c.hi_reason[i]
-        mem = state.chargers.get(plan.ids[i])
+        mem = c.mems[i]
         if mem is not None and mem.limit >= c.lo_limit[i] and limit > mem.limit and (limit - mem.limit) * u2l < hyst:
             limit, why = mem.limit, "hold:hysteresis"
         c.limit[i], c.line[i], c.reason[i] = limit, limit * u2l, why
@@ -89,23 +89,20 @@ def remember(
     active = set(c.active)
     resp = site.control.ev_response_s
     for i, cid in enumerate(plan.ids):
-        mem, v = state.chargers.get(cid), c.views[i]
+        mem, v = c.mems[i], c.views[i]
         limit, line, why = c.limit[i], c.line[i], c.reason[i]
         paused_since, running_since = _rotation(c, i, i in active, why, now)
         base_a, follows, raised_at = v.base_a, v.follows, v.raised_at
-        cs = snapshot.chargers.get(cid)
-        if cs is not None and cs.actuation is None and cs.online:
+        cs = c.snaps[i]
+        if cs.actuation is None and cs.online:
             # no actuation feedback: the decided limit counts as accepted now
-            start = fresh_reserve(plan.chargers[i], cs, plan.unit_to_line[i])
-            follows, raised_at = follow(mem, start, line, now, resp, now)
+            start = fresh_reserve(plan.chargers[i], cs, plan.unit_to_line[i]) if mem is None else 0.0
+            follows, raised_at = follow(mem, start, line, now, resp, follows)  # the view's are live
             base_a = line
         memory[cid] = ChargerMemory(
-            limit=limit, line_a=line, reason=why,
-            paused_since=paused_since, running_since=running_since, base_a=base_a,
-            follows=follows, raised_at=raised_at,
-            reports=c.reports[i],
+            limit, line, why, paused_since, running_since, base_a, follows, raised_at, c.reports[i]
         )
-        may = max(c.reserve[i], line, following(follows, now))
+        may = max(c.reserve[i], line, following(follows, now)) if follows else max(c.reserve[i], line, 0.0)
         limits[cid] = ChargerLimit(limit, line, why, may)
     return limits, memory
 

@@ -33,7 +33,8 @@ class Plan:
     subtree_circuits: Mapping[str, tuple[str, ...]]
     measured_phases: Mapping[str, npt.NDArray[np.bool_]]  # metered circuit -> site phases its meter sees
     constraint_names: tuple[str, ...]  # "<circuit>/<phase>" per constraint
-    metered_path: tuple[tuple[str, ...], ...]  # per charger: the metered circuits on its path to the service
+    metered_paths: tuple[tuple[str, ...], ...]  # every distinct set of metered circuits on a path to the service
+    path_index: tuple[int, ...]  # per charger: its metered path (in metered_paths)
 
     @property
     def n_constraints(self) -> int:
@@ -81,6 +82,8 @@ def _build(site: Site) -> Plan:
         cap[j * P : (j + 1) * P] = c.limit_a - c.margin_a
         worst[j * P : (j + 1) * P] = c.worst_case_non_ev_a
     index = {cid: i for i, cid in enumerate(ids)}
+    metered = [tuple(c for c in site.path_to_root[ch.circuit] if site.circuits[c].meter is not None) for ch in chargers]
+    paths = {p: k for k, p in enumerate(dict.fromkeys(metered))}
     return Plan(
         ids=ids,
         chargers=chargers,
@@ -100,7 +103,6 @@ def _build(site: Site) -> Plan:
             m.circuit: np.array([p in m.phase_map for p in range(P)], dtype=bool) for m in site.meters.values()
         },
         constraint_names=tuple(f"{cid}/{PHASES[k]}" for cid in circuit_ids for k in range(P)),
-        metered_path=tuple(
-            tuple(c for c in site.path_to_root[ch.circuit] if site.circuits[c].meter is not None) for ch in chargers
-        ),
+        metered_paths=tuple(paths),
+        path_index=tuple(paths[p] for p in metered),
     )

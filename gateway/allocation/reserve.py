@@ -14,7 +14,7 @@ import math
 from typing import NamedTuple
 
 from gateway.allocation.plan import EPS_A
-from gateway.allocation.state import NEVER, ChargerMemory, following
+from gateway.allocation.state import NEVER, ChargerMemory, following, live
 from gateway.config import ChargerConfig, Site
 from gateway.electrical import ac_line_current_a, dc_line_current_a
 from gateway.model import Actuation, ChargerSnapshot
@@ -38,13 +38,14 @@ def fresh_reserve(ch: ChargerConfig, cs: ChargerSnapshot, u2l: float) -> float:
 
 
 def follow(
-    mem: ChargerMemory | None, start_a: float, base_a: float, changed_at: float, resp: float, now: float
+    mem: ChargerMemory | None, start_a: float, base_a: float, changed_at: float, resp: float,
+    follows: tuple[tuple[float, float], ...],
 ) -> tuple[tuple[tuple[float, float], ...], float]:
     """(follows, raised_at) once the reserve without followers is ``base_a`` (changed at ``changed_at``: when
-    the charger accepted the change, or now). A fall keeps the earlier reserve for a response; with no memory
-    the earlier reserve is ``start_a`` (``fresh_reserve``)."""
+    the charger accepted the change, or now), from the decreases still being followed (``live(mem.follows)``).
+    A fall keeps the earlier reserve for a response; with no memory the earlier reserve is ``start_a``
+    (``fresh_reserve``)."""
     before, raised = (start_a, NEVER) if mem is None else (mem.base_a, mem.raised_at)
-    follows: tuple[tuple[float, float], ...] = () if mem is None else tuple(f for f in mem.follows if now < f[1])
     if base_a < before - EPS_A:
         follows = (*follows, (before, changed_at + resp))
     elif base_a > before + EPS_A:
@@ -59,14 +60,14 @@ def view(
     fs_a = ch.failsafe_limit * u2l
     if act is None:  # the caller does not model actuation: the decided limit counts as accepted when decided
         base = mem.base_a if mem is not None else fresh_reserve(ch, cs, u2l)
-        follows, raised = ((), NEVER) if mem is None else (tuple(f for f in mem.follows if now < f[1]), mem.raised_at)
+        follows, raised = ((), NEVER) if mem is None else (live(mem.follows, now), mem.raised_at)
         if not cs.online:
             base = max(base, fs_a)
     else:
         base = _base(mem, cs, act, ch, u2l, fs_a, resp, now)
         changed_at = act.accepted_at if act.accepted_at is not None and act.accepted_at <= now else now
         start = fresh_reserve(ch, cs, u2l) if mem is None else 0.0
-        follows, raised = follow(mem, start, base, changed_at, resp, now)
+        follows, raised = follow(mem, start, base, changed_at, resp, () if mem is None else live(mem.follows, now))
     may = max(base, following(follows, now))
     return View(may, base, follows, raised)
 
@@ -129,9 +130,10 @@ def reports(mem: ChargerMemory | None, cs: ChargerSnapshot, draw: list[float] | 
     if draw is not None and cs.draw_at is not None and (not kept or cs.draw_at > kept[-1][0]):
         kept = (*kept, (cs.draw_at, tuple(draw), float("inf")))[-_KEEP_REPORTS:]
     base = v.base_a
-    if all(low <= base for _, _, low in kept):
-        return kept  # nothing lower to note (the common case: no new report, the reserve has not fallen)
-    return tuple((at, d, min(low, base)) for at, d, low in kept)
+    for r in kept:
+        if r[2] > base:
+            return tuple([(at, d, min(low, base)) for at, d, low in kept])
+    return kept  # nothing lower to note (the common case: no new report, the reserve has not fallen)
 
 
 def report_for(history: tuple[Report, ...], reading_at: float) -> Report | None:

@@ -9,11 +9,18 @@ from typing import NamedTuple
 NEVER = float("-inf")
 
 
+def live(follows: tuple[tuple[float, float], ...], now: float) -> tuple[tuple[float, float], ...]:
+    """The decreases still being followed at ``now``."""
+    return tuple([f for f in follows if now < f[1]]) if follows else ()
+
+
 def following(follows: tuple[tuple[float, float], ...], now: float) -> float:
     """The highest earlier limit a charger may still draw while it follows decreases (0: none)."""
-    if not follows:
-        return 0.0
-    return max((a for a, until in follows if now < until), default=0.0)
+    best = 0.0
+    for a, until in follows:
+        if now < until and a > best:
+            best = a
+    return best
 
 
 class ChargerMemory(NamedTuple):
