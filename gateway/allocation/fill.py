@@ -9,12 +9,12 @@ from gateway.allocation.plan import EPS_A, TOL_A, FloatArray, IntArray, Plan
 
 def fill(
     plan: Plan, grow: np.ndarray, lo: FloatArray, hi: FloatArray, weight: FloatArray, room: FloatArray
-) -> tuple[FloatArray, dict[int, int]]:
-    """Line current per charger, and for each charger frozen by a full constraint, that constraint."""
+) -> tuple[FloatArray, IntArray]:
+    """Line current per charger, and for each charger frozen by a full constraint, that constraint (-1: none)."""
     n, K = len(plan.ids), plan.n_constraints
     x = np.zeros(n)
     grow = grow.copy()
-    frozen_by: dict[int, int] = {}
+    frozen_by = np.full(n, -1, dtype=np.intp)
     usage_fixed = np.zeros(K)
     while grow.any():
         gmask = grow[plan.mem_c]
@@ -50,10 +50,7 @@ def fill(
         newly = np.flatnonzero(hit & grow)
         if newly.size == 0:  # numerical corner: freeze everyone at the feasible level
             newly = np.flatnonzero(grow)
-        for i in newly.tolist():
-            x[i] = xt[i]
-            if hit_k[i] >= 0:
-                frozen_by[i] = int(hit_k[i])
+        x[newly], frozen_by[newly] = xt[newly], hit_k[newly]
         grow[newly] = False
         fmask = np.zeros(n, dtype=bool)
         fmask[newly] = True

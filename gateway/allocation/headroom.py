@@ -45,14 +45,13 @@ def headroom(
     before: Mapping[str, CircuitMemory], site_cap_a: float | None, now: float,
 ) -> Headroom:
     P, K = plan.n_phases, plan.n_constraints
-    n = len(plan.ids)
-    draws = np.array([d if d is not None else [0.0] * P for d in c.draw], dtype=np.float64).reshape(n, P)
+    draws = c.draw
     ev_draw_k = np.bincount(plan.mem_k, weights=draws[plan.mem_c, plan.mem_p], minlength=K)
     # per constraint: how many chargers there are still following a decrease, and the oldest measurement time
     # among the draws subtracted there
-    responding_k = plan.per_constraint(np.array(c.following, dtype=np.float64))
+    responding_k = plan.per_constraint(c.following.astype(np.float64))
     oldest_k = np.full(K, np.inf)
-    at = np.array(c.draw_at, dtype=np.float64)
+    at = c.draw_at
     sel = draws[plan.mem_c, plan.mem_p] > 0
     np.minimum.at(oldest_k, plan.mem_k[sel], at[plan.mem_c[sel]])
     non_ev = plan.worst_non_ev.copy()

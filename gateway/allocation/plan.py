@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.config import PHASES, ChargerConfig, Site
+from gateway.electrical import watts_per_line_a
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -33,6 +34,20 @@ class Plan:
     subtree_circuits: Mapping[str, tuple[str, ...]]
     measured_phases: Mapping[str, npt.NDArray[np.bool_]]  # metered circuit -> site phases its meter sees
     constraint_names: tuple[str, ...]  # "<circuit>/<phase>" per constraint
+    # per charger, as arrays: line A per unit of limit, its limits (charger unit), line A at its maximum and
+    # fail-safe limit, its class's weight, whether it is AC, the site lines it loads, whether across two lines,
+    # and W per line A for a reported power (nominal voltage; DC with its efficiency and power factor)
+    u2l: FloatArray
+    min_limit: FloatArray
+    max_limit: FloatArray
+    failsafe_limit: FloatArray
+    max_a: FloatArray
+    failsafe_a: FloatArray
+    weight: FloatArray
+    is_ac: npt.NDArray[np.bool_]
+    lines: npt.NDArray[np.bool_]  # (chargers, phases)
+    line_to_line: npt.NDArray[np.bool_]
+    w_per_a: FloatArray
     metered_paths: tuple[tuple[str, ...], ...]  # every distinct set of metered circuits on a path to the service
     path_index: tuple[int, ...]  # per charger: its metered path (in metered_paths)
 
@@ -84,6 +99,11 @@ def _build(site: Site) -> Plan:
     index = {cid: i for i, cid in enumerate(ids)}
     metered = [tuple(c for c in site.path_to_root[ch.circuit] if site.circuits[c].meter is not None) for ch in chargers]
     paths = {p: k for k, p in enumerate(dict.fromkeys(metered))}
+    u2l = np.array([site.to_line_a(ch, 1.0) for ch in chargers], dtype=np.float64)
+
+    def col(values: list[float]) -> FloatArray:
+        return np.array(values, dtype=np.float64).reshape(len(chargers))
+
     return Plan(
         ids=ids,
         chargers=chargers,
@@ -103,6 +123,24 @@ def _build(site: Site) -> Plan:
             m.circuit: np.array([p in m.phase_map for p in range(P)], dtype=bool) for m in site.meters.values()
         },
         constraint_names=tuple(f"{cid}/{PHASES[k]}" for cid in circuit_ids for k in range(P)),
+        u2l=u2l,
+        min_limit=col([ch.min_limit for ch in chargers]),
+        max_limit=col([ch.max_limit for ch in chargers]),
+        failsafe_limit=col([ch.failsafe_limit for ch in chargers]),
+        max_a=col([ch.max_limit for ch in chargers]) * u2l,
+        failsafe_a=col([ch.failsafe_limit for ch in chargers]) * u2l,
+        weight=col([site.priorities[ch.priority].weight for ch in chargers]),
+        is_ac=np.array([ch.kind == "ac" for ch in chargers], dtype=bool).reshape(len(chargers)),
+        lines=np.array([[p in ch.line_phases for p in range(P)] for ch in chargers], dtype=bool).reshape(-1, P),
+        line_to_line=np.array([len(ch.line_phases) == 2 for ch in chargers], dtype=bool).reshape(len(chargers)),
+        w_per_a=col([_w_per_a(site, ch) for ch in chargers]),
         metered_paths=tuple(paths),
         path_index=tuple(paths[p] for p in metered),
     )
+
+
+def _w_per_a(site: Site, ch: ChargerConfig) -> float:
+    """The divisor that turns a reported power into line A, as ``reserve.measured_draw`` did: W per line A at
+    the nominal voltage (AC), times efficiency and power factor (DC)."""
+    v_per_a = watts_per_line_a(site.service, ch.line_phases)
+    return ch.efficiency * ch.power_factor * (v_per_a * 1.0) if ch.kind == "dc" else v_per_a
