@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -46,36 +48,29 @@ def inputs(snapshot: Snapshot, plan: Plan) -> Inputs:
     get = snapshot.chargers.get
     snaps = [get(cid, offline) for cid in plan.ids]
     n = len(snaps)
-    sessions = [cs.session for cs in snaps]
     acts = [cs.actuation for cs in snaps]
-    has_act = np.array([a is not None for a in acts], dtype=bool).reshape(n)
+    has_act = _flags([a is not None for a in acts], n)
     raw, has_raw = measured(plan, snaps)
-
-    def floats(values: list[float | None]) -> FloatArray:
-        return np.array(values, dtype=np.float64).reshape(n)
-
-    def flags(values: list[bool]) -> BoolArray:
-        return np.array(values, dtype=bool).reshape(n)
+    any_act = bool(has_act.any())
+    none = np.full(n, np.nan)
 
     def act_floats(name: str) -> FloatArray:
-        return floats([getattr(a, name) if a is not None else None for a in acts]) if has_act.any() else np.full(
-            n, np.nan)
+        return _floats([getattr(a, name) if a is not None else None for a in acts], n) if any_act else none
 
     def act_flags(name: str) -> BoolArray:
-        return flags([bool(getattr(a, name)) if a is not None else False for a in acts]) if has_act.any() else (
-            np.zeros(n, dtype=bool))
+        return _flags([a is not None and bool(getattr(a, name)) for a in acts], n) if any_act else none < 0
 
     return Inputs(
         snaps=snaps,
-        online=flags([cs.online for cs in snaps]),
-        noncompliant=flags([cs.noncompliant for cs in snaps]),
-        state=np.array([_CODE[cs.state] for cs in snaps], dtype=np.intp).reshape(n),
-        active_connectors=floats([cs.active_connectors for cs in snaps]),
-        draw_at=floats([cs.draw_at for cs in snaps]),
-        state_changed_at=floats([cs.state_changed_at for cs in snaps]),
+        online=_flags([cs.online for cs in snaps], n),
+        noncompliant=_flags([cs.noncompliant for cs in snaps], n),
+        state=_states([cs.state for cs in snaps], n),
+        active_connectors=_floats([cs.active_connectors for cs in snaps], n),
+        draw_at=_floats([cs.draw_at for cs in snaps], n),
+        state_changed_at=_floats([cs.state_changed_at for cs in snaps], n),
         raw=raw,
         has_raw=has_raw,
-        started_at=floats([s.started_at if s is not None else None for s in sessions]),
+        started_at=_floats([cs.session.started_at if cs.session is not None else None for cs in snaps], n),
         has_act=has_act,
         controlled=act_flags("controlled"),
         failsafe_installed=act_flags("failsafe_installed"),
@@ -87,35 +82,60 @@ def inputs(snapshot: Snapshot, plan: Plan) -> Inputs:
     )
 
 
+def _floats(values: list[float | None], n: int) -> FloatArray:
+    """An array of floats, NaN for None."""
+    try:
+        return np.fromiter(values, np.float64, n)
+    except TypeError:  # a None among them
+        return np.fromiter([math.nan if v is None else v for v in values], np.float64, n)
+
+
+def _flags(values: list[bool], n: int) -> BoolArray:
+    return np.fromiter(values, np.bool_, n)
+
+
+_BY_ID = {id(s): k for k, s in enumerate(STATES)}
+
+
+def _states(values: list[ChargerState], n: int) -> IntArray:
+    """Each state's index in STATES (the members are singletons: looked up by identity, which is faster)."""
+    by_id = _BY_ID
+    try:
+        return np.fromiter([by_id[id(s)] for s in values], np.intp, n)
+    except KeyError:
+        return np.fromiter([_CODE[s] for s in values], np.intp, n)
+
+
 def measured(plan: Plan, snaps: list[ChargerSnapshot]) -> tuple[FloatArray, BoolArray]:
     """Reported line current per site phase (A), the station's total, and whether it reported one: an AC
     charger's currents on its lines (a line-to-line one: the higher in both), else a power turned into the
     least line current it can be (nominal voltage: a draw subtracted from a meter must not be overstated)."""
     n, P = len(snaps), plan.n_phases
     amps = [cs.draw_a for cs in snaps]
-    use_a = plan.is_ac & np.array([a is not None for a in amps], dtype=bool).reshape(n)
+    use_a = plan.is_ac & _flags([a is not None for a in amps], n)
     out = np.zeros((n, P))
     if use_a.any():
         zero = (0.0,) * P
         a = _rows([x if x is not None else zero for x in amps], P)
         a = np.where(np.isfinite(a) & (a > 0) & plan.lines, a, 0.0)
         ll = plan.line_to_line
-        a[ll] = np.where(plan.lines[ll], a[ll].max(axis=1, initial=0.0)[:, None], 0.0)
+        if ll.any():
+            a[ll] = np.where(plan.lines[ll], a[ll].max(axis=1)[:, None], 0.0)
         out[use_a] = a[use_a]
-    watts = np.array([cs.draw_w for cs in snaps], dtype=np.float64).reshape(n)
-    use_w = ~use_a & np.isfinite(watts)
-    if use_w.any():
-        line_a = np.maximum(np.where(use_w, watts, 0.0), 0.0) / plan.w_per_a
-        out[use_w] = np.where(plan.lines[use_w], line_a[use_w, None], 0.0)
-    return out, use_a | use_w
+    powered = [i for i, cs in enumerate(snaps) if cs.draw_w is not None and not use_a[i]]
+    if powered:
+        watts = _floats([snaps[i].draw_w for i in powered], len(powered))
+        ok = np.isfinite(watts)
+        idx = np.array(powered, dtype=np.intp)[ok]
+        line_a = np.maximum(watts[ok], 0.0) / plan.w_per_a[idx]
+        out[idx] = np.where(plan.lines[idx], line_a[:, None], 0.0)
+        use_a[idx] = True
+    return out, use_a
 
 
 def _rows(values: list[tuple[float, ...]], P: int) -> FloatArray:
     """(chargers, P) from per-charger tuples (a shorter one padded with 0, a longer one cut)."""
-    try:
-        a = np.array(values, dtype=np.float64)
-        if a.shape == (len(values), P):
-            return a
-    except ValueError:
-        pass
-    return np.array([(tuple(v) + (0.0,) * P)[:P] for v in values], dtype=np.float64).reshape(len(values), P)
+    n = len(values)
+    if (np.fromiter(map(len, values), np.intp, n) == P).all():
+        return np.fromiter(chain.from_iterable(values), np.float64, n * P).reshape(n, P)
+    return np.array([(tuple(v) + (0.0,) * P)[:P] for v in values], dtype=np.float64).reshape(n, P)

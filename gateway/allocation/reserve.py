@@ -90,11 +90,10 @@ def reports(mem: Memory, inp: Inputs, base_a: FloatArray) -> Reports:
     r = mem.reports
     new = inp.has_raw & ~np.isnan(inp.draw_at) & ((r.n == 0) | (inp.draw_at > r.at[:, -1]))
     at, draw, low, n = r.at.copy(), r.draw.copy(), r.low.copy(), r.n.copy()
-    if new.any():
-        at[new] = np.roll(at[new], -1, axis=1)
-        draw[new] = np.roll(draw[new], -1, axis=1)
-        low[new] = np.roll(low[new], -1, axis=1)
-        at[new, -1], draw[new, -1], low[new, -1] = inp.draw_at[new], inp.raw[new], np.inf
+    if new.any():  # each new report goes into the last slot, the oldest drops out
+        at[new] = np.concatenate([at[new, 1:], inp.draw_at[new, None]], axis=1)
+        draw[new] = np.concatenate([draw[new, 1:], inp.raw[new, None]], axis=1)
+        low[new, :-1], low[new, -1] = low[new, 1:], np.inf
         n = np.where(new, np.minimum(n + 1, KEEP_REPORTS), n)
     used = np.arange(KEEP_REPORTS) >= KEEP_REPORTS - n[:, None]
     low = np.where(used, np.minimum(low, base_a[:, None]), low)

@@ -66,8 +66,8 @@ class Follows:
     def live(self, now: float) -> Follows:
         """Those still being followed at ``now`` (in their order)."""
         keep = self.until > now
-        if keep.all():
-            return self.copy()
+        if not (~keep & (np.arange(keep.shape[1]) < self.n[:, None])).any():
+            return self.copy()  # none has lapsed
         order = np.argsort(~keep, axis=1, kind="stable")
         n = keep.sum(axis=1).astype(np.intp)
         width = int(n.max(initial=0))
