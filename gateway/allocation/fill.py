@@ -21,26 +21,30 @@ def fill(
         g_c, g_k = plan.mem_c[gmask], plan.mem_k[gmask]
         t_hi_all = float(np.max(np.where(grow, hi / weight, 0.0)))
 
-        def usage(t: float, g_c: IntArray = g_c, g_k: IntArray = g_k, base: FloatArray = usage_fixed) -> FloatArray:
-            xt = np.clip(weight * t, lo, hi)
-            return base + np.bincount(g_k, weights=xt[g_c], minlength=K)
+        # each membership's weight and bounds, gathered once per round
+        w_g, lo_g, hi_g = weight[g_c], lo[g_c], hi[g_c]
+
+        def usage(t: float, g_k: IntArray = g_k, w_g: FloatArray = w_g, lo_g: FloatArray = lo_g,
+                  hi_g: FloatArray = hi_g, base: FloatArray = usage_fixed) -> FloatArray:
+            xt = np.minimum(np.maximum(w_g * t, lo_g), hi_g)  # np.clip, without its wrapper
+            return base + np.bincount(g_k, weights=xt, minlength=K)
 
         # a constraint already full at t=0 (fixed loads alone; its members are paused) must not hold back
         # the others: it binds only its growing members, and it has none
         room_r = np.maximum(room, usage(0.0))
-        if (usage(t_hi_all) <= room_r + EPS_A).all():
+        limit = room_r + EPS_A
+        if (usage(t_hi_all) <= limit).all():
             x[grow] = hi[grow]
             break
         t_lo, t_up = 0.0, t_hi_all
         wmax = float(np.max(weight[grow]))
         while (t_up - t_lo) * wmax > TOL_A:
             t_mid = 0.5 * (t_lo + t_up)
-            if (usage(t_mid) <= room_r + EPS_A).all():
+            if (usage(t_mid) <= limit).all():
                 t_lo = t_mid
             else:
                 t_up = t_mid
-        sat = np.zeros(K, dtype=bool)
-        sat[np.flatnonzero(usage(t_up) > room_r + EPS_A)] = True
+        sat = usage(t_up) > limit
         xt = np.clip(weight * t_lo, lo, hi)
         hit = np.zeros(n, dtype=bool)
         hit_k = np.full(n, -1, dtype=np.intp)
