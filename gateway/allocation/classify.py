@@ -24,6 +24,8 @@ from gateway.model import MeterReading, Snapshot
 _DT_MAX_TICKS = 5.0  # an increase may use at most this many ticks of ramp after a gap
 
 Strings = npt.NDArray[np.object_]
+_HI_REASONS = np.array(["", "max:charger", "max:ev-suspended", "max:ev-draw", "ramp:rate-limit"], dtype=object)
+_NONE, _MAX, _SUSPENDED, _BY_DRAW, _RAMP = range(5)
 
 
 @dataclass
@@ -124,11 +126,11 @@ def _decide_fixed(c: Classes, plan: Plan, failsafe: Mapping[int, str], raw_max: 
     limit = np.where(fs, np.minimum(prev, plan.failsafe_limit), 0.0)
     limit = np.where(offline, np.where(mem.has, mem.limit, 0.0), limit)
     limit = np.where(noncompliant, np.where(mem.has, prev, plan.min_limit), limit)
+    reason = np.where(idle, IDLE_REASON[inp.state], "")
+    reason = np.where(offline, "offline:reserved", np.where(noncompliant, "noncompliant:fixed-load", reason))
     for i, why in failsafe.items():
-        c.reason[i] = why
-    c.reason[offline] = "offline:reserved"
-    c.reason[noncompliant] = "noncompliant:fixed-load"
-    c.reason[idle] = IDLE_REASON[inp.state[idle]]
+        reason[i] = why
+    c.reason = reason
     fixed = fs | offline | noncompliant | idle
     c.limit, c.line = np.where(fixed, limit, 0.0), np.where(fixed, limit * plan.u2l, 0.0)
     held = np.maximum(np.maximum(c.reserve, limit * plan.u2l), np.where(inp.noncompliant, raw_max, 0.0))
@@ -154,28 +156,27 @@ def _bounds(c: Classes, site: Site, plan: Plan, dt: float, now: float) -> None:
     c.weight = np.where(act, _weights(site, plan, c), 1.0)
     lo_limit = np.minimum(plan.min_limit * np.maximum(inp.active_connectors, 1.0), plan.max_limit)
     lo_a = lo_limit * plan.u2l  # the minimum for every EV on it
-    cap, why = plan.max_a.copy(), np.full(len(plan.ids), "max:charger", dtype=object)
-    suspended = (inp.state == SUSPENDED_EV) & (lo_a < cap)
-    cap[suspended], why[suspended] = lo_a[suspended], "max:ev-suspended"
+    suspended = (inp.state == SUSPENDED_EV) & (lo_a < plan.max_a)
+    cap = np.where(suspended, lo_a, plan.max_a)
+    why = np.where(suspended, _SUSPENDED, _MAX)
     # An EV that does not use its limit gives the rest to others, judged only on a draw measured a response
     # after its limit last rose (a ramping EV is not held back by lagging reports). Once capped, the cap
     # lifts when the EV draws within half the allowance of its limit.
     allowance = ctl.draw_allowance_a
     d = c.draw.max(axis=1, initial=0.0)
-    was_capped = mem.reason == "max:ev-draw"
-    capped = np.where(was_capped, d < mem.line_a - allowance / 2,
+    capped = np.where(mem.reason == "max:ev-draw", d < mem.line_a - allowance / 2,
                       (c.draw_at >= c.views.raised_at + ctl.ev_response_s) & (d < mem.line_a - allowance))
     dcap = np.maximum(lo_a, d + allowance)
     by_draw = (inp.state == CHARGING) & c.has_draw & mem.has & (mem.limit > 0) & capped & (dcap < cap)
-    cap[by_draw], why[by_draw] = dcap[by_draw], "max:ev-draw"
+    cap, why = np.where(by_draw, dcap, cap), np.where(by_draw, _BY_DRAW, why)
     # ramp: an increase is rate-limited from the previous limit (from 0 when it had none; after a (re)start
     # from the measured draw)
     start = np.where(mem.has, np.where(mem.limit > 0, mem.line_a, 0.0), np.where(c.has_draw, d, 0.0))
     ramp_cap = np.maximum(lo_a, start + ctl.ramp_up_a_per_s * dt)
     ramped = ramp_cap < cap - EPS_A
-    cap[ramped], why[ramped] = ramp_cap[ramped], "ramp:rate-limit"
+    cap, why = np.where(ramped, ramp_cap, cap), np.where(ramped, _RAMP, why)
     c.lo, c.lo_limit = np.where(act, lo_a, 0.0), np.where(act, lo_limit, 0.0)
-    c.hi, c.hi_reason = np.where(act, cap, 0.0), np.where(act, why, "")
+    c.hi, c.hi_reason = np.where(act, cap, 0.0), _HI_REASONS[np.where(act, why, _NONE)]
     # a session not yet allocated waits its turn
     fresh_wait = np.minimum(now, inp.started_at)
     c.paused_since = np.where(act, np.where(mem.has, mem.paused_since, fresh_wait), np.nan)

@@ -9,6 +9,7 @@ freed capacity waits at 0 (``hold:in-flight``) until the chargers it waits for h
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
@@ -35,15 +36,17 @@ def propose(
     names: tuple[str, ...],
 ) -> None:
     """The active sessions' limits before the gate: pauses, floor to 0.1, hysteresis, reasons (in ``c``)."""
-    is_paused = np.zeros(len(plan.ids), dtype=bool)
-    is_paused[list(paused)] = True
-    run = c.is_active & ~is_paused
+    run = c.is_active.copy()
+    run[list(paused)] = False
     _pause_reasons(c, paused, set(c.weight[run].tolist()), names)
+    if not run.any():
+        return
     limit = np.maximum(c.lo_limit, floor_limits(x / plan.u2l))
     # capped where the filling stopped below the cap (by a whole step of the charger's unit)
     capped = run & (frozen_by >= 0) & (limit < floor_limits(c.hi / plan.u2l))
     why = c.hi_reason.copy()
-    why[capped] = np.array(["capped:" + k for k in names], dtype=object)[frozen_by[capped]]
+    if capped.any():
+        why[capped] = ["capped:" + names[k] for k in frozen_by[capped].tolist()]
     mem = c.mem
     hold = mem.has & (mem.limit >= c.lo_limit) & (limit > mem.limit) & (
         (limit - mem.limit) * plan.u2l < site.control.hysteresis_a)
@@ -108,7 +111,10 @@ def remember(
     memory = Memory(plan.ids, np.ones(len(plan.ids), dtype=bool), c.limit, c.line, c.reason, paused_since,
                     running_since, base, raised, follows, c.reports)
     rows = zip(c.limit.tolist(), c.line.tolist(), c.reason.tolist(), may.tolist(), strict=True)
-    return dict(zip(plan.ids, map(ChargerLimit._make, rows), strict=True)), memory, may
+    return dict(zip(plan.ids, map(_LIMIT, rows), strict=True)), memory, may
+
+
+_LIMIT = partial(tuple.__new__, ChargerLimit)  # ChargerLimit._make without its Python frame
 
 
 def _rotation(c: Classes, now: float) -> tuple[FloatArray, FloatArray]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
+from operator import attrgetter
 
 import numpy as np
 
@@ -62,12 +64,12 @@ def inputs(snapshot: Snapshot, plan: Plan) -> Inputs:
 
     return Inputs(
         snaps=snaps,
-        online=_flags([cs.online for cs in snaps], n),
-        noncompliant=_flags([cs.noncompliant for cs in snaps], n),
-        state=_states([cs.state for cs in snaps], n),
-        active_connectors=_floats([cs.active_connectors for cs in snaps], n),
-        draw_at=_floats([cs.draw_at for cs in snaps], n),
-        state_changed_at=_floats([cs.state_changed_at for cs in snaps], n),
+        online=_flags(map(_ONLINE, snaps), n),
+        noncompliant=_flags(map(_NONCOMPLIANT, snaps), n),
+        state=_states(list(map(_STATE, snaps)), n),
+        active_connectors=_floats(list(map(_CONNECTORS, snaps)), n),
+        draw_at=_floats(list(map(_DRAW_AT, snaps)), n),
+        state_changed_at=_floats(list(map(_CHANGED_AT, snaps)), n),
         raw=raw,
         has_raw=has_raw,
         started_at=_floats([cs.session.started_at if cs.session is not None else None for cs in snaps], n),
@@ -82,6 +84,11 @@ def inputs(snapshot: Snapshot, plan: Plan) -> Inputs:
     )
 
 
+_ONLINE, _NONCOMPLIANT, _STATE, _CONNECTORS, _DRAW_AT, _CHANGED_AT, _DRAW_A, _DRAW_W = (
+    attrgetter(k) for k in ("online", "noncompliant", "state", "active_connectors", "draw_at", "state_changed_at",
+                            "draw_a", "draw_w"))
+
+
 def _floats(values: list[float | None], n: int) -> FloatArray:
     """An array of floats, NaN for None."""
     try:
@@ -90,7 +97,7 @@ def _floats(values: list[float | None], n: int) -> FloatArray:
         return np.fromiter([math.nan if v is None else v for v in values], np.float64, n)
 
 
-def _flags(values: list[bool], n: int) -> BoolArray:
+def _flags(values: Iterable[bool], n: int) -> BoolArray:
     return np.fromiter(values, np.bool_, n)
 
 
@@ -99,9 +106,8 @@ _BY_ID = {id(s): k for k, s in enumerate(STATES)}
 
 def _states(values: list[ChargerState], n: int) -> IntArray:
     """Each state's index in STATES (the members are singletons: looked up by identity, which is faster)."""
-    by_id = _BY_ID
     try:
-        return np.fromiter([by_id[id(s)] for s in values], np.intp, n)
+        return np.fromiter(map(_BY_ID.__getitem__, map(id, values)), np.intp, n)
     except KeyError:
         return np.fromiter([_CODE[s] for s in values], np.intp, n)
 
@@ -111,7 +117,7 @@ def measured(plan: Plan, snaps: list[ChargerSnapshot]) -> tuple[FloatArray, Bool
     charger's currents on its lines (a line-to-line one: the higher in both), else a power turned into the
     least line current it can be (nominal voltage: a draw subtracted from a meter must not be overstated)."""
     n, P = len(snaps), plan.n_phases
-    amps = [cs.draw_a for cs in snaps]
+    amps = list(map(_DRAW_A, snaps))
     use_a = plan.is_ac & _flags([a is not None for a in amps], n)
     out = np.zeros((n, P))
     if use_a.any():
@@ -122,9 +128,11 @@ def measured(plan: Plan, snaps: list[ChargerSnapshot]) -> tuple[FloatArray, Bool
         if ll.any():
             a[ll] = np.where(plan.lines[ll], a[ll].max(axis=1)[:, None], 0.0)
         out[use_a] = a[use_a]
-    powered = [i for i, cs in enumerate(snaps) if cs.draw_w is not None and not use_a[i]]
+    watts_all = list(map(_DRAW_W, snaps))
+    powered = [i for i, w in enumerate(watts_all) if w is not None and not use_a[i]] if any(
+        w is not None for w in watts_all) else []
     if powered:
-        watts = _floats([snaps[i].draw_w for i in powered], len(powered))
+        watts = _floats([watts_all[i] for i in powered], len(powered))
         ok = np.isfinite(watts)
         idx = np.array(powered, dtype=np.intp)[ok]
         line_a = np.maximum(watts[ok], 0.0) / plan.w_per_a[idx]

@@ -45,6 +45,8 @@ def fresh_reserve(ch: ChargerConfig, cs: ChargerSnapshot, u2l: float) -> float:
 def fresh_reserves(plan: Plan, inp: Inputs, mem: Memory) -> FloatArray:
     """``fresh_reserve`` of every charger without memory (0 for the others)."""
     out = np.zeros(len(plan.ids))
+    if mem.has.all():
+        return out
     for i in np.flatnonzero(~mem.has).tolist():
         out[i] = fresh_reserve(plan.chargers[i], inp.snaps[i], plan.unit_to_line[i])
     return out
@@ -58,14 +60,15 @@ def views(plan: Plan, inp: Inputs, mem: Memory, resp: float, now: float) -> View
     follows = mem.follows.live(now)
     before = np.where(mem.has, mem.base_a, fresh)  # with no memory the earlier reserve is the fresh one
     raised = np.where(mem.has, mem.raised_at, NEVER)
-    no_feedback = np.where(inp.online, before, np.maximum(before, plan.failsafe_a))
-    base = _base(plan, inp, mem, resp, now)
-    changed_at = np.where(inp.accepted_at <= now, inp.accepted_at, now)  # when it accepted, or now
-    fall = inp.has_act & (base < before - EPS_A)
-    rise = inp.has_act & ~fall & (base > before + EPS_A)
-    follows.add(fall, before, changed_at + resp)
-    raised = np.where(rise, changed_at, raised)
-    base = np.where(inp.has_act, base, no_feedback)
+    base = np.where(inp.online, before, np.maximum(before, plan.failsafe_a))  # no feedback
+    if inp.has_act.any():
+        fed = _base(plan, inp, mem, resp, now)
+        changed_at = np.where(inp.accepted_at <= now, inp.accepted_at, now)  # when it accepted, or now
+        fall = inp.has_act & (fed < before - EPS_A)
+        rise = inp.has_act & ~fall & (fed > before + EPS_A)
+        follows.add(fall, before, changed_at + resp)
+        raised = np.where(rise, changed_at, raised)
+        base = np.where(inp.has_act, fed, base)
     return Views(np.maximum(base, follows.highest(now)), base, follows, raised)
 
 
@@ -90,7 +93,11 @@ def reports(mem: Memory, inp: Inputs, base_a: FloatArray) -> Reports:
     r = mem.reports
     new = inp.has_raw & ~np.isnan(inp.draw_at) & ((r.n == 0) | (inp.draw_at > r.at[:, -1]))
     at, draw, low, n = r.at.copy(), r.draw.copy(), r.low.copy(), r.n.copy()
-    if new.any():  # each new report goes into the last slot, the oldest drops out
+    if new.all():  # each new report goes into the last slot, the oldest drops out
+        at[:, :-1], draw[:, :-1], low[:, :-1] = r.at[:, 1:], r.draw[:, 1:], r.low[:, 1:]
+        at[:, -1], draw[:, -1], low[:, -1] = inp.draw_at, inp.raw, np.inf
+        n = np.minimum(n + 1, KEEP_REPORTS)
+    elif new.any():
         at[new] = np.concatenate([at[new, 1:], inp.draw_at[new, None]], axis=1)
         draw[new] = np.concatenate([draw[new, 1:], inp.raw[new, None]], axis=1)
         low[new, :-1], low[new, -1] = low[new, 1:], np.inf

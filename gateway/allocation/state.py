@@ -186,13 +186,19 @@ class MemoryView(Mapping[str, ChargerMemory]):
 
     def __init__(self, memory: Memory) -> None:
         self.memory = memory
-        self._index = {cid: i for i, cid in enumerate(memory.ids)}
+        self._index: dict[str, int] | None = None  # made on first access: most states are never read so
         self._rows: dict[str, ChargerMemory] = {}
+
+    @property
+    def index(self) -> dict[str, int]:
+        if self._index is None:
+            self._index = {cid: i for i, cid in enumerate(self.memory.ids)}
+        return self._index
 
     def __getitem__(self, cid: str) -> ChargerMemory:
         row = self._rows.get(cid)
         if row is None:
-            row = self._rows[cid] = self.memory.row(self._index[cid])
+            row = self._rows[cid] = self.memory.row(self.index[cid])
         return row
 
     def __iter__(self) -> Iterator[str]:
@@ -202,7 +208,7 @@ class MemoryView(Mapping[str, ChargerMemory]):
         return len(self.memory.ids)
 
     def __contains__(self, cid: object) -> bool:
-        return cid in self._index
+        return cid in self.index
 
 
 @dataclass(frozen=True)
