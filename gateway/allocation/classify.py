@@ -185,7 +185,7 @@ def _bounds(c: Classes, site: Site, plan: Plan, dt: float, now: float) -> None:
 
 def _weights(site: Site, plan: Plan, c: Classes) -> FloatArray:
     """The weight of each session's class: the session's own when it names a known one, else the charger's."""
-    prios = [cs.session.priority if cs.session is not None else None for cs in c.inp.snaps]
+    prios = c.inp.priority
     if not any(prios):
         return plan.weight
     pr = site.priorities

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import chain
-from operator import attrgetter
+from itertools import chain, repeat
+from operator import attrgetter, is_not
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,7 @@ class Inputs:
     raw: FloatArray  # (chargers, phases): the reported draw in line A per site phase (``measured``)
     has_raw: BoolArray
     started_at: FloatArray  # of the session
+    priority: list[str | None]  # the session's own class
     has_act: BoolArray  # actuation feedback (the other actuation fields are False / NaN without)
     controlled: BoolArray
     failsafe_installed: BoolArray
@@ -50,8 +52,9 @@ def inputs(snapshot: Snapshot, plan: Plan) -> Inputs:
     get = snapshot.chargers.get
     snaps = [get(cid, offline) for cid in plan.ids]
     n = len(snaps)
-    acts = [cs.actuation for cs in snaps]
-    has_act = _flags([a is not None for a in acts], n)
+    acts = list(map(_ACTUATION, snaps))
+    has_act = _present(acts, n)
+    sessions = list(map(_SESSION, snaps))
     raw, has_raw = measured(plan, snaps)
     any_act = bool(has_act.any())
     none = np.full(n, np.nan)
@@ -72,7 +75,8 @@ def inputs(snapshot: Snapshot, plan: Plan) -> Inputs:
         state_changed_at=_floats(list(map(_CHANGED_AT, snaps)), n),
         raw=raw,
         has_raw=has_raw,
-        started_at=_floats([cs.session.started_at if cs.session is not None else None for cs in snaps], n),
+        started_at=_floats([s.started_at if s is not None else None for s in sessions], n),
+        priority=[s.priority if s is not None else None for s in sessions],
         has_act=has_act,
         controlled=act_flags("controlled"),
         failsafe_installed=act_flags("failsafe_installed"),
@@ -84,9 +88,9 @@ def inputs(snapshot: Snapshot, plan: Plan) -> Inputs:
     )
 
 
-_ONLINE, _NONCOMPLIANT, _STATE, _CONNECTORS, _DRAW_AT, _CHANGED_AT, _DRAW_A, _DRAW_W = (
+_ONLINE, _NONCOMPLIANT, _STATE, _CONNECTORS, _DRAW_AT, _CHANGED_AT, _DRAW_A, _DRAW_W, _ACTUATION, _SESSION = (
     attrgetter(k) for k in ("online", "noncompliant", "state", "active_connectors", "draw_at", "state_changed_at",
-                            "draw_a", "draw_w"))
+                            "draw_a", "draw_w", "actuation", "session"))
 
 
 def _floats(values: list[float | None], n: int) -> FloatArray:
@@ -99,6 +103,14 @@ def _floats(values: list[float | None], n: int) -> FloatArray:
 
 def _flags(values: Iterable[bool], n: int) -> BoolArray:
     return np.fromiter(values, np.bool_, n)
+
+
+def _present(values: list[Any], n: int) -> BoolArray:
+    """Which values are not None."""
+    missing = values.count(None)
+    if missing in (0, n):
+        return np.full(n, not missing)
+    return np.fromiter(map(is_not, values, repeat(None)), np.bool_, n)
 
 
 _BY_ID = {id(s): k for k, s in enumerate(STATES)}
@@ -118,7 +130,7 @@ def measured(plan: Plan, snaps: list[ChargerSnapshot]) -> tuple[FloatArray, Bool
     least line current it can be (nominal voltage: a draw subtracted from a meter must not be overstated)."""
     n, P = len(snaps), plan.n_phases
     amps = list(map(_DRAW_A, snaps))
-    use_a = plan.is_ac & _flags([a is not None for a in amps], n)
+    use_a = plan.is_ac & _present(amps, n)
     out = np.zeros((n, P))
     if use_a.any():
         zero = (0.0,) * P
@@ -129,8 +141,8 @@ def measured(plan: Plan, snaps: list[ChargerSnapshot]) -> tuple[FloatArray, Bool
             a[ll] = np.where(plan.lines[ll], a[ll].max(axis=1)[:, None], 0.0)
         out[use_a] = a[use_a]
     watts_all = list(map(_DRAW_W, snaps))
-    powered = [i for i, w in enumerate(watts_all) if w is not None and not use_a[i]] if any(
-        w is not None for w in watts_all) else []
+    powered = [] if watts_all.count(None) == n else [
+        i for i, w in enumerate(watts_all) if w is not None and not use_a[i]]
     if powered:
         watts = _floats([watts_all[i] for i in powered], len(powered))
         ok = np.isfinite(watts)
