@@ -33,6 +33,7 @@ class Plan:
     subtree_chargers: Mapping[str, IntArray]  # circuit -> indices of chargers beneath
     subtree_circuits: Mapping[str, tuple[str, ...]]
     measured_phases: Mapping[str, npt.NDArray[np.bool_]]  # metered circuit -> site phases its meter sees
+    metered_circuits: tuple[tuple[int, str], ...]  # (index, id) of every circuit with a meter, in order
     constraint_names: tuple[str, ...]  # "<circuit>/<phase>" per constraint
     # per charger, as arrays: line A per unit of limit, its limits (charger unit), line A at its maximum and
     # fail-safe limit, its class's weight, whether it is AC, the site lines it loads, whether across two lines,
@@ -122,6 +123,7 @@ def _build(site: Site) -> Plan:
         measured_phases={
             m.circuit: np.array([p in m.phase_map for p in range(P)], dtype=bool) for m in site.meters.values()
         },
+        metered_circuits=tuple((j, cid) for j, cid in enumerate(circuit_ids) if site.circuits[cid].meter is not None),
         constraint_names=tuple(f"{cid}/{PHASES[k]}" for cid in circuit_ids for k in range(P)),
         u2l=u2l,
         min_limit=col([ch.min_limit for ch in chargers]),
