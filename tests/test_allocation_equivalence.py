@@ -83,7 +83,7 @@ class Twins:
         self.ticks = 0
 
     def step(self, snapshot: Snapshot, now: float) -> Allocation:
-        if self.state is not None and self.ticks % 3 == 2:
+        if self.state is not None and self.ticks % 10 == 9:
             # now and then a state rebuilt from its per-charger view (as a reload's ``keeping`` makes one)
             self.state = AllocatorState(self.state.at, dict(self.state.chargers), dict(self.state.circuits))
         ref, self.ref_state = reference.allocate(snapshot, self.site, self.ref_state, now)

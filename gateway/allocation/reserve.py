@@ -92,19 +92,20 @@ def reports(mem: Memory, inp: Inputs, base_a: FloatArray) -> Reports:
     """The chargers' recent draw reports with the lowest reserve each has had since, this one included."""
     r = mem.reports
     new = inp.has_raw & ~np.isnan(inp.draw_at) & ((r.n == 0) | (inp.draw_at > r.at[:, -1]))
-    at, draw, low, n = r.at.copy(), r.draw.copy(), r.low.copy(), r.n.copy()
+    at, draw, low, n = r.at, r.draw, r.low, r.n  # shared with the last memory where unchanged (never written)
     if new.all():  # each new report goes into the last slot, the oldest drops out
-        at[:, :-1], draw[:, :-1], low[:, :-1] = r.at[:, 1:], r.draw[:, 1:], r.low[:, 1:]
-        at[:, -1], draw[:, -1], low[:, -1] = inp.draw_at, inp.raw, np.inf
+        at = np.concatenate([at[:, 1:], inp.draw_at[:, None]], axis=1)
+        draw = np.concatenate([draw[:, 1:], inp.raw[:, None]], axis=1)
+        low = np.concatenate([low[:, 1:], np.full((len(n), 1), np.inf)], axis=1)
         n = np.minimum(n + 1, KEEP_REPORTS)
     elif new.any():
+        at, draw, low = at.copy(), draw.copy(), low.copy()
         at[new] = np.concatenate([at[new, 1:], inp.draw_at[new, None]], axis=1)
         draw[new] = np.concatenate([draw[new, 1:], inp.raw[new, None]], axis=1)
         low[new, :-1], low[new, -1] = low[new, 1:], np.inf
         n = np.where(new, np.minimum(n + 1, KEEP_REPORTS), n)
     used = np.arange(KEEP_REPORTS) >= KEEP_REPORTS - n[:, None]
-    low = np.where(used, np.minimum(low, base_a[:, None]), low)
-    return Reports(at, draw, low, n)
+    return Reports(at, draw, np.where(used, np.minimum(low, base_a[:, None]), low), n)
 
 
 @dataclass

@@ -49,8 +49,9 @@ class ChargerMemory(NamedTuple):
 
 @dataclass
 class Follows:
-    """Per charger, the decreases being followed, oldest first: ``a[i, :n[i]]`` (line A it may still draw)
-    until ``until[i, :n[i]]``; unused slots have until = -inf."""
+    """Per charger, the decreases being followed, oldest first: ``a[i, j]`` (line A it may still draw) until
+    ``until[i, j]`` for the slots j < n[i] whose until is not -inf (a lapsed one is marked so, and the slots
+    are compacted only when a row needs room)."""
 
     a: FloatArray
     until: FloatArray
@@ -65,17 +66,10 @@ class Follows:
 
     def live(self, now: float) -> Follows:
         """Those still being followed at ``now`` (in their order)."""
-        keep = self.until > now
-        if not (~keep & (np.arange(keep.shape[1]) < self.n[:, None])).any():
-            return self.copy()  # none has lapsed
-        order = np.argsort(~keep, axis=1, kind="stable")
-        n = keep.sum(axis=1).astype(np.intp)
-        width = int(n.max(initial=0))
-        a = np.take_along_axis(self.a, order, axis=1)[:, :width]
-        until = np.take_along_axis(self.until, order, axis=1)[:, :width]
-        unused = np.arange(width) >= n[:, None]
-        a[unused], until[unused] = 0.0, NEVER
-        return Follows(a, until, n)
+        lapsed = (self.until <= now) & (self.until > NEVER)
+        if not lapsed.any():
+            return self.copy()
+        return Follows(np.where(lapsed, 0.0, self.a), np.where(lapsed, NEVER, self.until), self.n.copy())
 
     def add(self, rows: BoolArray, a: FloatArray, until: FloatArray) -> None:
         """Append (a, until) to the rows selected (in place)."""
@@ -83,21 +77,32 @@ class Follows:
         if not idx.size:
             return
         if int(self.n[idx].max()) >= self.a.shape[1]:
+            self._compact()
+        if int(self.n[idx].max()) >= self.a.shape[1]:
             self.a = np.hstack([self.a, np.zeros((len(self.n), 1))])
             self.until = np.hstack([self.until, np.full((len(self.n), 1), NEVER)])
         slot = self.n[idx]
         self.a[idx, slot], self.until[idx, slot] = a[idx], until[idx]
         self.n[idx] += 1
 
+    def _compact(self) -> None:
+        """Every row's followed decreases to its first slots, in their order."""
+        keep = self.until > NEVER
+        order = np.argsort(~keep, axis=1, kind="stable")
+        self.n = keep.sum(axis=1).astype(np.intp)
+        self.a = np.take_along_axis(self.a, order, axis=1)
+        self.until = np.take_along_axis(self.until, order, axis=1)
+
     def highest(self, now: float) -> FloatArray:
         """Per charger, the highest earlier limit it may still draw while it follows (0: none)."""
         if not self.a.shape[1]:
             return np.zeros(len(self.n))
-        return np.asarray(np.where(self.until > now, self.a, 0.0).max(axis=1, initial=0.0), dtype=np.float64)
+        return np.asarray((self.a * (self.until > now)).max(axis=1), dtype=np.float64)  # every a > 0
 
     def row(self, i: int) -> tuple[tuple[float, float], ...]:
         k = int(self.n[i])
-        return tuple(zip(self.a[i, :k].tolist(), self.until[i, :k].tolist(), strict=True))
+        return tuple((a, u) for a, u in zip(self.a[i, :k].tolist(), self.until[i, :k].tolist(), strict=True)
+                     if u != NEVER)
 
 
 @dataclass
