@@ -79,8 +79,7 @@ def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:
     free = np.maximum(cap - non_ev - plan.per_constraint(held), 0.0)
     want = plan.per_constraint(delta)
     factor_k = np.where(want > EPS_A, np.minimum(1.0, free / np.maximum(want, EPS_A)), 1.0)
-    factor = np.ones(len(plan.ids))
-    np.minimum.at(factor, plan.mem_c, factor_k[plan.mem_k])
+    factor = np.minimum(1.0, plan.lowest_per_charger(factor_k[plan.mem_k]))
     sel = (delta > EPS_A) & (factor < 1.0 - 1e-9)
     granted = c.reserve + delta * factor
     limit = floor_limits(granted / plan.u2l)

@@ -59,11 +59,17 @@ def inputs(snapshot: Snapshot, plan: Plan) -> Inputs:
     any_act = bool(has_act.any())
     none = np.full(n, np.nan)
 
+    every_act = bool(has_act.all())
+
+    def act_values(name: str) -> list[Any]:
+        get = attrgetter(name)
+        return list(map(get, acts)) if every_act else [get(a) if a is not None else None for a in acts]
+
     def act_floats(name: str) -> FloatArray:
-        return _floats([getattr(a, name) if a is not None else None for a in acts], n) if any_act else none
+        return _floats(act_values(name), n) if any_act else none
 
     def act_flags(name: str) -> BoolArray:
-        return _flags([a is not None and bool(getattr(a, name)) for a in acts], n) if any_act else none < 0
+        return _flags(map(bool, act_values(name)), n) if any_act else none < 0
 
     return Inputs(
         snaps=snaps,
@@ -95,10 +101,12 @@ _ONLINE, _NONCOMPLIANT, _STATE, _CONNECTORS, _DRAW_AT, _CHANGED_AT, _DRAW_A, _DR
 
 def _floats(values: list[float | None], n: int) -> FloatArray:
     """An array of floats, NaN for None."""
-    try:
+    missing = values.count(None)
+    if not missing:
         return np.fromiter(values, np.float64, n)
-    except TypeError:  # a None among them
-        return np.fromiter([math.nan if v is None else v for v in values], np.float64, n)
+    if missing == n:
+        return np.full(n, np.nan)
+    return np.fromiter([math.nan if v is None else v for v in values], np.float64, n)
 
 
 def _flags(values: Iterable[bool], n: int) -> BoolArray:

@@ -28,6 +28,7 @@ class Plan:
     mem_c: IntArray  # membership: charger index ...
     mem_k: IntArray  # ... loads constraint index (circuit * P + phase)
     mem_p: IntArray  # ... on this site phase
+    mem_start: IntArray  # each charger's first membership (they are in charger order)
     cap: FloatArray  # per constraint: limit - margin
     worst_non_ev: FloatArray  # per constraint
     subtree_chargers: Mapping[str, IntArray]  # circuit -> indices of chargers beneath
@@ -55,6 +56,10 @@ class Plan:
     @property
     def n_constraints(self) -> int:
         return len(self.circuit_ids) * self.n_phases
+
+    def lowest_per_charger(self, per_membership: FloatArray) -> FloatArray:
+        """The lowest of a per-membership figure over each charger's memberships (every charger has some)."""
+        return np.asarray(np.minimum.reduceat(per_membership, self.mem_start), dtype=np.float64)
 
     def per_constraint(self, per_charger: FloatArray) -> FloatArray:
         """Sum a per-charger line current over every circuit and phase it loads."""
@@ -114,6 +119,7 @@ def _build(site: Site) -> Plan:
         mem_c=np.array(mem_c, dtype=np.intp),
         mem_k=np.array(mem_k, dtype=np.intp),
         mem_p=np.array(mem_p, dtype=np.intp),
+        mem_start=np.searchsorted(np.array(mem_c, dtype=np.intp), np.arange(len(chargers))).astype(np.intp),
         cap=cap,
         worst_non_ev=worst,
         subtree_chargers={
