@@ -139,6 +139,11 @@ def perturb(snapshot: Snapshot, site: Site, rng: random.Random, now: float, shar
             cs = replace(cs, draw_a=tuple(rng.choice([math.nan, -1.0, ch.max_limit * 1.5])
                                           for _ in range(site.service.phases)), draw_at=now)
         chargers[cid] = replace(cs, actuation=_actuation(rng, cs, rng.choice([0.0, ch.min_limit, ch.max_limit]), now))
+    r = rng.random()
+    if r < 0.1 and chargers:  # a charger the snapshot lacks (offline to the allocator)
+        del chargers[rng.choice(sorted(chargers))]
+    elif r < 0.2:  # another order than the site's
+        chargers = dict(reversed(list(chargers.items())))
     cap = rng.choice([None, None, None, site.circuits[site.root].limit_a * rng.uniform(0.2, 1.1), -1.0, math.inf])
     return replace(snapshot, chargers=chargers, site_cap_a=cap)
 

@@ -48,9 +48,7 @@ class Inputs:
 
 
 def inputs(snapshot: Snapshot, plan: Plan) -> Inputs:
-    offline = ChargerSnapshot(id="", online=False)
-    get = snapshot.chargers.get
-    snaps = [get(cid, offline) for cid in plan.ids]
+    snaps = _in_plan_order(snapshot, plan)
     n = len(snaps)
     acts = list(map(_ACTUATION, snaps))
     has_act = _present(acts, n)
@@ -97,6 +95,16 @@ def inputs(snapshot: Snapshot, plan: Plan) -> Inputs:
 _ONLINE, _NONCOMPLIANT, _STATE, _CONNECTORS, _DRAW_AT, _CHANGED_AT, _DRAW_A, _DRAW_W, _ACTUATION, _SESSION = (
     attrgetter(k) for k in ("online", "noncompliant", "state", "active_connectors", "draw_at", "state_changed_at",
                             "draw_a", "draw_w", "actuation", "session"))
+
+
+def _in_plan_order(snapshot: Snapshot, plan: Plan) -> list[ChargerSnapshot]:
+    """Each plan charger's snapshot (an offline stand-in where there is none); the snapshot's own order when
+    it is the plan's (the daemon builds it from the site)."""
+    chargers = snapshot.chargers
+    if len(chargers) == len(plan.ids) and tuple(chargers) == plan.ids:
+        return list(chargers.values())
+    offline = ChargerSnapshot(id="", online=False)
+    return [chargers.get(cid, offline) for cid in plan.ids]
 
 
 def _floats(values: list[float | None], n: int) -> FloatArray:
