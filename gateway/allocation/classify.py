@@ -178,8 +178,9 @@ def _bounds(c: Classes, site: Site, plan: Plan, dt: float, now: float) -> None:
     c.lo, c.lo_limit = np.where(act, lo_a, 0.0), np.where(act, lo_limit, 0.0)
     c.hi, c.hi_reason = np.where(act, cap, 0.0), _HI_REASONS[np.where(act, why, _NONE)]
     # a session not yet allocated waits its turn
-    fresh_wait = np.minimum(now, inp.started_at)
-    c.paused_since = np.where(act, np.where(mem.has, mem.paused_since, fresh_wait), np.nan)
+    waits = mem.paused_since if mem.has.all() else np.where(mem.has, mem.paused_since,
+                                                              np.minimum(now, inp.started_at()))
+    c.paused_since = np.where(act, waits, np.nan)
     c.running_since = np.where(act & mem.has, mem.running_since, np.nan)
 
 

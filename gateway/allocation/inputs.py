@@ -13,7 +13,7 @@ import numpy as np
 
 from gateway.allocation.plan import FloatArray, IntArray, Plan
 from gateway.allocation.state import BoolArray
-from gateway.model import ChargerSnapshot, ChargerState, Snapshot
+from gateway.model import ChargerSnapshot, ChargerState, Session, Snapshot
 
 STATES = tuple(ChargerState)
 _CODE = {s: k for k, s in enumerate(STATES)}
@@ -35,8 +35,12 @@ class Inputs:
     state_changed_at: FloatArray
     raw: FloatArray  # (chargers, phases): the reported draw in line A per site phase (``measured``)
     has_raw: BoolArray
-    started_at: FloatArray  # of the session
+    sessions: list[Session | None]
     priority: list[str | None]  # the session's own class
+
+    def started_at(self) -> FloatArray:
+        """When each session started (NaN: none); only chargers without memory need it."""
+        return _floats([s.started_at if s is not None else None for s in self.sessions], len(self.sessions))
     has_act: BoolArray  # actuation feedback (the other actuation fields are False / NaN without)
     controlled: BoolArray
     failsafe_installed: BoolArray
@@ -74,12 +78,12 @@ def inputs(snapshot: Snapshot, plan: Plan) -> Inputs:
         online=_flags(map(_ONLINE, snaps), n),
         noncompliant=_flags(map(_NONCOMPLIANT, snaps), n),
         state=_states(list(map(_STATE, snaps)), n),
-        active_connectors=_floats(list(map(_CONNECTORS, snaps)), n),
+        active_connectors=_counts(list(map(_CONNECTORS, snaps)), n),
         draw_at=_floats(list(map(_DRAW_AT, snaps)), n),
         state_changed_at=_floats(list(map(_CHANGED_AT, snaps)), n),
         raw=raw,
         has_raw=has_raw,
-        started_at=_floats([s.started_at if s is not None else None for s in sessions], n),
+        sessions=sessions,
         priority=[s.priority if s is not None else None for s in sessions],
         has_act=has_act,
         controlled=act_flags("controlled"),
@@ -119,6 +123,11 @@ def _floats(values: list[float | None], n: int) -> FloatArray:
 
 def _flags(values: Iterable[bool], n: int) -> BoolArray:
     return np.fromiter(values, np.bool_, n)
+
+
+def _counts(values: list[int], n: int) -> FloatArray:
+    """Small whole numbers as floats (most often all 1)."""
+    return np.ones(n) if values.count(1) == n else np.fromiter(values, np.float64, n)
 
 
 def _present(values: list[Any], n: int) -> BoolArray:
