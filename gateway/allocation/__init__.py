@@ -27,6 +27,11 @@ The steps, each a module:
 
 All arithmetic runs in line current per phase (A); DC power converts through the charger's efficiency,
 power factor and the service voltage less its tolerance (``Site.to_line_a``).
+
+Every step works on arrays over the plan's chargers (numpy), not charger by charger: ``plan`` derives the
+site's per-charger figures once per Site object, ``inputs`` reads the snapshot once per field, and the
+memory between ticks stays in arrays (``state.Memory``; ``AllocatorState.chargers`` shows it per charger).
+tests/test_allocation_equivalence.py holds the results to those of the per-charger version it replaced.
 """
 
 from __future__ import annotations
