@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from gateway.allocation.plan import EPS_A, TOL_A, FloatArray, IntArray, Plan
@@ -21,21 +23,18 @@ def fill(
         g_c, g_k = plan.mem_c[gmask], plan.mem_k[gmask]
         t_hi_all = float(np.max(np.where(grow, hi / weight, 0.0)))
 
-        # each membership's weight and bounds, gathered once per round
-        w_g, lo_g, hi_g = weight[g_c], lo[g_c], hi[g_c]
-
-        def usage(t: float, g_k: IntArray = g_k, w_g: FloatArray = w_g, lo_g: FloatArray = lo_g,
-                  hi_g: FloatArray = hi_g, base: FloatArray = usage_fixed) -> FloatArray:
-            xt = np.minimum(np.maximum(w_g * t, lo_g), hi_g)  # np.clip, without its wrapper
-            return base + np.bincount(g_k, weights=xt, minlength=K)
-
         # a constraint already full at t=0 (fixed loads alone; its members are paused) must not hold back
         # the others: it binds only its growing members, and it has none
-        room_r = np.maximum(room, usage(0.0))
-        limit = room_r + EPS_A
-        if (usage(t_hi_all) <= limit).all():
+        usage = _usage(g_c, g_k, weight, lo, hi, usage_fixed, K)
+        limit = np.maximum(room, usage(0.0)) + EPS_A
+        over = usage(t_hi_all) > limit
+        if not over.any():
             x[grow] = hi[grow]
             break
+        # usage only grows with the level (exactly, in floating point too): a constraint within its room at the
+        # highest level is within it at every level below, so only the others are summed from here on
+        keep = over[g_k]
+        usage = _usage(g_c[keep], g_k[keep], weight, lo, hi, usage_fixed, K)
         t_lo, t_up = 0.0, t_hi_all
         wmax = float(np.max(weight[grow]))
         while (t_up - t_lo) * wmax > TOL_A:
@@ -61,3 +60,16 @@ def fill(
         fm = fmask[plan.mem_c]
         usage_fixed = usage_fixed + np.bincount(plan.mem_k[fm], weights=x[plan.mem_c[fm]], minlength=K)
     return x, frozen_by
+
+
+def _usage(
+    g_c: IntArray, g_k: IntArray, weight: FloatArray, lo: FloatArray, hi: FloatArray, base: FloatArray, K: int
+) -> Callable[[float], FloatArray]:
+    """Each constraint's load at level t: the fixed part plus every membership's charger at its share."""
+    w_g, lo_g, hi_g = weight[g_c], lo[g_c], hi[g_c]  # gathered once per round
+
+    def usage(t: float) -> FloatArray:
+        xt = np.minimum(np.maximum(w_g * t, lo_g), hi_g)  # np.clip, without its wrapper
+        return base + np.bincount(g_k, weights=xt, minlength=K)
+
+    return usage
