@@ -27,22 +27,25 @@ The steps, each a module:
 
 All arithmetic runs in line current per phase (A); DC power converts through the charger's efficiency,
 power factor and the service voltage less its tolerance (``Site.to_line_a``).
+
+Every step works on arrays over the plan's chargers (numpy), not charger by charger: ``plan`` derives the
+site's per-charger figures once per Site object, ``inputs`` reads the snapshot once per field, and the
+memory between ticks stays in arrays (``state.Memory``; ``AllocatorState.chargers`` shows it per charger).
+tests/test_allocation_equivalence.py holds the results to those of the per-charger version it replaced.
 """
 
 from __future__ import annotations
-
-import numpy as np
 
 from gateway.allocation.classify import classify
 from gateway.allocation.fill import fill
 from gateway.allocation.finalize import gate, propose, remember
 from gateway.allocation.headroom import Headroom, headroom
 from gateway.allocation.minimums import pause
-from gateway.allocation.plan import Plan, plan_of
-from gateway.allocation.state import AllocatorState, ChargerMemory, CircuitMemory
+from gateway.allocation.plan import FloatArray, Plan, plan_of
+from gateway.allocation.state import AllocatorState, ChargerMemory, CircuitMemory, MemoryView
 from gateway.allocation.trust import Trust, meter_problem, mode_of, trust
 from gateway.config import Site
-from gateway.model import Allocation, ChargerLimit, CircuitStatus, Snapshot
+from gateway.model import Allocation, CircuitStatus, Snapshot
 
 __all__ = ["AllocatorState", "ChargerMemory", "CircuitMemory", "allocate", "meter_problem"]
 
@@ -55,44 +58,33 @@ def allocate(
     t = trust(site, plan, snapshot.meters, now)
     c = classify(snapshot, site, plan, state, t.failsafe_reason, now, t.aging, t.readings)
     h = headroom(site, plan, c, t.readings, state.circuits, snapshot.caps, now)
-    room = h.cap - h.non_ev - plan.per_constraint(np.array(c.fixed, dtype=np.float64))
+    room = h.cap - h.non_ev - plan.per_constraint(c.fixed)
     paused = pause(plan, c, room, snapshot.chargers, site.control.rotation_period_s, now)
-    n = len(plan.ids)
-    grow = np.zeros(n, dtype=bool)
-    grow[[i for i in c.active if i not in paused]] = True
-    x, frozen_by = fill(
-        plan, grow, np.array(c.lo, dtype=np.float64), np.array(c.hi, dtype=np.float64),
-        np.array(c.weight, dtype=np.float64), room,
-    )
-    propose(site, plan, c, x, frozen_by, paused, h.binding_name, state)
+    grow = c.is_active.copy()
+    grow[list(paused)] = False
+    x, frozen_by = fill(plan, grow, c.lo, c.hi, c.weight, room)
+    propose(site, plan, c, x, frozen_by, paused, h.binding_name)
     gate(plan, c, h.cap, h.non_ev)
-    limits, memory = remember(site, plan, c, snapshot, state, now)
+    limits, memory, may = remember(site, plan, c, now)
     allocation = Allocation(
         at=now,
         limits=limits,
-        circuits=_circuits(site, plan, t, h, limits),
+        circuits=_circuits(site, plan, t, h, may),
         mode=mode_of(site, t.failsafe_meters),
         failsafe_meters=t.failsafe_meters,
     )
-    return allocation, AllocatorState(at=now, chargers=memory, circuits=h.memory)
+    return allocation, AllocatorState(now, MemoryView(memory), h.memory, memory, plan)
 
 
-def _circuits(
-    site: Site, plan: Plan, t: Trust, h: Headroom, limits: dict[str, ChargerLimit]
-) -> dict[str, CircuitStatus]:
+def _circuits(site: Site, plan: Plan, t: Trust, h: Headroom, may: FloatArray) -> dict[str, CircuitStatus]:
     P = plan.n_phases
-    may = np.array([limits[cid].may_draw_a for cid in plan.ids], dtype=np.float64)
-    alloc_k = plan.per_constraint(may) if len(plan.ids) else np.zeros(plan.n_constraints)
-    head = h.cap - h.non_ev
+    alloc_k = plan.per_constraint(may).tolist()
+    non_ev, head, cap = h.non_ev.tolist(), (h.cap - h.non_ev).tolist(), h.cap.tolist()
     out: dict[str, CircuitStatus] = {}
     for j, cid in enumerate(plan.circuit_ids):
-        sl = slice(j * P, (j + 1) * P)
-        out[cid] = CircuitStatus(
-            limit_a=float(h.cap[j * P] + site.circuits[cid].margin_a) if P else site.circuits[cid].limit_a,
-            measured_a=h.measured.get(cid),
-            non_ev_a=tuple(float(v) for v in h.non_ev[sl]),
-            headroom_a=tuple(float(v) for v in head[sl]),
-            allocated_a=tuple(float(v) for v in alloc_k[sl]),
-            state=t.circuit_state[cid],
-        )
+        a, b = j * P, (j + 1) * P
+        limit = cap[a] + site.circuits[cid].margin_a if P else site.circuits[cid].limit_a
+        # limit, measured, non-EV, headroom, allocated, state (positional: 121 of them at 1000 chargers)
+        out[cid] = CircuitStatus(limit, h.measured.get(cid), tuple(non_ev[a:b]), tuple(head[a:b]),
+                                 tuple(alloc_k[a:b]), t.circuit_state[cid])
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from gateway.allocation.plan import EPS_A, TOL_A, FloatArray, IntArray, Plan
@@ -9,38 +11,39 @@ from gateway.allocation.plan import EPS_A, TOL_A, FloatArray, IntArray, Plan
 
 def fill(
     plan: Plan, grow: np.ndarray, lo: FloatArray, hi: FloatArray, weight: FloatArray, room: FloatArray
-) -> tuple[FloatArray, dict[int, int]]:
-    """Line current per charger, and for each charger frozen by a full constraint, that constraint."""
+) -> tuple[FloatArray, IntArray]:
+    """Line current per charger, and for each charger frozen by a full constraint, that constraint (-1: none)."""
     n, K = len(plan.ids), plan.n_constraints
     x = np.zeros(n)
     grow = grow.copy()
-    frozen_by: dict[int, int] = {}
+    frozen_by = np.full(n, -1, dtype=np.intp)
     usage_fixed = np.zeros(K)
     while grow.any():
         gmask = grow[plan.mem_c]
         g_c, g_k = plan.mem_c[gmask], plan.mem_k[gmask]
         t_hi_all = float(np.max(np.where(grow, hi / weight, 0.0)))
 
-        def usage(t: float, g_c: IntArray = g_c, g_k: IntArray = g_k, base: FloatArray = usage_fixed) -> FloatArray:
-            xt = np.clip(weight * t, lo, hi)
-            return base + np.bincount(g_k, weights=xt[g_c], minlength=K)
-
         # a constraint already full at t=0 (fixed loads alone; its members are paused) must not hold back
         # the others: it binds only its growing members, and it has none
-        room_r = np.maximum(room, usage(0.0))
-        if (usage(t_hi_all) <= room_r + EPS_A).all():
+        usage = _usage(g_c, g_k, weight, lo, hi, usage_fixed, K)
+        limit = np.maximum(room, usage(0.0)) + EPS_A
+        over = usage(t_hi_all) > limit
+        if not over.any():
             x[grow] = hi[grow]
             break
+        # usage only grows with the level (exactly, in floating point too): a constraint within its room at the
+        # highest level is within it at every level below, so only the others are summed from here on
+        keep = over[g_k]
+        usage = _usage(g_c[keep], g_k[keep], weight, lo, hi, usage_fixed, K)
         t_lo, t_up = 0.0, t_hi_all
         wmax = float(np.max(weight[grow]))
         while (t_up - t_lo) * wmax > TOL_A:
             t_mid = 0.5 * (t_lo + t_up)
-            if (usage(t_mid) <= room_r + EPS_A).all():
+            if (usage(t_mid) <= limit).all():
                 t_lo = t_mid
             else:
                 t_up = t_mid
-        sat = np.zeros(K, dtype=bool)
-        sat[np.flatnonzero(usage(t_up) > room_r + EPS_A)] = True
+        sat = usage(t_up) > limit
         xt = np.clip(weight * t_lo, lo, hi)
         hit = np.zeros(n, dtype=bool)
         hit_k = np.full(n, -1, dtype=np.intp)
@@ -50,13 +53,23 @@ def fill(
         newly = np.flatnonzero(hit & grow)
         if newly.size == 0:  # numerical corner: freeze everyone at the feasible level
             newly = np.flatnonzero(grow)
-        for i in newly.tolist():
-            x[i] = xt[i]
-            if hit_k[i] >= 0:
-                frozen_by[i] = int(hit_k[i])
+        x[newly], frozen_by[newly] = xt[newly], hit_k[newly]
         grow[newly] = False
         fmask = np.zeros(n, dtype=bool)
         fmask[newly] = True
         fm = fmask[plan.mem_c]
         usage_fixed = usage_fixed + np.bincount(plan.mem_k[fm], weights=x[plan.mem_c[fm]], minlength=K)
     return x, frozen_by
+
+
+def _usage(
+    g_c: IntArray, g_k: IntArray, weight: FloatArray, lo: FloatArray, hi: FloatArray, base: FloatArray, K: int
+) -> Callable[[float], FloatArray]:
+    """Each constraint's load at level t: the fixed part plus every membership's charger at its share."""
+    w_g, lo_g, hi_g = weight[g_c], lo[g_c], hi[g_c]  # gathered once per round
+
+    def usage(t: float) -> FloatArray:
+        xt = np.minimum(np.maximum(w_g * t, lo_g), hi_g)  # np.clip, without its wrapper
+        return base + np.bincount(g_k, weights=xt, minlength=K)
+
+    return usage

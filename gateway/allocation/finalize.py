@@ -9,15 +9,16 @@ freed capacity waits at 0 (``hold:in-flight``) until the chargers it waits for h
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
 from gateway.allocation.classify import Classes
-from gateway.allocation.plan import EPS_A, TOL_A, FloatArray, Plan
-from gateway.allocation.reserve import follow, fresh_reserve
-from gateway.allocation.state import AllocatorState, ChargerMemory, following
+from gateway.allocation.plan import EPS_A, TOL_A, FloatArray, IntArray, Plan
+from gateway.allocation.reserve import fresh_reserves
+from gateway.allocation.state import Memory
 from gateway.config import Site
-from gateway.model import ChargerLimit, Snapshot
+from gateway.model import ChargerLimit
 
 
 def floor_limit(v: float, step: float = 0.1) -> float:
@@ -25,95 +26,101 @@ def floor_limit(v: float, step: float = 0.1) -> float:
     return math.floor((v + 2 * TOL_A) / step) * step
 
 
+def floor_limits(v: FloatArray, step: float = 0.1) -> FloatArray:
+    """``floor_limit`` of every element."""
+    return np.asarray(np.floor((v + 2 * TOL_A) / step) * step, dtype=np.float64)
+
+
 def propose(
-    site: Site, plan: Plan, c: Classes, x: FloatArray, frozen_by: dict[int, int], paused: dict[int, int],
-    names: tuple[str, ...], state: AllocatorState,
+    site: Site, plan: Plan, c: Classes, x: FloatArray, frozen_by: IntArray, paused: dict[int, int],
+    names: tuple[str, ...],
 ) -> None:
     """The active sessions' limits before the gate: pauses, floor to 0.1, hysteresis, reasons (in ``c``)."""
-    running = {c.weight[i] for i in c.active if i not in paused}
-    hyst = site.control.hysteresis_a
-    for i in c.active:
-        u2l = plan.unit_to_line[i]
-        if i in paused:
-            w = c.weight[i]
-            if w in running:
-                why = "paused:rotation"
-            elif any(r > w for r in running):
-                why = "paused:priority"
-            else:
-                why = f"paused:{names[paused[i]]}"
-            c.limit[i], c.line[i], c.reason[i] = 0.0, 0.0, why
-            continue
-        limit = max(c.lo_limit[i], floor_limit(float(x[i]) / u2l))
-        # capped where the filling stopped below the cap (by a whole step of the charger's unit)
-        capped = i in frozen_by and limit < floor_limit(c.hi[i] / u2l)
-        why = f"capped:{names[frozen_by[i]]}" if capped else c.hi_reason[i]
-        mem = state.chargers.get(plan.ids[i])
-        if mem is not None and mem.limit >= c.lo_limit[i] and limit > mem.limit and (limit - mem.limit) * u2l < hyst:
-            limit, why = mem.limit, "hold:hysteresis"
-        c.limit[i], c.line[i], c.reason[i] = limit, limit * u2l, why
+    run = c.is_active.copy()
+    run[list(paused)] = False
+    _pause_reasons(c, paused, set(c.weight[run].tolist()), names)
+    if not run.any():
+        return
+    limit = np.maximum(c.lo_limit, floor_limits(x / plan.u2l))
+    # capped where the filling stopped below the cap (by a whole step of the charger's unit)
+    capped = run & (frozen_by >= 0) & (limit < floor_limits(c.hi / plan.u2l))
+    why = c.hi_reason.copy()
+    if capped.any():
+        why[capped] = ["capped:" + names[k] for k in frozen_by[capped].tolist()]
+    mem = c.mem
+    hold = mem.has & (mem.limit >= c.lo_limit) & (limit > mem.limit) & (
+        (limit - mem.limit) * plan.u2l < site.control.hysteresis_a)
+    limit = np.where(hold, mem.limit, limit)
+    why[hold] = "hold:hysteresis"
+    c.limit, c.line = np.where(run, limit, c.limit), np.where(run, limit * plan.u2l, c.line)
+    c.reason[run] = why[run]
+
+
+def _pause_reasons(c: Classes, paused: dict[int, int], running: set[float], names: tuple[str, ...]) -> None:
+    for i, k in paused.items():
+        w = c.weight[i]
+        if w in running:
+            why = "paused:rotation"
+        elif any(r > w for r in running):
+            why = "paused:priority"
+        else:
+            why = f"paused:{names[k]}"
+        c.limit[i], c.line[i], c.reason[i], c.waiting[i] = 0.0, 0.0, why, True
 
 
 def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:
     """Scale every increase beyond a charger's reserve to the capacity that no reserve holds (in ``c``)."""
-    n = len(plan.ids)
-    if not c.active:
+    if not c.is_active.any():
         return
-    is_active = np.zeros(n, dtype=bool)
-    is_active[np.array(c.active, dtype=np.intp)] = True
-    reserve = np.array(c.reserve, dtype=np.float64)
-    held = np.where(is_active, reserve, np.array(c.fixed, dtype=np.float64))
-    line = np.array(c.line, dtype=np.float64)
-    delta = np.where(is_active, np.maximum(line - reserve, 0.0), 0.0)
+    held = np.where(c.is_active, c.reserve, c.fixed)
+    delta = np.where(c.is_active, np.maximum(c.line - c.reserve, 0.0), 0.0)
     if not (delta > EPS_A).any():
         return
     free = np.maximum(cap - non_ev - plan.per_constraint(held), 0.0)
     want = plan.per_constraint(delta)
     factor_k = np.where(want > EPS_A, np.minimum(1.0, free / np.maximum(want, EPS_A)), 1.0)
-    factor = np.ones(n)
-    np.minimum.at(factor, plan.mem_c, factor_k[plan.mem_k])
-    for i in np.flatnonzero((delta > EPS_A) & (factor < 1.0 - 1e-9)).tolist():
-        u2l = plan.unit_to_line[i]
-        granted = float(reserve[i] + delta[i] * factor[i])
-        limit = floor_limit(granted / u2l)
-        if granted < c.lo[i] - EPS_A or limit < c.lo_limit[i] - 1e-9:
-            limit = 0.0  # its minimum does not fit in freed capacity yet: it waits (a decrease, always safe)
-        c.limit[i], c.line[i], c.reason[i] = limit, limit * u2l, "hold:in-flight"
+    factor = np.minimum(1.0, plan.lowest_per_charger(factor_k[plan.mem_k]))
+    sel = (delta > EPS_A) & (factor < 1.0 - 1e-9)
+    granted = c.reserve + delta * factor
+    limit = floor_limits(granted / plan.u2l)
+    # its minimum does not fit in freed capacity yet: it waits (a decrease, always safe)
+    limit = np.where((granted < c.lo - EPS_A) | (limit < c.lo_limit - 1e-9), 0.0, limit)
+    c.limit, c.line = np.where(sel, limit, c.limit), np.where(sel, limit * plan.u2l, c.line)
+    c.reason[sel] = "hold:in-flight"
+    c.waiting |= sel & (limit == 0.0)
 
 
 def remember(
-    site: Site, plan: Plan, c: Classes, snapshot: Snapshot, state: AllocatorState, now: float
-) -> tuple[dict[str, ChargerLimit], dict[str, ChargerMemory]]:
-    limits: dict[str, ChargerLimit] = {}
-    memory: dict[str, ChargerMemory] = {}
-    active = set(c.active)
-    resp = site.control.ev_response_s
-    for i, cid in enumerate(plan.ids):
-        mem, v = state.chargers.get(cid), c.views[i]
-        limit, line, why = c.limit[i], c.line[i], c.reason[i]
-        paused_since, running_since = _rotation(c, i, i in active, why, now)
-        base_a, follows, raised_at = v.base_a, v.follows, v.raised_at
-        cs = snapshot.chargers.get(cid)
-        if cs is not None and cs.actuation is None and cs.online:
-            # no actuation feedback: the decided limit counts as accepted now
-            start = fresh_reserve(plan.chargers[i], cs, plan.unit_to_line[i])
-            follows, raised_at = follow(mem, start, line, now, resp, now)
-            base_a = line
-        memory[cid] = ChargerMemory(
-            limit=limit, line_a=line, reason=why,
-            paused_since=paused_since, running_since=running_since, base_a=base_a,
-            follows=follows, raised_at=raised_at,
-            reports=c.reports[i],
-        )
-        may = max(c.reserve[i], line, following(follows, now))
-        limits[cid] = ChargerLimit(limit, line, why, may)
-    return limits, memory
+    site: Site, plan: Plan, c: Classes, now: float
+) -> tuple[dict[str, ChargerLimit], Memory, FloatArray]:
+    """The limits, the next memory and what each charger may draw from now on (its reserve in the
+    allocation)."""
+    inp, mem, v = c.inp, c.mem, c.views
+    # no actuation feedback: the decided limit counts as accepted now
+    accepted_now = ~inp.has_act & inp.online
+    before = np.where(mem.has, mem.base_a, fresh_reserves(plan, inp, mem))
+    follows = v.follows.copy()
+    fall = accepted_now & (c.line < before - EPS_A)
+    rise = accepted_now & ~fall & (c.line > before + EPS_A)
+    follows.add(fall, before, np.full(len(plan.ids), now + site.control.ev_response_s))
+    raised = np.where(rise, now, v.raised_at)
+    base = np.where(accepted_now, c.line, v.base_a)
+    paused_since, running_since = _rotation(c, now)
+    may = np.maximum(np.maximum(c.reserve, c.line), follows.highest(now))
+    memory = Memory(plan.ids, np.ones(len(plan.ids), dtype=bool), c.limit, c.line, c.reason, paused_since,
+                    running_since, base, raised, follows, c.reports)
+    rows = zip(c.limit.tolist(), c.line.tolist(), c.reason.tolist(), may.tolist(), strict=True)
+    return dict(zip(plan.ids, map(_LIMIT, rows), strict=True)), memory, may
 
 
-def _rotation(c: Classes, i: int, active: bool, why: str, now: float) -> tuple[float | None, float | None]:
-    if not active:
-        return None, None
-    if why.startswith("paused:") or (why == "hold:in-flight" and c.limit[i] == 0.0):
-        return (c.paused_since[i] if c.paused_since[i] is not None else now), None
-    rs = c.running_since[i] if (c.running_since[i] is not None and c.paused_since[i] is None) else now
-    return None, rs
+_LIMIT = partial(tuple.__new__, ChargerLimit)  # ChargerLimit._make without its Python frame
+
+
+def _rotation(c: Classes, now: float) -> tuple[FloatArray, FloatArray]:
+    """(paused since, running since) of the active sessions: a session left at 0 keeps waiting since it was
+    paused (or from now); one that runs keeps running since it ran without a pause (or from now)."""
+    ps, rs = c.paused_since, c.running_since
+    paused = np.where(c.is_active & c.waiting, np.where(np.isnan(ps), now, ps), np.nan)
+    running = np.where(c.is_active & ~c.waiting, np.where(~np.isnan(rs) & np.isnan(ps), rs, now), np.nan)
+    return paused, running
+

@@ -45,31 +45,29 @@ def headroom(
     before: Mapping[str, CircuitMemory], caps: Sequence[BudgetCap], now: float,
 ) -> Headroom:
     P, K = plan.n_phases, plan.n_constraints
-    n = len(plan.ids)
-    draws = np.array([d if d is not None else [0.0] * P for d in c.draw], dtype=np.float64).reshape(n, P)
-    ev_draw_k = np.bincount(plan.mem_k, weights=draws[plan.mem_c, plan.mem_p], minlength=K)
+    ev_draw = c.draw[plan.mem_c, plan.mem_p]  # each membership's draw
+    ev_draw_k = np.bincount(plan.mem_k, weights=ev_draw, minlength=K)
     # per constraint: how many chargers there are still following a decrease, and the oldest measurement time
     # among the draws subtracted there
-    responding_k = plan.per_constraint(np.array(c.following, dtype=np.float64))
+    responding_k = plan.per_constraint(c.following.astype(np.float64))
     oldest_k = np.full(K, np.inf)
-    at = np.array(c.draw_at, dtype=np.float64)
-    sel = draws[plan.mem_c, plan.mem_p] > 0
-    np.minimum.at(oldest_k, plan.mem_k[sel], at[plan.mem_c[sel]])
+    sel = ev_draw > 0
+    np.minimum.at(oldest_k, plan.mem_k[sel], c.draw_at[plan.mem_c[sel]])
     non_ev = plan.worst_non_ev.copy()
     memory: dict[str, CircuitMemory] = {}
     measured: dict[str, tuple[float, ...]] = {}
-    for j, cid in enumerate(plan.circuit_ids):
+    ev_l, worst_l, resp_l, oldest_l = ev_draw_k.tolist(), plan.worst_non_ev.tolist(), responding_k.tolist(), (
+        oldest_k.tolist())
+    for j, cid in plan.metered_circuits:
         reading = readings.get(cid)
         if reading is None:
             continue
-        sl = slice(j * P, (j + 1) * P)
+        a, b = j * P, (j + 1) * P
         cur = [float(x) for x in reading.current_a[:P]]
-        mem = _estimate(
-            cur, ev_draw_k[sl].tolist(), plan.measured_phases[cid].tolist(), plan.worst_non_ev[sl].tolist(),
-            before.get(cid), responding_k[sl].tolist(), oldest_k[sl].tolist(), now,
-        )
+        mem = _estimate(cur, ev_l[a:b], plan.measured_phases[cid].tolist(), worst_l[a:b], before.get(cid),
+                        resp_l[a:b], oldest_l[a:b], now)
         memory[cid] = mem
-        non_ev[sl] = mem.non_ev_a
+        non_ev[a:b] = mem.non_ev_a
         measured[cid] = tuple(cur)
     cap, names = _site_cap(site, plan, caps)
     return Headroom(cap, non_ev, names, memory, measured)

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.config import PHASES, ChargerConfig, Site
+from gateway.electrical import watts_per_line_a
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -27,17 +28,39 @@ class Plan:
     mem_c: IntArray  # membership: charger index ...
     mem_k: IntArray  # ... loads constraint index (circuit * P + phase)
     mem_p: IntArray  # ... on this site phase
+    mem_start: IntArray  # each charger's first membership (they are in charger order)
     cap: FloatArray  # per constraint: limit - margin
     worst_non_ev: FloatArray  # per constraint
     subtree_chargers: Mapping[str, IntArray]  # circuit -> indices of chargers beneath
     subtree_circuits: Mapping[str, tuple[str, ...]]
     measured_phases: Mapping[str, npt.NDArray[np.bool_]]  # metered circuit -> site phases its meter sees
+    metered_circuits: tuple[tuple[int, str], ...]  # (index, id) of every circuit with a meter, in order
     constraint_names: tuple[str, ...]  # "<circuit>/<phase>" per constraint
-    metered_path: tuple[tuple[str, ...], ...]  # per charger: the metered circuits on its path to the service
+    # per charger, as arrays: line A per unit of limit, its limits (charger unit), line A at its maximum and
+    # fail-safe limit, its class's weight, whether it is AC, the site lines it loads, whether across two lines,
+    # and W per line A for a reported power (nominal voltage; DC with its efficiency and power factor)
+    u2l: FloatArray
+    min_limit: FloatArray
+    max_limit: FloatArray
+    failsafe_limit: FloatArray
+    max_a: FloatArray
+    failsafe_a: FloatArray
+    weight: FloatArray
+    is_ac: npt.NDArray[np.bool_]
+    lines: npt.NDArray[np.bool_]  # (chargers, phases)
+    line_to_line: npt.NDArray[np.bool_]
+    w_per_a: FloatArray
+    metered_paths: tuple[tuple[str, ...], ...]  # every distinct set of metered circuits on a path to the service
+    path_index: tuple[int, ...]  # per charger: its metered path (in metered_paths)
+    index: Mapping[str, int]  # charger id -> its index
 
     @property
     def n_constraints(self) -> int:
         return len(self.circuit_ids) * self.n_phases
+
+    def lowest_per_charger(self, per_membership: FloatArray) -> FloatArray:
+        """The lowest of a per-membership figure over each charger's memberships (every charger has some)."""
+        return np.asarray(np.minimum.reduceat(per_membership, self.mem_start), dtype=np.float64)
 
     def per_constraint(self, per_charger: FloatArray) -> FloatArray:
         """Sum a per-charger line current over every circuit and phase it loads."""
@@ -81,6 +104,13 @@ def _build(site: Site) -> Plan:
         cap[j * P : (j + 1) * P] = c.limit_a - c.margin_a
         worst[j * P : (j + 1) * P] = c.worst_case_non_ev_a
     index = {cid: i for i, cid in enumerate(ids)}
+    metered = [tuple(c for c in site.path_to_root[ch.circuit] if site.circuits[c].meter is not None) for ch in chargers]
+    paths = {p: k for k, p in enumerate(dict.fromkeys(metered))}
+    u2l = np.array([site.to_line_a(ch, 1.0) for ch in chargers], dtype=np.float64)
+
+    def col(values: list[float]) -> FloatArray:
+        return np.array(values, dtype=np.float64).reshape(len(chargers))
+
     return Plan(
         ids=ids,
         chargers=chargers,
@@ -90,6 +120,7 @@ def _build(site: Site) -> Plan:
         mem_c=np.array(mem_c, dtype=np.intp),
         mem_k=np.array(mem_k, dtype=np.intp),
         mem_p=np.array(mem_p, dtype=np.intp),
+        mem_start=np.searchsorted(np.array(mem_c, dtype=np.intp), np.arange(len(chargers))).astype(np.intp),
         cap=cap,
         worst_non_ev=worst,
         subtree_chargers={
@@ -99,8 +130,27 @@ def _build(site: Site) -> Plan:
         measured_phases={
             m.circuit: np.array([p in m.phase_map for p in range(P)], dtype=bool) for m in site.meters.values()
         },
+        metered_circuits=tuple((j, cid) for j, cid in enumerate(circuit_ids) if site.circuits[cid].meter is not None),
         constraint_names=tuple(f"{cid}/{PHASES[k]}" for cid in circuit_ids for k in range(P)),
-        metered_path=tuple(
-            tuple(c for c in site.path_to_root[ch.circuit] if site.circuits[c].meter is not None) for ch in chargers
-        ),
+        u2l=u2l,
+        min_limit=col([ch.min_limit for ch in chargers]),
+        max_limit=col([ch.max_limit for ch in chargers]),
+        failsafe_limit=col([ch.failsafe_limit for ch in chargers]),
+        max_a=col([ch.max_limit for ch in chargers]) * u2l,
+        failsafe_a=col([ch.failsafe_limit for ch in chargers]) * u2l,
+        weight=col([site.priorities[ch.priority].weight for ch in chargers]),
+        is_ac=np.array([ch.kind == "ac" for ch in chargers], dtype=bool).reshape(len(chargers)),
+        lines=np.array([[p in ch.line_phases for p in range(P)] for ch in chargers], dtype=bool).reshape(-1, P),
+        line_to_line=np.array([len(ch.line_phases) == 2 for ch in chargers], dtype=bool).reshape(len(chargers)),
+        w_per_a=col([_w_per_a(site, ch) for ch in chargers]),
+        metered_paths=tuple(paths),
+        path_index=tuple(paths[p] for p in metered),
+        index=index,
     )
+
+
+def _w_per_a(site: Site, ch: ChargerConfig) -> float:
+    """The divisor that turns a reported power into line A, as ``reserve.measured_draw`` did: W per line A at
+    the nominal voltage (AC), times efficiency and power factor (DC)."""
+    v_per_a = watts_per_line_a(site.service, ch.line_phases)
+    return ch.efficiency * ch.power_factor * (v_per_a * 1.0) if ch.kind == "dc" else v_per_a

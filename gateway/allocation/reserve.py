@@ -11,23 +11,28 @@ reserve holds.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
 
-from gateway.allocation.plan import EPS_A
-from gateway.allocation.state import NEVER, ChargerMemory, following
-from gateway.config import ChargerConfig, Site
-from gateway.electrical import ac_line_current_a, dc_line_current_a
-from gateway.model import Actuation, ChargerSnapshot
+import numpy as np
+
+from gateway.allocation.inputs import Inputs
+from gateway.allocation.plan import EPS_A, FloatArray, Plan
+from gateway.allocation.state import KEEP_REPORTS, NEVER, BoolArray, Follows, Memory, Reports
+from gateway.config import ChargerConfig
+from gateway.model import ChargerSnapshot
 
 # a draw report older than this neither caps an EV nor makes room (buffered MeterValues are not fresh)
 REPORT_MAX_AGE_S = 120.0
 
 
-class View(NamedTuple):
-    may_draw_a: float  # line current per loaded phase it may draw now (its reserve)
-    base_a: float  # the reserve before any decrease still being followed
-    follows: tuple[tuple[float, float], ...]  # decreases being followed: (earlier line A, until)
-    raised_at: float
+@dataclass
+class Views:
+    """Per charger (arrays over the plan's chargers)."""
+
+    may_draw_a: FloatArray  # line current per loaded phase it may draw now (its reserve)
+    base_a: FloatArray  # the reserve before any decrease still being followed
+    follows: Follows  # decreases being followed: (earlier line A, until)
+    raised_at: FloatArray
 
 
 def fresh_reserve(ch: ChargerConfig, cs: ChargerSnapshot, u2l: float) -> float:
@@ -37,114 +42,91 @@ def fresh_reserve(ch: ChargerConfig, cs: ChargerSnapshot, u2l: float) -> float:
     return min(max(ch.failsafe_limit * u2l, drawn if math.isfinite(drawn) else 0.0), ch.max_limit * u2l)
 
 
-def follow(
-    mem: ChargerMemory | None, start_a: float, base_a: float, changed_at: float, resp: float, now: float
-) -> tuple[tuple[tuple[float, float], ...], float]:
-    """(follows, raised_at) once the reserve without followers is ``base_a`` (changed at ``changed_at``: when
-    the charger accepted the change, or now). A fall keeps the earlier reserve for a response; with no memory
-    the earlier reserve is ``start_a`` (``fresh_reserve``)."""
-    before, raised = (start_a, NEVER) if mem is None else (mem.base_a, mem.raised_at)
-    follows: tuple[tuple[float, float], ...] = () if mem is None else tuple(f for f in mem.follows if now < f[1])
-    if base_a < before - EPS_A:
-        follows = (*follows, (before, changed_at + resp))
-    elif base_a > before + EPS_A:
-        raised = changed_at
-    return follows, raised
+def fresh_reserves(plan: Plan, inp: Inputs, mem: Memory) -> FloatArray:
+    """``fresh_reserve`` of every charger without memory (0 for the others)."""
+    out = np.zeros(len(plan.ids))
+    if mem.has.all():
+        return out
+    for i in np.flatnonzero(~mem.has).tolist():
+        out[i] = fresh_reserve(plan.chargers[i], inp.snaps[i], plan.unit_to_line[i])
+    return out
 
 
-def view(
-    mem: ChargerMemory | None, cs: ChargerSnapshot, ch: ChargerConfig, u2l: float, resp: float, now: float
-) -> View:
-    act = cs.actuation
-    fs_a = ch.failsafe_limit * u2l
-    if act is None:  # the caller does not model actuation: the decided limit counts as accepted when decided
-        base = mem.base_a if mem is not None else fresh_reserve(ch, cs, u2l)
-        follows, raised = ((), NEVER) if mem is None else (tuple(f for f in mem.follows if now < f[1]), mem.raised_at)
-        if not cs.online:
-            base = max(base, fs_a)
-    else:
-        base = _base(mem, cs, act, ch, u2l, fs_a, resp, now)
-        changed_at = act.accepted_at if act.accepted_at is not None and act.accepted_at <= now else now
-        start = fresh_reserve(ch, cs, u2l) if mem is None else 0.0
-        follows, raised = follow(mem, start, base, changed_at, resp, now)
-    may = max(base, following(follows, now))
-    return View(may, base, follows, raised)
+def views(plan: Plan, inp: Inputs, mem: Memory, resp: float, now: float) -> Views:
+    """Each charger's reserve from what it accepted (a limit counts from its acceptance; a fall keeps the
+    earlier reserve for a response, so it joins the follows); without actuation feedback the decided limit
+    counts as accepted when decided (``remember``)."""
+    fresh = fresh_reserves(plan, inp, mem)
+    follows = mem.follows.live(now)
+    before = np.where(mem.has, mem.base_a, fresh)  # with no memory the earlier reserve is the fresh one
+    raised = np.where(mem.has, mem.raised_at, NEVER)
+    base = np.where(inp.online, before, np.maximum(before, plan.failsafe_a))  # no feedback
+    if inp.has_act.any():
+        fed = _base(plan, inp, mem, resp, now)
+        changed_at = np.where(inp.accepted_at <= now, inp.accepted_at, now)  # when it accepted, or now
+        fall = inp.has_act & (fed < before - EPS_A)
+        rise = inp.has_act & ~fall & (fed > before + EPS_A)
+        follows.add(fall, before, changed_at + resp)
+        raised = np.where(rise, changed_at, raised)
+        base = np.where(inp.has_act, fed, base)
+    return Views(np.maximum(base, follows.highest(now)), base, follows, raised)
 
 
-def _base(
-    mem: ChargerMemory | None, cs: ChargerSnapshot, act: Actuation, ch: ChargerConfig, u2l: float, fs_a: float,
-    resp: float, now: float,
-) -> float:
+def _base(plan: Plan, inp: Inputs, mem: Memory, resp: float, now: float) -> FloatArray:
     """The reserve from the actuation feedback alone (before followers)."""
-    accepted = act.accepted_limit * u2l if act.accepted_limit is not None else None
-    controlled = cs.online and act.controlled
-    if controlled:
-        base = accepted or 0.0
-    else:
-        lease_ok = act.lease_until is not None and now < act.lease_until + resp
-        base = max(accepted if (accepted is not None and lease_ok) else 0.0, fs_a)
-        if cs.online and not act.failsafe_installed and act.rejected_at is not None:
-            base = ch.max_limit * u2l  # it refused our profiles: nothing bounds it below its maximum
-    pending = act.pending_limit * u2l if act.pending_limit is not None else 0.0
-    if mem is not None:
-        pending = max(pending, mem.line_a)  # decided last tick, perhaps not yet queued: as if pending
-    return max(base, pending)
+    accepted = inp.accepted_limit * plan.u2l
+    known = ~np.isnan(accepted)
+    controlled = np.where(known, accepted, 0.0)
+    lease_ok = now < inp.lease_until + resp
+    uncontrolled = np.maximum(np.where(known & lease_ok, accepted, 0.0), plan.failsafe_a)
+    # it refused our profiles: nothing bounds it below its maximum
+    refused = inp.online & ~inp.failsafe_installed & ~np.isnan(inp.rejected_at)
+    uncontrolled = np.where(refused, plan.max_a, uncontrolled)
+    base = np.where(inp.online & inp.controlled, controlled, uncontrolled)
+    pending = np.where(np.isnan(inp.pending_limit), 0.0, inp.pending_limit * plan.u2l)
+    pending = np.where(mem.has, np.maximum(pending, mem.line_a), pending)  # decided last tick: as if pending
+    return np.asarray(np.maximum(base, pending), dtype=np.float64)
 
 
-def measured_draw(site: Site, ch: ChargerConfig, cs: ChargerSnapshot, P: int) -> list[float] | None:
-    """Reported line current per site phase (A), the station's total, or None when it reported none."""
-    if cs.draw_a is not None and ch.kind == "ac":
-        out = [0.0] * P
-        for ph in ch.line_phases:
-            if ph < len(cs.draw_a):
-                v = cs.draw_a[ph]
-                out[ph] = v if math.isfinite(v) and v > 0 else 0.0
-        if len(ch.line_phases) == 2:  # line-to-line: one current in two lines
-            m = max(out[ph] for ph in ch.line_phases)
-            for ph in ch.line_phases:
-                out[ph] = m
-        return out
-    if cs.draw_w is not None and math.isfinite(cs.draw_w):
-        w = max(cs.draw_w, 0.0)
-        # the least line current that power can be (nominal voltage): a draw subtracted from a meter must not
-        # be overstated (the limits, by contrast, convert at the lowest voltage: the most current)
-        if ch.kind == "dc":
-            a = dc_line_current_a(site.service, ch, w)
-        else:
-            a = ac_line_current_a(site.service, ch.line_phases, w)
-        out = [0.0] * P
-        for ph in ch.line_phases:
-            out[ph] = a
-        return out
-    return None
+def reports(mem: Memory, inp: Inputs, base_a: FloatArray) -> Reports:
+    """The chargers' recent draw reports with the lowest reserve each has had since, this one included."""
+    r = mem.reports
+    new = inp.has_raw & ~np.isnan(inp.draw_at) & ((r.n == 0) | (inp.draw_at > r.at[:, -1]))
+    at, draw, low, n = r.at, r.draw, r.low, r.n  # shared with the last memory where unchanged (never written)
+    if new.all():  # each new report goes into the last slot, the oldest drops out
+        at = np.concatenate([at[:, 1:], inp.draw_at[:, None]], axis=1)
+        draw = np.concatenate([draw[:, 1:], inp.raw[:, None]], axis=1)
+        low = np.concatenate([low[:, 1:], np.full((len(n), 1), np.inf)], axis=1)
+        n = np.minimum(n + 1, KEEP_REPORTS)
+    elif new.any():
+        at, draw, low = at.copy(), draw.copy(), low.copy()
+        at[new] = np.concatenate([at[new, 1:], inp.draw_at[new, None]], axis=1)
+        draw[new] = np.concatenate([draw[new, 1:], inp.raw[new, None]], axis=1)
+        low[new, :-1], low[new, -1] = low[new, 1:], np.inf
+        n = np.where(new, np.minimum(n + 1, KEEP_REPORTS), n)
+    used = np.arange(KEEP_REPORTS) >= KEEP_REPORTS - n[:, None]
+    return Reports(at, draw, np.where(used, np.minimum(low, base_a[:, None]), low), n)
 
 
-Report = tuple[float, tuple[float, ...], float]  # (measured at, line A per site phase, lowest reserve since)
-_KEEP_REPORTS = 3
+@dataclass
+class Report:
+    """Per charger, the report the meters saw (``usable``: one that may make room)."""
+
+    usable: BoolArray
+    at: FloatArray
+    draw: FloatArray  # (chargers, phases)
+    low: FloatArray
 
 
-def reports(mem: ChargerMemory | None, cs: ChargerSnapshot, draw: list[float] | None, v: View) -> tuple[Report, ...]:
-    """The charger's recent draw reports with the lowest reserve it has had since each, this one included."""
-    kept = mem.reports if mem is not None else ()
-    if draw is not None and cs.draw_at is not None and (not kept or cs.draw_at > kept[-1][0]):
-        kept = (*kept, (cs.draw_at, tuple(draw), float("inf")))[-_KEEP_REPORTS:]
-    base = v.base_a
-    if all(low <= base for _, _, low in kept):
-        return kept  # nothing lower to note (the common case: no new report, the reserve has not fallen)
-    return tuple((at, d, min(low, base)) for at, d, low in kept)
-
-
-def report_for(history: tuple[Report, ...], reading_at: float) -> Report | None:
-    """The newest report measured no later than the meters' readings (what the meters saw it draw)."""
-    for r in reversed(history):
-        if r[0] <= reading_at + 1e-9:
-            return r
-    return None
-
-
-def usable(at: float, cs: ChargerSnapshot, now: float) -> bool:
-    """Whether a draw report measured at ``at`` may make room at all: after the charger's last state change
-    and not too old. A report that may not can only count as load."""
-    if now - at > REPORT_MAX_AGE_S:
-        return False
-    return cs.state_changed_at is None or at >= cs.state_changed_at
+def report_for(r: Reports, reading_at: FloatArray, inp: Inputs, now: float) -> Report:
+    """The newest report measured no later than the meters' readings (what the meters saw it draw), and
+    whether it may make room at all: measured after the charger's last state change and not too old. A
+    report that may not can only count as load."""
+    used = np.arange(KEEP_REPORTS) >= KEEP_REPORTS - r.n[:, None]
+    seen = used & (r.at <= reading_at[:, None] + 1e-9)
+    j = KEEP_REPORTS - 1 - np.argmax(seen[:, ::-1], axis=1)
+    rows = np.arange(len(j))
+    at = r.at[rows, j]
+    sca = inp.state_changed_at
+    ok = seen.any(axis=1) & ~(now - at > REPORT_MAX_AGE_S) & (np.isnan(sca) | (at >= sca))
+    return Report(ok, at, r.draw[rows, j], r.low[rows, j])

@@ -1,23 +1,31 @@
-"""The allocator's memory between ticks: explicit, frozen state (``allocate`` returns the next one)."""
+"""The allocator's memory between ticks: explicit, frozen state (``allocate`` returns the next one).
+
+Every charger's memory is held as arrays over the plan's chargers (``Memory``, one row per charger), so
+that a tick at 1000 chargers does no per-charger Python work for it; ``AllocatorState.chargers`` reads it
+as one ``ChargerMemory`` per charger (made on first access), and a state built from such a mapping (a
+reload's ``keeping``, a test) is turned back into arrays once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+import math
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 NEVER = float("-inf")
+KEEP_REPORTS = 3  # draw reports kept per charger
 
-
-def following(follows: tuple[tuple[float, float], ...], now: float) -> float:
-    """The highest earlier limit a charger may still draw while it follows decreases (0: none)."""
-    if not follows:
-        return 0.0
-    return max((a for a, until in follows if now < until), default=0.0)
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
+BoolArray = npt.NDArray[np.bool_]
 
 
 class ChargerMemory(NamedTuple):
-    """One charger's memory (a NamedTuple: the allocator makes one per charger per tick)."""
+    """One charger's memory, as ``AllocatorState.chargers`` shows it."""
 
     limit: float  # the limit decided last (charger unit)
     line_a: float  # its line current per loaded phase
@@ -39,6 +47,175 @@ class ChargerMemory(NamedTuple):
     reports: tuple[tuple[float, tuple[float, ...], float], ...] = ()
 
 
+@dataclass
+class Follows:
+    """Per charger, the decreases being followed, oldest first: ``a[i, j]`` (line A it may still draw) until
+    ``until[i, j]`` for the slots j < n[i] whose until is not -inf (a lapsed one is marked so, and the slots
+    are compacted only when a row needs room)."""
+
+    a: FloatArray
+    until: FloatArray
+    n: IntArray
+
+    @classmethod
+    def empty(cls, rows: int) -> Follows:
+        return cls(np.zeros((rows, 0)), np.full((rows, 0), NEVER), np.zeros(rows, dtype=np.intp))
+
+    def copy(self) -> Follows:
+        return Follows(self.a.copy(), self.until.copy(), self.n.copy())
+
+    def live(self, now: float) -> Follows:
+        """Those still being followed at ``now`` (in their order)."""
+        lapsed = (self.until <= now) & (self.until > NEVER)
+        if not lapsed.any():
+            return self.copy()
+        return Follows(np.where(lapsed, 0.0, self.a), np.where(lapsed, NEVER, self.until), self.n.copy())
+
+    def add(self, rows: BoolArray, a: FloatArray, until: FloatArray) -> None:
+        """Append (a, until) to the rows selected (in place)."""
+        idx = np.flatnonzero(rows)
+        if not idx.size:
+            return
+        if int(self.n[idx].max()) >= self.a.shape[1]:
+            self._compact()
+        if int(self.n[idx].max()) >= self.a.shape[1]:
+            self.a = np.hstack([self.a, np.zeros((len(self.n), 1))])
+            self.until = np.hstack([self.until, np.full((len(self.n), 1), NEVER)])
+        slot = self.n[idx]
+        self.a[idx, slot], self.until[idx, slot] = a[idx], until[idx]
+        self.n[idx] += 1
+
+    def _compact(self) -> None:
+        """Every row's followed decreases to its first slots, in their order."""
+        keep = self.until > NEVER
+        order = np.argsort(~keep, axis=1, kind="stable")
+        self.n = keep.sum(axis=1).astype(np.intp)
+        self.a = np.take_along_axis(self.a, order, axis=1)
+        self.until = np.take_along_axis(self.until, order, axis=1)
+
+    def highest(self, now: float) -> FloatArray:
+        """Per charger, the highest earlier limit it may still draw while it follows (0: none)."""
+        if not self.a.shape[1]:
+            return np.zeros(len(self.n))
+        return np.asarray((self.a * (self.until > now)).max(axis=1), dtype=np.float64)  # every a > 0
+
+    def row(self, i: int) -> tuple[tuple[float, float], ...]:
+        k = int(self.n[i])
+        return tuple((a, u) for a, u in zip(self.a[i, :k].tolist(), self.until[i, :k].tolist(), strict=True)
+                     if u != NEVER)
+
+
+@dataclass
+class Reports:
+    """Per charger, its last draw reports, newest in the last slot: measured ``at[i, j]``, line A per site
+    phase ``draw[i, j]``, the lowest reserve since ``low[i, j]``; the last ``n[i]`` slots are used."""
+
+    at: FloatArray
+    draw: FloatArray  # (chargers, KEEP_REPORTS, phases)
+    low: FloatArray
+    n: IntArray
+
+    @classmethod
+    def empty(cls, rows: int, phases: int) -> Reports:
+        k = KEEP_REPORTS
+        return cls(np.full((rows, k), np.nan), np.zeros((rows, k, phases)), np.full((rows, k), np.inf),
+                   np.zeros(rows, dtype=np.intp))
+
+    def row(self, i: int) -> tuple[tuple[float, tuple[float, ...], float], ...]:
+        k = int(self.n[i])
+        if not k:
+            return ()
+        at, low, draw = self.at[i, -k:].tolist(), self.low[i, -k:].tolist(), self.draw[i, -k:].tolist()
+        return tuple((a, tuple(d), lo) for a, d, lo in zip(at, draw, low, strict=True))
+
+
+@dataclass
+class Memory:
+    """Every plan charger's memory as arrays (one row per charger, in the plan's order); NaN: None."""
+
+    ids: tuple[str, ...]
+    has: BoolArray  # False: no memory yet (a fresh start)
+    limit: FloatArray
+    line_a: FloatArray
+    reason: npt.NDArray[np.object_]
+    paused_since: FloatArray
+    running_since: FloatArray
+    base_a: FloatArray
+    raised_at: FloatArray
+    follows: Follows
+    reports: Reports
+
+    def row(self, i: int) -> ChargerMemory:
+        ps, rs = float(self.paused_since[i]), float(self.running_since[i])
+        return ChargerMemory(
+            float(self.limit[i]), float(self.line_a[i]), str(self.reason[i]),
+            None if math.isnan(ps) else ps, None if math.isnan(rs) else rs, float(self.base_a[i]),
+            self.follows.row(i), float(self.raised_at[i]), self.reports.row(i),
+        )
+
+    @classmethod
+    def of(cls, ids: tuple[str, ...], chargers: Mapping[str, ChargerMemory], phases: int) -> Memory:
+        """From one ChargerMemory per charger (a state the allocator did not make this way)."""
+        n = len(ids)
+        mems = [chargers.get(cid) for cid in ids]
+        m = cls(ids, np.zeros(n, dtype=bool), np.zeros(n), np.zeros(n), np.full(n, "", dtype=object),
+                np.full(n, np.nan), np.full(n, np.nan), np.zeros(n), np.full(n, NEVER),
+                Follows.empty(n), Reports.empty(n, phases))
+        width = max((len(mem.follows) for mem in mems if mem is not None), default=0)
+        m.follows = Follows(np.zeros((n, width)), np.full((n, width), NEVER), np.zeros(n, dtype=np.intp))
+        for i, mem in enumerate(mems):
+            if mem is not None:
+                _set_row(m, i, mem)
+        return m
+
+
+def _set_row(m: Memory, i: int, mem: ChargerMemory) -> None:
+    m.has[i] = True
+    m.limit[i], m.line_a[i], m.reason[i], m.base_a[i], m.raised_at[i] = (
+        mem.limit, mem.line_a, mem.reason, mem.base_a, mem.raised_at)
+    m.paused_since[i] = np.nan if mem.paused_since is None else mem.paused_since
+    m.running_since[i] = np.nan if mem.running_since is None else mem.running_since
+    f = m.follows
+    for j, (a, until) in enumerate(mem.follows):
+        f.a[i, j], f.until[i, j] = a, until
+    f.n[i] = len(mem.follows)
+    kept = mem.reports[-KEEP_REPORTS:]
+    r = m.reports
+    for j, (at, draw, low) in enumerate(kept, start=KEEP_REPORTS - len(kept)):
+        r.at[i, j], r.draw[i, j], r.low[i, j] = at, draw, low
+    r.n[i] = len(kept)
+
+
+class MemoryView(Mapping[str, ChargerMemory]):
+    """``Memory`` read as one ChargerMemory per charger id (each made once, on first access)."""
+
+    def __init__(self, memory: Memory) -> None:
+        self.memory = memory
+        self._index: dict[str, int] | None = None  # made on first access: most states are never read so
+        self._rows: dict[str, ChargerMemory] = {}
+
+    @property
+    def index(self) -> dict[str, int]:
+        if self._index is None:
+            self._index = {cid: i for i, cid in enumerate(self.memory.ids)}
+        return self._index
+
+    def __getitem__(self, cid: str) -> ChargerMemory:
+        row = self._rows.get(cid)
+        if row is None:
+            row = self._rows[cid] = self.memory.row(self.index[cid])
+        return row
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.memory.ids)
+
+    def __len__(self) -> int:
+        return len(self.memory.ids)
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self.index
+
+
 @dataclass(frozen=True)
 class CircuitMemory:
     """Per phase: the non-EV estimate in use, the highest current measured since the estimate was last
@@ -55,6 +232,9 @@ class AllocatorState:
     at: float | None = None  # when the allocator last ran
     chargers: Mapping[str, ChargerMemory] = field(default_factory=dict)
     circuits: Mapping[str, CircuitMemory] = field(default_factory=dict)
+    # the same memory as arrays, for the plan it was made with (None: rebuilt from ``chargers``)
+    memory: Memory | None = field(default=None, compare=False, repr=False)
+    plan_key: Any = field(default=None, compare=False, repr=False)
 
     def keeping(self, charger_ids: Container[str], circuit_ids: Container[str]) -> AllocatorState:
         """The state for a reloaded site: what still exists is kept (estimates and holds included)."""

@@ -1,0 +1,186 @@
+"""The snapshot's chargers as arrays over the plan's chargers (one pass per field; NaN stands for None)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import chain, repeat
+from operator import attrgetter, is_not
+from typing import Any
+
+import numpy as np
+
+from gateway.allocation.plan import FloatArray, IntArray, Plan
+from gateway.allocation.state import BoolArray
+from gateway.model import ChargerSnapshot, ChargerState, Session, Snapshot
+
+STATES = tuple(ChargerState)
+_CODE = {s: k for k, s in enumerate(STATES)}
+NO_EV, CHARGING, SUSPENDED_EV = (_CODE[s] for s in (ChargerState.NO_EV, ChargerState.CHARGING,
+                                                    ChargerState.SUSPENDED_EV))
+HAS_SESSION = np.array([s.has_session for s in STATES], dtype=bool)
+IDLE_REASON = np.array(["idle:no-ev" if s == ChargerState.NO_EV else f"idle:{s.value}" for s in STATES],
+                       dtype=object)
+
+
+@dataclass
+class Inputs:
+    snaps: list[ChargerSnapshot]  # an offline stand-in for a charger the snapshot lacks
+    online: BoolArray
+    noncompliant: BoolArray
+    state: IntArray  # index in STATES
+    active_connectors: FloatArray
+    draw_at: FloatArray
+    state_changed_at: FloatArray
+    raw: FloatArray  # (chargers, phases): the reported draw in line A per site phase (``measured``)
+    has_raw: BoolArray
+    sessions: list[Session | None]
+    priority: list[str | None]  # the session's own class
+
+    def started_at(self) -> FloatArray:
+        """When each session started (NaN: none); only chargers without memory need it."""
+        return _floats([s.started_at if s is not None else None for s in self.sessions], len(self.sessions))
+    has_act: BoolArray  # actuation feedback (the other actuation fields are False / NaN without)
+    controlled: BoolArray
+    failsafe_installed: BoolArray
+    accepted_limit: FloatArray
+    accepted_at: FloatArray
+    pending_limit: FloatArray
+    rejected_at: FloatArray
+    lease_until: FloatArray
+
+
+def inputs(snapshot: Snapshot, plan: Plan) -> Inputs:
+    snaps = _in_plan_order(snapshot, plan)
+    n = len(snaps)
+    acts = list(map(_ACTUATION, snaps))
+    has_act = _present(acts, n)
+    sessions = list(map(_SESSION, snaps))
+    raw, has_raw = measured(plan, snaps)
+    any_act = bool(has_act.any())
+    none = np.full(n, np.nan)
+
+    every_act = bool(has_act.all())
+
+    def act_values(name: str) -> list[Any]:
+        get = attrgetter(name)
+        return list(map(get, acts)) if every_act else [get(a) if a is not None else None for a in acts]
+
+    def act_floats(name: str) -> FloatArray:
+        return _floats(act_values(name), n) if any_act else none
+
+    def act_flags(name: str) -> BoolArray:
+        return _flags(map(bool, act_values(name)), n) if any_act else none < 0
+
+    return Inputs(
+        snaps=snaps,
+        online=_flags(map(_ONLINE, snaps), n),
+        noncompliant=_flags(map(_NONCOMPLIANT, snaps), n),
+        state=_states(list(map(_STATE, snaps)), n),
+        active_connectors=_counts(list(map(_CONNECTORS, snaps)), n),
+        draw_at=_floats(list(map(_DRAW_AT, snaps)), n),
+        state_changed_at=_floats(list(map(_CHANGED_AT, snaps)), n),
+        raw=raw,
+        has_raw=has_raw,
+        sessions=sessions,
+        priority=[s.priority if s is not None else None for s in sessions],
+        has_act=has_act,
+        controlled=act_flags("controlled"),
+        failsafe_installed=act_flags("failsafe_installed"),
+        accepted_limit=act_floats("accepted_limit"),
+        accepted_at=act_floats("accepted_at"),
+        pending_limit=act_floats("pending_limit"),
+        rejected_at=act_floats("rejected_at"),
+        lease_until=act_floats("lease_until"),
+    )
+
+
+_ONLINE, _NONCOMPLIANT, _STATE, _CONNECTORS, _DRAW_AT, _CHANGED_AT, _DRAW_A, _DRAW_W, _ACTUATION, _SESSION = (
+    attrgetter(k) for k in ("online", "noncompliant", "state", "active_connectors", "draw_at", "state_changed_at",
+                            "draw_a", "draw_w", "actuation", "session"))
+
+
+def _in_plan_order(snapshot: Snapshot, plan: Plan) -> list[ChargerSnapshot]:
+    """Each plan charger's snapshot (an offline stand-in where there is none); the snapshot's own order when
+    it is the plan's (the daemon builds it from the site)."""
+    chargers = snapshot.chargers
+    if len(chargers) == len(plan.ids) and tuple(chargers) == plan.ids:
+        return list(chargers.values())
+    offline = ChargerSnapshot(id="", online=False)
+    return [chargers.get(cid, offline) for cid in plan.ids]
+
+
+def _floats(values: list[float | None], n: int) -> FloatArray:
+    """An array of floats, NaN for None."""
+    missing = values.count(None)
+    if not missing:
+        return np.fromiter(values, np.float64, n)
+    if missing == n:
+        return np.full(n, np.nan)
+    return np.fromiter([math.nan if v is None else v for v in values], np.float64, n)
+
+
+def _flags(values: Iterable[bool], n: int) -> BoolArray:
+    return np.fromiter(values, np.bool_, n)
+
+
+def _counts(values: list[int], n: int) -> FloatArray:
+    """Small whole numbers as floats (most often all 1)."""
+    return np.ones(n) if values.count(1) == n else np.fromiter(values, np.float64, n)
+
+
+def _present(values: list[Any], n: int) -> BoolArray:
+    """Which values are not None."""
+    missing = values.count(None)
+    if missing in (0, n):
+        return np.full(n, not missing)
+    return np.fromiter(map(is_not, values, repeat(None)), np.bool_, n)
+
+
+_BY_ID = {id(s): k for k, s in enumerate(STATES)}
+
+
+def _states(values: list[ChargerState], n: int) -> IntArray:
+    """Each state's index in STATES (the members are singletons: looked up by identity, which is faster)."""
+    try:
+        return np.fromiter(map(_BY_ID.__getitem__, map(id, values)), np.intp, n)
+    except KeyError:
+        return np.fromiter([_CODE[s] for s in values], np.intp, n)
+
+
+def measured(plan: Plan, snaps: list[ChargerSnapshot]) -> tuple[FloatArray, BoolArray]:
+    """Reported line current per site phase (A), the station's total, and whether it reported one: an AC
+    charger's currents on its lines (a line-to-line one: the higher in both), else a power turned into the
+    least line current it can be (nominal voltage: a draw subtracted from a meter must not be overstated)."""
+    n, P = len(snaps), plan.n_phases
+    amps = list(map(_DRAW_A, snaps))
+    use_a = plan.is_ac & _present(amps, n)
+    out = np.zeros((n, P))
+    if use_a.any():
+        zero = (0.0,) * P
+        a = _rows([x if x is not None else zero for x in amps], P)
+        a = np.where(np.isfinite(a) & (a > 0) & plan.lines, a, 0.0)
+        ll = plan.line_to_line
+        if ll.any():
+            a[ll] = np.where(plan.lines[ll], a[ll].max(axis=1)[:, None], 0.0)
+        out[use_a] = a[use_a]
+    watts_all = list(map(_DRAW_W, snaps))
+    powered = [] if watts_all.count(None) == n else [
+        i for i, w in enumerate(watts_all) if w is not None and not use_a[i]]
+    if powered:
+        watts = _floats([watts_all[i] for i in powered], len(powered))
+        ok = np.isfinite(watts)
+        idx = np.array(powered, dtype=np.intp)[ok]
+        line_a = np.maximum(watts[ok], 0.0) / plan.w_per_a[idx]
+        out[idx] = np.where(plan.lines[idx], line_a[:, None], 0.0)
+        use_a[idx] = True
+    return out, use_a
+
+
+def _rows(values: list[tuple[float, ...]], P: int) -> FloatArray:
+    """(chargers, P) from per-charger tuples (a shorter one padded with 0, a longer one cut)."""
+    n = len(values)
+    if (np.fromiter(map(len, values), np.intp, n) == P).all():
+        return np.fromiter(chain.from_iterable(values), np.float64, n * P).reshape(n, P)
+    return np.array([(tuple(v) + (0.0,) * P)[:P] for v in values], dtype=np.float64).reshape(n, P)
