@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway import electrical
 from gateway.budget import Budget, BudgetState, DemandFigures, Event, TariffFigures, TariffMemo
@@ -58,7 +58,6 @@ def budget(
         if tariff_fig.cap_kw is not None and tariff_fig.period is not None:
             amps = min(electrical.service_line_current_a(svc, tariff_fig.cap_kw * 1000.0), svc.limit_a)
             caps.append(BudgetCap(f"tariff:{tariff_fig.period}", (amps,) * svc.phases))
-    # the solar branch adds its charger caps here: charger_caps = surplus_caps(...)
     b = Budget(caps=tuple(caps), demand=demand_fig, tariff=tariff_fig, events=tuple(events))
     return b, BudgetState(demand=demand_st, tariff=memo)
 
@@ -79,39 +78,63 @@ def _tariff(t: TariffConfig, memo: TariffMemo | None, now_wall: float) -> tuple[
 
 
 def measure(
-    site: Site, readings: Mapping[str, MeterReading | None], chargers: Mapping[str, ChargerSnapshot]
+    site: Site, readings: Mapping[str, MeterReading | None], chargers: Mapping[str, ChargerSnapshot], now: float,
+    factors: Mapping[str, EvFactor] | None = None,
 ) -> Measure:
-    """The service meter's import now, its register, and the non-EV load (import - the EVs' reported draw)."""
+    """The service meter's import now, its register, and the non-EV load (import - the EVs' reported draw);
+    unknown when the reading is invalid or older than the meter's stale_after_s. ``factors``: `ev_factors`
+    of the site, computed once (the daemon keeps them; computed here when not given)."""
     svc = site.service
     mid = site.circuits[site.root].meter
     rd = readings.get(mid) if mid is not None else None
-    if rd is None or not rd.valid:
+    if rd is None or not rd.valid or mid is None or now - rd.at > site.meters[mid].stale_after_s:
         return Measure(None, None, None)
     if rd.total_power_w is not None:
         p = rd.total_power_w
     elif rd.power_w is not None:
         p = sum(rd.power_w)
     else:
-        p = sum(rd.current_a) * electrical.line_to_neutral_v(svc)  # no power registers: unity pf, import
+        # no power registers: each line's current to neutral at unity power factor, taken as import
+        p = sum(electrical.ac_power_w(svc, (i,), a) for i, a in enumerate(rd.current_a[: svc.phases]))
     reg = rd.energy_import_wh
     if reg is not None and not math.isfinite(reg):
         reg = None
-    return Measure(p, reg, max(p - ev_power_w(site, chargers), 0.0))
+    return Measure(p, reg, max(p - ev_power_w(site, chargers, factors), 0.0))
 
 
-def ev_power_w(site: Site, chargers: Mapping[str, ChargerSnapshot]) -> float:
-    """The EVs' draw at the service by their last reports (W): line current through `gateway.electrical`."""
+class EvFactor(NamedTuple):
+    line_phases: tuple[int, ...]
+    w_per_a: float  # W per A in each loaded line (unity pf, nominal voltage)
+    input_per_w: float  # a reported power -> the power it takes at the service (1 / efficiency for DC)
+
+
+def ev_factors(site: Site) -> dict[str, EvFactor]:
+    """Per charger: how its reported draw turns into power at the service (through gateway.electrical)."""
     svc = site.service
+    return {
+        cid: EvFactor(ch.line_phases, electrical.ac_power_w(svc, ch.line_phases, 1.0),
+                      1.0 / ch.efficiency if ch.kind == "dc" else 1.0)
+        for cid, ch in site.chargers.items()
+    }
+
+
+def ev_power_w(
+    site: Site, chargers: Mapping[str, ChargerSnapshot], factors: Mapping[str, EvFactor] | None = None
+) -> float:
+    """The EVs' draw at the service by their last reports (W): the mean line current over the lines a charger
+    loads, times W per A of that wiring; a report in W alone at its input."""
+    fs = factors if factors is not None else ev_factors(site)
     total = 0.0
     for cid, cs in chargers.items():
-        ch = site.chargers.get(cid)
-        if ch is None or not cs.state.has_session:
+        f = fs.get(cid)
+        if f is None or not cs.state.has_session:
             continue
-        if cs.draw_a is not None:
-            lines = [cs.draw_a[p] for p in ch.line_phases if p < len(cs.draw_a)]
+        d = cs.draw_a
+        if d is not None:
+            lines = [d[p] for p in f.line_phases if p < len(d)]
             if lines:
-                total += electrical.ac_power_w(svc, ch.line_phases, sum(lines) / len(lines))
+                total += sum(lines) / len(lines) * f.w_per_a
                 continue
         if cs.draw_w is not None:
-            total += cs.draw_w / (ch.efficiency if ch.kind == "dc" else 1.0)
+            total += cs.draw_w * f.input_per_w
     return total

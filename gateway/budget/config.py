@@ -33,12 +33,15 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway import electrical
 from gateway.confkit import Table, check_ident
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.config import ServiceConfig
 
 INTERVALS_MIN = (15, 30, 60)
 MINUTES_PER_WEEK = 7 * 1440
@@ -117,7 +120,7 @@ def check_timezone(t: Table, key: str, default: str | None = None) -> str:
     return name
 
 
-def parse_budget(t: Table | None, service: Any, service_meter_has_energy: bool | None) -> BudgetConfig:
+def parse_budget(t: Table | None, service: ServiceConfig, service_meter_has_energy: bool | None) -> BudgetConfig:
     """``service``: the ServiceConfig; ``service_meter_has_energy``: None when the service has no meter."""
     if t is None:
         return BudgetConfig()
@@ -130,7 +133,7 @@ def parse_budget(t: Table | None, service: Any, service_meter_has_energy: bool |
     return BudgetConfig(timezone=site_tz, demand=demand, tariff=tariff)
 
 
-def _parse_demand(t: Table | None, service: Any, has_energy: bool | None) -> DemandConfig | None:
+def _parse_demand(t: Table | None, service: ServiceConfig, has_energy: bool | None) -> DemandConfig | None:
     if t is None:
         return None
     for bad, good in (("target_w", "target_kw"), ("target_a", "target_kw"), ("interval_s", "interval_min"),
@@ -298,7 +301,7 @@ def tariff_from_json(obj: Mapping[str, Any], default_tz: str, source: str) -> Ta
     return parse_tariff(Table(obj, "tariff"), default_tz, source)
 
 
-def describe(cfg: BudgetConfig, service: Any) -> list[str]:
+def describe(cfg: BudgetConfig, service: ServiceConfig) -> list[str]:
     """check-config's lines for the budget: the demand target in A at the service, the tariff's periods."""
     if not cfg.active:
         return []

@@ -152,7 +152,11 @@ def _advance(
                    register_now=reg_at_start if reg_at_start is not None else st.register_wh)
     avg_kw = old.energy_wh / (cfg.interval_s / 3600.0) / 1000.0
     month = month_of(st.interval_start, tz)
-    peak = max(st.month_peak_kw, avg_kw) if month == st.month else avg_kw
+    # only a measured interval sets the month's peak: one partly estimated (a fresh start in its middle) could
+    # raise it, and with raise_to_month_peak the target with it, on a guess
+    measured = old.estimated_s <= GAP_S
+    base = st.month_peak_kw if month == st.month else 0.0
+    peak = max(base, avg_kw) if measured else base
     target_kw = effective_target_w(cfg, st.month_peak_kw) / 1000.0
     if avg_kw > target_kw * OVER_RATIO:
         events.append(("demand_interval_over", {

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import structlog
 
 from gateway.budget import Budget, BudgetState, DemandState
-from gateway.budget.compute import BudgetInputs, budget, measure
+from gateway.budget.compute import BudgetInputs, budget, ev_factors, measure
 from gateway.budget.config import TariffConfig, tariff_from_json
 from gateway.budget.remote import (
     MAX_COMMAND_AGE_S,
@@ -161,6 +161,7 @@ class BudgetService:
         state_dir: str | Path | None = None,
     ) -> None:
         self._site = site
+        self._factors = ev_factors(site)  # each charger's report -> W at the service
         self._clock = clock
         self._wall = wall_clock
         self._writer = StateWriter(Path(state_dir if state_dir is not None else site.state_dir) / "budget")
@@ -182,8 +183,8 @@ class BudgetService:
         site = self._site
         wall = self._wall()
         inputs = BudgetInputs(
-            service=site.service, measure=measure(site, readings, chargers), remote=self.remote_cap(now),
-            tariff=self.tariff(), readings=readings, chargers=chargers,
+            service=site.service, measure=measure(site, readings, chargers, now, self._factors),
+            remote=self.remote_cap(now), tariff=self.tariff(), readings=readings, chargers=chargers,
         )
         before = self._state
         b, st = budget(inputs, site.budget, before, now, wall)
@@ -355,6 +356,8 @@ class BudgetService:
             self._tariff_override = None
             self._writer.put(TARIFF_FILE, None)
             self._state = replace(self._state, tariff=None)
+            if had:
+                self._emit("tariff_cleared", request_id=rid)
             self._changed("tariff")
             return {"id": rid, "ok": True, "cleared": had}
         raw = obj.get("tariff")
@@ -396,6 +399,7 @@ class BudgetService:
     def update_site(self, site: Site) -> None:
         old = self._site
         self._site = site
+        self._factors = ev_factors(site)
         cap = self._remote
         if cap is not None:
             self._remote = replace(cap, limit_a=cap_amps(cap.requested_a, cap.requested_kw, site.service))

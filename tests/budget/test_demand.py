@@ -251,3 +251,12 @@ def test_wall_clock_jump_back_keeps_what_was_counted() -> None:
     st2, _, ev = step(CFG, BERLIN, SVC, st, Measure(10_000.0, None, 0.0), (st.last_mono or 0.0) + 1, t0 - 30)
     assert "clock_jump" in [n for n, _ in ev]
     assert st2.interval_start == wall(BERLIN, 2026, 6, 1, 12, 0) and st2.energy_wh >= st.energy_wh
+
+
+def test_a_partly_estimated_interval_does_not_set_the_months_peak() -> None:
+    t0 = wall(BERLIN, 2026, 6, 1, 12, 10)  # a fresh start 10 minutes into the interval
+    st, events, _ = run(CFG, BERLIN, t0, 300 + 5, 30_000.0)
+    assert [n for n, _ in events].count("demand_interval_over") == 1  # reported, with its estimate
+    over = next(f for n, f in events if n == "demand_interval_over")
+    assert over["estimated_s"] == 600.0  # type: ignore[index]
+    assert st.month_peak_kw == 0.0  # but a guess does not raise the month's peak (nor the target with it)

@@ -71,7 +71,7 @@ def test_no_interval_average_exceeds_a_feasible_target(
         chargers = {cid: charging(cid, (a,) * 3) for cid, a in draws.items()}
         chargers = {cid: c.__class__(**{**c.__dict__, "draw_at": mono}) for cid, c in chargers.items()}
         readings: dict[str, MeterReading | None] = {"m-main": rd}
-        b, bst = budget(BudgetInputs(svc, measure(site, readings, chargers)), site.budget, bst, mono, wall)
+        b, bst = budget(BudgetInputs(svc, measure(site, readings, chargers, mono)), site.budget, bst, mono, wall)
         snap = Snapshot(taken_at=mono, meters=readings, chargers=chargers, caps=b.caps)
         alloc, ast = allocate(snap, site, ast, mono)
         binding += any(lim.reason.startswith("capped:demand-window") for lim in alloc.limits.values())
@@ -108,7 +108,7 @@ def test_the_simulation_binds_and_would_exceed_without_the_window() -> None:
             chargers = {cid: charging(cid, (a,) * 3) for cid, a in draws.items()}
             chargers = {cid: c.__class__(**{**c.__dict__, "draw_at": mono}) for cid, c in chargers.items()}
             readings: dict[str, MeterReading | None] = {"m-main": rd}
-            b, bst = budget(BudgetInputs(s_.service, measure(s_, readings, chargers)), s_.budget, bst, mono,
+            b, bst = budget(BudgetInputs(s_.service, measure(s_, readings, chargers, mono)), s_.budget, bst, mono,
                             STARTS[0] + k * DT)
             alloc, ast = allocate(Snapshot(mono, readings, chargers, caps=b.caps), s_, ast, mono)
             reasons |= {lim.reason for lim in alloc.limits.values()}

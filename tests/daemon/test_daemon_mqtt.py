@@ -53,8 +53,8 @@ async def test_daemon_publishes_takes_a_remote_cap_and_leaves_a_last_will(rig_fa
         assert reply["id"] == "dr-1" and reply["ok"] is True
         # the cap becomes the binding constraint: limits are capped by it (or paused when minimums no longer fit)
         assert await wait_for(lambda: any(e.get("event") == "limit_changed"
-                                          and str(e.get("reason")).endswith(":remote:dr-1/L1") for e in rig.daemon.logs),
-                              10)
+                                          and str(e.get("reason")).endswith(":remote:dr-1/L1")
+                                          for e in rig.daemon.logs), 10)
         # a malformed command is answered with the reason and changes nothing
         mosquitto_pub(broker, ROOT + "cmd/site_limit", "{not json")
         assert await sub.until(lambda _m: len(sub.on(ROOT + "cmd/site_limit/reply")) >= 2, 10)

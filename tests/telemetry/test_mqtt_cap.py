@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Site
 from gateway.budget.remote import CommandRejected, kw_to_a, parse_cap_command
+from gateway.config import Site
 from gateway.telemetry.mqtt import Telemetry
 from tests.mosquitto import Mosquitto, MosquittoSub, mosquitto_pub, read_retained
 from tests.telemetry.conftest import FakeClock, async_wait, mqtt_cfg
