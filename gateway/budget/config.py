@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway import electrical
+from gateway.budget.openadr_config import OpenADRConfig, parse_openadr
+from gateway.budget.openadr_config import describe as describe_openadr
 from gateway.confkit import Table, check_ident
 from gateway.errors import ConfigError
 
@@ -98,10 +100,11 @@ class BudgetConfig:
     timezone: str = "UTC"
     demand: DemandConfig | None = None
     tariff: TariffConfig | None = None
+    openadr: OpenADRConfig | None = None  # [budget.openadr] (gateway.budget.openadr_config)
 
     @property
     def active(self) -> bool:
-        return self.demand is not None or self.tariff is not None
+        return self.demand is not None or self.tariff is not None or self.openadr is not None
 
 
 @functools.lru_cache(maxsize=64)
@@ -129,8 +132,9 @@ def parse_budget(t: Table | None, service: ServiceConfig, service_meter_has_ener
     tariff = parse_tariff(tt, tz or "UTC") if tt is not None else None
     site_tz = tz or (tariff.timezone if tariff is not None else "UTC")
     demand = _parse_demand(t.table("demand"), service, service_meter_has_energy)
+    openadr = parse_openadr(t.table("openadr"), service)
     t.done()
-    return BudgetConfig(timezone=site_tz, demand=demand, tariff=tariff)
+    return BudgetConfig(timezone=site_tz, demand=demand, tariff=tariff, openadr=openadr)
 
 
 def _parse_demand(t: Table | None, service: ServiceConfig, has_energy: bool | None) -> DemandConfig | None:
@@ -329,4 +333,4 @@ def describe(cfg: BudgetConfig, service: ServiceConfig) -> list[str]:
                     f"      {p.name}: {days} {p.start_min // 60:02d}:{p.start_min % 60:02d}-"
                     f"{p.end_min // 60:02d}:{p.end_min % 60:02d} at {p.price_per_kwh:g}/kWh{cap}"
                 )
-    return out
+    return out + (describe_openadr(cfg.openadr, service) if cfg.openadr is not None else [])
