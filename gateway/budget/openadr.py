@@ -188,6 +188,7 @@ class OpenADRStore:
     sessions_at_risk: SessionsAtRisk | None = None  # the fleet planner's hook (opt-out-if-sessions-at-risk)
     events: dict[str, DREvent] = field(default_factory=dict)
     ven: VenState = field(default_factory=VenState)
+    last_import_w: float | None = None  # the service's import at the last tick (the VTN's usage report)
     _applied: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -196,6 +197,7 @@ class OpenADRStore:
     # ---------------------------------------------------------------- the budget service's tick
     def caps(self, service: ServiceConfig, now_wall: float, import_w: float | None) -> tuple[BudgetCap, ...]:
         cfg = self.cfg
+        self.last_import_w = import_w
         if cfg is None or not self.events:
             return ()
         self._baselines(cfg, now_wall, import_w)
