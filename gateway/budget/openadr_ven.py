@@ -176,7 +176,7 @@ class Ven2b:
         client.add_hook("after_parse_xml", self._received)
         client.add_report(
             callback=self.usage_kw, resource_id="service", measurement="real_power", unit="W", scale="k",
-            report_name="TELEMETRY_USAGE", sampling_rate=timedelta(seconds=max(cfg.poll_interval_s, 10.0)),
+            report_name="TELEMETRY_USAGE", sampling_rate=timedelta(seconds=cfg.poll_interval_s),
             report_duration=timedelta(hours=1), data_source="service-meter",
         )
         return client

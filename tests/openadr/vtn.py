@@ -49,7 +49,7 @@ class VTN:
 
     async def _register(self, payload: dict[str, Any]) -> tuple[str, str]:
         self.registrations.append(payload)
-        return payload.get("ven_id") or "ven-1", "reg-1"
+        return payload.get("ven_id") or f"ven-{len(self.registrations)}", "reg-1"
 
     def _opt(self, ven_id: str, event_id: str, opt_type: str) -> None:
         self.opts[event_id] = opt_type
