@@ -90,7 +90,7 @@ async def rig(tmp_path: Path, **openadr: Any) -> AsyncIterator[Rig]:
     vtn = VTN(port)
     await vtn.start()
     s = site(port, **openadr)
-    wall, events = Wall(), []
+    wall, events = Wall(), list[tuple[str, dict[str, object]]]()
     svc, task = start_ven(s, tmp_path, wall, events)
     try:
         await until(lambda: svc.openadr.ven.registered, what="registration")
@@ -134,7 +134,8 @@ async def test_registration_ids_persisted_and_reused_after_restart(tmp_path: Pat
         try:
             assert svc2.openadr.status(time.time())["registered"] is False  # until the VTN confirms it
             await until(lambda: svc2.openadr.ven.registered)
-            assert r.vtn.registrations[-1].get("ven_id") == first and len(r.vtn.registrations) == 2  # the restarted VEN registered as itself
+            # the restarted VEN registered as itself
+            assert r.vtn.registrations[-1].get("ven_id") == first and len(r.vtn.registrations) == 2
             assert svc2.openadr.ven.ven_id == first
         finally:
             await stop(task2)
@@ -167,6 +168,7 @@ async def test_load_dispatch_setpoint_in_kw(tmp_path: Path) -> None:
         await until(lambda: eid in r.svc.openadr.events)
         b, a = tick(r, time.time())
         assert openadr_caps(b) == {f"openadr:{eid}": pytest.approx(service_line_current_a(r.site.service, 30e3))}
+        assert {lim.reason for lim in a.limits.values()} == {f"capped:openadr:{eid}/L1"}
 
 
 async def test_opt_out_while_sessions_at_risk(tmp_path: Path) -> None:
@@ -186,8 +188,9 @@ async def test_opt_out_while_sessions_at_risk(tmp_path: Path) -> None:
         assert r.vtn.opts == {out: "optOut", inn: "optIn"} and asked == [out, inn]
         b, _ = tick(r, start + 1)
         assert openadr_caps(b) == {f"openadr:{inn}": pytest.approx(service_line_current_a(r.site.service, 40e3))}
-        st = r.svc.openadr.status(time.time(), r.site.service)
-        assert {e["event_id"]: e["opt"] for e in st["events"]} == {out: "optOut", inn: "optIn"}  # type: ignore[index,union-attr]
+        held = r.svc.openadr.status(time.time(), r.site.service)["events"]
+        assert isinstance(held, list)
+        assert {e["event_id"]: e["opt"] for e in held} == {out: "optOut", inn: "optIn"}
 
 
 async def test_cancellation_releases_the_cap(tmp_path: Path) -> None:
@@ -257,7 +260,7 @@ async def test_usage_report_carries_the_service_import(tmp_path: Path) -> None:
     vtn.server.add_handler("on_register_report", on_register_report)
     await vtn.start()
     s = site(port)
-    wall, events = Wall(), []
+    wall, events = Wall(), list[tuple[str, dict[str, object]]]()
     svc, task = start_ven(s, tmp_path, wall, events)
     try:
         await until(lambda: svc.openadr.ven.registered)

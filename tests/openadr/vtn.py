@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from openleadr import OpenADRServer  # type: ignore[import-untyped]
+from openleadr import OpenADRServer
 
 from gateway.budget.service import BudgetService
 from gateway.config import Site, site_from_dict
