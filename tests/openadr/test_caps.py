@@ -151,7 +151,7 @@ def test_store_persists_events_and_the_relative_baseline() -> None:
     assert store.offer(ev(kind="delta_kw", level=10)) == "optIn"
     assert store.caps(svc, T0 - 10, 50_000.0) == ()
     caps = store.caps(svc, T0, 50_000.0)  # the baseline is the import when the event began
-    assert [c.name for c in caps] == ["openadr:e1"] and caps[0].limit_a == (pytest.approx(amps(svc, 40)),) * 3
+    assert [c.name for c in caps] == ["openadr:e1"] and list(caps[0].limit_a) == pytest.approx([amps(svc, 40)] * 3)
     again = OpenADRStore(w, cfg)  # a restart
     assert again.events["e1"].baseline_kw == 50.0
     assert again.caps(svc, T0 + 60, 80_000.0)[0].limit_a[0] == pytest.approx(amps(svc, 40))
