@@ -14,7 +14,8 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 # Each command module offers add_parser(subparsers); the parser's ``func`` returns an exit code.
-COMMAND_MODULES: tuple[str, ...] = ("gateway.cli_check", "gateway.cli_run", "gateway.demo", "gateway.meters.cli")
+COMMAND_MODULES: tuple[str, ...] = ("gateway.cli_check", "gateway.cli_run", "gateway.demo", "gateway.meters.cli",
+                                  "gateway.budget.openadr_app")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from gateway.budget.openadr_app import run_openadr
 from gateway.budget.service import BudgetService
 from gateway.config import Site, load_site
 from gateway.control import ControlLoop, TelemetrySink
@@ -152,6 +153,8 @@ class App:
                         "telemetry",
                         lambda: supervise("telemetry", self.telemetry.run, restart_delay_s=self.restart_delay_s),
                     )
+                self._spawn("openadr", lambda: supervise(  # utility demand response (idle unless configured)
+                    "openadr", lambda: run_openadr(self.budget.openadr), restart_delay_s=self.restart_delay_s))
                 self._spawn("start", self._start_then_serve)
                 await self._stop.wait()
                 await self._shutdown()

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 STATE_FILE = "openadr.json"
+CONTACT_PERSIST_S = 60.0  # the VTN's last contact goes to disk this often
 MAX_EVENTS = 64  # a VTN flooding events: the oldest finished ones go first
 Kind = Literal["level", "kw", "capacity_fraction", "baseline_fraction", "delta_kw"]
 Opt = Literal["optIn", "optOut"]
@@ -190,6 +191,7 @@ class OpenADRStore:
     ven: VenState = field(default_factory=VenState)
     last_import_w: float | None = None  # the service's import at the last tick (the VTN's usage report)
     _applied: set[str] = field(default_factory=set)
+    _contact_saved: float = -math.inf
 
     def __post_init__(self) -> None:
         self._restore()
@@ -271,6 +273,9 @@ class OpenADRStore:
         """The VTN answered (a valid message): the events it has not cancelled stand."""
         self.ven.last_contact = wall
         self.ven.last_error = None
+        if not 0 <= wall - self._contact_saved < CONTACT_PERSIST_S:  # on disk for the status of another process
+            self._contact_saved = wall
+            self._persist()
 
     def registration(self, **fields: Any) -> None:
         for k, v in fields.items():
