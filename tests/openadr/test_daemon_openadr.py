@@ -4,8 +4,8 @@ openadr-status` reads the registration and the last event from the state directo
 
 from __future__ import annotations
 
+import asyncio
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,10 +43,13 @@ async def test_daemon_follows_an_event_and_reports_its_status(rig_factory: Any) 
         assert await wait_for(lambda: _limited(rig, f"capped:openadr:{eid}/L1"), 30)
         assert rig.daemon.events("openadr_event_applied", event_id=eid)
 
-        r = subprocess.run([sys.executable, "-m", "gateway", "openadr-status", str(rig.config)], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, r.stdout + r.stderr
-        st = json.loads(r.stdout)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "openadr-status", str(rig.config), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate()
+        assert proc.returncode == 0, out.decode() + err.decode()
+        st = json.loads(out)
         assert st["registered"] is True and st["ven_id"] == ven_id and st["last_event"]["event_id"] == eid
         assert [e["event_id"] for e in st["events"]] == [eid] and st["events"][0]["opt"] == "optIn"
 
