@@ -43,7 +43,8 @@ def _write(path: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) 
 
 
 def make_pki(d: Path) -> dict[str, str]:
-    """A CA, the VTN's server certificate for 127.0.0.1, the VEN's client certificate (EC P-256)."""
+    """A CA, the VTN's server certificate for 127.0.0.1, the VEN's client certificate (EC P-256), their
+    OpenADR fingerprints."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name("test-ca")).issuer_name(_name("test-ca"))
@@ -60,6 +61,7 @@ def make_pki(d: Path) -> dict[str, str]:
         if san:
             b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
         out[f"{who}_cert"], out[f"{who}_key"] = _write(d / who, key, b.sign(ca_key, hashes.SHA256()))
+        out[f"{who}_fp"] = certificate_fingerprint(Path(out[f"{who}_cert"]).read_text())
     return out
 
 
@@ -79,8 +81,7 @@ def vtn_class_state() -> Iterator[None]:
 
 async def run_tls(tmp_path: Path, *, wrong_fingerprint: bool) -> tuple[Any, list[dict[str, Any]]]:
     pki = make_pki(tmp_path)
-    ven_fp = certificate_fingerprint(Path(pki["ven_cert"]).read_text())
-    vtn_fp = certificate_fingerprint(Path(pki["vtn_cert"]).read_text())
+    ven_fp, vtn_fp = pki["ven_fp"], pki["vtn_fp"]
     registered: dict[str, dict[str, Any]] = {}
     seen: list[dict[str, Any]] = []
 
