@@ -21,7 +21,8 @@
     level2_kw = 40
     level3_kw = 20
     opt_policy = "always-opt-in"       # | "opt-out-if-sessions-at-risk" (asks the fleet hook per event)
-    lead_s = 15                        # the cap applies this long before the start (the EVs follow in 5-11 s)
+    lead_s = 30                        # the cap applies this long before the start: the charger's answer, the
+                                       # EVs' 5-11 s and a second allocation round (hil/bench/bench_dr_event.py)
     randomize_start = true             # honour the event's start randomisation (2.0b startafter, 3.0 randomizeStart)
     confirm_s = 900                    # an open-ended event lasts this long past the VTN's last contact
     max_event_h = 24                   # no event lasts longer than this, whatever the VTN said
@@ -65,7 +66,7 @@ class OpenADRConfig:
     token_url: str | None = None
     programs: tuple[str, ...] = ()
     opt_policy: OptPolicy = "always-opt-in"
-    lead_s: float = 15.0
+    lead_s: float = 30.0
     randomize_start: bool = True
     confirm_s: float = 900.0
     max_event_h: float = 24.0
@@ -127,7 +128,7 @@ def parse_openadr(t: Table | None, service: ServiceConfig) -> OpenADRConfig | No
         token_url=_url(t, "token_url") if t.has("token_url") else None, programs=t.str_list("programs"),
         opt_policy="opt-out-if-sessions-at-risk" if t.choice("opt_policy", OPT_POLICIES, "always-opt-in")
         == "opt-out-if-sessions-at-risk" else "always-opt-in",
-        lead_s=t.float("lead_s", 15.0, min=0, max=3600), randomize_start=t.bool("randomize_start", True),
+        lead_s=t.float("lead_s", 30.0, min=0, max=3600), randomize_start=t.bool("randomize_start", True),
         confirm_s=t.float("confirm_s", 900.0, min=10, max=86400),
         max_event_h=t.float("max_event_h", 24.0, gt=0, max=168),
     )
