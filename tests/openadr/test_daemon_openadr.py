@@ -8,6 +8,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +16,40 @@ import pytest
 
 from hil.sim.ev import EvSpec
 from tests.daemon.conftest import Rig, rig_factory, wait_for  # noqa: F401  (the fixture)
+from tests.mosquitto import Mosquitto, MosquittoSub
 from tests.openadr.vtn import PREFIX, VTN, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web.NotAppKeyWarning")
+TOPICS = "ems/test-site/"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    b = Mosquitto(tmp_path / "mosquitto")
+    b.start()
+    yield b
+    b.stop()
+
+
+def _last(sub: MosquittoSub, topic: str) -> dict[str, Any] | None:
+    msgs = sub.on(topic)
+    return json.loads(msgs[-1]) if msgs and msgs[-1] else None
 
 
 def _limited(rig: Rig, reason: str) -> bool:
     return any(e.get("event") == "limit_changed" and str(e.get("reason")) == reason for e in rig.daemon.logs)
 
 
-async def test_daemon_follows_an_event_and_reports_its_status(rig_factory: Any) -> None:  # noqa: F811
+async def test_daemon_follows_an_event_and_reports_its_status(rig_factory: Any, broker: Mosquitto) -> None:  # noqa: F811
     port = free_port()
     vtn = VTN(port)
     await vtn.start()
+    sub = MosquittoSub(broker, [TOPICS + "#"]).start()
     try:
-        rig: Rig = await rig_factory(extra={"budget": {"openadr": {
+        rig: Rig = await rig_factory(extra={
+            "mqtt": {"host": broker.host, "port": broker.port, "charger_min_interval_s": 0.5, "heartbeat_s": 5.0},
+            "budget": {"openadr": {
             "vtn_url": f"http://127.0.0.1:{port}{PREFIX}", "ven_name": "depot-daemon", "poll_interval_s": 1,
             "confirm_s": 30, "level1_kw": 40, "level2_kw": 25, "level3_kw": 10, "lead_s": 5}}})
         for i, ch in enumerate(rig.sim.chargers.values()):
@@ -42,6 +61,12 @@ async def test_daemon_follows_an_event_and_reports_its_status(rig_factory: Any) 
         assert await wait_for(lambda: vtn.opts.get(eid) == "optIn", 15)
         assert await wait_for(lambda: _limited(rig, f"capped:openadr:{eid}/L1"), 30)
         assert rig.daemon.events("openadr_event_applied", event_id=eid)
+        # telemetry: the cap by its name on the budget topic, the event on event/openadr_event
+        assert await sub.until(lambda _m: f"openadr:{eid}" in ((_last(sub, TOPICS + "budget") or {}).get("caps")
+                                                                or {}), 15)
+        assert await sub.until(lambda _m: bool(sub.on(TOPICS + "event/openadr_event")), 15)
+        ev = _last(sub, TOPICS + "event/openadr_event")
+        assert ev is not None and ev["event_id"] == eid and ev["opt"] == "optIn"
 
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "openadr-status", str(rig.config), cwd=ROOT,
@@ -57,4 +82,5 @@ async def test_daemon_follows_an_event_and_reports_its_status(rig_factory: Any) 
         assert await wait_for(lambda: bool(rig.daemon.events("openadr_event_released", event_id=eid)), 20)
         assert rig.daemon.events("openadr_event_ended", event_id=eid, reason="cancelled")
     finally:
+        sub.stop()
         await vtn.stop()
