@@ -183,8 +183,9 @@ class Ven2b:
 
     async def _register(self, client: Any) -> bool:
         ven = self.store.ven
-        _, reply = await client.query_registration()
-        request_id = ((reply or {}).get("response") or {}).get("request_id")
+        answer = await client.query_registration()  # openleadr: None for an empty HTTP body
+        reply = answer[1] if isinstance(answer, tuple) and isinstance(answer[1], dict) else {}
+        request_id = (reply.get("response") or {}).get("request_id")
         got = await client.create_party_registration(
             ven_id=client.ven_id, request_id=request_id,
             registration_id=ven.registration_id if ven.vtn_url == self.cfg.vtn_url else None,

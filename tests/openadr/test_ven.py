@@ -271,3 +271,21 @@ async def test_usage_report_carries_the_service_import(tmp_path: Path) -> None:
         await stop(task)
         svc.close()
         await vtn.stop()
+
+
+async def test_a_vtn_not_up_yet_is_retried_until_it_registers(tmp_path: Path) -> None:
+    port = free_port()
+    s = site(port)
+    wall, events = Wall(), list[tuple[str, dict[str, object]]]()
+    svc, task = start_ven(s, tmp_path, wall, events)
+    vtn = VTN(port)
+    try:
+        await until(lambda: svc.openadr.ven.last_error is not None, what="a refused registration")
+        assert svc.openadr.status(time.time())["registered"] is False
+        await vtn.start()
+        await until(lambda: svc.openadr.ven.registered, what="registration once the VTN is up")
+        assert svc.openadr.ven.last_error is None and len(vtn.registrations) == 1
+    finally:
+        await stop(task)
+        svc.close()
+        await vtn.stop()
