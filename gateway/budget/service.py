@@ -53,12 +53,16 @@ from gateway.model import ChargerSnapshot, MeterReading
 
 log = structlog.get_logger(__name__)
 
-PERSIST_EVERY_S = 5.0  # the demand window's state goes to disk this often (and at every interval's start)
+# the demand window's state goes to disk at every interval's start and this often: with a register the start is
+# what counts (its difference is exact across a restart); integrating, the time since the last write counts at
+# the high-side estimate after a restart. Not more often: flash storage wears.
+PERSIST_EVERY_S = 30.0
 MAX_TARIFF_BYTES = 65_536
 SCHEDULE_H = 48.0  # the tariff schedule published ahead
 REMOTE_FILE, TARIFF_FILE, DEMAND_FILE = "remote_cap.json", "tariff.json", "demand.json"
 COMMANDS = ("site_limit", "tariff")
 _TARIFF_KEYS = {"id", "ts", "tariff", "clear"}
+_WARN_EVENTS = frozenset({"demand_projected_over", "demand_interval_over", "clock_jump"})
 
 
 class BudgetListener(Protocol):
@@ -233,7 +237,7 @@ class BudgetService:
         self._listeners.append(listener)
 
     def _emit(self, name: str, **fields: object) -> None:
-        log.info(name, **fields)
+        (log.warning if name in _WARN_EVENTS else log.info)(name, **fields)
         for li in self._listeners:
             try:
                 li.event(name, **fields)
