@@ -105,7 +105,8 @@ def event_of(raw: Mapping[str, Any], now_wall: float, offset_s: float) -> tuple[
     ev = DREvent(
         event_id=str(desc["event_id"]), source="oadr2", start=start, end=end, intervals=tuple(intervals),
         received_wall=now_wall, modification=int(desc.get("modification_number") or 0), offset_s=offset_s,
-        ramp_up_s=max(_seconds(period.get("ramp_up_period")), 0.0), program=str(desc.get("market_context") or ""),
+        ramp_up_s=max(_seconds(period.get("ramp_up", period.get("ramp_up_period"))), 0.0),  # parsed: "ramp_up"
+        program=str(desc.get("market_context") or ""),
         signal=",".join(names),
     )
     return ev, str(desc.get("event_status") or "")
@@ -114,7 +115,8 @@ def event_of(raw: Mapping[str, Any], now_wall: float, offset_s: float) -> tuple[
 def start_after_s(raw: Mapping[str, Any]) -> float:
     """The event's start randomisation window (tolerance.tolerate.startafter), s."""
     tol = (raw.get("active_period") or {}).get("tolerance") or {}
-    return max(_seconds((tol.get("tolerate") or {}).get("startafter")), 0.0)
+    tol = tol.get("tolerate", tol) or {}  # as parsed: {"tolerate": {"startafter": ..}} (openleadr: either)
+    return max(_seconds(tol.get("startafter")), 0.0)
 
 
 class Ven2b:

@@ -173,7 +173,7 @@ def test_openleadr_event_dicts() -> None:
     raw = {
         "event_descriptor": {"event_id": "x", "modification_number": 2, "event_status": "far",
                              "market_context": "oadr://dr"},
-        "active_period": {"dtstart": start, "duration": timedelta(hours=1), "ramp_up_period": timedelta(minutes=5),
+        "active_period": {"dtstart": start, "duration": timedelta(hours=1), "ramp_up": timedelta(minutes=5),
                           "tolerance": {"tolerate": {"startafter": timedelta(minutes=2)}}},
         "event_signals": [
             {"signal_name": "LOAD_DISPATCH", "signal_type": "setpoint", "measurement": {"unit": "W", "scale": "none"},

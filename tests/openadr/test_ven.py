@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openleadr.utils import setmember
 
 from gateway.budget import Budget
 from gateway.budget.openadr import STATE_FILE
@@ -289,3 +290,25 @@ async def test_a_vtn_not_up_yet_is_retried_until_it_registers(tmp_path: Path) ->
         await stop(task)
         svc.close()
         await vtn.stop()
+
+
+async def test_ramp_up_and_start_randomisation_from_the_vtn(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        start = time.time() + 600
+        eid = r.vtn.event(r.ven_id, start, 10, value=3)
+        # the event as openleadr queued it (its add_event drops a ramp-up given with dict intervals): a ramp-up
+        # of 5 minutes, a start tolerance of 2
+        queued = r.vtn.server.events[r.ven_id][-1]
+        setmember(queued, "active_period.ramp_up_period", timedelta(minutes=5))
+        setmember(queued, "active_period.tolerance", {"startafter": timedelta(minutes=2)})
+        await until(lambda: eid in r.svc.openadr.events)
+        held = r.svc.openadr.events[eid]
+        assert held.ramp_up_s == 300 and 0 <= held.offset_s <= 120
+        level3 = service_line_current_a(r.site.service, 10_000.0)
+        begin = start + held.offset_s - 15  # lead_s 15 before the randomised start
+        b, _ = tick(r, begin - 300 - 1)
+        assert openadr_caps(b) == {}
+        b, _ = tick(r, begin - 150)  # halfway down the ramp
+        assert openadr_caps(b)[f"openadr:{eid}"] == pytest.approx((100 + level3) / 2, abs=0.1)
+        b, _ = tick(r, begin)
+        assert openadr_caps(b)[f"openadr:{eid}"] == pytest.approx(level3)
