@@ -38,7 +38,7 @@ log = structlog.get_logger(__name__)
 
 STATE_FILE = "openadr.json"
 CONTACT_PERSIST_S = 60.0  # the VTN's last contact goes to disk this often
-MAX_EVENTS = 64  # a VTN flooding events: the oldest finished ones go first
+MAX_EVENTS = 64  # a VTN flooding events: those capping nothing go first, then the ones starting last
 Kind = Literal["level", "kw", "capacity_fraction", "baseline_fraction", "delta_kw"]
 Opt = Literal["optIn", "optOut"]
 KINDS: tuple[Kind, ...] = ("level", "kw", "capacity_fraction", "baseline_fraction", "delta_kw")
@@ -250,9 +250,10 @@ class OpenADRStore:
         opt, reason = decide_opt(self.cfg, ev, at_risk) if self.cfg is not None else ("optOut", "not configured")
         ev = replace(ev, opt=opt, opt_reason=reason)
         self.events[ev.event_id] = ev
-        if len(self.events) > MAX_EVENTS:
-            oldest = min(self.events.values(), key=lambda e: e.start + (0 if e.cancelled else 1e12))
-            self.events.pop(oldest.event_id)
+        if len(self.events) > MAX_EVENTS:  # a flood: drop one that caps nothing, else the one starting last
+            drop = min(self.events.values(), key=lambda e: (e.opt == "optIn" and not e.cancelled, -e.start))
+            self.events.pop(drop.event_id)
+            log.warning("openadr_events_dropped", event_id=drop.event_id, held=len(self.events))
         self.ven.last_event_id, self.ven.last_event_wall = ev.event_id, ev.received_wall
         self.emit("openadr_event", event_id=ev.event_id, source=ev.source, opt=opt, reason=reason,
                   start=iso(ev.start + ev.offset_s), end=iso(ev.end + ev.offset_s), signal=ev.signal,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +259,14 @@ level3_kw = 0
     assert "level 2: 41.569 kW = 60.0 A per line at the service (60% of its 100 A)" in r.stdout
     assert "level 3: 0 kW = 0.0 A per line" in r.stdout
     assert "openadr 2.0b VEN 'depot'" in r.stdout
+
+
+def test_a_flood_of_events_never_drops_one_that_caps_now() -> None:
+    cfg, svc = cfg_svc(lead_s=0)
+    store = OpenADRStore(MemWriter(), cfg)
+    store.offer(ev(start=T0, minutes=60))  # active now
+    for k in range(80):
+        store.offer(replace(ev(start=T0 + 7200 + 60 * k, minutes=10), event_id=f"later-{k}"))
+    assert len(store.events) == 64 and "e1" in store.events
+    assert "later-79" not in store.events and "later-0" in store.events
+    assert [c.name for c in store.caps(svc, T0 + 10, None)] == ["openadr:e1"]

@@ -76,9 +76,12 @@ class VTN:
 
 
 async def until(cond: Callable[[], object], timeout_s: float = 15.0, what: str = "") -> None:
-    async with asyncio.timeout(timeout_s):
-        while not cond():
-            await asyncio.sleep(0.05)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not cond():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout_s:g} s: {what or cond}") from None
 
 
 def service(s: Site, state_dir: Path, wall: Callable[[], float] = time.time) -> BudgetService:
