@@ -261,6 +261,30 @@ class OpenADRStore:
         self._persist()
         return opt
 
+    def reconsider(self, now_wall: float) -> list[DREvent]:
+        """Opted-in events not over yet, asked of the fleet hook again (opt-out-if-sessions-at-risk): those now
+        at risk are opted out (their cap ends) and returned, for the client to tell the VTN."""
+        cfg, hook = self.cfg, self.sessions_at_risk
+        if cfg is None or hook is None or cfg.opt_policy != "opt-out-if-sessions-at-risk":
+            return []
+        out: list[DREvent] = []
+        for eid, ev in list(self.events.items()):
+            if ev.opt != "optIn" or ev.cancelled or now_wall >= event_end(ev, cfg, self.ven.last_contact):
+                continue
+            try:
+                at_risk = bool(hook(ev))
+            except Exception:
+                log.exception("openadr_risk_hook_failed", event_id=eid)
+                continue
+            if at_risk:
+                ev = replace(ev, opt="optOut", opt_reason="sessions would miss their departure (during the event)")
+                self.events[eid] = ev
+                self.emit("openadr_opt_changed", event_id=eid, opt="optOut", reason=ev.opt_reason)
+                out.append(ev)
+        if out:
+            self._persist()
+        return out
+
     def cancel(self, event_id: str) -> bool:
         ev = self.events.get(event_id)
         if ev is None or ev.cancelled:

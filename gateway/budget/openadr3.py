@@ -194,6 +194,7 @@ class Oadr3Client:
         for eid, held in list(self.store.events.items()):
             if held.source == "oadr3" and eid not in seen and not held.cancelled:
                 self.store.cancel(eid)  # the VTN deleted it
+        self.store.reconsider(now)  # 3.0 has no opt message: the decision is the store's (logged, in the status)
         self.store.contact(now)
         if not self.store.ven.registered:
             self.store.registration(registered=True, ven_id=self.cfg.client_id or self.cfg.ven_name,

@@ -35,6 +35,12 @@ logging.getLogger("openleadr").setLevel(logging.WARNING)
 REGISTER_RETRY_S = 10.0
 
 
+def _request_id() -> str:
+    from openleadr.utils import generate_id
+
+    return str(generate_id())
+
+
 def _wall(d: object) -> float:
     if not isinstance(d, datetime):
         raise ValueError(f"not a datetime: {d!r}")
@@ -222,6 +228,9 @@ class Ven2b:
                         reports = asyncio.create_task(client._report_queue_worker(), name="openadr-reports")
                     await client.sync_events()
                 before = self.store.ven.last_contact
+                for ev in self.store.reconsider(self._wall()):  # opted out since: tell the VTN
+                    await client.created_event(request_id=_request_id(), event_id=ev.event_id, opt_type="optOut",
+                                               modification_number=ev.modification)
                 await client._poll()
                 if self.store.ven.last_contact == before:
                     self.store.ven.last_error = "the VTN did not answer the poll"

@@ -186,12 +186,29 @@ async def test_opt_out_while_sessions_at_risk(tmp_path: Path) -> None:
         await until(lambda: out in r.vtn.opts)
         inn = r.vtn.event(r.ven_id, start, 10, value=1)
         await until(lambda: inn in r.vtn.opts)
-        assert r.vtn.opts == {out: "optOut", inn: "optIn"} and asked == [out, inn]
+        assert r.vtn.opts == {out: "optOut", inn: "optIn"} and asked[:2] == [out, inn]
         b, _ = tick(r, start + 1)
         assert openadr_caps(b) == {f"openadr:{inn}": pytest.approx(service_line_current_a(r.site.service, 40e3))}
         held = r.svc.openadr.status(time.time(), r.site.service)["events"]
         assert isinstance(held, list)
         assert {e["event_id"]: e["opt"] for e in held} == {out: "optOut", inn: "optIn"}
+
+
+async def test_opt_out_during_an_event_when_sessions_become_at_risk(tmp_path: Path) -> None:
+    async with rig(tmp_path, opt_policy="opt-out-if-sessions-at-risk") as r:
+        risk = [False]
+        r.svc.openadr.sessions_at_risk = lambda ev: risk[0]
+        eid = r.vtn.event(r.ven_id, time.time() - 5, 30, value=2)
+        await until(lambda: r.vtn.opts.get(eid) == "optIn")
+        b, _ = tick(r, time.time())
+        assert f"openadr:{eid}" in openadr_caps(b)
+        risk[0] = True  # a fleet session would now miss its departure
+        await until(lambda: r.vtn.opts.get(eid) == "optOut", what="the VTN told of the opt-out")
+        assert r.vtn.opt_log == [(eid, "optIn"), (eid, "optOut")]
+        b, a = tick(r, time.time())
+        assert openadr_caps(b) == {} and not any("openadr" in lim.reason for lim in a.limits.values())
+        assert ("openadr_opt_changed", {"event_id": eid, "opt": "optOut",
+                                        "reason": "sessions would miss their departure (during the event)"}) in r.events
 
 
 async def test_cancellation_releases_the_cap(tmp_path: Path) -> None:

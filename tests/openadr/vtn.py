@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from openleadr import OpenADRServer
+from openleadr.utils import find_by
 
 from gateway.budget.service import BudgetService
 from gateway.config import Site, site_from_dict
@@ -45,6 +46,7 @@ class VTN:
         self.server.add_handler("on_create_party_registration", self._register)
         self.registrations: list[dict[str, Any]] = []
         self.opts: dict[str, str] = {}
+        self.opt_log: list[tuple[str, str]] = []
         self.running = False
 
     async def _register(self, payload: dict[str, Any]) -> tuple[str, str]:
@@ -53,6 +55,11 @@ class VTN:
 
     def _opt(self, ven_id: str, event_id: str, opt_type: str) -> None:
         self.opts[event_id] = opt_type
+        self.opt_log.append((event_id, opt_type))
+        # openleadr calls an event's callback for the first answer only: re-arm it for a later change of opt
+        ev = find_by(self.server.events.get(ven_id, []), "event_descriptor.event_id", event_id)
+        if ev is not None:
+            self.server.services["event_service"].event_callbacks[event_id] = (ev, self._opt)
 
     async def start(self) -> None:
         await self.server.run()
