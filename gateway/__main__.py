@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.meters.cli",
     "gateway.web.cli",
     "gateway.commission.cli",
+    "gateway.budget.openadr_app",
 )
 
 

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from gateway.budget.openadr_app import run_openadr
 from gateway.budget.service import BudgetService
 from gateway.config import Site, load_site
 from gateway.control import ControlLoop, TelemetrySink
@@ -164,6 +165,8 @@ class App:
                     )
                 if self.web is not None:  # restarted while it fails; never ends the daemon
                     self._spawn("web", lambda: supervise("web", self.web.run, restart_delay_s=self.restart_delay_s))
+                self._spawn("openadr", lambda: supervise(  # utility demand response (idle unless configured)
+                    "openadr", lambda: run_openadr(self.budget.openadr), restart_delay_s=self.restart_delay_s))
                 self._spawn("start", self._start_then_serve)
                 self._spawn("ctl", lambda: supervise("ctl", self._serve_ctl, restart_delay_s=self.restart_delay_s))
                 await self._stop.wait()

@@ -38,6 +38,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway import electrical
 from gateway.budget.solar_config import SolarConfig, parse_solar
+from gateway.budget.openadr_config import OpenADRConfig, parse_openadr
+from gateway.budget.openadr_config import describe as describe_openadr
 from gateway.confkit import Table, check_ident
 from gateway.errors import ConfigError
 
@@ -100,10 +102,11 @@ class BudgetConfig:
     demand: DemandConfig | None = None
     tariff: TariffConfig | None = None
     solar: SolarConfig = field(default_factory=SolarConfig)  # [budget.solar] (gateway/budget/solar_config.py)
+    openadr: OpenADRConfig | None = None  # [budget.openadr] (gateway.budget.openadr_config)
 
     @property
     def active(self) -> bool:
-        return self.demand is not None or self.tariff is not None or self.solar.enabled
+        return self.demand is not None or self.tariff is not None or self.solar.enabled or self.openadr is not None
 
 
 @functools.lru_cache(maxsize=64)
@@ -132,8 +135,9 @@ def parse_budget(t: Table | None, service: ServiceConfig, service_meter_has_ener
     site_tz = tz or (tariff.timezone if tariff is not None else "UTC")
     demand = _parse_demand(t.table("demand"), service, service_meter_has_energy)
     solar = parse_solar(t.table("solar"))  # names checked against the site by solar_config.check_solar
+    openadr = parse_openadr(t.table("openadr"), service)
     t.done()
-    return BudgetConfig(timezone=site_tz, demand=demand, tariff=tariff, solar=solar)
+    return BudgetConfig(timezone=site_tz, demand=demand, tariff=tariff, solar=solar, openadr=openadr)
 
 
 def _parse_demand(t: Table | None, service: ServiceConfig, has_energy: bool | None) -> DemandConfig | None:
@@ -332,4 +336,4 @@ def describe(cfg: BudgetConfig, service: ServiceConfig) -> list[str]:
                     f"      {p.name}: {days} {p.start_min // 60:02d}:{p.start_min % 60:02d}-"
                     f"{p.end_min // 60:02d}:{p.end_min % 60:02d} at {p.price_per_kwh:g}/kWh{cap}"
                 )
-    return out
+    return out + (describe_openadr(cfg.openadr, service) if cfg.openadr is not None else [])

@@ -31,6 +31,7 @@ import structlog
 from gateway.budget import Budget, BudgetState, DemandState
 from gateway.budget.compute import BudgetInputs, budget, ev_factors, measure
 from gateway.budget.config import TariffConfig, tariff_from_json
+from gateway.budget.openadr import OpenADRStore
 from gateway.budget.remote import (
     MAX_COMMAND_AGE_S,
     CommandRejected,
@@ -181,6 +182,7 @@ class BudgetService:
         self.remote_restored = False  # a persisted cap was found at start (live or expired)
         self.last: Budget | None = None
         self._restore()
+        self.openadr = OpenADRStore(self._writer, site.budget.openadr, emit=self._emit)  # gateway.budget.openadr
 
     # ------------------------------------------------------------------ the control loop
     def tick(
@@ -194,6 +196,8 @@ class BudgetService:
         )
         before = self._state
         b, st = budget(inputs, site.budget, before, now, wall)
+        if dr := self.openadr.caps(site.service, wall, inputs.measure.import_w):
+            b = replace(b, caps=b.caps + dr)
         b, self._solar = with_solar(b, site, readings, chargers, self._solar, now)  # surplus modes' caps
         self._state = st
         self.last = b
@@ -407,6 +411,7 @@ class BudgetService:
         old = self._site
         self._site = site
         self._factors = ev_factors(site)
+        self.openadr.update_config(site.budget.openadr)
         cap = self._remote
         if cap is not None:
             self._remote = replace(cap, limit_a=cap_amps(cap.requested_a, cap.requested_kw, site.service))
