@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway import electrical
-from gateway.budget.solar_config import SolarConfig, parse_solar
 from gateway.budget.openadr_config import OpenADRConfig, parse_openadr
 from gateway.budget.openadr_config import describe as describe_openadr
+from gateway.budget.solar_config import SolarConfig, parse_solar
 from gateway.confkit import Table, check_ident
 from gateway.errors import ConfigError
 
