@@ -105,7 +105,7 @@ class ControlConfig:
     rotation_period_s: float = 900.0
     noncompliance_tolerance_a: float = 2.0
     noncompliance_grace_s: float = 10.0
-    ev_response_s: float = 10.0  # how long an EV may take to follow a lowered limit (EVs take 5-11 s)
+    ev_response_s: float = 12.0  # how long an EV may take to follow a lowered limit (EVs take 5-11 s, plus a tick)
     stop_noncompliant: bool = False
 
 
