@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 
 from gateway.control import ControlLoop
@@ -38,3 +40,43 @@ async def test_reload_keeps_circuit_estimates_and_limits_that_still_exist() -> N
     assert set(loop.state.chargers) == {"A"}
     assert loop.state.chargers["A"] is before
     assert set(loop.state.circuits) <= {"service"}
+
+
+class _WakingChargers(_Chargers):
+    """A port whose first apply is overtaken by an overload reading (it lands before the increases)."""
+
+    def __init__(self, loop: list[ControlLoop]) -> None:
+        self.loop = loop
+        self.calls: list[bool] = []
+
+    async def apply(self, allocation: Allocation, preempt: Callable[[], bool] | None = None) -> bool:
+        assert preempt is not None
+        if not self.calls:
+            self.loop[0].wake("overload:m-main", 0.0)
+        done = not preempt()
+        self.calls.append(done)
+        return done
+
+
+async def test_a_wake_during_apply_preempts_the_tick_and_the_loop_ticks_again_at_once() -> None:
+    site = make_site(chargers=[ac("A", phases=3)], control={"tick_s": 10.0})
+    holder: list[ControlLoop] = []
+    chargers = _WakingChargers(holder)
+    loop = ControlLoop(site, _Meters(), chargers)
+    holder.append(loop)
+    seen: list[tuple[float, int]] = []
+    loop.subscribe(lambda snap, alloc: seen.append((snap.taken_at, len(alloc.limits))))
+    task = asyncio.create_task(loop.run())
+    try:
+        async with asyncio.timeout(5):  # half the 10 s tick: the re-tick did not wait for it
+            while len(loop.records) < 2:
+                await loop.ticked.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    first, second = loop.records[0], loop.records[1]
+    assert first.preempted and first.trigger == "tick"
+    assert not second.preempted and second.trigger == "overload:m-main"
+    assert chargers.calls[:2] == [False, True]
+    assert len(seen) >= 2 and all(n == 1 for _, n in seen)  # every tick handed to the subscribers
