@@ -5,7 +5,9 @@ per process), the meters (Modbus TCP simulators, one process) and a CMS (one pro
 The physics crosses processes through shared memory: every charger worker writes its chargers' line currents
 (per site phase) into one shared array; the meter process sums, for each meter, the chargers beneath its
 circuit plus a base load the benchmark sets (on the service). The chargers also publish whether they are
-online, and when their first limit profile (the leased one, not the fail-safe) arrived.
+online, and when their first limit profile (the leased one, not the fail-safe) arrived. The charger and CMS
+workers run at a lower CPU priority (nice 10) than the gateway and the meters: on a small machine the
+simulated chargers would otherwise take the cores the gateway is measured on.
 """
 
 from __future__ import annotations
@@ -66,14 +68,20 @@ def _limit_profile(call: Any, profile_id: int) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ chargers
-def _quiet() -> None:
-    """A worker's own logs: errors only, to nowhere (the figures are the gateway's)."""
+CHARGER_NICE = 10  # the charger and CMS workers yield the CPU to the gateway and the meters
+NICE = {"chargers": CHARGER_NICE, "cms": CHARGER_NICE, "meters": 0}
+
+
+def _quiet(kind: str) -> None:
+    """A worker's own logs: errors only, to nowhere (the figures are the gateway's); its CPU priority."""
     logs.configure("error", "json", stream=open(os.devnull, "w"))  # noqa: SIM115 (the process's lifetime)
+    with contextlib.suppress(OSError):
+        os.nice(NICE[kind])
 
 
 def charger_worker(raw: dict[str, Any], first: int, last: int, url: str, shared: Shared, ev: dict[str, Any]) -> None:
     """Chargers ``first..last-1`` (site order) of the site; connect when ``shared.go`` is set."""
-    _quiet()
+    _quiet("chargers")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_chargers(raw, first, last, url, shared, ev))
 
@@ -130,7 +138,7 @@ async def _chargers(raw: dict[str, Any], first: int, last: int, url: str, shared
 
 # ------------------------------------------------------------------------------------------------ meters
 def meter_worker(raw: dict[str, Any], shared: Shared, ports: Any) -> None:
-    _quiet()
+    _quiet("meters")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_meters(raw, shared, ports))
 
@@ -181,7 +189,7 @@ async def _meters(raw: dict[str, Any], shared: Shared, ports: Any) -> None:
 
 # ------------------------------------------------------------------------------------------------ CMS
 def cms_worker(shared: Shared, ports: Any) -> None:
-    _quiet()
+    _quiet("cms")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_cms(shared, ports))
 
