@@ -12,6 +12,7 @@ processes (hil/bench/workers.py: a few processes with many chargers each), so th
 not those of simulators starving in the benchmark's process.
 
 Run: python hil/bench/bench_loop.py [--sizes 20,200,1000] [--steps 12] [--workers N] [--no-cms]
+(BENCH_PROFILE=file: a cProfile of the gateway; BENCH_DETAIL=1: every overload reallocation)
 """
 
 from __future__ import annotations
@@ -87,8 +88,10 @@ class Gateway:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        prof = os.environ.get("BENCH_PROFILE")  # a cProfile of the gateway, written when it stops
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "run", "--config", str(self.path), "--log-format", "json",
+            sys.executable, *(["-m", "cProfile", "-o", prof] if prof else []),
+            "-m", "gateway", "run", "--config", str(self.path), "--log-format", "json",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **({"PYTHONPATH": self.code} if self.code else {})},
             limit=1 << 20,
@@ -146,7 +149,7 @@ async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: boo
     gw = Gateway(peers.gateway_config(port), {"reallocated", "gateway_ready", "tick"}, code=code)
     try:
         await gw.start()
-        peers.connect(port)
+        await asyncio.to_thread(peers.connect, port)
         await wait_until(lambda: peers.online() >= n, 180)
         peers.plug_in()
         # sessions start and limits settle: the service close to its limit, so a step overloads it

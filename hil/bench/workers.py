@@ -40,6 +40,7 @@ class Shared:
         self.online = ctx.Array("b", n_chargers, lock=False)
         self.controlled_at = ctx.Array("d", n_chargers, lock=False)  # time.time() of the first limit profile
         self.plug = ctx.Value("b", 0, lock=False)  # plug an EV into every charger once it is online
+        self.ready = ctx.Value("i", 0)  # charger workers with their chargers built, waiting for `go`
         self.go = ctx.Event()  # the chargers connect (all at once)
         self.stop = ctx.Event()
 
@@ -102,6 +103,8 @@ async def _chargers(raw: dict[str, Any], first: int, last: int, url: str, shared
             max_a=cfg.max_limit, min_a=cfg.min_limit, reconnect_s=(1.0, 10.0),
         )
         sims.append(SimCharger(cfg.id, **kw))
+    with shared.ready.get_lock():
+        shared.ready.value += 1
     while not shared.go.is_set():
         await asyncio.sleep(0.02)
     tasks = [asyncio.get_running_loop().create_task(s.run()) for s in sims]
@@ -260,14 +263,24 @@ class Peers:
                 d[k] = v
         return d
 
-    def connect(self, ocpp_port: int) -> None:
-        """Start the charger workers; every charger connects at once."""
+    def connect(self, ocpp_port: int, *, go: bool = True) -> None:
+        """Start the charger workers and wait until each has built its chargers; then (``go``) every charger
+        connects at once."""
         url = f"ws://127.0.0.1:{ocpp_port}"
         per = -(-self.n // self.workers)
+        spawned = 0
         for w in range(self.workers):
             lo, hi = w * per, min(self.n, (w + 1) * per)
             if lo < hi:
                 self._spawn(charger_worker, self.raw, lo, hi, url, self.shared, self.ev)
+                spawned += 1
+        deadline = time.monotonic() + 120
+        while self.shared.ready.value < spawned and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if go:
+            self.go()
+
+    def go(self) -> None:
         self.shared.go.set()
 
     def online(self) -> int:
