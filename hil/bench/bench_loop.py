@@ -5,7 +5,11 @@ service steps up repeatedly so that the service meter reads an overload. The gat
 reallocation such a reading triggers, the time from that meter reading to the last SetChargingProfile frame
 written (``reading_to_actuated_ms``): p50, p99 and max are printed (targets: p99 <= 50 ms at 200 chargers,
 <= 200 ms at 1000). At 1000 chargers with a 1 s tick it also prints the daemon's CPU (share of one core over
-a steady window) and RSS, and for every size the tick's own duration (p99, max).
+a steady window) and RSS, and for every size the tick's own duration (p99, max), the ticks preempted by an
+overload, the same latency for the readings answered with frames only ("framed": the first reading of an
+overload; the later ones find the limits lowered already and write nothing), the times the gateway entered
+fail-safe during the steps (a meter gone stale: a starved machine) and where the
+service's current settled before the steps (% of its limit).
 
 The simulated chargers (real WebSocket OCPP clients), the meters (Modbus TCP) and the CMS run in worker
 processes (hil/bench/workers.py: a few processes with many chargers each), so the figures are the gateway's,
@@ -146,7 +150,8 @@ async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: boo
     peers = Peers(raw, workers=workers, cms=cms)
     peers.start()
     port = free_port()
-    gw = Gateway(peers.gateway_config(port), {"reallocated", "gateway_ready", "tick"}, code=code)
+    gw = Gateway(peers.gateway_config(port), {"reallocated", "gateway_ready", "tick", "failsafe_entered"},
+                 code=code)
     try:
         await gw.start()
         await asyncio.to_thread(peers.connect, port)
@@ -162,8 +167,10 @@ async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: boo
             result["cpu_pct"] = 100 * (proc_cpu_s(gw.pid) - c0) / (time.monotonic() - w0)
             result["rss_mb"] = proc_rss_mb(gw.pid)
         mark = len(gw.logs)
+        result["settled_pct"] = 100 * peers.service_a() / limit
         for _ in range(steps):
-            peers.set_base(0.25 * limit)  # a step that puts the service above its limit
+            # a step that puts the service 10 % above its limit, wherever the EVs' draw settled
+            peers.set_base(max(0.0, limit - peers.service_a()) + 0.1 * limit)
             await asyncio.sleep(2.0)
             peers.set_base(0.0)
             await asyncio.sleep(3.0)
@@ -171,10 +178,16 @@ async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: boo
         lat = [e["reading_to_actuated_ms"] for e in window
                if e["event"] == "reallocated" and str(e.get("trigger", "")).startswith("overload:")
                and e.get("reading_to_actuated_ms") is not None]
+        # the readings answered with frames (the first of an overload; later ones find the limits lowered already)
+        framed = [e["reading_to_actuated_ms"] for e in window
+                  if e["event"] == "reallocated" and str(e.get("trigger", "")).startswith("overload:")
+                  and e.get("reading_to_actuated_ms") is not None and e.get("changed")]
         ticks = [e["tick_ms"] for e in window if e["event"] == "tick"]
         result.update(samples=len(lat), p50_ms=pct(lat, 50), p99_ms=pct(lat, 99), max_ms=max(lat, default=float("nan")),
+                      framed=len(framed), framed_p50_ms=pct(framed, 50), framed_p99_ms=pct(framed, 99),
                       tick_p99_ms=pct(ticks, 99), tick_max_ms=max(ticks, default=float("nan")),
-                      preempted=sum(1 for e in window if e["event"] == "tick" and e.get("preempted")))
+                      preempted=sum(1 for e in window if e["event"] == "tick" and e.get("preempted")),
+                      failsafe=sum(1 for e in window if e["event"] == "failsafe_entered"))
         if os.environ.get("BENCH_DETAIL"):
             for e in window:
                 if e["event"] == "reallocated" and str(e.get("trigger", "")).startswith("overload:"):
@@ -197,15 +210,17 @@ async def main() -> None:
     logs.configure("warning", "console", stream=sys.stderr)
     print(f"overload reading -> last SetChargingProfile frame written (the daemon's own measurement); "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
-    cols = (("chargers", 8), ("online", 6), ("workers", 7), ("samples", 7), ("p50 ms", 8), ("p99 ms", 8),
-            ("max ms", 8), ("tick p99", 8), ("tick max", 8), ("preempt", 7), ("CPU %", 6), ("RSS MB", 7))
-    print(" ".join(f"{c:>{w}}" for c, w in cols))
+    cols = (("chargers", 8, "chargers", "d"), ("online", 6, "online", "d"), ("workers", 7, "workers", "d"),
+            ("samples", 7, "samples", "d"), ("p50 ms", 8, "p50_ms", ".2f"), ("p99 ms", 8, "p99_ms", ".2f"),
+            ("max ms", 8, "max_ms", ".2f"), ("framed", 6, "framed", "d"), ("f p50", 7, "framed_p50_ms", ".2f"),
+            ("f p99", 7, "framed_p99_ms", ".2f"), ("tick p99", 8, "tick_p99_ms", ".1f"),
+            ("tick max", 8, "tick_max_ms", ".1f"), ("preempt", 7, "preempted", "d"), ("failsafe", 8, "failsafe", "d"),
+            ("settled%", 8, "settled_pct", ".0f"), ("CPU %", 6, "cpu_pct", ".1f"), ("RSS MB", 7, "rss_mb", ".1f"))
+    print(" ".join(f"{c:>{w}}" for c, w, _, _ in cols))
     for n in (int(x) for x in args.sizes.split(",")):
         r = await run_size(n, args.steps, n >= 1000, args.workers or default_workers(n), not args.no_cms,
-                          args.gateway_code)
-        print(f"{r['chargers']:>8} {r['online']:>6} {r['workers']:>7} {r['samples']:>7} {r['p50_ms']:>8.2f} "
-              f"{r['p99_ms']:>8.2f} {r['max_ms']:>8.2f} {r['tick_p99_ms']:>8.1f} {r['tick_max_ms']:>8.1f} "
-              f"{r['preempted']:>7} {r.get('cpu_pct', float('nan')):>6.1f} {r.get('rss_mb', float('nan')):>7.1f}",
+                           args.gateway_code)
+        print(" ".join(format(r.get(k, float("nan")), f">{w}{f if k in r else '.1f'}") for _, w, k, f in cols),
               flush=True)
 
 
