@@ -5,8 +5,8 @@ per process), the meters (Modbus TCP simulators, one process) and a CMS (one pro
 The physics crosses processes through shared memory: every charger worker writes its chargers' line currents
 (per site phase) into one shared array; the meter process sums, for each meter, the chargers beneath its
 circuit plus a base load the benchmark sets (on the service). The chargers also publish whether they are
-online, and when their first limit profile (the leased one, not the fail-safe) arrived. The charger and CMS
-workers run at a lower CPU priority (nice 10) than the gateway and the meters: on a small machine the
+online, and when their first limit profile (the leased one, not the fail-safe) arrived. The charger workers
+run at a lower CPU priority (nice 10) than the gateway, the meters and the CMS: on a small machine the
 simulated chargers would otherwise take the cores the gateway is measured on.
 """
 
@@ -69,8 +69,8 @@ def _limit_profile(call: Any, profile_id: int) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ chargers
-CHARGER_NICE = 10  # the charger and CMS workers yield the CPU to the gateway and the meters
-NICE = {"chargers": CHARGER_NICE, "cms": CHARGER_NICE, "meters": 0}
+CHARGER_NICE = 10  # the charger workers yield the CPU to the gateway, the meters and the CMS
+NICE = {"chargers": CHARGER_NICE, "cms": 0, "meters": 0}  # a CMS starved of CPU would fail the upstreams
 
 
 def _quiet(kind: str) -> None:
