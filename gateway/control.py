@@ -158,6 +158,7 @@ class ControlLoop:
         self._trigger = "tick"
         self._trigger_at: float | None = None
         self._mode = "normal"
+        self._preempted = False  # the last tick's increases were dropped for a wake
         self._background: set[asyncio.Task[None]] = set()
         self.ticked = asyncio.Event()  # set after every tick (tests and the demo wait on it)
         self.subscribers: list[TickSubscriber] = []
@@ -190,6 +191,10 @@ class ControlLoop:
             self._trigger = why
             self._trigger_at = at
             self._wake.set()
+
+    def _preempting(self) -> bool:
+        """A wake that drops the increases not yet written: a meter reading (overload, invalid, stale)."""
+        return self._wake.is_set() and self._trigger.startswith(("overload:", "meter-"))
 
     def update_site(self, site: Site) -> None:
         self.site = site
@@ -257,10 +262,13 @@ class ControlLoop:
             # frames are queued on their sockets, not answered, within this; a stuck socket must not stall the loop
             async with asyncio.timeout(max(site.control.tick_s, 1.0)):
                 # an overload (any wake) that lands before the increases are written drops them: re-tick at once
-                applied = await self.chargers.apply(allocation, preempt=self._wake.is_set) is not False
+                # (at most one preemption in a row: readings at the limit, every poll, must not starve increases)
+                preempt = None if self._preempted else self._preempting
+                applied = await self.chargers.apply(allocation, preempt=preempt) is not False
         except TimeoutError:
             log.error("actuation_timeout", timeout_s=max(site.control.tick_s, 1.0))
         t3 = self.clock()
+        self._preempted = not applied
         for fn in self.subscribers:
             try:
                 fn(snapshot, allocation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Callable, Mapping
 
 from gateway.control import ControlLoop
@@ -43,17 +44,19 @@ async def test_reload_keeps_circuit_estimates_and_limits_that_still_exist() -> N
 
 
 class _WakingChargers(_Chargers):
-    """A port whose first apply is overtaken by an overload reading (it lands before the increases)."""
+    """A port whose applies are overtaken by an overload reading (it lands before the increases): the first
+    one only, or (``always``) every one, as readings at the limit do at every poll."""
 
-    def __init__(self, loop: list[ControlLoop]) -> None:
+    def __init__(self, loop: list[ControlLoop], *, always: bool = False) -> None:
         self.loop = loop
+        self.always = always
         self.calls: list[bool] = []
 
     async def apply(self, allocation: Allocation, preempt: Callable[[], bool] | None = None) -> bool:
-        assert preempt is not None
-        if not self.calls:
-            self.loop[0].wake("overload:m-main", 0.0)
-        done = not preempt()
+        if self.always or not self.calls:  # the reading lands while the loop runs inside apply
+            asyncio.get_running_loop().call_soon(self.loop[0].wake, "overload:m-main", 0.0)
+        await asyncio.sleep(0)
+        done = preempt is None or not preempt()
         self.calls.append(done)
         return done
 
@@ -80,3 +83,23 @@ async def test_a_wake_during_apply_preempts_the_tick_and_the_loop_ticks_again_at
     assert not second.preempted and second.trigger == "overload:m-main"
     assert chargers.calls[:2] == [False, True]
     assert len(seen) >= 2 and all(n == 1 for _, n in seen)  # every tick handed to the subscribers
+
+
+async def test_readings_that_overload_at_every_poll_do_not_starve_the_increases() -> None:
+    site = make_site(chargers=[ac("A", phases=3)], control={"tick_s": 10.0})
+    holder: list[ControlLoop] = []
+    chargers = _WakingChargers(holder, always=True)
+    loop = ControlLoop(site, _Meters(), chargers)
+    holder.append(loop)
+    task = asyncio.create_task(loop.run())
+    try:
+        async with asyncio.timeout(5):
+            while len(loop.records) < 6:
+                await loop.ticked.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    flags = [r.preempted for r in loop.records]
+    # a tick after a preempted one writes its increases: never two preemptions in a row
+    assert any(flags) and not any(a and b for a, b in itertools.pairwise(flags))
