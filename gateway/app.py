@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from gateway import logs
 from gateway.budget.openadr_app import run_openadr
 from gateway.budget.service import BudgetService
 from gateway.config import Site, load_site
@@ -316,6 +317,7 @@ class App:
 
         def hard_exit() -> None:
             with contextlib.suppress(Exception):
+                logs.flush(1.0)  # the lines logged before (written by their thread; os._exit skips atexit)
                 sys.stderr.write(f"ems-gateway: did not end within {self.hard_exit_after_s:g} s of stopping; exiting\n")
                 sys.stderr.flush()
             os._exit(code)

@@ -4,11 +4,17 @@ A meter reading that shows a circuit above its limit (or a meter turning invalid
 at once instead of waiting for the tick. A failing device only becomes "unknown" in the snapshot;
 nothing a device does stops the loop. The watchdog is pinged from here, so a hung loop is
 restarted by systemd.
+
+The loop itself does only what an overload cannot wait for: snapshot, allocate, write the limit frames
+(decreases first). What can wait is handed off: log lines are rendered and written by the logging thread
+(gateway/logs.py), and every tick's frozen (snapshot, allocation) goes to the tick subscribers, which must
+return at once; :class:`LatestTick` runs a slow subscriber (telemetry) on its own thread, on the latest tick.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -34,7 +40,10 @@ class MeterSource(Protocol):
 class ChargerPort(Protocol):
     def snapshot(self) -> Mapping[str, ChargerSnapshot]: ...
 
-    async def apply(self, allocation: Allocation) -> None: ...
+    async def apply(self, allocation: Allocation, preempt: Callable[[], bool] | None = None) -> bool:
+        """Write the due limit frames, decreases first; False: ``preempt()`` turned true before the increases,
+        which were dropped (the loop re-ticks at once)."""
+        ...
 
     async def stop_transaction(self, charger_id: str) -> None: ...
 
@@ -53,6 +62,69 @@ class BudgetPort(Protocol):
     ) -> Budget: ...
 
 
+TickSubscriber = Callable[[Snapshot, Allocation], None]  # called on the loop after every tick: must return at once
+
+
+class LatestTick:
+    """A tick subscriber that runs ``fn(snapshot, allocation)`` on its own thread, for the latest tick: a tick
+    handed over while one is being handled replaces any still waiting (stale ticks are dropped, counted in
+    ``dropped``). Handing over never blocks the loop (a lock held only to swap a reference). ``fn`` must be
+    safe to call from that thread; the values it gets are frozen."""
+
+    def __init__(self, fn: TickSubscriber, name: str) -> None:
+        self._fn = fn
+        self.name = name
+        self._cond = threading.Condition()
+        self._pending: tuple[Snapshot, Allocation] | None = None
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._working = False
+        self.handled = 0
+        self.dropped = 0
+
+    def __call__(self, snapshot: Snapshot, allocation: Allocation) -> None:
+        with self._cond:
+            if self._stopping:
+                return
+            if self._pending is not None:
+                self.dropped += 1
+            self._pending = (snapshot, allocation)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"tick-{self.name}", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stopping:
+                    self._cond.wait()
+                item, self._pending = self._pending, None
+                self._working = item is not None
+            if item is None:
+                return
+            try:
+                self._fn(*item)
+            except Exception:
+                log.exception("tick_subscriber_failed", subscriber=self.name)
+            with self._cond:
+                self.handled += 1
+                self._working = False
+                self._cond.notify_all()
+
+    def wait_idle(self, timeout_s: float = 5.0) -> bool:
+        """Block until the tick handed over last has been handled (tests, a bench); False on timeout. Not on
+        the loop."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending is None and not self._working, timeout_s)
+
+    def stop(self) -> None:
+        """The thread ends after the tick it is handling (and one still waiting); never joined on the loop."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+
 @dataclass(frozen=True)
 class TickRecord:
     at: float
@@ -63,6 +135,7 @@ class TickRecord:
     trigger: str  # "tick" | "overload:<meter>" | "meter-invalid:<meter>"
     # from the meter reading that woke the loop to the last limit frame written (None on a plain tick)
     reading_to_actuated_s: float | None = None
+    preempted: bool = False  # a wake came before the increases were written: they were dropped, the loop re-ticked
 
 
 MAX_TEST_S = 900.0  # no commissioning input lasts longer than this
@@ -144,10 +217,21 @@ class ControlLoop:
         self._trigger = "tick"
         self._trigger_at: float | None = None
         self._mode = "normal"
+        self._preempted = False  # the last tick's increases were dropped for a wake
         self._background: set[asyncio.Task[None]] = set()
         self.ticked = asyncio.Event()  # set after every tick (tests and the demo wait on it)
         self.test_load: SimulatedLoad | None = None  # commissioning inputs (gateway.commission)
         self.test_overrides: dict[str, LimitOverride] = {}
+        self.subscribers: list[TickSubscriber] = []
+        self.telemetry_tick: LatestTick | None = None
+        if telemetry is not None:  # topics are built off the loop, on the latest tick
+            self.telemetry_tick = LatestTick(telemetry.publish_tick, "telemetry")
+            self.subscribers.append(self.telemetry_tick)
+
+    def subscribe(self, fn: TickSubscriber) -> None:
+        """Call ``fn(snapshot, allocation)`` on the loop after every tick; it must return at once (hand slow
+        work to a :class:`LatestTick`)."""
+        self.subscribers.append(fn)
 
     # -- inputs --------------------------------------------------------------------------
     def on_meter_reading(self, meter_id: str, reading: MeterReading) -> None:
@@ -217,6 +301,10 @@ class ControlLoop:
                 log.warning("test_override_ended", charger=cid, reason="timeout")
                 del self.test_overrides[cid]
 
+    def _preempting(self) -> bool:
+        """A wake that drops the increases not yet written: a meter reading (overload, invalid, stale)."""
+        return self._wake.is_set() and self._trigger.startswith(("overload:", "meter-"))
+
     def update_site(self, site: Site) -> None:
         self.site = site
         self.compliance.update_site(site)
@@ -228,6 +316,13 @@ class ControlLoop:
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            if self.telemetry_tick is not None:
+                self.telemetry_tick.stop()
+
+    async def _run(self) -> None:
         next_at = self.clock()
         while True:
             timeout = max(0.0, next_at - self.clock())
@@ -275,21 +370,26 @@ class ControlLoop:
         if self.test_overrides:
             allocation = with_overrides(allocation, self.test_overrides, site, t0)
         t2 = self.clock()
+        applied = True
         try:
-            # frames are written, not answered, within this; a stuck socket must not stall the loop
+            # frames are queued on their sockets, not answered, within this; a stuck socket must not stall the loop
             async with asyncio.timeout(max(site.control.tick_s, 1.0)):
-                await self.chargers.apply(allocation)
+                # an overload (any wake) that lands before the increases are written drops them: re-tick at once
+                # (at most one preemption in a row: readings at the limit, every poll, must not starve increases)
+                preempt = None if self._preempted else self._preempting
+                applied = await self.chargers.apply(allocation, preempt=preempt) is not False
         except TimeoutError:
             log.error("actuation_timeout", timeout_s=max(site.control.tick_s, 1.0))
         t3 = self.clock()
-        if self.telemetry is not None:
+        self._preempted = not applied
+        for fn in self.subscribers:
             try:
-                self.telemetry.publish_tick(snapshot, allocation)
-            except Exception:  # telemetry never stops the loop
-                log.exception("telemetry_publish_failed")
+                fn(snapshot, allocation)
+            except Exception:  # a subscriber (telemetry, the web view) never stops the loop
+                log.exception("tick_subscriber_failed")
         t4 = self.clock()
         latency = t3 - trigger_at if trigger_at is not None else None
-        self._log_changes(self.allocation, allocation, trigger, latency, (t1 - t0, t2 - t1, t3 - t2))
+        self._log_changes(self.allocation, allocation, trigger, latency, (t1 - t0, t2 - t1, t3 - t2), not applied)
         self.allocation, self.snapshot, self.state = allocation, snapshot, state
         ages = [t0 - r.at for r in snapshot.meters.values() if r is not None and r.valid]
         self.records.append(
@@ -301,8 +401,14 @@ class ControlLoop:
                 publish_s=t4 - t3,
                 trigger=trigger,
                 reading_to_actuated_s=latency,
+                preempted=not applied,
             )
         )
+        t5 = self.clock()
+        # every tick's figures, at debug level (a no-op otherwise; the loop benchmarks read them)
+        log.debug("tick", trigger=trigger, tick_ms=round((t5 - t0) * 1000, 3), snapshot_ms=round((t1 - t0) * 1000, 3),
+                  allocation_ms=round((t2 - t1) * 1000, 3), actuation_ms=round((t3 - t2) * 1000, 3),
+                  publish_ms=round((t4 - t3) * 1000, 3), preempted=not applied)
         self.notifier.watchdog()
         self.notifier.status(self.summary())
         self.ticked.set()
@@ -344,6 +450,7 @@ class ControlLoop:
         trigger: str,
         latency: float | None = None,
         phases: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        preempted: bool = False,
     ) -> None:
         if after.mode != self._mode:
             # the log only: telemetry publishes fail-safe events from the allocation it is given
@@ -376,6 +483,7 @@ class ControlLoop:
                 snapshot_ms=round(phases[0] * 1000, 3),
                 allocation_ms=round(phases[1] * 1000, 3),
                 actuation_ms=round(phases[2] * 1000, 3),
+                preempted=preempted,
             )
 
     def summary(self) -> str:

@@ -19,7 +19,7 @@ from gateway.errors import StoreError
 from gateway.model import Allocation, ChargerSnapshot
 from gateway.ocpp_proxy.frames import SUBPROTOCOLS
 from gateway.ocpp_proxy.server import check_request, credential_strength, identity_of, is_tls, server_ssl_context
-from gateway.ocpp_proxy.session import DUE_NOT, ChargerSession, LimitState
+from gateway.ocpp_proxy.session import DUE_DECREASE, DUE_NOT, ChargerSession, LimitState
 from gateway.ocpp_proxy.state import ChargerTracker, draw_bounds
 from gateway.ocpp_proxy.store import QueueLimits, Store
 from gateway.ocpp_proxy.upstream import UpstreamTarget, target_for
@@ -231,16 +231,41 @@ class OcppController:
             out[cid] = tr.snapshot(self.limit_state(cid).actuation(now, tr.online))
         return out
 
-    async def apply(self, allocation: Allocation) -> None:
+    async def apply(self, allocation: Allocation, preempt: Callable[[], bool] | None = None) -> bool:
+        """Queue every due limit frame on its charger's socket, in one pass, and return: frames are written to the
+        sockets (or wait behind a CALL in flight, or for a full write buffer), never awaited. Every decrease is
+        written before any increase. With ``preempt``, the loop runs once between the two (readings that came in
+        meanwhile land); if ``preempt()`` is then true, the increases are dropped, their targets left as they
+        were, and False is returned: the caller re-ticks at once."""
+        chargers = self.site.chargers
+        before: dict[str, float | None] = {}
         for cid, cl in allocation.limits.items():
-            if cid in self.site.chargers:
-                self.limit_state(cid).target = cl.limit
+            if cid in chargers:
+                ls = self.limit_state(cid)
+                before[cid] = ls.target
+                ls.target = cl.limit
         now = self.clock()
-        # decreases first; every due frame queued in one pass, the writes awaited together (no task per charger)
-        due = sorted(((d, s) for s in self.sessions.values() if (d := s.due(now)) != DUE_NOT), key=lambda x: x[0])
-        written = [w for _, s in due if (w := s.submit_limit(now, force=True)) is not None]
-        if written:
-            await asyncio.wait(written, timeout=self.site.ocpp.call_timeout_s)
+        decreases: list[ChargerSession] = []
+        others: list[ChargerSession] = []
+        for s in self.sessions.values():
+            d = s.due(now)
+            if d == DUE_DECREASE:
+                decreases.append(s)
+            elif d != DUE_NOT:
+                others.append(s)
+        for s in decreases:
+            s.submit_limit(now, force=True)
+        if others and preempt is not None:
+            await asyncio.sleep(0)
+            if preempt():
+                for s in others:
+                    if s.id in before:
+                        self.limit_state(s.id).target = before[s.id]
+                log.info("increases_preempted", decreases=len(decreases), dropped=len(others))
+                return False
+        for s in others:
+            s.submit_limit(now, force=True)
+        return True
 
     async def apply_failsafe(self) -> None:
         sessions = list(self.sessions.values())

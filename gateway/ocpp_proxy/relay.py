@@ -44,10 +44,13 @@ class CallChannel:
         charger_id: str,
         send: Callable[[str], Awaitable[None]] | None,
         timeout_s: float,
+        send_now: Callable[[str], bool] | None = None,
     ) -> None:
         self.name = name
         self.charger_id = charger_id
         self._send = send
+        # writes a frame to the socket at once when it need not wait (False: it must go through `send`)
+        self._send_now = send_now
         self.timeout_s = timeout_s
         self.in_flight: OutCall | None = None
         self.queue: deque[OutCall] = deque()
@@ -86,6 +89,16 @@ class CallChannel:
         send = self._send
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.timeout_s, self._timeout, out)
+        if self._send_now is not None:
+            try:
+                done = self._send_now(out.text)
+            except Exception as exc:
+                self._not_written(out, exc)
+                return
+            if done:  # on the socket now: no task, no loop iteration
+                if not out.written.done():
+                    out.written.set_result(None)
+                return
         task = loop.create_task(self._write(send, out))
         task.add_done_callback(_consume)
 
@@ -93,14 +106,17 @@ class CallChannel:
         try:
             await send(out.text)
         except Exception as exc:  # the socket went away: the CALL cannot be answered
-            log.info("call_not_written", charger=self.charger_id, channel=self.name, action=out.action, error=str(exc))
-            if not out.written.done():
-                out.written.set_exception(CallFailed(str(exc)))
-                out.written.exception()
-            self._finish(out, None)
+            self._not_written(out, exc)
             return
         if not out.written.done():
             out.written.set_result(None)
+
+    def _not_written(self, out: OutCall, exc: Exception) -> None:
+        log.info("call_not_written", charger=self.charger_id, channel=self.name, action=out.action, error=str(exc))
+        if not out.written.done():
+            out.written.set_exception(CallFailed(str(exc)))
+            out.written.exception()
+        self._finish(out, None)
 
     def _timeout(self, out: OutCall) -> None:
         if self.in_flight is out:

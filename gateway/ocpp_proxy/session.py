@@ -18,6 +18,7 @@ import structlog
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
 
 from gateway.backoff import Backoff
 from gateway.config import ChargerConfig
@@ -202,7 +203,8 @@ class ChargerSession:
         self.ocpp = ctrl.site.ocpp
         self.log = log.bind(charger=cfg.id)
         self.tracker: ChargerTracker = ctrl.tracker(cfg.id)
-        self.to_charger = CallChannel("to_charger", cfg.id, ws.send, self.ocpp.call_timeout_s)
+        self._sends = 0  # frames handed to ws.send and not yet written (a CALL written at once must not pass them)
+        self.to_charger = CallChannel("to_charger", cfg.id, ws.send, self.ocpp.call_timeout_s, send_now=self._write_now)
         self.to_cms = CallChannel("to_cms", cfg.id, None, self.ocpp.call_timeout_s)
         self.up: ClientConnection | None = None
         self.draining = False
@@ -462,17 +464,42 @@ class ChargerSession:
                 self.spawn(self._answer_locally(frame))
             else:
                 code = "InternalError"
-                self.spawn(self._send_charger(error_text(out.message_id, code, "CMS did not answer")))
+                self._send_charger_soon(error_text(out.message_id, code, "CMS did not answer"))
             return
-        self.spawn(self._send_charger(ans.raw))
+        self._send_charger_soon(ans.raw)
         if ans.kind == CALLRESULT:
             self._learn_from_answer(out.action, out.payload, ans.payload)
 
-    async def _send_charger(self, text: str) -> None:
+    async def _send_charger(self, text: str, *, counted: bool = False) -> None:
+        if not counted:
+            self._sends += 1
         try:
             await self.ws.send(text)
         except ConnectionClosed:
             self.log.info("charger_send_failed_closed")
+        finally:
+            self._sends -= 1
+
+    def _send_charger_soon(self, text: str) -> None:
+        self._sends += 1  # from now: a CALL written at once would overtake it
+        self.spawn(self._send_charger(text, counted=True))
+
+    def _write_now(self, text: str) -> bool:
+        """Write a text frame to the charger's socket at once, as ``ws.send`` does when it need not wait: the
+        connection open, no other frame waiting to be written before it, the write buffer below its limit.
+        False: not written (the caller sends it with ``ws.send``, which waits or fails as it must)."""
+        ws = self.ws
+        if (
+            self._sends
+            or ws.protocol.state is not State.OPEN
+            or ws.send_in_progress is not None
+            or ws.paused
+            or ws.transport.is_closing()
+        ):
+            return False
+        ws.protocol.send_text(text.encode())
+        ws.send_data()
+        return True
 
     def _track_request(self, action: str, p: dict[str, Any]) -> None:
         t = self.tracker

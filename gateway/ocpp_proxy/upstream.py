@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import functools
 import ssl
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.proxy import get_proxy
+from websockets.uri import parse_uri
 
 from gateway.config import ChargerConfig
 from gateway.errors import ConfigError
@@ -55,12 +58,20 @@ def target_for(ocpp: OcppConfig, ch: ChargerConfig, contexts: dict[int, ssl.SSLC
     return UpstreamTarget(url, SUBPROTOCOLS[ch.ocpp_version], profile, tuple(headers), ctx)
 
 
+@functools.lru_cache(maxsize=1024)
+def proxy_for(url: str) -> str | None:
+    """The proxy the system configuration names for ``url`` (as websockets finds it), looked up once per URL:
+    the lookup reads the whole environment, which costs a boot storm of 1000 upstream connects seconds."""
+    return get_proxy(parse_uri(url))
+
+
 async def open_upstream(target: UpstreamTarget, *, max_size: int, open_timeout_s: float) -> ClientConnection:
     """Connect once. Raises OSError / websockets errors / TimeoutError / OcppError."""
     from websockets.typing import Subprotocol
 
     ws = await connect(
         target.url,
+        proxy=proxy_for(target.url),
         subprotocols=[Subprotocol(target.subprotocol)],
         additional_headers=list(target.headers),
         ssl=target.ssl_context,

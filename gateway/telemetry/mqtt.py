@@ -28,6 +28,7 @@ import json
 import math
 import re
 import ssl
+import threading
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -206,21 +207,62 @@ class Telemetry:
             self._publish_cap_state(iso_ts(self._wall()))
         if self.budget.tariff() is not None:
             self._publish_tariff_state(iso_ts(self._wall()))
+        # ticks built on a worker thread: the per-topic state under a lock, the output delivered on the loop
+        self._tick_lock = threading.Lock()
+        self._tick_out: list[tuple[str, Any, Any]] | None = None
+        self._undelivered: list[tuple[str, Any, Any]] = []
+        self._loop_thread: int | None = None
 
     # ================================================================== control-loop API
     def publish_tick(self, snapshot: Snapshot, allocation: Allocation) -> None:
-        """Queue this tick's values; O(changed chargers) encoding work. Never blocks or raises."""
+        """Build this tick's topics and queue them; O(changed chargers) encoding work. Never raises.
+
+        Safe on the event loop or on a worker thread (the control loop hands its ticks to one): the
+        payloads are built by the caller, the outbox and the events are touched on the event loop only."""
+        out: list[tuple[str, Any, Any]] = []
+        with self._tick_lock:  # the per-topic state: this tick against another, or a reload
+            self._tick_out = out
+            try:
+                now = self._clock()
+                wall = self._wall()
+                ts = iso_ts(wall)
+                self._tick_mode(allocation, now)
+                self._tick_site(snapshot, allocation, ts)
+                self._tick_budget(self.budget.last, ts, now)
+                self._tick_circuits(allocation, ts, now)
+                self._tick_meters(snapshot, ts, now)
+                self._tick_chargers(snapshot, allocation, ts, now)
+            except Exception as exc:  # a telemetry bug must never take the control loop down
+                log.exception("mqtt_publish_tick_failed", error=str(exc))
+            finally:
+                self._tick_out = None
+        on_loop = threading.get_ident() == self._loop_thread
+        before_run = self._loop is None and threading.current_thread() is threading.main_thread()
+        if on_loop or before_run:
+            self._deliver(out)
+        elif self._loop is None:
+            with self._tick_lock:
+                self._undelivered.extend(out)  # the link is not running yet: delivered when it starts
+        else:
+            self._call(self._deliver, out)
+
+    def _tick_value(self, topic: str, payload: bytes) -> None:
+        assert self._tick_out is not None
+        self._tick_out.append(("value", topic, payload))
+
+    def _tick_event(self, name: str, **fields: object) -> None:
+        assert self._tick_out is not None
+        self._tick_out.append(("event", name, fields))
+
+    def _deliver(self, out: list[tuple[str, Any, Any]]) -> None:
+        """On the event loop: a tick's values into the outbox, its events queued."""
         try:
-            now = self._clock()
-            wall = self._wall()
-            ts = iso_ts(wall)
-            self._tick_mode(allocation, now)
-            self._tick_site(snapshot, allocation, ts)
-            self._tick_budget(self.budget.last, ts, now)
-            self._tick_circuits(allocation, ts, now)
-            self._tick_meters(snapshot, ts, now)
-            self._tick_chargers(snapshot, allocation, ts, now)
-        except Exception as exc:  # a telemetry bug must never take the control loop down
+            for kind, a, b in out:
+                if kind == "value":
+                    self._put_value(a, b)
+                else:
+                    self.event(a, **b)
+        except Exception as exc:
             log.exception("mqtt_publish_tick_failed", error=str(exc))
         self._wake.set()
 
@@ -263,16 +305,17 @@ class Telemetry:
             self._site = site
             if site.id != old.id:
                 log.warning("mqtt_site_id_changed", old=old.id, new=site.id, note="topic root kept until restart")
-            for cid in [c for c in self._chargers if c not in site.chargers]:
-                del self._chargers[cid]
-                self._put_value(self.root + "charger/" + topic_level(cid), b"")
-            for mid in [m for m in self._meters if m not in site.meters]:
-                del self._meters[mid]
-                self._put_value(self.root + "meter/" + topic_level(mid), b"")
-            for cid in [c for c in self._circuits if c not in site.circuits]:
-                del self._circuits[cid]
-                self._circuit_pub_at.pop(cid, None)
-                self._put_value(self.root + "circuit/" + topic_level(cid), b"")
+            with self._tick_lock:  # a tick being built on the worker thread uses these
+                for cid in [c for c in self._chargers if c not in site.chargers]:
+                    del self._chargers[cid]
+                    self._put_value(self.root + "charger/" + topic_level(cid), b"")
+                for mid in [m for m in self._meters if m not in site.meters]:
+                    del self._meters[mid]
+                    self._put_value(self.root + "meter/" + topic_level(mid), b"")
+                for cid in [c for c in self._circuits if c not in site.circuits]:
+                    del self._circuits[cid]
+                    self._circuit_pub_at.pop(cid, None)
+                    self._put_value(self.root + "circuit/" + topic_level(cid), b"")
             if self._owns_budget:
                 self.budget.update_site(site)
             if site.mqtt is not None and site.mqtt != self.cfg:
@@ -315,7 +358,7 @@ class Telemetry:
             return
         self._mode = mode
         if mode != "normal":
-            self.event(
+            self._tick_event(
                 "failsafe_entered",
                 mode=mode,
                 previous_mode=prev,
@@ -324,7 +367,7 @@ class Telemetry:
             if prev in (None, "normal"):
                 self._mode_since = now
         elif prev is not None:
-            self.event("failsafe_left", previous_mode=prev, duration_s=_r(now - self._mode_since, 1))
+            self._tick_event("failsafe_left", previous_mode=prev, duration_s=_r(now - self._mode_since, 1))
 
     def _tick_site(self, snapshot: Snapshot, allocation: Allocation, ts: str) -> None:
         svc = self._site.service
@@ -357,7 +400,7 @@ class Telemetry:
             "chargers_online": online,
             "chargers_charging": charging,
         }
-        self._put_value(self.root + "site", _dumps(body))
+        self._tick_value(self.root + "site", _dumps(body))
 
     def _tick_circuits(self, allocation: Allocation, ts: str, now: float) -> None:
         hb = self.cfg.heartbeat_s
@@ -378,7 +421,7 @@ class Telemetry:
             self._circuits[cid] = key
             self._circuit_pub_at[cid] = now
             body["ts"] = ts
-            self._put_value(self.root + "circuit/" + topic_level(cid), _dumps(body))
+            self._tick_value(self.root + "circuit/" + topic_level(cid), _dumps(body))
 
     def _tick_meters(self, snapshot: Snapshot, ts: str, now: float) -> None:
         hb = self.cfg.heartbeat_s
@@ -392,10 +435,10 @@ class Telemetry:
             if status != mp.status:
                 if status == "stale":
                     mp.stale_since = now
-                    self.event("meter_stale", meter=mid, reason="no reading" if rd is None else rd.reason)
+                    self._tick_event("meter_stale", meter=mid, reason="no reading" if rd is None else rd.reason)
                 elif status == "valid" and mp.status == "stale":
                     gap = None if mp.stale_since is None else _r(now - mp.stale_since, 1)
-                    self.event("meter_back", meter=mid, stale_for_s=gap)
+                    self._tick_event("meter_back", meter=mid, stale_for_s=gap)
                 mp.status = status
             elif rd is mp.reading and now - mp.pub_at < hb:
                 continue
@@ -417,7 +460,7 @@ class Telemetry:
                     frequency_hz=_r(rd.frequency_hz, 3),
                     energy_import_wh=_r(rd.energy_import_wh, 0),
                 )
-            self._put_value(self.root + "meter/" + topic_level(mid), _dumps(body))
+            self._tick_value(self.root + "meter/" + topic_level(mid), _dumps(body))
 
     def _tick_chargers(self, snapshot: Snapshot, allocation: Allocation, ts: str, now: float) -> None:
         hb = self.cfg.heartbeat_s
@@ -446,12 +489,12 @@ class Telemetry:
                 cp.dirty = cp.dirty or changed
                 continue
             cp.key, cp.draw_a, cp.draw_w, cp.pub_at, cp.dirty = key, chs.draw_a, chs.draw_w, now, False
-            self._put_value(self.root + "charger/" + topic_level(cid), _dumps(_charger_body(chs, lim, cfg, ts)))
+            self._tick_value(self.root + "charger/" + topic_level(cid), _dumps(_charger_body(chs, lim, cfg, ts)))
 
     def _noncompliance_event(self, chs: ChargerSnapshot, lim: ChargerLimit | None, cfg: ChargerConfig | None) -> None:
         unit = "W" if cfg is not None and cfg.kind == "dc" else "A"
         if chs.noncompliant:
-            self.event(
+            self._tick_event(
                 "noncompliance",
                 charger=chs.id,
                 limit_w=None if lim is None or unit == "A" else _r(lim.limit, 0),
@@ -461,7 +504,7 @@ class Telemetry:
                 power_w=_r(chs.draw_w, 0),
             )
         else:
-            self.event("noncompliance_cleared", charger=chs.id)
+            self._tick_event("noncompliance_cleared", charger=chs.id)
 
     # ================================================================== outbox
     def _put_value(self, topic: str, payload: bytes) -> None:
@@ -699,7 +742,7 @@ class Telemetry:
             return
         self._budget_key, self._budget_pub_at = key, now
         body["ts"] = ts
-        self._put_value(self.root + "budget", _dumps(body))
+        self._tick_value(self.root + "budget", _dumps(body))
 
     def _adopt_legacy_cap(self) -> None:
         try:
@@ -744,6 +787,10 @@ class Telemetry:
         On cancellation, publishes ``status`` = ``offline`` (retained) and disconnects cleanly.
         """
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        with self._tick_lock:
+            early, self._undelivered = self._undelivered, []
+        self._deliver(early)
         self._stopping = False
         self._backoff_fast = True  # _make_client sets the fast backoff
         self._wake = asyncio.Event()

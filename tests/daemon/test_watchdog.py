@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from gateway.control import ControlLoop
@@ -35,8 +35,9 @@ class Chargers:
     def snapshot(self) -> Mapping[str, ChargerSnapshot]:
         return {"A": ChargerSnapshot(id="A", online=True, state=ChargerState.NO_EV)}
 
-    async def apply(self, allocation: Allocation) -> None:
+    async def apply(self, allocation: Allocation, preempt: Callable[[], bool] | None = None) -> bool:
         self.applied.append(allocation)
+        return True
 
     async def stop_transaction(self, charger_id: str) -> None:
         raise AssertionError("not expected")
