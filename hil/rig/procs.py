@@ -1,0 +1,402 @@
+"""The rig's simulators in processes of their own, so that they keep up with the site they simulate.
+
+* one **meter process** serves every simulated meter (Modbus TCP, and RTU on socat pty pairs);
+* a few **charger workers** run the simulated OCPP chargers and their EVs, many per process;
+* the rig's own process keeps the CMS, the scenario player and the recorder.
+
+The physics stay coherent through one table in shared memory (:class:`DrawTable`, a ``RawArray`` of
+doubles, one row per charger): every worker writes, every ``publish_s`` (100 ms), each of its chargers'
+line currents per site phase, the limit in force (line A) and whether it is online; the meter process
+sums the rows beneath each meter's circuit (plus the base loads, evaluated on the scenario's clock) on
+every request, and the recorder reads the same rows. A meter thus sees an EV's draw at most one publish
+period (plus a tick of the charger) late, well within the 5-11 s an EV takes to follow a limit.
+
+Commands go over a ``multiprocessing`` pipe, one request and one reply at a time (:class:`Child`):
+plug an EV in, make a charger non-compliant, silence a meter, collect the sessions' energies and the
+transaction messages at the end. Children are started with ``spawn`` (no fork of a running event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import math
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from gateway import logs
+from gateway.config import Site, site_from_dict
+from hil.meter_sim import LoadProfile
+from hil.rig.messages import TxMessage, tx_message
+from hil.scenario import BaseLoad
+from hil.sim import SimError
+from hil.sim.charger import SimCharger
+from hil.sim.ev import EvModel
+from hil.site_sim import MeterSet, charger_line_a, line_a_nominal, make_charger, meter_values, subtrees
+
+log = structlog.get_logger(__name__)
+
+CTX = multiprocessing.get_context("spawn")
+PUBLISH_S = 0.1  # how often the workers write their chargers' draws into the table
+
+
+# ---- the shared table ------------------------------------------------------------------------------
+class DrawTable:
+    """Per charger: ``phases`` columns of line current (A per site phase), the limit in force (line A per
+    phase), online (0/1). Plain doubles in shared memory; a reader may see a row half a period old."""
+
+    def __init__(self, rows: int, phases: int, raw: Any = None) -> None:
+        self.rows, self.phases = rows, phases
+        self.cols = phases + 2
+        self.raw = raw if raw is not None else CTX.RawArray("d", max(1, rows * self.cols))
+        self.a: np.ndarray = np.frombuffer(self.raw, dtype=np.float64)[: rows * self.cols].reshape(rows, self.cols)
+
+    @property
+    def draws(self) -> np.ndarray:
+        return self.a[:, : self.phases]
+
+    @property
+    def limits(self) -> np.ndarray:
+        return self.a[:, self.phases]
+
+    @property
+    def online(self) -> np.ndarray:
+        return self.a[:, self.phases + 1]
+
+
+def base_profiles(loads: Sequence[BaseLoad], seed: int, phases: int) -> dict[str, list[LoadProfile]]:
+    """The scenario's base loads as load profiles per circuit (scenario seconds -> A per phase)."""
+    out: dict[str, list[LoadProfile]] = {}
+    for i, bl in enumerate(loads):
+        out.setdefault(bl.circuit, []).append(
+            LoadProfile(list(bl.points), ramp=bl.ramp, noise_a=bl.noise_a, phases=phases, seed=seed + i))
+    return out
+
+
+def base_at(profiles: Sequence[LoadProfile], s: float, phases: int) -> np.ndarray:
+    tot = np.zeros(phases)
+    for prof in profiles:
+        tot += np.asarray(prof(s)[:phases])
+    return tot
+
+
+# ---- the parent's handle on a child ----------------------------------------------------------------
+class Child:
+    """A child process (``spawn``) serving requests over a pipe: ``await child.call(cmd, *args)``."""
+
+    def __init__(self, name: str, main: Callable[..., None], spec: Any, table: DrawTable, log_path: Path) -> None:
+        self.name = name
+        self._conn, theirs = CTX.Pipe(duplex=True)
+        self.proc = CTX.Process(target=main, args=(spec, theirs, table.raw, table.rows, table.phases, str(log_path)),
+                                name=name, daemon=True)
+        self._theirs = theirs
+        self._lock = asyncio.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid
+
+    def start(self) -> None:
+        self.proc.start()
+        self._theirs.close()
+
+    async def _recv(self, timeout_s: float) -> Any:
+        loop = asyncio.get_running_loop()
+        fd = self._conn.fileno()
+        async with asyncio.timeout(timeout_s):
+            while not self._conn.poll():
+                if not self.proc.is_alive():
+                    raise SimError(f"{self.name} died (exit code {self.proc.exitcode})")
+                ready: asyncio.Future[None] = loop.create_future()
+                loop.add_reader(fd, lambda f=ready: f.done() or f.set_result(None))  # type: ignore[misc]
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await ready
+                finally:
+                    loop.remove_reader(fd)
+        return self._conn.recv()
+
+    async def call(self, cmd: str, *args: Any, timeout_s: float = 60.0) -> Any:
+        async with self._lock:
+            try:
+                self._conn.send((cmd, args))
+                ok, value = await self._recv(timeout_s)
+            except (EOFError, OSError, BrokenPipeError) as e:
+                raise SimError(f"{self.name}: {cmd} failed: {e!r}") from e
+            except TimeoutError as e:
+                raise SimError(f"{self.name}: no answer to {cmd} within {timeout_s:g} s") from e
+        if not ok:
+            raise SimError(f"{self.name}: {cmd} failed in the child: {value}")
+        return value
+
+    async def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc.is_alive():
+            with contextlib.suppress(SimError):
+                await self.call("stop", timeout_s=timeout_s)
+        await asyncio.to_thread(self.proc.join, 5.0)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            await asyncio.to_thread(self.proc.join, 5.0)
+        self._conn.close()
+
+
+# ---- the child's side ------------------------------------------------------------------------------
+class Served:
+    """What a child runs: ``handle(cmd, *args)`` answers a request (``stop`` ends the child)."""
+
+    async def handle(self, cmd: str, *args: Any) -> Any:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+def _serve(make: Callable[[Any, DrawTable], Served], spec: Any, conn: Connection, raw: Any, rows: int, phases: int,
+           log_path: str) -> None:
+    """The body of a child process: log to ``log_path`` (warnings and up), answer requests until ``stop``."""
+    with Path(log_path).open("a", buffering=1, encoding="utf-8") as stream, logs.configured("warning", "json", stream):
+        asyncio.run(_loop(make(spec, DrawTable(rows, phases, raw)), conn))
+
+
+async def _loop(served: Served, conn: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[tuple[str, tuple[Any, ...]] | None] = asyncio.Queue()
+
+    def readable() -> None:
+        try:
+            while conn.poll():
+                inbox.put_nowait(conn.recv())
+        except (EOFError, OSError):
+            loop.remove_reader(conn.fileno())
+            inbox.put_nowait(None)  # the parent went away
+
+    loop.add_reader(conn.fileno(), readable)
+    try:
+        while True:
+            msg = await inbox.get()
+            if msg is None:
+                return
+            cmd, args = msg
+            try:
+                reply: tuple[bool, Any] = (True, None if cmd == "stop" else await served.handle(cmd, *args))
+            except Exception as e:
+                log.exception("rig_child_request_failed", cmd=cmd)
+                reply = (False, f"{e!r}\n{traceback.format_exc(limit=5)}")
+            if cmd == "stop":
+                await served.close()
+            with contextlib.suppress(OSError):
+                conn.send(reply)
+            if cmd == "stop":
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            loop.remove_reader(conn.fileno())
+        await served.close()
+
+
+# ---- charger workers -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChargerTweak:
+    """Per charger: changes to its outlet (ramp rates, minimum current), non-compliance, MeterValues interval."""
+
+    outlet: Mapping[str, float] = field(default_factory=dict)
+    noncompliant: bool = False
+    meter_interval_s: float | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    raw: Mapping[str, Any]  # the site config
+    rows: Mapping[str, int]  # charger id -> its row in the table (this worker's chargers)
+    ocpp_port: int
+    sim: Mapping[str, Any]  # SimCharger keyword arguments (tick_s, reconnect_s, ...)
+    tweaks: Mapping[str, ChargerTweak]
+    publish_s: float = PUBLISH_S
+    nice: int = 0
+
+
+class ChargerWorker(Served):
+    """Many simulated chargers in one process, their draws published into the table."""
+
+    def __init__(self, spec: WorkerSpec, table: DrawTable) -> None:
+        self.spec = spec
+        self.table = table
+        self.site: Site = site_from_dict(spec.raw)
+        self.chargers: dict[str, SimCharger] = {}
+        self.sessions: dict[int, EvModel] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    def _start(self) -> None:
+        if self.spec.nice:
+            with contextlib.suppress(OSError):
+                os.nice(self.spec.nice)
+        loop = asyncio.get_running_loop()
+        for chid in self.spec.rows:
+            cfg = self.site.chargers[chid]
+            tw = self.spec.tweaks.get(chid, ChargerTweak())
+            ch = make_charger(self.site, cfg, self.spec.ocpp_port, **self.spec.sim)
+            if tw.outlet:
+                ch.outlet = dataclasses.replace(ch.outlet, **tw.outlet)
+            if tw.noncompliant:
+                ch.noncompliant = True
+            if tw.meter_interval_s is not None:
+                ch.meter_interval_s = tw.meter_interval_s
+            self.chargers[chid] = ch
+            self._tasks.append(loop.create_task(ch.run(), name=f"sim-{chid}"))
+        self._tasks.append(loop.create_task(self._publish(), name="publish"))
+
+    def publish(self) -> None:
+        a, P = self.table.a, self.table.phases
+        for chid, row in self.spec.rows.items():
+            ch = self.chargers[chid]
+            cfg = self.site.chargers[chid]
+            a[row, :P] = charger_line_a(self.site, cfg, ch)
+            a[row, P] = line_a_nominal(self.site, cfg, ch.effective_limit(1).limit)
+            a[row, P + 1] = 1.0 if ch.online else 0.0
+
+    async def _publish(self) -> None:
+        while True:
+            try:
+                self.publish()
+            except Exception:
+                log.exception("rig_publish_failed")
+            await asyncio.sleep(self.spec.publish_s)
+
+    async def handle(self, cmd: str, *args: Any) -> Any:
+        if cmd == "start":
+            self._start()
+            return os.getpid()
+        if cmd == "plug":  # (session index, charger, connector, EvSpec) -> plugged in (False: busy)
+            index, chid, connector, ev = args
+            ch = self.chargers[chid]
+            if ch.model(connector) is not None:
+                return False
+            self.sessions[int(index)] = ch.plug_in(ev, connector)
+            self.publish()
+            return True
+        if cmd == "noncompliant":
+            chid, value = args
+            self.chargers[chid].noncompliant = bool(value)
+            return None
+        if cmd == "unplug_all":
+            for ch in self.chargers.values():
+                for c in range(1, ch.connectors + 1):
+                    ch.unplug(c)
+            self.publish()
+            return None
+        if cmd == "sessions":  # session index -> energy delivered (wall-clock Wh)
+            return {i: m.energy_wh for i, m in self.sessions.items()}
+        if cmd == "messages":  # (the transaction messages sent, durable messages still queued)
+            sent: list[TxMessage] = []
+            unacked = 0
+            for chid, ch in self.chargers.items():
+                for m in ch.messages_sent:
+                    tm = tx_message(chid, m.unique_id, m.action, m.payload, m.outcome)
+                    if tm is not None:
+                        sent.append(tm)
+                unacked += sum(1 for o in ch._queue if getattr(o, "durable", False))
+            return sent, unacked
+        raise SimError(f"unknown command {cmd!r}")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+
+def charger_worker_main(spec: WorkerSpec, conn: Connection, raw: Any, rows: int, phases: int, log_path: str) -> None:
+    _serve(ChargerWorker, spec, conn, raw, rows, phases, log_path)
+
+
+# ---- the meter process -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MeterSpec:
+    raw: Mapping[str, Any]  # the site config
+    rows: Mapping[str, int]  # charger id -> row
+    base_loads: tuple[BaseLoad, ...]
+    seed: int
+    time_scale: float
+    rtu: bool = True
+
+
+class MeterProcess(Served):
+    """Every simulated meter of the site; each reads its circuit's base loads and the draws in the table."""
+
+    def __init__(self, spec: MeterSpec, table: DrawTable) -> None:
+        self.spec = spec
+        self.table = table
+        self.site: Site = site_from_dict(spec.raw)
+        self.t0 = math.inf
+        P = self.site.service.phases
+        profiles = base_profiles(spec.base_loads, spec.seed, P)
+        under = subtrees(self.site)
+        self._profiles = {cid: [p for c in under[cid] for p in profiles.get(c, [])] for cid in self.site.circuits}
+        self._rows = {cid: np.array(sorted(spec.rows[ch] for ch in self.site.chargers_under[cid]), dtype=np.intp)
+                      for cid in self.site.circuits}
+        self.meters = MeterSet(self.site, self._source, rtu=spec.rtu)
+
+    def circuit_current(self, cid: str) -> np.ndarray:
+        P = self.site.service.phases
+        s = max(0.0, (time.time() - self.t0) * self.spec.time_scale) if math.isfinite(self.t0) else 0.0
+        cur = base_at(self._profiles[cid], s, P)
+        rows = self._rows[cid]
+        if len(rows):
+            cur += self.table.draws[rows].sum(axis=0)
+        return cur
+
+    def _source(self, meter_id: str) -> Callable[[float], tuple[float, ...]]:
+        m = self.site.meters[meter_id]
+
+        def source(_t: float) -> tuple[float, ...]:
+            return meter_values(m, tuple(self.circuit_current(m.circuit)))
+
+        return source
+
+    async def handle(self, cmd: str, *args: Any) -> Any:
+        if cmd == "start":
+            await self.meters.start()
+            return {"pid": os.getpid(), "ports": dict(self.meters.ports), "devices": dict(self.meters.devices)}
+        if cmd == "t0":
+            self.t0 = float(args[0])
+            return None
+        if cmd == "silence":
+            mid, on = args
+            m = self.meters.meters[mid]
+            m.silence() if on else m.clear_faults()
+            return None
+        raise SimError(f"unknown command {cmd!r}")
+
+    async def close(self) -> None:
+        await self.meters.stop()
+
+
+def meter_process_main(spec: MeterSpec, conn: Connection, raw: Any, rows: int, phases: int, log_path: str) -> None:
+    _serve(MeterProcess, spec, conn, raw, rows, phases, log_path)
+
+
+def worker_count(chargers: int, cpus: int | None = None) -> int:
+    """A few workers, each with many chargers: one per 60 chargers, at most 4 (and at least 1)."""
+    cpus = cpus or os.cpu_count() or 2
+    return max(1, min(4, math.ceil(chargers / 60), 2 * cpus))
+
+
+__all__ = ["CTX", "ChargerTweak", "ChargerWorker", "Child", "DrawTable", "MeterProcess", "MeterSpec", "WorkerSpec",
+           "base_at", "base_profiles", "charger_worker_main", "meter_process_main", "worker_count"]
