@@ -437,4 +437,10 @@ def format_card(card: Mapping[str, Any]) -> str:
     if rp:
         lines.append(f"  rig: {rp['workers']} charger worker(s) of up to {rp['chargers_per_worker']} chargers; "
                      f"CPU % of one core: {rp['cpu_pct']}")
+        ms = rp.get("meters") or {}
+        if ms:
+            lines.append(f"  meter simulators: {ms['requests']} requests, loop lag max {ms['loop_lag_max_ms']} ms "
+                         f"({ms['loop_lags_over_50ms']} over 50 ms); RTU answers late by up to "
+                         f"{ms['rtu_late_max_ms']} ms ({ms['rtu_late_frames']} of {ms['rtu_frames']} over 20 ms); "
+                         f"nice {ms['nice']}")
     return "\n".join(lines)

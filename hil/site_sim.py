@@ -116,6 +116,10 @@ class MeterSet:
         for bus in self._buses:
             await bus.start()
 
+    @property
+    def buses(self) -> tuple[RtuBus, ...]:
+        return tuple(self._buses)
+
     async def stop(self) -> None:
         for bus in self._buses:
             with contextlib.suppress(Exception):

@@ -548,6 +548,7 @@ class Rig:
             for w in self.workers:
                 await w.call("unplug_all")
             messages = await self._drain(30.0)
+            meter_stats = await self.meter_proc.call("stats")
         finally:
             stop.set()
             if sampler is not None and not sampler.done():
@@ -571,6 +572,7 @@ class Rig:
             "starts": self.gw.starts if self.gw is not None else 0,
         } if self.mode == "gateway" else {}
         rig = {"workers": self.n_workers, "chargers_per_worker": math.ceil(n / self.n_workers),
+               "meters": meter_stats,
                "cpu_pct": {name: round(100.0 * c / wall_run, 1) if wall_run > 0 else 0.0
                            for name, c in rig_cpu.items()}}
         times = np.array([r[0] for r in rows])
