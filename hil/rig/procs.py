@@ -49,9 +49,11 @@ log = structlog.get_logger(__name__)
 
 CTX = multiprocessing.get_context("spawn")
 PUBLISH_S = 0.1  # how often the workers write their chargers' draws into the table
-# Scheduling: a real meter is hardware of its own that answers within its wire time whatever else runs, so the
-# meter process (and the socat relays it starts) asks for a higher priority (where it may: as root) and the
-# charger workers a slightly lower one (EVs take seconds to follow a limit; a few ms late do not matter).
+# Scheduling: a real meter is hardware of its own that answers within its wire time whatever else runs. With
+# the kernel's autogroups, every session shares the CPUs as one group, whatever its processes' nice values:
+# the meter process (and the socat relays it starts) therefore runs in a session of its own, at a higher
+# priority where it may (as root), and the charger workers a slightly lower one within the rig's group (EVs
+# take seconds to follow a limit; a few ms late do not matter). The gateway, too, runs in its own session.
 METER_NICE = -5
 WORKER_NICE = 2
 LAG_PERIOD_S = 0.01  # the meter process's loop-lag probe
@@ -332,6 +334,18 @@ def charger_worker_main(spec: WorkerSpec, conn: Connection, raw: Any, rows: int,
     _serve(ChargerWorker, spec, conn, raw, rows, phases, log_path)
 
 
+def own_session(nice: int) -> None:
+    """Leave the rig's session (and so its autogroup) and take ``nice`` for this process and its group, as far
+    as this process may."""
+    with contextlib.suppress(OSError):
+        os.setsid()
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+        with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
+            f.write(str(nice))
+
+
 # ---- the meter process -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MeterSpec:
@@ -392,9 +406,7 @@ class MeterProcess(Served):
 
     async def handle(self, cmd: str, *args: Any) -> Any:
         if cmd == "start":
-            if self.spec.nice:
-                with contextlib.suppress(OSError):
-                    os.nice(self.spec.nice)
+            own_session(self.spec.nice)
             await self.meters.start()
             self._lag_task = asyncio.get_running_loop().create_task(self._lag())
             return {"pid": os.getpid(), "ports": dict(self.meters.ports), "devices": dict(self.meters.devices),

@@ -7,6 +7,11 @@ scenario (base loads, EV arrivals and departures, faults) on the compressed time
 :mod:`hil.scenario`, samples the true current of every circuit and every charger's limit and draw,
 and returns a :class:`Recording`.
 
+The simulators run in processes of their own so that they keep up with the site they simulate
+(:mod:`hil.rig.procs`): one for the meters, a few charger workers with many chargers each; this process
+keeps the CMS, the scenario player and the recorder, and all of them share one table of the chargers'
+draws in shared memory.
+
 ``mode="static"`` is the baseline of a site without an EMS: no gateway; the chargers talk to the
 CMS directly and the CMS installs a fixed ChargePointMaxProfile / ChargingStationMaxProfile on each
 one (see :func:`static_limits`).
@@ -193,6 +198,7 @@ class GatewayProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "run", "--config", str(self.config), "--log-format", "json",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+            start_new_session=True,  # its own autogroup: the CPU it gets is not shared with the simulators
         )
         self.starts += 1
         self._reader = asyncio.create_task(self._read(self.proc))
@@ -586,10 +592,12 @@ class Rig:
         )
 
 
-def run_scenario(scenario: Scenario, out_dir: Path, mode: str = "gateway") -> Recording:
-    """Run one scenario (blocking). The rig's own log goes to ``out_dir/rig.log`` (warnings and up)."""
+def run_scenario(scenario: Scenario, out_dir: Path, mode: str = "gateway", workers: int | None = None) -> Recording:
+    """Run one scenario (blocking). The rig's own log goes to ``out_dir/rig.log`` (warnings and up), its
+    children's to ``rig-meters.log`` and ``rig-chargers-N.log``; ``workers``: the number of charger workers
+    (default :func:`hil.rig.procs.worker_count`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "rig.log").open("a", buffering=1, encoding="utf-8") as stream, logs.configured(
         "warning", "json", stream
     ):
-        return asyncio.run(Rig(scenario, out_dir, mode).run())
+        return asyncio.run(Rig(scenario, out_dir, mode, workers).run())
