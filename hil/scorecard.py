@@ -220,8 +220,8 @@ def scorecard(rec: Recording, ideal: Mapping[str, Any] | None = None) -> dict[st
 
     # fail-safe time (from the gateway's log) and gateway down time (killed .. restarted)
     end = float(t[-1]) if len(t) else 0.0
-    fs = sum(b - a for a, b, _ in failsafe_intervals(rec, end))
-    n_fs = sum(1 for e in rec.gateway_logs if e.get("event") == "failsafe_entered")
+    stays = failsafe_intervals(rec, end)
+    fs, n_fs = sum(b - a for a, b, _ in stays), len(stays)
     down = 0.0
     killed: float | None = None
     for te, kind, _ in rec.events:
