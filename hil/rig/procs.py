@@ -257,7 +257,8 @@ class ChargerWorker(Served):
             tw = self.spec.tweaks.get(chid, ChargerTweak())
             ch = make_charger(self.site, cfg, self.spec.ocpp_port, **self.spec.sim)
             if tw.outlet:
-                ch.outlet = dataclasses.replace(ch.outlet, **tw.outlet)
+                changes: dict[str, Any] = dict(tw.outlet)
+                ch.outlet = dataclasses.replace(ch.outlet, **changes)
             if tw.noncompliant:
                 ch.noncompliant = True
             if tw.meter_interval_s is not None:
@@ -422,6 +423,8 @@ class MeterProcess(Served):
         if cmd == "t0":
             self.t0 = float(args[0])
             return None
+        if cmd == "read":  # meter id -> what it would answer now (its own phases' currents, A)
+            return {mid: tuple(self._source(mid)(0.0)) for mid in self.meters.meters}
         if cmd == "silence":
             mid, on = args
             m = self.meters.meters[mid]
