@@ -11,7 +11,8 @@ sums the rows beneath each meter's circuit (plus the base loads, evaluated on th
 every request, and the recorder reads the same rows. A meter thus sees an EV's draw at most one publish
 period (plus a tick of the charger) late, well within the 5-11 s an EV takes to follow a limit.
 
-Commands go over a ``multiprocessing`` pipe, one request and one reply at a time (:class:`Child`):
+Commands go over a ``multiprocessing`` pipe, one request and one reply at a time, numbered so that the
+reply to a request whose caller was cancelled is never taken for the next one's (:class:`Child`):
 plug an EV in, make a charger non-compliant, silence a meter, collect the sessions' energies and the
 transaction messages at the end. Children are started with ``spawn`` (no fork of a running event loop).
 """
@@ -110,6 +111,7 @@ class Child:
                                 name=name, daemon=True)
         self._theirs = theirs
         self._lock = asyncio.Lock()
+        self._seq = 0
 
     @property
     def pid(self) -> int | None:
@@ -119,28 +121,33 @@ class Child:
         self.proc.start()
         self._theirs.close()
 
-    async def _recv(self, timeout_s: float) -> Any:
+    async def _recv(self, seq: int, timeout_s: float) -> tuple[bool, Any]:
+        """The reply to request ``seq`` (a reply to an earlier one, whose caller was cancelled, is dropped)."""
         loop = asyncio.get_running_loop()
         fd = self._conn.fileno()
         async with asyncio.timeout(timeout_s):
-            while not self._conn.poll():
-                if not self.proc.is_alive():
-                    raise SimError(f"{self.name} died (exit code {self.proc.exitcode})")
-                ready: asyncio.Future[None] = loop.create_future()
-                loop.add_reader(fd, lambda f=ready: f.done() or f.set_result(None))  # type: ignore[misc]
-                try:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(1.0):
-                            await ready
-                finally:
-                    loop.remove_reader(fd)
-        return self._conn.recv()
+            while True:
+                while not self._conn.poll():
+                    if not self.proc.is_alive():
+                        raise SimError(f"{self.name} died (exit code {self.proc.exitcode})")
+                    ready: asyncio.Future[None] = loop.create_future()
+                    loop.add_reader(fd, lambda f=ready: f.done() or f.set_result(None))  # type: ignore[misc]
+                    try:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(1.0):
+                                await ready
+                    finally:
+                        loop.remove_reader(fd)
+                got, ok, value = self._conn.recv()
+                if got == seq:
+                    return bool(ok), value
 
     async def call(self, cmd: str, *args: Any, timeout_s: float = 60.0) -> Any:
         async with self._lock:
+            self._seq += 1
             try:
-                self._conn.send((cmd, args))
-                ok, value = await self._recv(timeout_s)
+                self._conn.send((self._seq, cmd, args))
+                ok, value = await self._recv(self._seq, timeout_s)
             except (EOFError, OSError, BrokenPipeError) as e:
                 raise SimError(f"{self.name}: {cmd} failed: {e!r}") from e
             except TimeoutError as e:
@@ -180,7 +187,7 @@ def _serve(make: Callable[[Any, DrawTable], Served], spec: Any, conn: Connection
 
 async def _loop(served: Served, conn: Connection) -> None:
     loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[tuple[str, tuple[Any, ...]] | None] = asyncio.Queue()
+    inbox: asyncio.Queue[tuple[int, str, tuple[Any, ...]] | None] = asyncio.Queue()
 
     def readable() -> None:
         try:
@@ -196,12 +203,12 @@ async def _loop(served: Served, conn: Connection) -> None:
             msg = await inbox.get()
             if msg is None:
                 return
-            cmd, args = msg
+            seq, cmd, args = msg
             try:
-                reply: tuple[bool, Any] = (True, None if cmd == "stop" else await served.handle(cmd, *args))
+                reply: tuple[int, bool, Any] = (seq, True, None if cmd == "stop" else await served.handle(cmd, *args))
             except Exception as e:
                 log.exception("rig_child_request_failed", cmd=cmd)
-                reply = (False, f"{e!r}\n{traceback.format_exc(limit=5)}")
+                reply = (seq, False, f"{e!r}\n{traceback.format_exc(limit=5)}")
             if cmd == "stop":
                 await served.close()
             with contextlib.suppress(OSError):
