@@ -381,8 +381,9 @@ class MeterProcess(Served):
         self._rows = {cid: np.array(sorted(spec.rows[ch] for ch in self.site.chargers_under[cid]), dtype=np.intp)
                       for cid in self.site.circuits}
         self.meters = MeterSet(self.site, self._source, rtu=spec.rtu)
-        self.lag_max_s = 0.0
+        self.lag_max_s = 0.0  # since scenario time 0
         self.lag_over_50ms = 0
+        self.lags: list[tuple[float, float]] = []  # (wall s since scenario time 0, lag s) of the lags over 50 ms
         self._lag_task: asyncio.Task[None] | None = None
 
     async def _lag(self) -> None:
@@ -392,8 +393,14 @@ class MeterProcess(Served):
             t = loop.time()
             await asyncio.sleep(LAG_PERIOD_S)
             lag = loop.time() - t - LAG_PERIOD_S
+            since = time.time() - self.t0
+            if since < 0:  # before scenario time 0 (start-up, chargers connecting): not counted
+                continue
             self.lag_max_s = max(self.lag_max_s, lag)
-            self.lag_over_50ms += lag > 0.05
+            if lag > 0.05:
+                self.lag_over_50ms += 1
+                if len(self.lags) < 20:
+                    self.lags.append((round(since, 2), round(lag, 3)))
 
     def circuit_current(self, cid: str) -> np.ndarray:
         P = self.site.service.phases
@@ -422,7 +429,7 @@ class MeterProcess(Served):
         if cmd == "stats":  # the meter simulators' own delays (a starved process), and the requests served
             buses = self.meters.buses
             return {"nice": os.nice(0), "loop_lag_max_ms": round(1000 * self.lag_max_s, 1),
-                    "loop_lags_over_50ms": self.lag_over_50ms,
+                    "loop_lags_over_50ms": self.lag_over_50ms, "loop_lags": self.lags,
                     "rtu_frames": sum(b.frames for b in buses),
                     "rtu_late_max_ms": round(1000 * max((b.late_max_s for b in buses), default=0.0), 1),
                     "rtu_late_frames": sum(b.late_frames for b in buses),
