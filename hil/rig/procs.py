@@ -25,6 +25,7 @@ import dataclasses
 import math
 import multiprocessing
 import os
+import signal
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -180,7 +181,9 @@ class Served:
 
 def _serve(make: Callable[[Any, DrawTable], Served], spec: Any, conn: Connection, raw: Any, rows: int, phases: int,
            log_path: str) -> None:
-    """The body of a child process: log to ``log_path`` (warnings and up), answer requests until ``stop``."""
+    """The body of a child process: log to ``log_path`` (warnings and up), answer requests until ``stop``, the
+    parent's end of the pipe closing, or SIGTERM (a Ctrl-C is the parent's to handle: it stops its children)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with Path(log_path).open("a", buffering=1, encoding="utf-8") as stream, logs.configured("warning", "json", stream):
         asyncio.run(_loop(make(spec, DrawTable(rows, phases, raw)), conn))
 
@@ -198,6 +201,7 @@ async def _loop(served: Served, conn: Connection) -> None:
             inbox.put_nowait(None)  # the parent went away
 
     loop.add_reader(conn.fileno(), readable)
+    loop.add_signal_handler(signal.SIGTERM, lambda: inbox.put_nowait(None))  # close (socat relays too), then end
     try:
         while True:
             msg = await inbox.get()
