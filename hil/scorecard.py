@@ -345,13 +345,26 @@ def _overlap(a: float, b: float, spans: list[tuple[float, float]]) -> float:
     return total
 
 
+def stale_cause(rec: Recording, at: float, before_s: float = 1.0) -> str:
+    """Why the meters went stale just before ``at``, from the gateway's ``meter_stale`` lines: ``no_poll`` when
+    none of them had a failed read (the gateway polled too late: its own loop or process starved),
+    ``read_failed`` when one had (no answer in time: the simulator, or the gateway reading late), ``unknown``."""
+    errors = [str(e.get("error") or "") for e in rec.gateway_logs
+              if e.get("event") == "meter_stale" and at - before_s <= float(e["_t"]) <= at + 0.1]
+    if not errors:
+        return "unknown"
+    return "read_failed" if any(errors) else "no_poll"
+
+
 def failsafe_split(rec: Recording, end: float) -> dict[str, Any]:
     """Fail-safe time within the window of a scripted fault that explains it (a silent meter the gateway names,
-    or a gateway restart) against any other (what the rig's promise is about: none)."""
+    or a gateway restart) against any other (what the rig's promise is about: none), each other entry with
+    the cause the gateway's log gives (:func:`stale_cause`)."""
     k = rec.scenario.time_scale
     windows = scripted_windows(rec, end)
     scripted = other = 0.0
     other_entries = 0
+    causes: dict[str, int] = {}
     stays: list[dict[str, Any]] = []
     for a, b, meters in failsafe_intervals(rec, end):
         spans = [(s, e) for s, e, kind, target in windows
@@ -359,14 +372,19 @@ def failsafe_split(rec: Recording, end: float) -> dict[str, Any]:
         inside = _overlap(a, b, spans)
         scripted += inside
         other += max(0.0, (b - a) - inside)
+        cause = "scripted"
         if not any(s - 1e-9 <= a <= e + 1e-9 for s, e in spans):
             other_entries += 1
+            cause = stale_cause(rec, a)
+            causes[cause] = causes.get(cause, 0) + 1
         if len(stays) < 50:
             stays.append({"start_wall_s": round(a, 3), "end_wall_s": round(b, 3), "meters": sorted(meters),
-                          "scripted_wall_s": round(inside, 3), "other_wall_s": round(max(0.0, b - a - inside), 3)})
+                          "scripted_wall_s": round(inside, 3), "other_wall_s": round(max(0.0, b - a - inside), 3),
+                          "cause": cause})
     return {"failsafe_scripted_wall_s": round(scripted, 2), "failsafe_scripted_s": round(scripted * k, 1),
             "failsafe_other_wall_s": round(other, 2), "failsafe_other_s": round(other * k, 1),
-            "failsafe_other_entries": other_entries, "failsafe_recovery_wall_s": round(recovery_wall_s(rec), 3),
+            "failsafe_other_entries": other_entries, "failsafe_other_causes": causes,
+            "failsafe_recovery_wall_s": round(recovery_wall_s(rec), 3),
             "failsafe_windows": [{"kind": kind, "target": tg, "start_wall_s": round(s, 3), "end_wall_s": round(e, 3)}
                                  for s, e, kind, tg in windows],
             "failsafe_stays": stays}
@@ -423,7 +441,8 @@ def format_card(card: Mapping[str, Any]) -> str:
                  f"gateway down {card['gateway_down_wall_s']:.1f} s")
     lines.append(f"    of it in scripted faults (+ {card['failsafe_recovery_wall_s']:.2f} s recovery): "
                  f"{card['failsafe_scripted_wall_s']:.1f} s wall; any other: "
-                 f"{card['failsafe_other_wall_s']:.1f} s wall ({card['failsafe_other_entries']} entries)")
+                 f"{card['failsafe_other_wall_s']:.1f} s wall ({card['failsafe_other_entries']} entries"
+                 + "".join(f", {n} {c.replace('_', ' ')}" for c, n in card["failsafe_other_causes"].items()) + ")")
     m = card["messages"]
     lines.append(f"  messages: {m.get('tx_messages_sent')} transaction messages sent, "
                  f"{m.get('tx_messages_received_by_cms')} at the CMS, lost {m.get('lost')}, "

@@ -110,11 +110,18 @@ def test_failsafe_in_a_scripted_fault_is_told_apart_from_any_other() -> None:
     assert card["failsafe_other_entries"] == 3
     assert card["failsafe_wall_s"] == pytest.approx(card["failsafe_scripted_wall_s"] + other, abs=0.02)
     assert card["failsafe_windows"][0]["end_wall_s"] == pytest.approx(7.0 + recovery, abs=1e-3)
-    # a stay that names another meter is not explained by the silent one, even within its window
-    rec.gateway_logs = stay(5.5, 6.5, "meter-other")
+    assert card["failsafe_other_causes"] == {"unknown": 3}
+    # a stay that names another meter is not explained by the silent one, even within its window; the meters
+    # went stale without a failed read: the gateway polled too late
+    rec.gateway_logs = [{"event": "meter_stale", "_t": 5.4, "meter": "meter-other", "error": ""},
+                        *stay(5.5, 6.5, "meter-other"),
+                        {"event": "meter_stale", "_t": 9.9, "meter": "meter-other", "error": "no answer to input 0+68"},
+                        *stay(10.0, 10.5, "meter-other")]
     card = scorecard(rec)
     assert card["failsafe_scripted_wall_s"] == 0.0
-    assert card["failsafe_other_wall_s"] == pytest.approx(1.0) and card["failsafe_other_entries"] == 1
+    assert card["failsafe_other_wall_s"] == pytest.approx(1.5) and card["failsafe_other_entries"] == 2
+    assert card["failsafe_other_causes"] == {"no_poll": 1, "read_failed": 1}
+    assert [s["cause"] for s in card["failsafe_stays"]] == ["no_poll", "read_failed"]
 
 
 def test_duplicates_at_the_cms_beyond_the_chargers_own_retries() -> None:
