@@ -595,7 +595,8 @@ class Rig:
 def run_scenario(scenario: Scenario, out_dir: Path, mode: str = "gateway", workers: int | None = None) -> Recording:
     """Run one scenario (blocking). The rig's own log goes to ``out_dir/rig.log`` (warnings and up), its
     children's to ``rig-meters.log`` and ``rig-chargers-N.log``; ``workers``: the number of charger workers
-    (default :func:`hil.rig.procs.worker_count`)."""
+    (default :func:`hil.rig.procs.worker_count`). The children are spawned: a script that calls this needs
+    the ``if __name__ == "__main__":`` guard."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "rig.log").open("a", buffering=1, encoding="utf-8") as stream, logs.configured(
         "warning", "json", stream
