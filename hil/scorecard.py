@@ -455,7 +455,8 @@ def format_card(card: Mapping[str, Any]) -> str:
     rp = card.get("rig_process") or {}
     if rp:
         lines.append(f"  rig: {rp['workers']} charger worker(s) of up to {rp['chargers_per_worker']} chargers; "
-                     f"CPU % of one core: {rp['cpu_pct']}")
+                     f"CPU % of one core: {rp['cpu_pct']}; EVs plugged in late by up to "
+                     f"{rp.get('arrival_late_max_s', 0.0):.3f} s wall")
         ms = rp.get("meters") or {}
         if ms:
             lines.append(f"  meter simulators: {ms['requests']} requests, loop lag max {ms['loop_lag_max_ms']} ms "

@@ -13,7 +13,8 @@ period (plus a tick of the charger) late, well within the 5-11 s an EV takes to 
 
 Commands go over a ``multiprocessing`` pipe, one request and one reply at a time, numbered so that the
 reply to a request whose caller was cancelled is never taken for the next one's (:class:`Child`):
-plug an EV in, make a charger non-compliant, silence a meter, collect the sessions' energies and the
+schedule the EVs (each worker plugs them in at their arrival times itself, so that no request can make
+them late), make a charger non-compliant, silence a meter, collect the sessions' energies and the
 transaction messages at the end. Children are started with ``spawn`` (no fork of a running event loop).
 """
 
@@ -44,7 +45,7 @@ from hil.rig.messages import TxMessage, tx_message
 from hil.scenario import BaseLoad
 from hil.sim import SimError
 from hil.sim.charger import SimCharger
-from hil.sim.ev import EvModel
+from hil.sim.ev import EvModel, EvSpec
 from hil.site_sim import MeterSet, charger_line_a, line_a_nominal, make_charger, meter_values, subtrees
 
 log = structlog.get_logger(__name__)
@@ -254,7 +255,9 @@ class ChargerWorker(Served):
         self.table = table
         self.site: Site = site_from_dict(spec.raw)
         self.chargers: dict[str, SimCharger] = {}
-        self.sessions: dict[int, EvModel] = {}
+        self.sessions: dict[int, tuple[EvModel, float]] = {}  # session index -> (its EV, when it was plugged in)
+        self._due: list[tuple[float, int, str, int, EvSpec]] = []  # (arrival_at, index, charger, connector, EV)
+        self.arrival_late_max_s = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -277,6 +280,27 @@ class ChargerWorker(Served):
             self.chargers[chid] = ch
             self._tasks.append(loop.create_task(ch.run(), name=f"sim-{chid}"))
         self._tasks.append(loop.create_task(self._publish(), name="publish"))
+        self._tasks.append(loop.create_task(self._arrivals(), name="arrivals"))
+
+    def plug(self, index: int, chid: str, connector: int, ev: EvSpec) -> bool:
+        """Plug session ``index``'s EV in now (False: the connector is taken)."""
+        ch = self.chargers[chid]
+        if ch.model(connector) is not None:
+            log.warning("hil_connector_busy", charger=chid, connector=connector)
+            return False
+        self.sessions[index] = (ch.plug_in(ev, connector), time.time())
+        return True
+
+    async def _arrivals(self) -> None:
+        """Plug the scheduled EVs in at their arrival times, here: no request on the way to be late."""
+        while True:
+            now = time.time()
+            while self._due and self._due[0][0] <= now:
+                at, index, chid, connector, ev = self._due.pop(0)
+                self.arrival_late_max_s = max(self.arrival_late_max_s, now - at)
+                if self.plug(index, chid, connector, ev):
+                    self.publish()
+            await asyncio.sleep(min(0.05, max(0.0, self._due[0][0] - now)) if self._due else 0.05)
 
     def publish(self) -> None:
         a, P = self.table.a, self.table.phases
@@ -299,14 +323,10 @@ class ChargerWorker(Served):
         if cmd == "start":
             self._start()
             return os.getpid()
-        if cmd == "plug":  # (session index, charger, connector, EvSpec) -> plugged in (False: busy)
-            index, chid, connector, ev = args
-            ch = self.chargers[chid]
-            if ch.model(connector) is not None:
-                return False
-            self.sessions[int(index)] = ch.plug_in(ev, connector)
-            self.publish()
-            return True
+        if cmd == "schedule":  # [(session index, charger, connector, EvSpec)]: plug in at ev.arrival_at
+            self._due = sorted([*self._due, *((float(ev.arrival_at or 0.0), int(i), c, int(n), ev)
+                                               for i, c, n, ev in args[0])], key=lambda x: (x[0], x[1]))
+            return None
         if cmd == "noncompliant":
             chid, value = args
             self.chargers[chid].noncompliant = bool(value)
@@ -317,8 +337,10 @@ class ChargerWorker(Served):
                     ch.unplug(c)
             self.publish()
             return None
-        if cmd == "sessions":  # session index -> energy delivered (wall-clock Wh)
-            return {i: m.energy_wh for i, m in self.sessions.items()}
+        if cmd == "sessions":  # session index -> (energy delivered, wall-clock Wh; when plugged in, epoch s)
+            return {i: (m.energy_wh, at) for i, (m, at) in self.sessions.items()}
+        if cmd == "stats":
+            return {"arrival_late_max_s": round(self.arrival_late_max_s, 3), "arrivals_pending": len(self._due)}
         if cmd == "messages":  # (the transaction messages sent, durable messages still queued)
             sent: list[TxMessage] = []
             unacked = 0

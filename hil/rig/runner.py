@@ -362,10 +362,6 @@ class Rig:
     async def _play(self) -> None:
         sc, k = self.sc, self.k
         actions: list[tuple[float, int, Callable[[], Any]]] = []
-        for i, a in enumerate(sc.arrivals):
-            rec = SessionRecord(a)
-            self.sessions.append(rec)
-            actions.append((a.at_s / k, i, lambda i=i, rec=rec: self._arrive(i, rec)))  # type: ignore[misc]
         for t_s, cid, inc in sc.load_steps():
             actions.append((t_s / k, -1, lambda cid=cid, inc=inc: self.event("load_step", f"{cid} +{inc:.0f} A")))  # type: ignore[misc]
         for f in sc.faults:
@@ -383,13 +379,13 @@ class Rig:
             if asyncio.iscoroutine(r):
                 await r
 
-    async def _arrive(self, index: int, rec: SessionRecord) -> None:
-        a = rec.arrival
-        if not await self._worker_of(a.charger).call("plug", index, a.charger, a.connector, self._ev(a)):
-            log.warning("hil_connector_busy", charger=a.charger)
-            return
-        rec.plugged = True
-        rec.plugged_wall = self.now_s()
+    async def _schedule_arrivals(self) -> None:
+        """Hand every EV to its charger's worker, which plugs it in at its arrival time."""
+        self.sessions = [SessionRecord(a) for a in self.sc.arrivals]
+        per: list[list[tuple[int, str, int, EvSpec]]] = [[] for _ in self.workers]
+        for i, a in enumerate(self.sc.arrivals):
+            per[self.owner[a.charger]].append((i, a.charger, a.connector, self._ev(a)))
+        await asyncio.gather(*(w.call("schedule", evs) for w, evs in zip(self.workers, per, strict=True)))
 
     async def _fault(self, kind: str, target: str, begin: bool, restart_now: bool = False) -> None:
         self.event(f"{kind}_{'begin' if begin else 'end'}", target)
@@ -525,6 +521,7 @@ class Rig:
             for st in self.rig_stats.values():
                 st.sample()
             rig0 = {name: st.cpu_s for name, st in self.rig_stats.items()}
+            await self._schedule_arrivals()
             sampler = asyncio.create_task(self._sample(rows, stop))
             self.event("start", self.sc.name)
             player = asyncio.create_task(self._play())
@@ -546,11 +543,14 @@ class Rig:
             for f in self.sc.faults:
                 if f.duration_s == 0 and f.kind in ("cms_down", "broker_down"):
                     await self._fault(f.kind, f.target, False)
-            energies: dict[int, float] = {}
+            plugged: dict[int, tuple[float, float]] = {}
+            worker_stats = []
             for w in self.workers:
-                energies.update(await w.call("sessions"))
+                plugged.update(await w.call("sessions"))
+                worker_stats.append(await w.call("stats"))
             for i, rec in enumerate(self.sessions):
-                rec.energy_wh = float(energies.get(i, 0.0))
+                if i in plugged:
+                    rec.plugged, rec.energy_wh, rec.plugged_wall = True, plugged[i][0], plugged[i][1] - self.t0
             for w in self.workers:
                 await w.call("unplug_all")
             messages = await self._drain(30.0)
@@ -579,6 +579,7 @@ class Rig:
         } if self.mode == "gateway" else {}
         rig = {"workers": self.n_workers, "chargers_per_worker": math.ceil(n / self.n_workers),
                "meters": meter_stats,
+               "arrival_late_max_s": max((float(x["arrival_late_max_s"]) for x in worker_stats), default=0.0),
                "cpu_pct": {name: round(100.0 * c / wall_run, 1) if wall_run > 0 else 0.0
                            for name, c in rig_cpu.items()}}
         times = np.array([r[0] for r in rows])
