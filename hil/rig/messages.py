@@ -67,11 +67,12 @@ def accounting(sent: Iterable[TxMessage], received: Iterable[TxMessage], unackno
         keys[r.charger].add(r.key)
         id_count[(r.charger, r.unique_id)] += 1
         key_ids[(r.charger, r.key)].add(r.unique_id)
-    sent_ok = lost = 0
+    sent_ok = lost = pending = 0
     attempts: Counter[tuple[str, str]] = Counter()
     lost_list: list[dict[str, Any]] = []
     for m in sent:
         attempts[(m.charger, m.key)] += 1
+        pending += m.outcome == "pending"
         if m.outcome != "ok":
             continue
         sent_ok += 1
@@ -97,5 +98,5 @@ def accounting(sent: Iterable[TxMessage], received: Iterable[TxMessage], unackno
                  if n > 1][: max(0, examples - len(dup_list))]
     return {"tx_messages_sent": sent_ok, "tx_messages_received_by_cms": received_total, "lost": lost,
             "duplicates": same_id + same_event, "duplicates_same_id": same_id, "duplicates_same_event": same_event,
-            "cms_only": cms_only, "unacknowledged_at_end": unacknowledged, "lost_examples": lost_list,
-            "duplicate_examples": dup_list}
+            "cms_only": cms_only, "unacknowledged_at_end": unacknowledged, "pending_at_end": pending,
+            "lost_examples": lost_list, "duplicate_examples": dup_list}

@@ -470,7 +470,8 @@ class Rig:
         deadline = time.monotonic() + timeout_s
         while True:
             m = await self._message_accounting()
-            if (int(m["lost"]) == 0 and int(m["unacknowledged_at_end"]) == 0) or time.monotonic() >= deadline:
+            done = int(m["lost"]) == 0 and int(m["unacknowledged_at_end"]) == 0 and int(m["pending_at_end"]) == 0
+            if done or time.monotonic() >= deadline:
                 return m
             await asyncio.sleep(0.5)
 
@@ -513,15 +514,17 @@ class Rig:
                 for chid, cfg in self.site.chargers.items():
                     fixed = _fixed_profile(cfg.ocpp_version, cfg.unit, self.static[chid])
                     await self.cms.call(chid, fixed, timeout_s=30)
-            self.t0 = time.time()
+            # scenario time 0 a moment ahead, so that every worker has its EVs before the first arrives
+            self.t0 = time.time() + 1.0 + n / 1000
             assert self.meter_proc is not None
             await self.meter_proc.call("t0", self.t0)
+            await self._schedule_arrivals()
+            await asyncio.sleep(max(0.0, self.t0 - time.time()))
             self.stats.sample()
             cpu0 = self.stats.cpu_s
             for st in self.rig_stats.values():
                 st.sample()
             rig0 = {name: st.cpu_s for name, st in self.rig_stats.items()}
-            await self._schedule_arrivals()
             sampler = asyncio.create_task(self._sample(rows, stop))
             self.event("start", self.sc.name)
             player = asyncio.create_task(self._play())
