@@ -345,7 +345,7 @@ def _overlap(a: float, b: float, spans: list[tuple[float, float]]) -> float:
     return total
 
 
-def stale_cause(rec: Recording, at: float, before_s: float = 1.0) -> str:
+def stale_cause(rec: Recording, at: float, before_s: float = 5.0) -> str:
     """Why the meters went stale just before ``at``, from the gateway's ``meter_stale`` lines: ``no_poll`` when
     none of them had a failed read (the gateway polled too late: its own loop or process starved),
     ``read_failed`` when one had (no answer in time: the simulator, or the gateway reading late), ``unknown``."""

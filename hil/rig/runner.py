@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,11 @@ class ProcStats:
 
 # ---- the gateway process --------------------------------------------------------------------------
 class GatewayProcess:
+    """The real gateway. Its log goes straight into ``log_path`` (a file, never a pipe: a rig slow to read a
+    pipe would block the gateway's writes, and so its loop); a reader tails the file. Each parsed line gets
+    ``_ts``, the epoch seconds of its own ``timestamp``, and ``_t``, the same relative to ``t0()`` (the
+    scenario's time 0 once known)."""
+
     def __init__(self, config: Path, log_path: Path, t0: Callable[[], float]) -> None:
         self.config = config
         self.log_path = log_path
@@ -195,27 +201,45 @@ class GatewayProcess:
     async def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         env["PYTHONUNBUFFERED"] = "1"
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "run", "--config", str(self.config), "--log-format", "json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-            start_new_session=True,  # its own autogroup: the CPU it gets is not shared with the simulators
-        )
+        if self._reader is not None:  # the previous process's lines first
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self._reader
+        with self.log_path.open("ab") as out:
+            offset = out.tell()
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", "run", "--config", str(self.config), "--log-format", "json",
+                stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
+                start_new_session=True,  # its own autogroup: the CPU it gets is not shared with the simulators
+            )
         self.starts += 1
-        self._reader = asyncio.create_task(self._read(self.proc))
+        self._reader = asyncio.create_task(self._read(self.proc, offset))
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        with self.log_path.open("ab") as f:
+    def _parse(self, line: bytes) -> None:
+        with contextlib.suppress(ValueError, TypeError):
+            d = json.loads(line)
+            if isinstance(d, dict):
+                ts = d.get("timestamp")
+                d["_ts"] = datetime.fromisoformat(ts).timestamp() if isinstance(ts, str) else time.time()
+                d["_t"] = d["_ts"] - self.t0()
+                self.logs.append(d)
+
+    async def _read(self, proc: asyncio.subprocess.Process, offset: int) -> None:
+        with self.log_path.open("rb") as f:
+            f.seek(offset)
+            rest = b""
             while True:
-                line = await proc.stdout.readline()
-                if not line:
+                chunk = f.read()
+                if chunk:
+                    *lines, rest = (rest + chunk).split(b"\n")
+                    for line in lines:
+                        self._parse(line)
+                    continue
+                if proc.returncode is not None:
+                    if rest:
+                        self._parse(rest)
                     return
-                f.write(line)
-                with contextlib.suppress(ValueError):
-                    d = json.loads(line)
-                    if isinstance(d, dict):
-                        d["_t"] = time.time() - self.t0()
-                        self.logs.append(d)
+                await asyncio.sleep(0.05)
 
     def ready_count(self) -> int:
         return sum(1 for e in self.logs if e.get("event") == "gateway_ready")
@@ -586,11 +610,14 @@ class Rig:
                "cpu_pct": {name: round(100.0 * c / wall_run, 1) if wall_run > 0 else 0.0
                            for name, c in rig_cpu.items()}}
         times = np.array([r[0] for r in rows])
+        gw_logs = self.gw.logs if self.gw is not None else []
+        for e in gw_logs:  # lines read before scenario time 0 was fixed
+            e["_t"] = float(e["_ts"]) - self.t0
         return Recording(
             scenario=self.sc, mode=self.mode, site=self.site, times=times, circuit_ids=list(self.site.circuits),
             circuit_a=np.array([r[1] for r in rows]), charger_ids=list(self.site.chargers),
             charger_limit_a=np.array([r[2] for r in rows]), charger_draw_a=np.array([r[3] for r in rows]),
-            events=self.events, gateway_logs=self.gw.logs if self.gw is not None else [], sessions=self.sessions,
+            events=self.events, gateway_logs=gw_logs, sessions=self.sessions,
             messages=messages, process=process, static_limits=self.static,
             wall_elapsed_s=time.monotonic() - started, rig_process=rig,
         )
