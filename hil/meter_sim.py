@@ -391,10 +391,14 @@ def _choose_sf(points: list[Point], q: dict[str, float]) -> int:
 
 
 # ----------------------------------------------------------------------------------------
+LATE_S = 0.02  # an RTU answer this much later than its wire time counts as late (the simulator's own delay)
+
+
 class RtuBus:
     """Modbus RTU on a serial device (a pty end): several simulated meters, one per device id.
 
-    Unknown device ids get no answer, as on a real bus."""
+    Unknown device ids get no answer, as on a real bus. ``late_max_s`` and ``late_frames`` say how much the
+    simulator itself delayed its answers beyond the wire time (a starved process)."""
 
     def __init__(self, path: str, *, baud_rate: int = 9600, parity: str = "N", stop_bits: int = 1,
                  wire_delay: bool = True) -> None:
@@ -406,8 +410,10 @@ class RtuBus:
         self.meters: dict[int, MeterSimulator] = {}
         self._fd: int | None = None
         self._task: asyncio.Task[None] | None = None
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         self.frames = 0
+        self.late_max_s = 0.0  # how much later than its wire time the latest-answered frame went out
+        self.late_frames = 0  # frames answered more than LATE_S late
 
     @property
     def char_time_s(self) -> float:
@@ -439,15 +445,13 @@ class RtuBus:
         except OSError:
             return
         if data:
-            self._queue.put_nowait(data)
+            self._queue.put_nowait((asyncio.get_running_loop().time(), data))
 
     async def _serve(self) -> None:
         buf = b""
         last_rx = 0.0
-        loop = asyncio.get_running_loop()
         while True:
-            data = await self._queue.get()
-            now = loop.time()
+            now, data = await self._queue.get()
             if buf and now - last_rx > max(0.05, 3.5 * self.char_time_s):
                 buf = b""  # an inter-frame silence ends whatever came before
             last_rx = now
@@ -459,9 +463,13 @@ class RtuBus:
                     continue
                 buf = buf[8:]
                 self.frames += 1
-                await self._answer(frame)
+                await self._answer(frame, now)
 
-    async def _answer(self, frame: bytes) -> None:
+    async def _answer(self, frame: bytes, rx_at: float | None = None) -> None:
+        """Answer one request frame, read at loop time ``rx_at``: the response goes out the wire time of the
+        request, the response and the silent interval after it came in (the sim's own delays absorbed)."""
+        loop = asyncio.get_running_loop()
+        rx_at = loop.time() if rx_at is None else rx_at
         sim = self.meters.get(frame[0])
         if sim is None:
             return
@@ -474,9 +482,13 @@ class RtuBus:
                 out = bytes(sim._rng.getrandbits(8) for _ in range(len(out)))
             else:
                 out = out[:-2] + bytes([out[-2] ^ 0xFF, out[-1]])
-        if self.wire_delay:
+        due = rx_at + (self.wire_time_s(len(frame) + len(out) + 3.5) if self.wire_delay else 0.0)
+        if due > loop.time():
             # the request's and the response's time on the wire, and the silent interval
-            await asyncio.sleep(self.wire_time_s(len(frame) + len(out) + 3.5))
+            await asyncio.sleep(due - loop.time())
+        late = loop.time() - due
+        self.late_max_s = max(self.late_max_s, late)
+        self.late_frames += late > LATE_S
         assert self._fd is not None
         view = memoryview(out)
         while view:

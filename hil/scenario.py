@@ -18,6 +18,10 @@ scenario's ``[gateway.*]`` overrides (``tick_s`` >= 0.2 s, meter polls, lease, g
 How often the chargers send MeterValues: ``[chargers] meter_interval_s`` (scenario seconds, per connector,
 ``0``: never, a charger that reports no current at all; also per ``[[chargers.override]]``), else the
 older ``charger_meter_interval_wall_s`` (wall seconds). ``python -m hil run --meter-interval S`` overrides both.
+
+Meter wiring faults (what an installer got wrong, for the whole run): ``[meter_faults]``, a circuit
+meter's id = ``"swap:L1-L2,invert,ct:2"`` (any of: two phases swapped at the meter's inputs, the CTs
+turned round, CTs of this times the configured ratio; :meth:`hil.site_sim.MeterFault.parse`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from gateway import electrical
 from gateway.confkit import Table, read_toml
 from gateway.errors import ConfigError
 from hil.pv import DemandSpec, PvProfile, Tariff, parse_demand, parse_pv, parse_tariff, pv_amps
+from hil.site_sim import MeterFault
 
 FAULT_KINDS = ("meter_silent", "cms_down", "broker_down", "gateway_restart", "noncompliant")
 
@@ -122,6 +127,7 @@ class Scenario:
     demand: DemandSpec | None = None  # [demand]: what the scorecard and the ideal judge the demand by
     tariff: Tariff | None = None  # [tariff]: the scorecard's energy cost
     align_start_s: float = 0.0  # > 0: scenario time 0 waits for the wall clock's next multiple of this (billing)
+    meter_faults: Mapping[str, MeterFault] = field(default_factory=dict)  # [meter_faults]: wiring, whole run
 
     def wall(self, t_s: float) -> float:
         """Scenario seconds -> wall seconds since the start of the run."""
@@ -418,6 +424,7 @@ def scenario_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path("."), s
         if f.kind == "noncompliant" and f.target not in charger_ids:
             raise ft.error("target", f"unknown charger {f.target!r}")
         faults.append(f)
+    meter_faults = _meter_faults(root.table("meter_faults"), raw)
     root.done()
     return Scenario(
         name=name, description=description, site=raw, duration_s=duration_s, time_scale=time_scale, seed=seed,
@@ -425,7 +432,28 @@ def scenario_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path("."), s
         gateway=gw, behaviour=behaviour, behaviour_by_charger=by_charger, base_loads=tuple(base_loads),
         arrivals=tuple(arrivals), faults=tuple(sorted(faults, key=lambda f: f.at_s)), ideal_step_s=ideal_step_s,
         ideal=ideal, source=source, pv=pv, demand=demand, tariff=tariff, align_start_s=align_start_s,
+        meter_faults=meter_faults,
     )
+
+
+def _meter_faults(t: Table | None, raw: Mapping[str, Any]) -> dict[str, MeterFault]:
+    """[meter_faults]: circuit meter id -> its wiring fault ("swap:L1-L2", "invert", "ct:2", comma separated)."""
+    if t is None:
+        return {}
+    roles = {str(m["id"]): str(m.get("role", "circuit")) for m in raw.get("meters", [])}
+    out: dict[str, MeterFault] = {}
+    for mid in list(t.keys()):
+        spec = t.str(mid)
+        if mid not in roles:
+            raise t.error(mid, f"unknown meter {mid!r}")
+        if roles[mid] != "circuit":
+            raise t.error(mid, f"meter {mid!r} is a PV inverter (role = {roles[mid]!r}): no CTs to get wrong")
+        try:
+            out[mid] = MeterFault.parse(spec)
+        except ValueError as e:
+            raise t.error(mid, str(e)) from None
+    t.done()
+    return out
 
 
 def _pv_load(raw: Mapping[str, Any], pv: PvProfile, phases: int) -> BaseLoad:

@@ -212,26 +212,17 @@ def scorecard(rec: Recording, ideal: Mapping[str, Any] | None = None) -> dict[st
         ok = got >= SATISFIED * req - 1e-6
         sessions.append({"charger": a.charger, "priority": prio, "arrival_s": a.at_s, "departure_s": a.departure_s,
                          "open_at_end": a.departure_s > sc.duration_s, "requested_kwh": round(req / 1000, 3),
-                         "delivered_kwh": round(got / 1000, 3), "satisfied": ok, "plugged": s.model is not None})
-        if req > 0 and s.model is not None:
+                         "delivered_kwh": round(got / 1000, 3), "satisfied": ok, "plugged": s.plugged})
+        if req > 0 and s.plugged:
             classes.setdefault(prio, []).append(min(1.0, got / req))
     total_kwh = sum(x["delivered_kwh"] for x in sessions)
     plugged = [x for x in sessions if x["plugged"]]
     fairness = {c: round(v, 4) for c, xs in classes.items() if (v := jain(xs)) is not None}
 
     # fail-safe time (from the gateway's log) and gateway down time (killed .. restarted)
-    fs = 0.0
-    entered: float | None = None
-    n_fs = 0
-    for e in rec.gateway_logs:
-        if e.get("event") == "failsafe_entered" and entered is None:
-            entered, n_fs = float(e["_t"]), n_fs + 1
-        elif e.get("event") in ("failsafe_left", "gateway_stopping") and entered is not None:
-            fs += float(e["_t"]) - entered
-            entered = None
     end = float(t[-1]) if len(t) else 0.0
-    if entered is not None:
-        fs += max(0.0, end - entered)
+    stays = failsafe_intervals(rec, end)
+    fs, n_fs = sum(b - a for a, b, _ in stays), len(stays)
     down = 0.0
     killed: float | None = None
     for te, kind, _ in rec.events:
@@ -269,9 +260,11 @@ def scorecard(rec: Recording, ideal: Mapping[str, Any] | None = None) -> dict[st
         if plugged else None,
         "fairness_jain": fairness,
         "failsafe_wall_s": round(fs, 2), "failsafe_s": round(fs * k, 1), "failsafe_entries": n_fs,
+        **failsafe_split(rec, end),
         "gateway_down_wall_s": round(down, 2),
         "messages": rec.messages, "messages_lost": rec.messages.get("lost"),
-        "gateway_process": rec.process,
+        **message_fields(rec),
+        "gateway_process": rec.process, "rig_process": rec.rig_process,
         "session_detail": sessions,
         "events": [{"wall_s": round(te, 3), "s": round(te * k, 1), "kind": kind, "detail": d}
                    for te, kind, d in rec.events],
@@ -284,6 +277,126 @@ def scorecard(rec: Recording, ideal: Mapping[str, Any] | None = None) -> dict[st
         ie = float(ideal.get("energy_kwh") or 0.0)
         card["energy_pct_of_ideal"] = round(100.0 * total_kwh / ie, 2) if ie > 0 else None
     return card
+
+
+# ---- fail-safe: scripted faults against any other cause ----------------------------------------------
+def failsafe_intervals(rec: Recording, end: float) -> list[tuple[float, float, frozenset[str]]]:
+    """(wall start, wall end, meters named) of every stay in fail-safe (full or partial) in the gateway's log:
+    from ``failsafe_entered`` to ``failsafe_left`` or ``gateway_stopping`` (or the end of the run); the meters
+    are those named by every ``failsafe_entered`` on the way (a partial fail-safe that spreads logs again).
+    A stay over before scenario time 0 (the gateway's start, before its first readings) is left out; one
+    that began before it counts from 0."""
+    out: list[tuple[float, float, frozenset[str]]] = []
+    entered: float | None = None
+    meters: set[str] = set()
+    for e in rec.gateway_logs:
+        ev = e.get("event")
+        if ev == "failsafe_entered":
+            if entered is None:
+                entered, meters = float(e["_t"]), set()
+            meters.update(str(m) for m in e.get("meters") or ())
+        elif ev in ("failsafe_left", "gateway_stopping") and entered is not None:
+            out.append((entered, float(e["_t"]), frozenset(meters)))
+            entered = None
+    if entered is not None:
+        out.append((entered, max(entered, end), frozenset(meters)))
+    return [(max(0.0, a), b, m) for a, b, m in out if b > 0.0]
+
+
+def recovery_wall_s(rec: Recording) -> float:
+    """What the gateway legitimately needs, after a meter answers again, to trust it: the pollers' backoff
+    (at most ``stale_after_s``), a poll and its timeouts (with the retries), a tick, and 0.5 s (wall seconds)."""
+    sc, site = rec.scenario, rec.site
+    ov = sc.gateway.meters
+    worst = 0.0
+    for m in site.meters.values():
+        stale = float(ov.get("stale_after_s", m.stale_after_s))
+        poll = float(ov.get("poll_interval_s", m.poll_interval_s))
+        timeout = float(ov.get("timeout_s", m.timeout_s))
+        worst = max(worst, max(stale, poll) + poll + timeout * (m.retries + 1))
+    return worst + float(sc.gateway.control.get("tick_s", site.control.tick_s)) + 0.5
+
+
+def scripted_windows(rec: Recording, end: float) -> list[tuple[float, float, str, str]]:
+    """(wall start, wall end, fault kind, target) of every scripted fault that may put the gateway in
+    fail-safe, recovery included: a silent meter (from its silence to its return + the recovery) and a gateway
+    restart (from the kill to the restarted gateway's readiness, as the rig's events say, + the recovery)."""
+    sc, k = rec.scenario, rec.scenario.time_scale
+    rec_s = recovery_wall_s(rec)
+    out: list[tuple[float, float, str, str]] = []
+    restarted = sorted(te for te, kind, _ in rec.events if kind == "gateway_restarted")
+    for f in sc.faults:
+        t0 = f.at_s / k
+        t1 = (f.at_s + f.duration_s) / k if f.duration_s > 0 else end
+        if f.kind == "meter_silent":
+            out.append((t0, t1 + rec_s, f.kind, f.target))
+        elif f.kind == "gateway_restart":
+            back = next((te for te in restarted if te >= t0 - 1e-9), t1 if f.duration_s > 0 else end)
+            out.append((t0, max(t1, back) + rec_s, f.kind, f.target))
+    return out
+
+
+def _overlap(a: float, b: float, spans: list[tuple[float, float]]) -> float:
+    """The length of [a, b] covered by the union of ``spans``."""
+    total, cur = 0.0, a
+    for s, e in sorted(spans):
+        s, e = max(s, cur), min(e, b)
+        if e > s:
+            total += e - s
+            cur = e
+    return total
+
+
+def stale_cause(rec: Recording, at: float, before_s: float = 5.0) -> str:
+    """Why the meters went stale just before ``at``, from the gateway's ``meter_stale`` lines: ``no_poll`` when
+    none of them had a failed read (the gateway polled too late: its own loop or process starved),
+    ``read_failed`` when one had (no answer in time: the simulator, or the gateway reading late), ``unknown``."""
+    errors = [str(e.get("error") or "") for e in rec.gateway_logs
+              if e.get("event") == "meter_stale" and at - before_s <= float(e["_t"]) <= at + 0.1]
+    if not errors:
+        return "unknown"
+    return "read_failed" if any(errors) else "no_poll"
+
+
+def failsafe_split(rec: Recording, end: float) -> dict[str, Any]:
+    """Fail-safe time within the window of a scripted fault that explains it (a silent meter the gateway names,
+    or a gateway restart) against any other (what the rig's promise is about: none), each other entry with
+    the cause the gateway's log gives (:func:`stale_cause`)."""
+    k = rec.scenario.time_scale
+    windows = scripted_windows(rec, end)
+    scripted = other = 0.0
+    other_entries = 0
+    causes: dict[str, int] = {}
+    stays: list[dict[str, Any]] = []
+    for a, b, meters in failsafe_intervals(rec, end):
+        spans = [(s, e) for s, e, kind, target in windows
+                 if kind == "gateway_restart" or not meters or target in meters]
+        inside = _overlap(a, b, spans)
+        scripted += inside
+        other += max(0.0, (b - a) - inside)
+        cause = "scripted"
+        if not any(s - 1e-9 <= a <= e + 1e-9 for s, e in spans):
+            other_entries += 1
+            cause = stale_cause(rec, a)
+            causes[cause] = causes.get(cause, 0) + 1
+        if len(stays) < 50:
+            stays.append({"start_wall_s": round(a, 3), "end_wall_s": round(b, 3), "meters": sorted(meters),
+                          "scripted_wall_s": round(inside, 3), "other_wall_s": round(max(0.0, b - a - inside), 3),
+                          "cause": cause})
+    return {"failsafe_scripted_wall_s": round(scripted, 2), "failsafe_scripted_s": round(scripted * k, 1),
+            "failsafe_other_wall_s": round(other, 2), "failsafe_other_s": round(other * k, 1),
+            "failsafe_other_entries": other_entries, "failsafe_other_causes": causes,
+            "failsafe_recovery_wall_s": round(recovery_wall_s(rec), 3),
+            "failsafe_windows": [{"kind": kind, "target": tg, "start_wall_s": round(s, 3), "end_wall_s": round(e, 3)}
+                                 for s, e, kind, tg in windows],
+            "failsafe_stays": stays}
+
+
+def message_fields(rec: Recording) -> dict[str, Any]:
+    """Duplicated transaction messages at the CMS beside the lost ones (see :mod:`hil.rig.messages`)."""
+    m = rec.messages
+    return {"messages_duplicated": m.get("duplicates"), "messages_duplicated_same_id": m.get("duplicates_same_id"),
+            "messages_duplicated_same_event": m.get("duplicates_same_event")}
 
 
 def _meter_interval(rec: Recording) -> float | str:
@@ -328,13 +441,29 @@ def format_card(card: Mapping[str, Any]) -> str:
     lines.append(f"  fairness (Jain, per class): {card['fairness_jain']}")
     lines.append(f"  fail-safe: {card['failsafe_wall_s']:.1f} s wall ({card['failsafe_entries']} entries); "
                  f"gateway down {card['gateway_down_wall_s']:.1f} s")
+    lines.append(f"    of it in scripted faults (+ {card['failsafe_recovery_wall_s']:.2f} s recovery): "
+                 f"{card['failsafe_scripted_wall_s']:.1f} s wall; any other: "
+                 f"{card['failsafe_other_wall_s']:.1f} s wall ({card['failsafe_other_entries']} entries"
+                 + "".join(f", {n} {c.replace('_', ' ')}" for c, n in card["failsafe_other_causes"].items()) + ")")
     m = card["messages"]
     lines.append(f"  messages: {m.get('tx_messages_sent')} transaction messages sent, "
                  f"{m.get('tx_messages_received_by_cms')} at the CMS, lost {m.get('lost')}, "
-                 f"unacknowledged at end {m.get('unacknowledged_at_end')}")
+                 f"duplicated {m.get('duplicates')} (same id {m.get('duplicates_same_id')}, same event "
+                 f"{m.get('duplicates_same_event')}), unacknowledged at end {m.get('unacknowledged_at_end')}")
     lines.extend(format_budget(card))
     gp = card["gateway_process"]
     if gp:
         lines.append(f"  gateway process: CPU {gp['cpu_pct']} % of one core ({gp['cpu_s']} s), "
                      f"RSS peak {gp['rss_peak_mb']} MB, mean {gp['rss_mean_mb']} MB, {gp['starts']} start(s)")
+    rp = card.get("rig_process") or {}
+    if rp:
+        lines.append(f"  rig: {rp['workers']} charger worker(s) of up to {rp['chargers_per_worker']} chargers; "
+                     f"CPU % of one core: {rp['cpu_pct']}; EVs plugged in late by up to "
+                     f"{rp.get('arrival_late_max_s', 0.0):.3f} s wall")
+        ms = rp.get("meters") or {}
+        if ms:
+            lines.append(f"  meter simulators: {ms['requests']} requests, loop lag max {ms['loop_lag_max_ms']} ms "
+                         f"({ms['loop_lags_over_50ms']} over 50 ms); RTU answers late by up to "
+                         f"{ms['rtu_late_max_ms']} ms ({ms['rtu_late_frames']} of {ms['rtu_frames']} over 20 ms); "
+                         f"nice {ms['nice']}")
     return "\n".join(lines)

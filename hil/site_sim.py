@@ -9,6 +9,15 @@ circuit: the base loads in its subtree plus the line currents of the chargers be
 
 `gateway_config()` returns the same config rewritten to point the gateway at the simulators
 (loopback meters, an ephemeral OCPP port, the simulated CMS, a temporary state directory).
+
+Meters with ``role = "pv"`` are PV inverters: each reads its ``pv_sources`` entry (the current it
+feeds in on its own phases; the PV is on the site as a negative base load besides). ``meter_faults``
+give circuit meters a wiring fault (:class:`MeterFault`: swapped phases, inverted CTs, a wrong CT
+ratio), applied where a meter's values are made (:func:`meter_values`).
+
+The pieces are also module-level functions (:func:`charger_line_a`, :func:`meter_values`,
+:class:`MeterSet`, :func:`make_charger`, :func:`pointed_config`) so that the HIL rig can run the
+meters and the chargers in processes of their own (:mod:`hil.rig.procs`) with the same physics.
 """
 
 from __future__ import annotations
@@ -16,15 +25,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway import electrical
 from gateway.config import ChargerConfig, Site, site_from_dict
+from gateway.meters.config import MeterConfig
 from hil.meter_sim import MeterSimulator, RtuBus, SocatPair
 from hil.sim.charger import SimCharger
 from hil.sim.cms import SimCms
@@ -54,9 +65,14 @@ class MeterFault:
                 inverted = True
             elif part.startswith("ct:"):
                 ct = float(part[3:])
+                if not (math.isfinite(ct) and ct > 0):
+                    raise ValueError(f"meter fault {part!r}: the CT ratio factor must be > 0")
             elif part.startswith("swap:"):
-                a, b = (int(x.strip().upper().lstrip("L")) - 1 for x in part[5:].split("-"))
-                phases = [0, 1, 2]
+                pair = [x.strip().upper() for x in part[5:].split("-")]
+                if len(pair) != 2 or not all(x in ("L1", "L2", "L3") for x in pair):
+                    raise ValueError(f"meter fault {part!r}: swap two of L1, L2, L3 (swap:L1-L2)")
+                a, b = (int(x[1]) - 1 for x in pair)
+                phases = list(phases or (0, 1, 2))
                 phases[a], phases[b] = phases[b], phases[a]
             else:
                 raise ValueError(f"unknown meter fault {part!r} (swap:L1-L2, invert, ct:RATIO)")
@@ -66,7 +82,178 @@ class MeterFault:
 _NO_FAULT = MeterFault()
 
 
+def check_meter_faults(site: Site, faults: Mapping[str, MeterFault]) -> None:
+    """ValueError unless every fault names a circuit meter of the site (a PV inverter has no CTs to get wrong)."""
+    for mid in faults:
+        if mid not in site.meters:
+            what = "a PV inverter (role = \"pv\")" if mid in site.pv_meters else "not a meter of the site"
+            raise ValueError(f"meter fault on {mid!r}: {what}; faults apply to circuit meters")
+
+
+# -- physics ------------------------------------------------------------------------------------
+def charger_line_a(site: Site, cfg: ChargerConfig, sim: SimCharger | None) -> tuple[float, ...]:
+    """What a charger really draws from the site, per site phase (A)."""
+    P = site.service.phases
+    out = [0.0] * P
+    if sim is None:
+        return tuple(out)
+    if cfg.kind == "dc":
+        w = sum(sim.draw_w(c) for c in range(1, cfg.connectors + 1))
+        a = electrical.dc_line_current_a(site.service, cfg, w)
+        for p in cfg.line_phases:
+            out[p] = a
+        return tuple(out)
+    for c in range(1, cfg.connectors + 1):
+        d = sim.draw_a(c)
+        if len(cfg.line_phases) == 2:  # line-to-line: one current in two lines
+            m = max(d) if d else 0.0
+            for p in cfg.line_phases:
+                out[p] += m
+        else:
+            for i, p in enumerate(cfg.phase_map):
+                if i < len(d):
+                    out[p] += d[i]
+    return tuple(out)
+
+
+def meter_values(m: MeterConfig, site_cur: Sequence[float], fault: MeterFault | None = None) -> tuple[float, ...]:
+    """What meter ``m`` shows for its circuit's current per site phase: its own phase i measures site phase
+    phase_map[i]; CT direction and ratio undone; three values. A wiring ``fault``, if any, is what the meter
+    really sees instead (its inputs on other phases, its CTs turned round, another CT ratio)."""
+    f = fault or _NO_FAULT
+    sign = (-1.0 if m.invert else 1.0) * (-1.0 if f.inverted else 1.0)
+    pm = f.phases[: len(m.phase_map)] if f.phases is not None else m.phase_map
+    vals = [site_cur[p] * sign / (m.ct_ratio * f.ct_factor) if p < len(site_cur) else 0.0 for p in pm]
+    while len(vals) < 3:
+        vals.append(0.0)
+    return tuple(vals)
+
+
+def subtrees(site: Site) -> dict[str, set[str]]:
+    """Every circuit's subtree (itself included)."""
+    return {cid: {k for k in site.circuits if cid in site.path_to_root[k]} for cid in site.circuits}
+
+
+# -- meters -------------------------------------------------------------------------------------
+class MeterSet:
+    """A simulated meter for every polled meter of a site (the circuit meters and the role = "pv" inverters):
+    Modbus TCP on loopback, or RTU on a socat pty pair per RS-485 device (several device ids on one bus) where
+    the config says rtu and socat is there. ``source_of(meter_id)`` gives each meter's per-phase currents (its
+    own phases, as it reads them; for a PV inverter the current it feeds in)."""
+
+    def __init__(self, site: Site, source_of: Callable[[str], Callable[[float], tuple[float, ...]]],
+                 *, rtu: bool = True) -> None:
+        self.site = site
+        self.source_of = source_of
+        self.use_rtu = rtu and shutil.which("socat") is not None
+        self.meters: dict[str, MeterSimulator] = {}
+        self.ports: dict[str, int] = {}  # meter id -> TCP port
+        self.devices: dict[str, str] = {}  # configured device -> the client end of its pty pair
+        self._buses: list[RtuBus] = []
+        self._socats: list[SocatPair] = []
+
+    async def start(self) -> None:
+        by_device: dict[str, RtuBus] = {}
+        for mid, m in self.site.polled_meters.items():
+            sim = MeterSimulator(m.map, device_id=m.device_id, phases=3, source=self.source_of(mid),
+                                 voltage_v=electrical.line_to_neutral_v(self.site.service), seed=hash(mid) & 0xFFFF,
+                                 power_factor=1.0 if m.role == "pv" else 0.98)
+            self.meters[mid] = sim
+            if m.transport == "rtu" and self.use_rtu:
+                bus = by_device.get(m.device)
+                if bus is None:
+                    pair = SocatPair()
+                    a, b = await pair.start()
+                    self._socats.append(pair)
+                    bus = RtuBus(a, baud_rate=m.baud_rate, parity=m.parity, stop_bits=m.stop_bits)
+                    by_device[m.device] = bus
+                    self._buses.append(bus)
+                    self.devices[m.device] = b
+                bus.add(sim)
+            else:
+                self.ports[mid] = await sim.start_tcp("127.0.0.1", 0)
+        for bus in self._buses:
+            await bus.start()
+
+    @property
+    def buses(self) -> tuple[RtuBus, ...]:
+        return tuple(self._buses)
+
+    async def stop(self) -> None:
+        for bus in self._buses:
+            with contextlib.suppress(Exception):
+                await bus.stop()
+        for sim in self.meters.values():
+            with contextlib.suppress(Exception):
+                await sim.stop()
+        for pair in self._socats:
+            await pair.stop()
+        self._buses.clear()
+        self._socats.clear()
+
+
+# -- configs and chargers -----------------------------------------------------------------------
+def pointed_config(raw: Mapping[str, Any], *, meter_ports: Mapping[str, int], meter_devices: Mapping[str, str],
+                   cms_port: int, state_dir: str, ocpp_port: int = 0,
+                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The site config ``raw``, pointed at the simulators (loopback meters, the simulated CMS, no TLS)."""
+    d = copy.deepcopy(dict(raw))
+    d.setdefault("site", {})["state_dir"] = state_dir
+    for m in d.get("meters", []):
+        mid = m["id"]
+        if mid in meter_ports:
+            for k in ("device", "baud_rate", "parity", "stop_bits", "bus_gap_s"):
+                m.pop(k, None)
+            m.update(transport="tcp", host="127.0.0.1", port=meter_ports[mid])
+        else:
+            m["device"] = meter_devices[m["device"]]
+    ocpp = d.setdefault("ocpp", {})
+    for k in list(ocpp):
+        if k.startswith(("tls_", "server_", "client_", "cms_ca", "cms_client")):
+            ocpp.pop(k)
+    ocpp.update(listen_host="127.0.0.1", listen_port=ocpp_port, cms_url=f"ws://127.0.0.1:{cms_port}",
+                cms_security_profile=1)
+    for ch in d.get("chargers", []):
+        o = ch.get("ocpp")
+        if o:
+            for k in ("cms_url", "cms_security_profile"):
+                o.pop(k, None)
+            if o.get("security_profile", 1) > 1:
+                o["security_profile"] = 1
+    d.pop("mqtt", None)
+    for k, v in (extra or {}).items():
+        if isinstance(v, dict):
+            d.setdefault(k, {}).update(v)
+        else:
+            d[k] = v
+    return d
+
+
+def make_charger(site: Site, cfg: ChargerConfig, ocpp_port: int, *, clock: Callable[[], float] = time.time,
+                 meter_interval_s: float = 5.0, **overrides: Any) -> SimCharger:
+    """The simulated charger of ``cfg``, connecting to the gateway on ``ocpp_port``."""
+    kw: dict[str, Any] = dict(
+        version=cfg.ocpp_version,
+        kind=cfg.kind,
+        phases=cfg.phases,
+        connectors=cfg.connectors,
+        url=f"ws://127.0.0.1:{ocpp_port}",
+        clock=clock,
+        voltage_v=electrical.load_voltage_v(site.service, cfg.line_phases),
+        password=cfg.ocpp.password,
+        meter_interval_s=meter_interval_s,
+    )
+    if cfg.kind == "ac":
+        kw.update(max_a=cfg.max_limit, min_a=cfg.min_limit)
+    else:
+        kw.update(max_w=cfg.max_limit)
+    kw.update(overrides)
+    return SimCharger(cfg.id, **kw)
+
+
 class SiteSim:
+    """Meters, chargers and the CMS of one site in this process (the demo, the daemon tests)."""
+
     def __init__(
         self,
         raw: Mapping[str, Any],
@@ -82,53 +269,29 @@ class SiteSim:
         self.raw = copy.deepcopy(dict(raw))
         self.site: Site = site_from_dict(self.raw)
         self.clock = clock
-        self.use_rtu = rtu and shutil.which("socat") is not None
         self.base_loads: dict[str, BaseLoad] = dict(base_loads or {})
         # role = "pv" meters: clock time -> the amperes the inverter feeds in on each of its measured phases
         self.pv_sources: dict[str, BaseLoad] = dict(pv_sources or {})
         self.meter_interval_s = meter_interval_s
         self.ev_response_s = ev_response_s
         self.meter_faults: dict[str, MeterFault] = dict(meter_faults or {})
+        check_meter_faults(self.site, self.meter_faults)
         self.cms = SimCms(clock=clock)
         self.cms_port = 0
-        self.meters: dict[str, MeterSimulator] = {}
-        self.meter_ports: dict[str, int] = {}
-        self.meter_devices: dict[str, str] = {}
-        self._buses: list[RtuBus] = []
-        self._socats: list[SocatPair] = []
+        self._meters = MeterSet(self.site, self._meter_source, rtu=rtu)
+        self.use_rtu = self._meters.use_rtu
+        self.meters = self._meters.meters
+        self.meter_ports = self._meters.ports
+        self.meter_devices = self._meters.devices
         self.chargers: dict[str, SimCharger] = {}
         self._charger_tasks: list[asyncio.Task[None]] = []
         self.state_dir = tempfile.mkdtemp(prefix="ems-sim-state-")
-        # the subtree of every circuit, for the currents the meters read
-        self._under: dict[str, set[str]] = {
-            cid: {k for k in self.site.circuits if cid in self.site.path_to_root[k]} for cid in self.site.circuits
-        }
+        self._under = subtrees(self.site)
 
     # -- physics ------------------------------------------------------------------------------
     def charger_line_a(self, cfg: ChargerConfig) -> tuple[float, ...]:
         """What a charger really draws from the site, per site phase (A)."""
-        P = self.site.service.phases
-        out = [0.0] * P
-        sim = self.chargers.get(cfg.id)
-        if sim is None:
-            return tuple(out)
-        if cfg.kind == "dc":
-            w = sum(sim.draw_w(c) for c in range(1, cfg.connectors + 1))
-            a = electrical.dc_line_current_a(self.site.service, cfg, w)
-            for p in cfg.line_phases:
-                out[p] = a
-            return tuple(out)
-        for c in range(1, cfg.connectors + 1):
-            d = sim.draw_a(c)
-            if len(cfg.line_phases) == 2:  # line-to-line: one current in two lines
-                m = max(d) if d else 0.0
-                for p in cfg.line_phases:
-                    out[p] += m
-            else:
-                for i, p in enumerate(cfg.phase_map):
-                    if i < len(d):
-                        out[p] += d[i]
-        return tuple(out)
+        return charger_line_a(self.site, cfg, self.chargers.get(cfg.id))
 
     def base_load(self, circuit: str, t: float | None = None) -> tuple[float, ...]:
         P = self.site.service.phases
@@ -150,102 +313,33 @@ class SiteSim:
         return tuple(total)
 
     def _meter_source(self, meter_id: str) -> Callable[[float], tuple[float, ...]]:
-        m = self.site.meters[meter_id]
+        m = self.site.polled_meters[meter_id]
+        if m.role == "pv":  # an inverter: what its source feeds in (none without one)
+            pv = self.pv_sources.get(meter_id)
+            if pv is None:
+                return lambda _t: (0.0, 0.0, 0.0)
+            return lambda _t: tuple(pv(self.clock()))
+        fault = self.meter_faults.get(meter_id)
 
         def source(_t: float) -> tuple[float, ...]:
-            site_cur = self.circuit_current(m.circuit)
-            # the meter's own phase i measures site phase phase_map[i]; CT direction and ratio undone
-            # (a wiring fault, if any, is what the meter really sees instead)
-            fault = self.meter_faults.get(meter_id, _NO_FAULT)
-            sign = (-1.0 if m.invert else 1.0) * (-1.0 if fault.inverted else 1.0)
-            pm = fault.phases[: len(m.phase_map)] if fault.phases is not None else m.phase_map
-            vals = [site_cur[p] * sign / (m.ct_ratio * fault.ct_factor) if p < len(site_cur) else 0.0 for p in pm]
-            while len(vals) < 3:
-                vals.append(0.0)
-            return tuple(vals)
+            return meter_values(m, self.circuit_current(m.circuit), fault)
 
         return source
 
     # -- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self.cms_port = await self.cms.start()
-        by_device: dict[str, RtuBus] = {}
-        for mid, m in self.site.polled_meters.items():
-            pv = self.pv_sources.get(mid) if m.role == "pv" else None
-            source = self._meter_source(mid) if m.role != "pv" else (
-                (lambda _t, f=pv: f(self.clock())) if pv is not None else (lambda _t: (0.0, 0.0, 0.0)))
-            sim = MeterSimulator(m.map, device_id=m.device_id, phases=3, source=source,
-                                 voltage_v=electrical.line_to_neutral_v(self.site.service), seed=hash(mid) & 0xFFFF,
-                                 power_factor=1.0 if m.role == "pv" else 0.98)
-            self.meters[mid] = sim
-            if m.transport == "rtu" and self.use_rtu:
-                bus = by_device.get(m.device)
-                if bus is None:
-                    pair = SocatPair()
-                    a, b = await pair.start()
-                    self._socats.append(pair)
-                    bus = RtuBus(a, baud_rate=m.baud_rate, parity=m.parity, stop_bits=m.stop_bits)
-                    by_device[m.device] = bus
-                    self._buses.append(bus)
-                    self.meter_devices[m.device] = b
-                bus.add(sim)
-            else:
-                self.meter_ports[mid] = await sim.start_tcp("127.0.0.1", 0)
-        for bus in self._buses:
-            await bus.start()
+        await self._meters.start()
 
     def gateway_config(self, *, ocpp_port: int = 0, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The site config, pointed at the simulators."""
-        d = copy.deepcopy(self.raw)
-        d.setdefault("site", {})["state_dir"] = self.state_dir
-        for m in d.get("meters", []):
-            mid = m["id"]
-            if mid in self.meter_ports:
-                for k in ("device", "baud_rate", "parity", "stop_bits", "bus_gap_s"):
-                    m.pop(k, None)
-                m.update(transport="tcp", host="127.0.0.1", port=self.meter_ports[mid])
-            else:
-                m["device"] = self.meter_devices[m["device"]]
-        ocpp = d.setdefault("ocpp", {})
-        for k in list(ocpp):
-            if k.startswith(("tls_", "server_", "client_", "cms_ca", "cms_client")):
-                ocpp.pop(k)
-        ocpp.update(listen_host="127.0.0.1", listen_port=ocpp_port, cms_url=f"ws://127.0.0.1:{self.cms_port}",
-                    cms_security_profile=1)
-        for ch in d.get("chargers", []):
-            o = ch.get("ocpp")
-            if o:
-                for k in ("cms_url", "cms_security_profile"):
-                    o.pop(k, None)
-                if o.get("security_profile", 1) > 1:
-                    o["security_profile"] = 1
-        d.pop("mqtt", None)
-        for k, v in (extra or {}).items():
-            if isinstance(v, dict):
-                d.setdefault(k, {}).update(v)
-            else:
-                d[k] = v
-        return d
+        return pointed_config(self.raw, meter_ports=self.meter_ports, meter_devices=self.meter_devices,
+                              cms_port=self.cms_port, state_dir=self.state_dir, ocpp_port=ocpp_port, extra=extra)
 
     def start_chargers(self, ocpp_port: int, **overrides: Any) -> None:
         for cfg in self.site.chargers.values():
-            kw: dict[str, Any] = dict(
-                version=cfg.ocpp_version,
-                kind=cfg.kind,
-                phases=cfg.phases,
-                connectors=cfg.connectors,
-                url=f"ws://127.0.0.1:{ocpp_port}",
-                clock=self.clock,
-                voltage_v=electrical.load_voltage_v(self.site.service, cfg.line_phases),
-                password=cfg.ocpp.password,
-                meter_interval_s=self.meter_interval_s,
-            )
-            if cfg.kind == "ac":
-                kw.update(max_a=cfg.max_limit, min_a=cfg.min_limit)
-            else:
-                kw.update(max_w=cfg.max_limit)
-            kw.update(overrides)
-            sim = SimCharger(cfg.id, **kw)
+            sim = make_charger(self.site, cfg, ocpp_port, clock=self.clock, meter_interval_s=self.meter_interval_s,
+                               **overrides)
             self.chargers[cfg.id] = sim
             self._charger_tasks.append(asyncio.get_running_loop().create_task(sim.run(), name=f"sim-{cfg.id}"))
 
@@ -256,14 +350,14 @@ class SiteSim:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._charger_tasks.clear()
-        for bus in self._buses:
-            with contextlib.suppress(Exception):
-                await bus.stop()
-        for sim in self.meters.values():
-            with contextlib.suppress(Exception):
-                await sim.stop()
-        for pair in self._socats:
-            await pair.stop()
+        await self._meters.stop()
         with contextlib.suppress(Exception):
             await self.cms.stop()
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def line_a_nominal(site: Site, cfg: ChargerConfig, native: float) -> float:
+    """A native limit (A per phase or W) as line A per loaded phase at the nominal voltage (the sims' physics)."""
+    if cfg.kind == "ac":
+        return native
+    return electrical.dc_line_current_a(site.service, cfg, native)

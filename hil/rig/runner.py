@@ -7,6 +7,11 @@ scenario (base loads, EV arrivals and departures, faults) on the compressed time
 :mod:`hil.scenario`, samples the true current of every circuit and every charger's limit and draw,
 and returns a :class:`Recording`.
 
+The simulators run in processes of their own so that they keep up with the site they simulate
+(:mod:`hil.rig.procs`): one for the meters, a few charger workers with many chargers each; this process
+keeps the CMS, the scenario player and the recorder, and all of them share one table of the chargers'
+draws in shared memory.
+
 ``mode="static"`` is the baseline of a site without an EMS: no gateway; the chargers talk to the
 CMS directly and the CMS installs a fixed ChargePointMaxProfile / ChargingStationMaxProfile on each
 one (see :func:`static_limits`).
@@ -16,45 +21,60 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import structlog
 
-from gateway import electrical, logs
-from gateway.config import ChargerConfig, Site, site_from_dict
+from gateway import logs
+from gateway.config import Site, site_from_dict
 from hil.broker import Mosquitto, free_port
-from hil.meter_sim import LoadProfile
+from hil.rig.messages import TxMessage, accounting, tx_message
+from hil.rig.procs import (
+    ChargerTweak,
+    Child,
+    DrawTable,
+    MeterSpec,
+    WorkerSpec,
+    base_at,
+    base_profiles,
+    charger_worker_main,
+    meter_process_main,
+    worker_count,
+)
 from hil.scenario import Arrival, Scenario
 from hil.sim import SimError
-from hil.sim.ev import ChargingCurve, EvModel, EvSpec
-from hil.site_sim import SiteSim
+from hil.sim.cms import SimCms
+from hil.sim.ev import ChargingCurve, EvSpec
+from hil.site_sim import pointed_config
 from hil.tomlw import dumps
 
 log = structlog.get_logger(__name__)
 
-TX_ACTIONS = frozenset({"StartTransaction", "StopTransaction", "TransactionEvent", "MeterValues"})
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
 class SessionRecord:
     arrival: Arrival
-    model: EvModel | None = None
+    plugged: bool = False  # the EV was plugged in (its connector was free)
+    energy_wh: float = 0.0  # delivered, on the wall clock (scenario Wh: x time scale)
     plugged_wall: float | None = None  # wall s since t0
 
     def delivered_wh(self, scale: float) -> float:
-        return 0.0 if self.model is None else self.model.energy_wh * scale
+        return self.energy_wh * scale
 
 
 @dataclass
@@ -76,16 +96,10 @@ class Recording:
     static_limits: dict[str, float] = field(default_factory=dict)
     wall_elapsed_s: float = 0.0
     t0_wall: float = 0.0  # the epoch (time.time()) of scenario time 0: billing intervals align to it
+    rig_process: dict[str, Any] = field(default_factory=dict)  # the simulators' own CPU, per process
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
-def line_a_nominal(site: Site, cfg: ChargerConfig, native: float) -> float:
-    """A native limit (A per phase or W) as line A per loaded phase at the nominal voltage (the sims' physics)."""
-    if cfg.kind == "ac":
-        return native
-    return electrical.dc_line_current_a(site.service, cfg, native)
-
-
 def static_limits(site: Site) -> dict[str, float]:
     """Static derating, as a site without an EMS must do: on every circuit and phase, what is left after
     the margin and the worst-case non-EV load is split evenly among the chargers loading that phase; a
@@ -171,6 +185,11 @@ class ProcStats:
 
 # ---- the gateway process --------------------------------------------------------------------------
 class GatewayProcess:
+    """The real gateway. Its log goes straight into ``log_path`` (a file, never a pipe: a rig slow to read a
+    pipe would block the gateway's writes, and so its loop); a reader tails the file. Each parsed line gets
+    ``_ts``, the epoch seconds of its own ``timestamp``, and ``_t``, the same relative to ``t0()`` (the
+    scenario's time 0 once known)."""
+
     def __init__(self, config: Path, log_path: Path, t0: Callable[[], float]) -> None:
         self.config = config
         self.log_path = log_path
@@ -183,26 +202,45 @@ class GatewayProcess:
     async def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         env["PYTHONUNBUFFERED"] = "1"
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "run", "--config", str(self.config), "--log-format", "json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
-        )
+        if self._reader is not None:  # the previous process's lines first
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self._reader
+        with self.log_path.open("ab") as out:
+            offset = out.tell()
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", "run", "--config", str(self.config), "--log-format", "json",
+                stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
+                start_new_session=True,  # its own autogroup: the CPU it gets is not shared with the simulators
+            )
         self.starts += 1
-        self._reader = asyncio.create_task(self._read(self.proc))
+        self._reader = asyncio.create_task(self._read(self.proc, offset))
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        with self.log_path.open("ab") as f:
+    def _parse(self, line: bytes) -> None:
+        with contextlib.suppress(ValueError, TypeError):
+            d = json.loads(line)
+            if isinstance(d, dict):
+                ts = d.get("timestamp")
+                d["_ts"] = datetime.fromisoformat(ts).timestamp() if isinstance(ts, str) else time.time()
+                d["_t"] = d["_ts"] - self.t0()
+                self.logs.append(d)
+
+    async def _read(self, proc: asyncio.subprocess.Process, offset: int) -> None:
+        with self.log_path.open("rb") as f:
+            f.seek(offset)
+            rest = b""
             while True:
-                line = await proc.stdout.readline()
-                if not line:
+                chunk = f.read()
+                if chunk:
+                    *lines, rest = (rest + chunk).split(b"\n")
+                    for line in lines:
+                        self._parse(line)
+                    continue
+                if proc.returncode is not None:
+                    if rest:
+                        self._parse(rest)
                     return
-                f.write(line)
-                with contextlib.suppress(ValueError):
-                    d = json.loads(line)
-                    if isinstance(d, dict):
-                        d["_t"] = time.time() - self.t0()
-                        self.logs.append(d)
+                await asyncio.sleep(0.05)
 
     def ready_count(self) -> int:
         return sum(1 for e in self.logs if e.get("event") == "gateway_ready")
@@ -213,19 +251,25 @@ class GatewayProcess:
             return None if proc is None else proc.returncode
         proc.send_signal(sig)
         try:
-            rc = await asyncio.wait_for(proc.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                rc = await proc.wait()
         except TimeoutError:
             proc.kill()
             rc = await proc.wait()
         if self._reader is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._reader, 5)
+                async with asyncio.timeout(5):
+                    await self._reader
         return rc
 
 
 # ---- the run ---------------------------------------------------------------------------------------
 class Rig:
-    def __init__(self, scenario: Scenario, out_dir: Path, mode: str = "gateway") -> None:
+    """One run. The meters run in a process of their own, the chargers in ``workers`` worker processes (by
+    default :func:`hil.rig.procs.worker_count`), the CMS, the player and the recorder here (see
+    :mod:`hil.rig.procs`)."""
+
+    def __init__(self, scenario: Scenario, out_dir: Path, mode: str = "gateway", workers: int | None = None) -> None:
         if mode not in ("gateway", "static"):
             raise SimError(f"mode must be 'gateway' or 'static', got {mode!r}")
         self.sc = scenario
@@ -236,51 +280,24 @@ class Rig:
         self.events: list[tuple[float, str, str]] = []
         self.sessions: list[SessionRecord] = []
         self.stats = ProcStats()
-        site = site_from_dict(scenario.site)
-        P = site.service.phases
-        self.base: dict[str, list[LoadProfile]] = {}
-        for i, bl in enumerate(scenario.base_loads):
-            self.base.setdefault(bl.circuit, []).append(
-                LoadProfile(list(bl.points), ramp=bl.ramp, noise_a=bl.noise_a, phases=P, seed=scenario.seed + i))
-        loads = {cid: self._base_fn(cid, P) for cid in self.base}
-        pv = {scenario.pv.meter: self._pv_fn()} if scenario.pv is not None else {}
-        self.sim = SiteSim(scenario.site, base_loads=loads, meter_interval_s=scenario.charger_meter_interval_wall_s,
-                           pv_sources=pv)
-        self.site = self.sim.site
+        self.site = site_from_dict(scenario.site)
+        self.P = self.site.service.phases
+        self.base = base_profiles(scenario.base_loads, scenario.seed, self.P)
+        self.cms = SimCms()
+        self.state_dir = tempfile.mkdtemp(prefix="ems-hil-state-")
+        self.rows = {chid: i for i, chid in enumerate(self.site.chargers)}
+        self.table = DrawTable(len(self.rows), self.P)
+        n = len(self.rows)
+        self.n_workers = max(1, min(workers or worker_count(n), n))
+        self.owner: dict[str, int] = {chid: i * self.n_workers // n for chid, i in self.rows.items()}
+        self.workers: list[Child] = []
+        self.meter_proc: Child | None = None
+        self.rig_stats: dict[str, ProcStats] = {}
+        self.meter_ports: dict[str, int] = {}
+        self.meter_devices: dict[str, str] = {}
         self.gw: GatewayProcess | None = None
         self.broker: Mosquitto | None = None
         self.static: dict[str, float] = {}
-
-    def _base_fn(self, cid: str, P: int) -> Callable[[float], tuple[float, ...]]:
-        profiles = self.base[cid]
-
-        def f(t: float) -> tuple[float, ...]:
-            s = max(0.0, (t - self.t0) * self.k) if math.isfinite(self.t0) else 0.0
-            tot = [0.0] * P
-            for prof in profiles:
-                for p, a in enumerate(prof(s)):
-                    tot[p] += a
-            return tuple(tot)
-
-        return f
-
-    def _pv_fn(self) -> Callable[[float], tuple[float, ...]]:
-        """The PV inverter's current on each of its measured phases (A), at the clock time."""
-        from gateway import electrical
-        from hil.pv import pv_amps
-
-        pv = self.sc.pv
-        assert pv is not None
-        site = site_from_dict(self.sc.site)
-        m = site.pv_meters[pv.meter]
-        v_ln = electrical.line_to_neutral_v(site.service)
-
-        def f(t: float) -> tuple[float, ...]:
-            s = max(0.0, (t - self.t0) * self.k) if math.isfinite(self.t0) else 0.0
-            a = pv_amps(pv.kw(s), v_ln, len(m.phase_map))
-            return tuple(a if i < len(m.phase_map) else 0.0 for i in range(3))
-
-        return f
 
     def now_s(self) -> float:
         """Wall seconds since scenario time 0."""
@@ -289,6 +306,9 @@ class Rig:
     def event(self, kind: str, detail: str = "") -> None:
         self.events.append((self.now_s() if math.isfinite(self.t0) else 0.0, kind, detail))
 
+    def _worker_of(self, chid: str) -> Child:
+        return self.workers[self.owner[chid]]
+
     # -- set-up ------------------------------------------------------------------------------------
     def gateway_config(self, ocpp_port: int) -> dict[str, Any]:
         sc = self.sc
@@ -296,7 +316,8 @@ class Rig:
                                  "logging": {"level": "info", "format": "json"}}
         if sc.gateway.budget:
             extra["budget"] = dict(sc.gateway.budget)
-        d = self.sim.gateway_config(ocpp_port=ocpp_port, extra=extra)
+        d = pointed_config(sc.site, meter_ports=self.meter_ports, meter_devices=self.meter_devices,
+                           cms_port=self.cms.port, state_dir=self.state_dir, ocpp_port=ocpp_port, extra=extra)
         for m in d.get("meters", []):
             m.update(sc.gateway.meters)
         if self.broker is not None:
@@ -304,26 +325,53 @@ class Rig:
         site_from_dict(d)  # refuse a bad override before starting anything
         return d
 
-    def _start_chargers(self, port: int) -> None:
-        # schema validation of every frame costs the rig's one process more than 200 chargers reporting
-        # every few wall tenths of a second leave it (as the sim's own CLI, only up to 50 chargers)
-        self.sim.start_chargers(port, tick_s=self.sc.charger_tick_wall_s, reconnect_s=(0.2, 2.0),
-                                response_timeout_s=30.0, validate_schemas=len(self.site.chargers) <= 50)
-        for cid, ch in self.sim.chargers.items():
+    def _watch(self, name: str, pid: int | None) -> None:
+        if pid is not None:
+            st = ProcStats()
+            st.attach(pid)
+            self.rig_stats[name] = st
+
+    async def _start_meters(self) -> None:
+        spec = MeterSpec(raw=self.sc.site, rows=self.rows, base_loads=self.sc.base_loads, seed=self.sc.seed,
+                         time_scale=self.k, pv=self.sc.pv, meter_faults=self.sc.meter_faults)
+        self.meter_proc = Child("meter-process", meter_process_main, spec, self.table, self.out / "rig-meters.log")
+        self.meter_proc.start()
+        info = await self.meter_proc.call("start")
+        self.meter_ports, self.meter_devices = dict(info["ports"]), dict(info["devices"])
+        self._watch("meters", info["pid"])
+
+    def _tweaks(self) -> dict[str, ChargerTweak]:
+        out: dict[str, ChargerTweak] = {}
+        for cid, cfg in self.site.chargers.items():
             b = self.sc.behaviour_of(cid)
-            cfg = self.site.chargers[cid]
-            kw: dict[str, Any] = {}
+            kw: dict[str, float] = {}
             if b.ramp_up_per_s is not None:
                 kw["ramp_up_per_s"] = b.ramp_up_per_s * self.k
             if b.ramp_down_per_s is not None:
                 kw["ramp_down_per_s"] = b.ramp_down_per_s * self.k
             if b.min_current_a is not None and cfg.kind == "ac":
                 kw["min_a"] = b.min_current_a
-            if kw:
-                ch.outlet = dataclasses.replace(ch.outlet, **kw)
-            if b.noncompliant:
-                ch.noncompliant = True
-            ch.meter_interval_s = self.sc.meter_interval_wall_of(cid)
+            out[cid] = ChargerTweak(outlet=kw, noncompliant=b.noncompliant,
+                                    meter_interval_s=self.sc.meter_interval_wall_of(cid))
+        return out
+
+    async def _start_chargers(self, port: int) -> None:
+        # schema validation of every frame costs more than 200 chargers reporting every few wall tenths of a
+        # second leave a worker (as the sim's own CLI, only up to 50 chargers)
+        sim = {"tick_s": self.sc.charger_tick_wall_s, "reconnect_s": (0.2, 2.0), "response_timeout_s": 30.0,
+               "validate_schemas": len(self.site.chargers) <= 50}
+        tweaks = self._tweaks()
+        for w in range(self.n_workers):
+            rows = {chid: r for chid, r in self.rows.items() if self.owner[chid] == w}
+            spec = WorkerSpec(raw=self.sc.site, rows=rows, ocpp_port=port, sim=sim,
+                              tweaks={c: tweaks[c] for c in rows})
+            child = Child(f"charger-worker-{w}", charger_worker_main, spec, self.table,
+                          self.out / f"rig-chargers-{w}.log")
+            child.start()
+            self.workers.append(child)
+        pids = await asyncio.gather(*(c.call("start") for c in self.workers))
+        for w, pid in enumerate(pids):
+            self._watch(f"chargers-{w}", pid)
 
     def _ev(self, a: Arrival) -> EvSpec:
         k = self.k
@@ -341,10 +389,6 @@ class Rig:
     async def _play(self) -> None:
         sc, k = self.sc, self.k
         actions: list[tuple[float, int, Callable[[], Any]]] = []
-        for i, a in enumerate(sc.arrivals):
-            rec = SessionRecord(a)
-            self.sessions.append(rec)
-            actions.append((a.at_s / k, i, lambda rec=rec: self._arrive(rec)))  # type: ignore[misc]
         for t_s, cid, inc in sc.load_steps():
             actions.append((t_s / k, -1, lambda cid=cid, inc=inc: self.event("load_step", f"{cid} +{inc:.0f} A")))  # type: ignore[misc]
         for f in sc.faults:
@@ -362,24 +406,23 @@ class Rig:
             if asyncio.iscoroutine(r):
                 await r
 
-    def _arrive(self, rec: SessionRecord) -> None:
-        a = rec.arrival
-        ch = self.sim.chargers[a.charger]
-        if ch.model(a.connector) is not None:
-            log.warning("hil_connector_busy", charger=a.charger)
-            return
-        rec.model = ch.plug_in(self._ev(a), a.connector)
-        rec.plugged_wall = self.now_s()
+    async def _schedule_arrivals(self) -> None:
+        """Hand every EV to its charger's worker, which plugs it in at its arrival time."""
+        self.sessions = [SessionRecord(a) for a in self.sc.arrivals]
+        per: list[list[tuple[int, str, int, EvSpec]]] = [[] for _ in self.workers]
+        for i, a in enumerate(self.sc.arrivals):
+            per[self.owner[a.charger]].append((i, a.charger, a.connector, self._ev(a)))
+        await asyncio.gather(*(w.call("schedule", evs) for w, evs in zip(self.workers, per, strict=True)))
 
     async def _fault(self, kind: str, target: str, begin: bool, restart_now: bool = False) -> None:
         self.event(f"{kind}_{'begin' if begin else 'end'}", target)
         if kind == "meter_silent":
-            m = self.sim.meters[target]
-            m.silence() if begin else m.clear_faults()
+            assert self.meter_proc is not None
+            await self.meter_proc.call("silence", target, begin)
         elif kind == "noncompliant":
-            self.sim.chargers[target].noncompliant = begin
+            await self._worker_of(target).call("noncompliant", target, begin)
         elif kind == "cms_down":
-            await (self.sim.cms.stop() if begin else self.sim.cms.start())
+            await (self.cms.stop() if begin else self.cms.start())
         elif kind == "broker_down" and self.broker is not None:
             await asyncio.to_thread(self.broker.stop if begin else self.broker.start)
         elif kind == "gateway_restart" and self.gw is not None:
@@ -403,90 +446,74 @@ class Rig:
         self.event("gateway_restarted")
 
     # -- sampling ---------------------------------------------------------------------------------
+    def _incidence(self) -> np.ndarray:
+        """[circuit, charger] 1 where the charger is beneath the circuit."""
+        site = self.site
+        idx = {c: i for i, c in enumerate(site.circuits)}
+        m = np.zeros((len(idx), len(self.rows)))
+        for chid, r in self.rows.items():
+            for c in site.path_to_root[site.chargers[chid].circuit]:
+                m[idx[c], r] = 1.0
+        return m
+
     async def _sample(self, rows: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]], stop: asyncio.Event) -> None:
-        site, sim = self.site, self.sim
-        cids = list(site.circuits)
-        idx = {c: i for i, c in enumerate(cids)}
-        chids = list(site.chargers)
-        P = site.service.phases
-        paths = [[idx[c] for c in site.path_to_root[site.chargers[ch].circuit]] for ch in chids]
+        site, P = self.site, self.P
+        idx = {c: i for i, c in enumerate(site.circuits)}
+        inc = self._incidence()
+        base_paths = {cid: [idx[c] for c in site.path_to_root[cid]] for cid in self.base}
         next_proc = 0.0
         while not stop.is_set():
             t = self.now_s()
-            cur = np.zeros((len(cids), P))
-            for cid in self.base:
-                bl = sim.base_load(cid)
-                for c in site.path_to_root[cid]:
-                    cur[idx[c]] += bl
-            lim = np.zeros(len(chids))
-            draw = np.zeros(len(chids))
-            for j, chid in enumerate(chids):
-                cfg = site.chargers[chid]
-                la = sim.charger_line_a(cfg)
-                if any(la):
-                    cur[paths[j]] += la
-                    draw[j] = max(la)
-                ch = sim.chargers.get(chid)
-                if ch is not None:
-                    lim[j] = line_a_nominal(site, cfg, ch.effective_limit(1).limit)
-            rows.append((t, cur, lim, draw))
+            snap = self.table.a.copy()
+            draws = snap[:, :P]
+            cur = inc @ draws
+            s = max(0.0, t * self.k)
+            for cid, profiles in self.base.items():
+                cur[base_paths[cid]] += base_at(profiles, s, P)
+            rows.append((t, cur, snap[:, P].copy(), draws.max(axis=1) if P else np.zeros(len(snap))))
             if time.monotonic() >= next_proc:
                 self.stats.sample()
+                for st in self.rig_stats.values():
+                    st.sample()
                 next_proc = time.monotonic() + 0.5
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.sc.sample_wall_s)
+                async with asyncio.timeout(self.sc.sample_wall_s):
+                    await stop.wait()
 
     # -- messages ----------------------------------------------------------------------------------------
-    @staticmethod
-    def _semantic_key(action: str, payload: dict[str, Any]) -> str:
-        """What identifies a transaction message when a store-and-forward hop re-sends it under a new
-        message id (and, for 2.0.1, may set ``offline``): the transaction and its sequence number, or
-        the action, transaction, connector and timestamps."""
-        if action == "TransactionEvent":
-            info = payload.get("transactionInfo") or {}
-            return f"TE|{info.get('transactionId')}|{payload.get('seqNo')}|{payload.get('eventType')}"
-        # a 1.6 transaction started while the CMS was down carries the gateway's local id at the charger
-        # and the CMS's id upstream (rewritten on replay, by design): the id is not part of the key
-        stamps = [m.get("timestamp") for m in payload.get("meterValue", []) if isinstance(m, dict)]
-        return "|".join(str(x) for x in (action, payload.get("connectorId"), payload.get("evseId"),
-                                          payload.get("timestamp"), payload.get("meterStop"), *stamps))
+    async def _message_accounting(self) -> dict[str, Any]:
+        sent: list[TxMessage] = []
+        unacked = 0
+        for w in self.workers:
+            s, u = await w.call("messages")
+            sent += s
+            unacked += int(u)
+        received = [m for chid, got in self.cms.received.items() for r in got
+                    if (m := tx_message(chid, r.unique_id, r.action, r.payload)) is not None]
+        return accounting(sent, received, unacked)
 
-    def _message_accounting(self) -> dict[str, Any]:
-        sent_ok = lost = unacked = received_total = 0
-        lost_list: list[dict[str, Any]] = []
-        for chid, ch in self.sim.chargers.items():
-            got = [r for r in self.sim.cms.received.get(chid, []) if r.action in TX_ACTIONS]
-            ids = {r.unique_id for r in got}
-            keys = {self._semantic_key(r.action, r.payload) for r in got}
-            received_total += len(got)
-            for m in ch.messages_sent:
-                if m.action not in TX_ACTIONS or m.outcome != "ok":
-                    continue
-                sent_ok += 1
-                if m.unique_id not in ids and self._semantic_key(m.action, m.payload) not in keys:
-                    lost += 1
-                    if len(lost_list) < 20:
-                        lost_list.append({"charger": chid, "action": m.action, "unique_id": m.unique_id,
-                                          "payload": m.payload})
-            unacked += sum(1 for o in ch._queue if getattr(o, "durable", False))
-        return {"tx_messages_sent": sent_ok, "tx_messages_received_by_cms": received_total, "lost": lost,
-                "unacknowledged_at_end": unacked, "lost_examples": lost_list}
-
-    def _all_delivered(self) -> bool:
-        m = self._message_accounting()
-        return int(m["lost"]) == 0 and int(m["unacknowledged_at_end"]) == 0
+    async def _drain(self, timeout_s: float) -> dict[str, Any]:
+        """The accounting once every message is delivered (or after ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            m = await self._message_accounting()
+            done = int(m["lost"]) == 0 and int(m["unacknowledged_at_end"]) == 0 and int(m["pending_at_end"]) == 0
+            if done or time.monotonic() >= deadline:
+                return m
+            await asyncio.sleep(0.5)
 
     # -- main --------------------------------------------------------------------------------------------
     async def run(self) -> Recording:
         self.out.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        sim = self.sim
-        await sim.start()
+        self._watch("rig", os.getpid())
         rows: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
         stop = asyncio.Event()
         sampler: asyncio.Task[None] | None = None
         n = len(self.site.chargers)
         try:
+            await self.cms.start()
+            await self._start_meters()
             if self.mode == "gateway":
                 if self.sc.gateway.mqtt:
                     self.broker = Mosquitto(self.out / "mosquitto")
@@ -502,22 +529,31 @@ class Rig:
                 self.stats.attach(self.gw.proc.pid)
                 if not await wait_until(lambda: self.gw is not None and self.gw.ready_count() > 0, 60.0 + n * 0.05):
                     raise SimError(f"the gateway did not get ready; see {log_path}")
-                self._start_chargers(port)
+                await self._start_chargers(port)
             else:
-                self._start_chargers(sim.cms_port)
-            if not await wait_until(lambda: all(c.online for c in sim.chargers.values()), 30.0 + n * 0.1, 0.2):
-                off = [c for c, s in sim.chargers.items() if not s.online]
+                await self._start_chargers(self.cms.port)
+            online = self.table.online
+            if not await wait_until(lambda: bool(online.all()), 30.0 + n * 0.1, 0.2):
+                off = [c for c, r in self.rows.items() if not online[r]]
                 raise SimError(f"{len(off)} chargers did not come online: {off[:5]}")
             if self.mode == "static":
                 self.static = static_limits(self.site)
-                for chid, ch in sim.chargers.items():
-                    cfg = self.site.chargers[chid]
-                    await sim.cms.call(chid, _fixed_profile(ch.version, cfg.unit, self.static[chid]), timeout_s=30)
+                for chid, cfg in self.site.chargers.items():
+                    fixed = _fixed_profile(cfg.ocpp_version, cfg.unit, self.static[chid])
+                    await self.cms.call(chid, fixed, timeout_s=30)
+            # scenario time 0 a moment ahead, so that every worker has its EVs before the first arrives
+            self.t0 = time.time() + 1.0 + n / 1000
             if self.sc.align_start_s > 0:  # start on a billing interval boundary of the wall clock
-                await asyncio.sleep(-time.time() % self.sc.align_start_s)
-            self.t0 = time.time()
+                self.t0 += -self.t0 % self.sc.align_start_s
+            assert self.meter_proc is not None
+            await self.meter_proc.call("t0", self.t0)
+            await self._schedule_arrivals()
+            await asyncio.sleep(max(0.0, self.t0 - time.time()))
             self.stats.sample()
             cpu0 = self.stats.cpu_s
+            for st in self.rig_stats.values():
+                st.sample()
+            rig0 = {name: st.cpu_s for name, st in self.rig_stats.items()}
             sampler = asyncio.create_task(self._sample(rows, stop))
             self.event("start", self.sc.name)
             player = asyncio.create_task(self._play())
@@ -531,16 +567,26 @@ class Rig:
             wall_run = self.now_s()
             stop.set()
             await sampler
+            for st in self.rig_stats.values():
+                st.sample()
+            rig_cpu = {name: st.cpu_s - rig0.get(name, 0.0) for name, st in self.rig_stats.items()}
             self.event("end")
             # bring the service back if a fault was left open, then let the queued messages drain
             for f in self.sc.faults:
                 if f.duration_s == 0 and f.kind in ("cms_down", "broker_down"):
                     await self._fault(f.kind, f.target, False)
-            for ch in sim.chargers.values():
-                for c in range(1, ch.connectors + 1):
-                    ch.unplug(c)
-            await wait_until(self._all_delivered, 30.0, 0.2)
-            messages = self._message_accounting()
+            plugged: dict[int, tuple[float, float]] = {}
+            worker_stats = []
+            for w in self.workers:
+                plugged.update(await w.call("sessions"))
+                worker_stats.append(await w.call("stats"))
+            for i, rec in enumerate(self.sessions):
+                if i in plugged:
+                    rec.plugged, rec.energy_wh, rec.plugged_wall = True, plugged[i][0], plugged[i][1] - self.t0
+            for w in self.workers:
+                await w.call("unplug_all")
+            messages = await self._drain(30.0)
+            meter_stats = await self.meter_proc.call("stats")
         finally:
             stop.set()
             if sampler is not None and not sampler.done():
@@ -549,7 +595,12 @@ class Rig:
                 await self.gw.stop()
             if self.broker is not None:
                 await asyncio.to_thread(self.broker.stop)
-            await sim.stop()
+            await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
+            if self.meter_proc is not None:
+                await self.meter_proc.stop()
+            with contextlib.suppress(Exception):
+                await self.cms.stop()
+            shutil.rmtree(self.state_dir, ignore_errors=True)
         rss = self.stats.rss_mb
         process = {
             "cpu_s": round(cpu_run, 2), "wall_s": round(wall_run, 2),
@@ -558,21 +609,32 @@ class Rig:
             "rss_mean_mb": round(sum(rss) / len(rss), 1) if rss else None,
             "starts": self.gw.starts if self.gw is not None else 0,
         } if self.mode == "gateway" else {}
+        rig = {"workers": self.n_workers, "chargers_per_worker": math.ceil(n / self.n_workers),
+               "meters": meter_stats,
+               "arrival_late_max_s": max((float(x["arrival_late_max_s"]) for x in worker_stats), default=0.0),
+               "cpu_pct": {name: round(100.0 * c / wall_run, 1) if wall_run > 0 else 0.0
+                           for name, c in rig_cpu.items()}}
         times = np.array([r[0] for r in rows])
+        gw_logs = self.gw.logs if self.gw is not None else []
+        for e in gw_logs:  # lines read before scenario time 0 was fixed
+            e["_t"] = float(e["_ts"]) - self.t0
         return Recording(
             scenario=self.sc, mode=self.mode, site=self.site, times=times, circuit_ids=list(self.site.circuits),
             circuit_a=np.array([r[1] for r in rows]), charger_ids=list(self.site.chargers),
             charger_limit_a=np.array([r[2] for r in rows]), charger_draw_a=np.array([r[3] for r in rows]),
-            events=self.events, gateway_logs=self.gw.logs if self.gw is not None else [], sessions=self.sessions,
+            events=self.events, gateway_logs=gw_logs, sessions=self.sessions,
             messages=messages, process=process, static_limits=self.static,
-            wall_elapsed_s=time.monotonic() - started, t0_wall=self.t0,
+            wall_elapsed_s=time.monotonic() - started, t0_wall=self.t0, rig_process=rig,
         )
 
 
-def run_scenario(scenario: Scenario, out_dir: Path, mode: str = "gateway") -> Recording:
-    """Run one scenario (blocking). The rig's own log goes to ``out_dir/rig.log`` (warnings and up)."""
+def run_scenario(scenario: Scenario, out_dir: Path, mode: str = "gateway", workers: int | None = None) -> Recording:
+    """Run one scenario (blocking). The rig's own log goes to ``out_dir/rig.log`` (warnings and up), its
+    children's to ``rig-meters.log`` and ``rig-chargers-N.log``; ``workers``: the number of charger workers
+    (default :func:`hil.rig.procs.worker_count`). The children are spawned: a script that calls this needs
+    the ``if __name__ == "__main__":`` guard."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "rig.log").open("a", buffering=1, encoding="utf-8") as stream, logs.configured(
         "warning", "json", stream
     ):
-        return asyncio.run(Rig(scenario, out_dir, mode).run())
+        return asyncio.run(Rig(scenario, out_dir, mode, workers).run())

@@ -1,5 +1,6 @@
 """The HIL rig: scenario parsing, the static baseline, the ideal bound, and one short scenario end to end
-against the real gateway process (mosquitto, Modbus RTU over socat, OCPP 1.6J and 2.0.1 chargers, a CMS)."""
+against the real gateway process (mosquitto, Modbus RTU over socat, OCPP 1.6J and 2.0.1 chargers in a worker
+process, the meters in one of their own, a CMS)."""
 
 from __future__ import annotations
 
@@ -106,6 +107,13 @@ def test_garage_scenario_end_to_end(tmp_path: Path) -> None:
     assert rc == 0, card.get("episodes")
     assert card["self_inflicted_a_s"] == 0
     assert card["messages_lost"] == 0
+    assert card["messages_duplicated"] == 0  # beyond the chargers' own retries
+    # the fail-safe time splits into the scripted faults' (the gateway restart) and any other
+    assert card["failsafe_scripted_wall_s"] + card["failsafe_other_wall_s"] == pytest.approx(
+        card["failsafe_wall_s"], abs=0.02)
+    assert [w["kind"] for w in card["failsafe_windows"]] == ["gateway_restart"]
+    # the simulators ran in processes of their own and the meters answered
+    assert card["rig_process"]["workers"] >= 1 and card["rig_process"]["meters"]["requests"] > 0
     assert card["messages"]["tx_messages_sent"] > 50  # StartTransaction/TransactionEvent/MeterValues went through
     assert card["external_episodes_beyond_window"] == 0
     assert card["overload_longest_wall_s"] <= card["allowed_window_wall_s"]

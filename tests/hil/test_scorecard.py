@@ -1,5 +1,7 @@
 """The HIL scorecard on a recording made up by hand: overload after a base-load step of the circuit (within
-the allowed window) is external, any other is self-inflicted, and --check fails on the latter."""
+the allowed window) is external, any other is self-inflicted, and --check fails on the latter; fail-safe time
+within a scripted fault (and its recovery) is told apart from any other; duplicated transaction messages at
+the CMS are counted beside lost ones, a charger's own retries apart."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import pytest
 
 from gateway.config import site_from_dict
 from hil.__main__ import check
+from hil.rig.messages import TxMessage, accounting, tx_message
 from hil.rig.runner import Recording
 from hil.scenario import scenario_from_dict
-from hil.scorecard import allowed_window_s, scorecard
+from hil.scorecard import allowed_window_s, format_card, recovery_wall_s, scorecard
 
 GARAGE = Path(__file__).resolve().parents[2] / "etc" / "examples" / "garage-4xL2.toml"
 
@@ -81,3 +84,80 @@ def test_meter_interval_from_the_scenario_and_the_override() -> None:
     assert scorecard(rec)["meter_interval_s"] == 60.0
     none = rec.scenario.with_meter_interval(0)
     assert none.meter_interval_wall_of("garage-2") == 0.0
+
+
+def test_failsafe_in_a_scripted_fault_is_told_apart_from_any_other() -> None:
+    # meter-panel silent from 300 s to 420 s of scenario time: 5 s to 7 s wall at 60x
+    t = np.round(np.arange(0.0, 40.0, 0.1), 6)
+    rec = recording(np.full(len(t), 50.0), t,
+                    faults=[{"kind": "meter_silent", "target": "meter-panel", "at_s": 300, "duration_s": 120}])
+    recovery = recovery_wall_s(rec)  # the garage's meter: stale after 3 s, polled every 1 s, 1 s timeout, 1 retry
+    assert 0 < recovery < 20
+    late = 7.0 + recovery / 2  # within the recovery the fault legitimately needs
+
+    def stay(a: float, b: float, *meters: str) -> list[dict[str, Any]]:
+        return [{"event": "failsafe_entered", "_t": a, "meters": list(meters)}, {"event": "failsafe_left", "_t": b}]
+
+    rec.gateway_logs = (stay(-3.0, -2.5, "meter-panel")  # the gateway's start, before scenario time 0: left out
+                        + stay(1.0, 1.5, "meter-panel")  # no fault then: other
+                        + stay(5.5, late, "meter-panel")  # the scripted fault and its recovery
+                        + stay(7.0 + recovery + 1.5, 30.0, "meter-panel")  # overlaps nothing: other
+                        + [{"event": "failsafe_entered", "_t": 35.0, "meters": ["meter-panel"]}])  # open at the end
+    card = scorecard(rec)
+    assert card["failsafe_scripted_wall_s"] == pytest.approx(late - 5.5, abs=0.01)
+    other = 0.5 + (30.0 - (7.0 + recovery + 1.5)) + (t[-1] - 35.0)
+    assert card["failsafe_other_wall_s"] == pytest.approx(other, abs=0.01)
+    assert card["failsafe_other_entries"] == 3
+    assert card["failsafe_wall_s"] == pytest.approx(card["failsafe_scripted_wall_s"] + other, abs=0.02)
+    assert card["failsafe_windows"][0]["end_wall_s"] == pytest.approx(7.0 + recovery, abs=1e-3)
+    assert card["failsafe_other_causes"] == {"unknown": 3}
+    # a stay that names another meter is not explained by the silent one, even within its window; the meters
+    # went stale without a failed read: the gateway polled too late
+    rec.gateway_logs = [{"event": "meter_stale", "_t": 5.4, "meter": "meter-other", "error": ""},
+                        *stay(5.5, 6.5, "meter-other"),
+                        {"event": "meter_stale", "_t": 9.9, "meter": "meter-other", "error": "no answer to input 0+68"},
+                        *stay(10.0, 10.5, "meter-other")]
+    card = scorecard(rec)
+    assert card["failsafe_scripted_wall_s"] == 0.0
+    assert card["failsafe_other_wall_s"] == pytest.approx(1.5) and card["failsafe_other_entries"] == 2
+    assert card["failsafe_other_causes"] == {"no_poll": 1, "read_failed": 1}
+    assert [s["cause"] for s in card["failsafe_stays"]] == ["no_poll", "read_failed"]
+
+
+def test_duplicates_at_the_cms_beyond_the_chargers_own_retries() -> None:
+    start = {"connectorId": 1, "idTag": "A", "meterStart": 0, "timestamp": "2026-01-01T00:00:00.000Z"}
+    mv = {"connectorId": 1, "transactionId": 1, "meterValue": [{"timestamp": "2026-01-01T00:00:10.000Z"}]}
+    ev = {"eventType": "Updated", "seqNo": 3, "transactionInfo": {"transactionId": "T1"},
+          "timestamp": "2026-01-01T00:00:20.000Z"}
+    stop = {"transactionId": 1, "meterStop": 100, "timestamp": "2026-01-01T00:01:00.000Z"}
+
+    def msg(charger: str, uid: str, action: str, payload: dict[str, Any], outcome: str = "received") -> TxMessage:
+        m = tx_message(charger, uid, action, payload, outcome)
+        assert m is not None
+        return m
+
+    assert tx_message("c1", "h", "Heartbeat", {}) is None
+    sent = [
+        msg("c1", "s1", "StartTransaction", start, "timeout"),  # the charger's own retry: not a duplicate
+        msg("c1", "s2", "StartTransaction", start, "ok"),
+        msg("c1", "m1", "MeterValues", mv, "ok"),
+        msg("c2", "e1", "TransactionEvent", ev, "ok"),
+        msg("c1", "x1", "StopTransaction", stop, "ok"),  # never reaches the CMS: lost
+    ]
+    received = [
+        msg("c1", "s1", "StartTransaction", start), msg("c1", "s2", "StartTransaction", start),
+        msg("c1", "m1", "MeterValues", mv), msg("c1", "m1", "MeterValues", mv),  # the same message id twice
+        msg("c2", "e1", "TransactionEvent", ev),
+        msg("c2", "g7", "TransactionEvent", {**ev, "offline": True}),  # the same event under a new id
+    ]
+    acc = accounting(sent, received)
+    assert acc["lost"] == 1 and acc["lost_examples"][0]["unique_id"] == "x1"
+    assert acc["duplicates_same_id"] == 1 and acc["duplicates_same_event"] == 1 and acc["duplicates"] == 2
+    assert acc["tx_messages_sent"] == 4 and acc["tx_messages_received_by_cms"] == 6
+    t = np.array([0.0, 0.1])
+    rec = recording(np.zeros(2), t)
+    rec.messages = acc
+    card = scorecard(rec)
+    assert card["messages_duplicated"] == 2 and card["messages_lost"] == 1
+    assert card["messages_duplicated_same_id"] == 1 and card["messages_duplicated_same_event"] == 1
+    assert "duplicated 2 (same id 1, same event 1)" in format_card(card)
