@@ -73,7 +73,7 @@ def allocate(
         mode=mode_of(site, t.failsafe_meters),
         failsafe_meters=t.failsafe_meters,
     )
-    return allocation, AllocatorState(now, MemoryView(memory), h.memory, memory, plan)
+    return allocation, AllocatorState(now, MemoryView(memory), h.memory, memory, plan, c.inp)
 
 
 def _circuits(site: Site, plan: Plan, t: Trust, h: Headroom, may: FloatArray) -> dict[str, CircuitStatus]:

@@ -73,7 +73,8 @@ def classify(
     aging: Mapping[int, str] | None = None, readings: Mapping[str, MeterReading] | None = None,
 ) -> Classes:
     n = len(plan.ids)
-    inp, mem = inputs(snapshot, plan), memory_of(state, plan)
+    last = state.inputs if state.plan_key is plan and isinstance(state.inputs, Inputs) else None
+    inp, mem = inputs(snapshot, plan, last), memory_of(state, plan)
     v = views(plan, inp, mem, site.control.ev_response_s, now)
     reps = reports(mem, inp, v.base_a)
     # an EV follows a change late: while a decrease it accepted is within its response window, its draw

@@ -235,6 +235,9 @@ class AllocatorState:
     # the same memory as arrays, for the plan it was made with (None: rebuilt from ``chargers``)
     memory: Memory | None = field(default=None, compare=False, repr=False)
     plan_key: Any = field(default=None, compare=False, repr=False)
+    # the snapshot's rows as read this tick (allocation.inputs.Inputs, for the same plan): the next tick reads
+    # again only the chargers whose snapshot is another object
+    inputs: object = field(default=None, compare=False, repr=False)
 
     def keeping(self, charger_ids: Container[str], circuit_ids: Container[str]) -> AllocatorState:
         """The state for a reloaded site: what still exists is kept (estimates and holds included)."""
