@@ -65,7 +65,7 @@ def allocate(
     x, frozen_by = fill(plan, grow, c.lo, c.hi, c.weight, room)
     propose(site, plan, c, x, frozen_by, paused, h.binding_name)
     gate(plan, c, h.cap, h.non_ev)
-    limits, memory, may = remember(site, plan, c, now)
+    limits, memory, may = remember(site, plan, c, now, state)
     allocation = Allocation(
         at=now,
         limits=limits,
@@ -73,7 +73,7 @@ def allocate(
         mode=mode_of(site, t.failsafe_meters),
         failsafe_meters=t.failsafe_meters,
     )
-    return allocation, AllocatorState(now, MemoryView(memory), h.memory, memory, plan, c.inp)
+    return allocation, AllocatorState(now, MemoryView(memory), h.memory, memory, plan, c.inp, limits, may)
 
 
 def _circuits(site: Site, plan: Plan, t: Trust, h: Headroom, may: FloatArray) -> dict[str, CircuitStatus]:

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from gateway.model import ChargerLimit
+
 NEVER = float("-inf")
 KEEP_REPORTS = 3  # draw reports kept per charger
 
@@ -238,6 +240,10 @@ class AllocatorState:
     # the snapshot's rows as read this tick (allocation.inputs.Inputs, for the same plan): the next tick reads
     # again only the chargers whose snapshot is another object
     inputs: object = field(default=None, compare=False, repr=False)
+    # the limits made with ``memory`` and what each charger may draw (a limit is the same object while its
+    # values are: fewer objects made per tick)
+    limits: Mapping[str, ChargerLimit] | None = field(default=None, compare=False, repr=False)
+    may_a: FloatArray | None = field(default=None, compare=False, repr=False)
 
     def keeping(self, charger_ids: Container[str], circuit_ids: Container[str]) -> AllocatorState:
         """The state for a reloaded site: what still exists is kept (estimates and holds included)."""
