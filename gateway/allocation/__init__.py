@@ -59,7 +59,7 @@ def allocate(
     c = classify(snapshot, site, plan, state, t.failsafe_reason, now, t.aging, t.readings)
     h = headroom(site, plan, c, t.readings, state.circuits, snapshot.caps, now)
     room = h.cap - h.non_ev - plan.per_constraint(c.fixed)
-    paused = pause(plan, c, room, snapshot.chargers, site.control.rotation_period_s, now)
+    paused = pause(plan, c, room, site.control.rotation_period_s, now)
     grow = c.is_active.copy()
     grow[list(paused)] = False
     x, frozen_by = fill(plan, grow, c.lo, c.hi, c.weight, room)

@@ -53,6 +53,8 @@ class Plan:
     metered_paths: tuple[tuple[str, ...], ...]  # every distinct set of metered circuits on a path to the service
     path_index: tuple[int, ...]  # per charger: its metered path (in metered_paths)
     index: Mapping[str, int]  # charger id -> its index
+    members: tuple[tuple[int, ...], ...]  # per charger: the constraints it loads, in membership order
+    id_rank: IntArray  # per charger: its id's place among the ids sorted (a tie-break as the ids would be)
 
     @property
     def n_constraints(self) -> int:
@@ -104,6 +106,8 @@ def _build(site: Site) -> Plan:
         cap[j * P : (j + 1) * P] = c.limit_a - c.margin_a
         worst[j * P : (j + 1) * P] = c.worst_case_non_ev_a
     index = {cid: i for i, cid in enumerate(ids)}
+    starts = np.searchsorted(np.array(mem_c, dtype=np.intp), np.arange(len(chargers))).astype(np.intp)
+    ends = [*starts.tolist()[1:], len(mem_k)]
     metered = [tuple(c for c in site.path_to_root[ch.circuit] if site.circuits[c].meter is not None) for ch in chargers]
     paths = {p: k for k, p in enumerate(dict.fromkeys(metered))}
     u2l = np.array([site.to_line_a(ch, 1.0) for ch in chargers], dtype=np.float64)
@@ -120,7 +124,7 @@ def _build(site: Site) -> Plan:
         mem_c=np.array(mem_c, dtype=np.intp),
         mem_k=np.array(mem_k, dtype=np.intp),
         mem_p=np.array(mem_p, dtype=np.intp),
-        mem_start=np.searchsorted(np.array(mem_c, dtype=np.intp), np.arange(len(chargers))).astype(np.intp),
+        mem_start=starts,
         cap=cap,
         worst_non_ev=worst,
         subtree_chargers={
@@ -146,6 +150,8 @@ def _build(site: Site) -> Plan:
         metered_paths=tuple(paths),
         path_index=tuple(paths[p] for p in metered),
         index=index,
+        members=tuple(tuple(mem_k[a:b]) for a, b in zip(starts.tolist(), ends, strict=True)),
+        id_rank=np.argsort(np.array(sorted(range(len(ids)), key=ids.__getitem__), dtype=np.intp)).astype(np.intp),
     )
 
 
