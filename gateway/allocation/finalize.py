@@ -46,7 +46,9 @@ def propose(
     capped = run & (frozen_by >= 0) & (limit < floor_limits(c.hi / plan.u2l))
     why = c.hi_reason.copy()
     if capped.any():
-        why[capped] = ["capped:" + names[k] for k in frozen_by[capped].tolist()]
+        reasons = plan.capped_reasons if names is plan.constraint_names else np.array(
+            ["capped:" + name for name in names], dtype=object)
+        why[capped] = reasons[frozen_by[capped]]
     mem = c.mem
     hold = mem.has & (mem.limit >= c.lo_limit) & (limit > mem.limit) & (
         (limit - mem.limit) * plan.u2l < site.control.hysteresis_a)
