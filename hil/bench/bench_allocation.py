@@ -11,8 +11,10 @@ Target on the reference machine (2 cores, quiet; issue 20): at 1000 chargers med
 of wall time; 20 and 200 chargers no slower than before. The CPU column is the median of the thread's CPU
 time: on a machine shared with other work the wall figures include time spent waiting for a core, the CPU
 figure much less so (it still grows with contention for caches). The gc column is the share of ticks in which
-a garbage collection ran (the p99 is mostly those and waiting for a core).
-Run: python hil/bench/bench_allocation.py [--runs N] [--rebuild]
+a garbage collection ran; ``--gc-freeze`` moves every object made before the first tick (the site, its plan)
+out of the collector's sight with gc.freeze(), as a daemon can once it has started; ``--no-gc`` (a
+diagnosis only, not a setting) shows what the collections cost.
+Run: python hil/bench/bench_allocation.py [--runs N] [--rebuild] [--gc-freeze | --no-gc]
 """
 
 from __future__ import annotations
@@ -44,8 +46,13 @@ class Result(NamedTuple):
     reasons: dict[str, int]
 
 
-def bench(n: int, runs: int, service_factor: float, rebuild: bool) -> Result:
+def bench(n: int, runs: int, service_factor: float, rebuild: bool, gc_mode: str = "") -> Result:
     site = tree_site(n, service_factor)
+    if gc_mode == "freeze":
+        gc.collect()
+        gc.freeze()
+    elif gc_mode == "off":
+        gc.disable()
     rng = random.Random(n)
     prev: Allocation | None = None
     last: Allocation | None = None
@@ -80,6 +87,8 @@ def bench(n: int, runs: int, service_factor: float, rebuild: bool) -> Result:
             with_gc += collections[0] > before
     finally:
         gc.callbacks.remove(count)
+        gc.enable()
+        gc.unfreeze()
     assert prev is not None
     reasons: dict[str, int] = {}
     for lim in prev.limits.values():
@@ -96,15 +105,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--rebuild", action="store_true", help="every charger snapshot made anew each tick")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after the site is built")
+    g.add_argument("--no-gc", action="store_true", help="no garbage collection during the ticks (diagnosis)")
     args = ap.parse_args()
+    gc_mode = "freeze" if args.gc_freeze else "off" if args.no_gc else ""
     how = "every snapshot rebuilt" if args.rebuild else "unchanged snapshots reused, as the daemon does"
+    how += {"freeze": ", gc.freeze() after setup", "off": ", gc disabled (diagnosis)", "": ""}[gc_mode]
     print(f"allocate() on a 4-level tree (service/transformers/panels/chargers), {args.runs} ticks each, {how}")
     print(f"{'chargers':>8} {'median ms':>10} {'p99 ms':>8} {'max ms':>8} {'cpu ms':>7} {'cpu p99':>8} {'new':>5} "
           f"{'gc':>5}  reasons in the last tick")
     for label, factor in (("roomy service (45 % of connected)", 0.45), ("tight service (25 % of connected)", 0.25)):
         print(f"-- {label}")
         for n in (20, 200, 1000):
-            r = bench(n, args.runs, factor, args.rebuild)
+            r = bench(n, args.runs, factor, args.rebuild, gc_mode)
             print(f"{n:>8} {r.median_ms:>10.3f} {r.p99_ms:>8.3f} {r.max_ms:>8.3f} {r.cpu_ms:>7.3f} "
                   f"{r.cpu_p99_ms:>8.3f} {r.new_share:>5.0%} {r.gc_share:>5.0%}  {r.reasons}")
 
