@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.allocation.narrow import row_max
 from gateway.allocation.plan import FloatArray, IntArray, Plan
 from gateway.allocation.state import BoolArray
 from gateway.model import ChargerSnapshot, ChargerState, Session, Snapshot
@@ -211,7 +212,7 @@ def measured(
         a = np.where(np.isfinite(a) & (a > 0) & lines, a, 0.0)
         ll = line_to_line
         if ll.any():
-            a[ll] = np.where(lines[ll], a[ll].max(axis=1)[:, None], 0.0)
+            a[ll] = np.where(lines[ll], row_max(a[ll])[:, None], 0.0)
         out[use_a] = a[use_a]
     watts_all = list(map(_DRAW_W, snaps))
     powered = [] if watts_all.count(None) == n else [

@@ -52,7 +52,7 @@ class Plan:
     line_to_line: npt.NDArray[np.bool_]
     w_per_a: FloatArray
     metered_paths: tuple[tuple[str, ...], ...]  # every distinct set of metered circuits on a path to the service
-    path_index: tuple[int, ...]  # per charger: its metered path (in metered_paths)
+    path_index: IntArray  # per charger: its metered path (in metered_paths)
     index: Mapping[str, int]  # charger id -> its index
     members: tuple[tuple[int, ...], ...]  # per charger: the constraints it loads, in membership order
     id_rank: IntArray  # per charger: its id's place among the ids sorted (a tie-break as the ids would be)
@@ -150,7 +150,7 @@ def _build(site: Site) -> Plan:
         line_to_line=np.array([len(ch.line_phases) == 2 for ch in chargers], dtype=bool).reshape(len(chargers)),
         w_per_a=col([_w_per_a(site, ch) for ch in chargers]),
         metered_paths=tuple(paths),
-        path_index=tuple(paths[p] for p in metered),
+        path_index=np.array([paths[p] for p in metered], dtype=np.intp).reshape(len(chargers)),
         index=index,
         members=tuple(tuple(mem_k[a:b]) for a, b in zip(starts.tolist(), ends, strict=True)),
         id_rank=np.argsort(np.array(sorted(range(len(ids)), key=ids.__getitem__), dtype=np.intp)).astype(np.intp),

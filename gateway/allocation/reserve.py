@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.allocation.inputs import Inputs
+from gateway.allocation.narrow import row_any
 from gateway.allocation.plan import EPS_A, FloatArray, Plan
 from gateway.allocation.state import KEEP_REPORTS, NEVER, BoolArray, Follows, Memory, Reports
 from gateway.config import ChargerConfig
@@ -128,5 +129,5 @@ def report_for(r: Reports, reading_at: FloatArray, inp: Inputs, now: float) -> R
     rows = np.arange(len(j))
     at = r.at[rows, j]
     sca = inp.state_changed_at
-    ok = seen.any(axis=1) & ~(now - at > REPORT_MAX_AGE_S) & (np.isnan(sca) | (at >= sca))
+    ok = row_any(seen) & ~(now - at > REPORT_MAX_AGE_S) & (np.isnan(sca) | (at >= sca))
     return Report(ok, at, r.draw[rows, j], r.low[rows, j])

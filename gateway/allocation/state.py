@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from gateway.allocation.narrow import row_max
 from gateway.model import ChargerLimit
 
 NEVER = float("-inf")
@@ -99,7 +100,7 @@ class Follows:
         """Per charger, the highest earlier limit it may still draw while it follows (0: none)."""
         if not self.a.shape[1]:
             return np.zeros(len(self.n))
-        return np.asarray((self.a * (self.until > now)).max(axis=1), dtype=np.float64)  # every a > 0
+        return row_max(self.a * (self.until > now))  # every a > 0
 
     def row(self, i: int) -> tuple[tuple[float, float], ...]:
         k = int(self.n[i])
