@@ -30,6 +30,7 @@ class Plan:
     mem_p: IntArray  # ... on this site phase
     mem_start: IntArray  # each charger's first membership (they are in charger order)
     cap: FloatArray  # per constraint: limit - margin
+    margin: FloatArray  # per circuit
     worst_non_ev: FloatArray  # per constraint
     subtree_chargers: Mapping[str, IntArray]  # circuit -> indices of chargers beneath
     subtree_circuits: Mapping[str, tuple[str, ...]]
@@ -127,6 +128,7 @@ def _build(site: Site) -> Plan:
         mem_p=np.array(mem_p, dtype=np.intp),
         mem_start=starts,
         cap=cap,
+        margin=np.array([site.circuits[cid].margin_a for cid in circuit_ids], dtype=np.float64),
         worst_non_ev=worst,
         subtree_chargers={
             cid: np.array([index[x] for x in site.chargers_under[cid]], dtype=np.intp) for cid in circuit_ids
