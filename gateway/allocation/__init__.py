@@ -36,6 +36,7 @@ tests/test_allocation_equivalence.py holds the results to those of the per-charg
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 
 from gateway.allocation.classify import classify
@@ -86,13 +87,18 @@ def _circuits(site: Site, plan: Plan, t: Trust, h: Headroom, may: FloatArray) ->
                 for cid in ids}
     cap = h.cap.reshape(-1, P)
     limit = (cap[:, 0] + plan.margin).tolist()
-    non_ev = map(tuple, h.non_ev.reshape(-1, P).tolist())
-    head = map(tuple, (cap - h.non_ev.reshape(-1, P)).tolist())
-    allocated = map(tuple, plan.per_constraint(may).reshape(-1, P).tolist())
+    non_ev, head, allocated = _per_circuit(h.non_ev, P), _per_circuit(h.cap - h.non_ev, P), _per_circuit(
+        plan.per_constraint(may), P)
     measured, state = map(h.measured.get, ids), map(t.circuit_state.__getitem__, ids)
     # limit, measured, non-EV, headroom, allocated, state
     rows = zip(limit, measured, non_ev, head, allocated, state, strict=True)
     return dict(zip(ids, map(_STATUS, rows), strict=True))
+
+
+def _per_circuit(per_constraint: FloatArray, P: int) -> Iterator[tuple[float, ...]]:
+    """A tuple of P values per circuit (from one flat list: no list per circuit for the collector to count)."""
+    values = iter(per_constraint.tolist())
+    return zip(*([values] * P), strict=True)
 
 
 _STATUS = partial(tuple.__new__, CircuitStatus)  # CircuitStatus._make without its Python frame
