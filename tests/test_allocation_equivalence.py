@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 import tests.alloc_reference as reference
 from gateway.allocation import AllocatorState, allocate
+from gateway.allocation.inputs import MIN_KEPT
 from gateway.config import Site
 from gateway.errors import ConfigError
 from gateway.model import Actuation, Allocation, BudgetCap, ChargerSnapshot, ChargerState, Session, Snapshot
@@ -215,9 +216,10 @@ def test_same_as_reference_on_the_benchmark_tree(n: int, factor: float, share: f
     assert {"capped", "ramp", "idle", "hold"} <= seen, seen  # the sequence went through the allocator's cases
 
 
-@pytest.mark.parametrize(("n", "factor"), [(40, 0.45), (50, 0.25)])
+@pytest.mark.parametrize(("n", "factor"), [(MIN_KEPT, 0.45), (MIN_KEPT + 20, 0.25)])
 def test_same_as_reference_with_snapshots_kept(n: int, factor: float) -> None:
-    """The daemon hands over the same ChargerSnapshot object until it changes: none, some or most of them new."""
+    """The daemon hands over the same ChargerSnapshot object until it changes: none, some or most of them new
+    (from MIN_KEPT chargers on, the last tick's rows and limits are kept for those that did not change)."""
     site = tree_site(n, factor)
     rng = random.Random(n)
     twins = Twins(site)

@@ -14,6 +14,7 @@ from functools import partial
 import numpy as np
 
 from gateway.allocation.classify import Classes
+from gateway.allocation.inputs import MIN_KEPT
 from gateway.allocation.plan import EPS_A, TOL_A, FloatArray, IntArray, Plan
 from gateway.allocation.reserve import fresh_reserves
 from gateway.allocation.state import AllocatorState, Memory
@@ -116,7 +117,8 @@ def remember(
 
 def _limits(plan: Plan, c: Classes, may: FloatArray, state: AllocatorState | None) -> dict[str, ChargerLimit]:
     mem = c.mem
-    if state is not None and state.memory is mem and state.limits is not None and state.may_a is not None:
+    if (state is not None and state.memory is mem and state.limits is not None and state.may_a is not None
+            and len(plan.ids) >= MIN_KEPT):
         changed = np.flatnonzero((c.limit != mem.limit) | (c.line != mem.line_a) | (may != state.may_a)
                                  | (c.reason != mem.reason))
         if 2 * changed.size <= len(plan.ids):  # the last tick's, those that changed made anew

@@ -1,9 +1,10 @@
 """The snapshot's chargers as arrays over the plan's chargers (one pass per field; NaN stands for None).
 
 The daemon hands the allocator the same ChargerSnapshot object for a charger until something about it changes
-(gateway/ocpp_proxy/state.py), so the last tick's rows are kept (``AllocatorState.inputs``) and only the
-chargers whose snapshot is another object than last time are read again: a row is a function of its
-(frozen) snapshot alone, and the old snapshots are held with the rows, so an identity cannot be reused.
+(gateway/ocpp_proxy/state.py), so from MIN_KEPT chargers on the last tick's rows are kept
+(``AllocatorState.inputs``) and only the chargers whose snapshot is another object than last time are read
+again: a row is a function of its (frozen) snapshot alone, and the old snapshots are held with the rows, so an
+identity cannot be reused.
 """
 
 from __future__ import annotations
@@ -63,13 +64,14 @@ _ARRAYS = ("online", "noncompliant", "state", "active_connectors", "draw_at", "s
            "has_act", "controlled", "failsafe_installed", "accepted_limit", "accepted_at", "pending_limit",
            "rejected_at", "lease_until")
 _REREAD_SHARE = 0.5  # more changed snapshots than this share: every row is read again
+MIN_KEPT = 100  # fewer chargers than this: every row is read again (as fast as comparing and merging)
 
 
 def inputs(snapshot: Snapshot, plan: Plan, before: Inputs | None = None) -> Inputs:
     """The snapshot's rows; with the last tick's (made for this plan), only the changed snapshots are read."""
     snaps = _in_plan_order(snapshot, plan)
     n = len(snaps)
-    if before is None or len(before.snaps) != n:
+    if before is None or len(before.snaps) != n or n < MIN_KEPT:
         return _read(snaps, plan, None)
     changed = np.flatnonzero(np.fromiter(map(is_not, snaps, before.snaps), np.bool_, n))
     if not changed.size:
