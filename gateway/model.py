@@ -136,8 +136,10 @@ class ChargerLimit(NamedTuple):
     may_draw_a: float = 0.0
 
 
-@dataclass(frozen=True)
-class CircuitStatus:
+class CircuitStatus(NamedTuple):
+    """One circuit's figures for this tick (immutable; a NamedTuple, as ChargerLimit, because the allocator makes
+    one per circuit per tick)."""
+
     limit_a: float  # effective per-phase limit (a budget cap may lower the service's)
     measured_a: tuple[float, ...] | None  # None: no meter, or unknown
     non_ev_a: tuple[float, ...]

@@ -9,7 +9,8 @@ Both run on the same snapshots, each fed its own state, over random sites and ti
   each snapshot is then perturbed at random (offline, non-compliant, uncontrolled, lapsed or rejected
   profiles, pending limits, no actuation feedback, session priorities, old reports, a site cap);
 * the property cases (tests/test_allocation_properties.py): one snapshot, then ticks after it;
-* the benchmark's tree (hil/bench/sites.py) at a few dozen chargers, busy and perturbed.
+* the benchmark's tree (hil/bench/sites.py) at a few dozen chargers, busy and perturbed, and with the charger
+  snapshots kept from tick to tick as the daemon keeps them (the allocator reads again only the new ones).
 
 Floats must agree within 1e-9; everything else exactly (mapping order included).
 """
@@ -28,10 +29,11 @@ from hypothesis import strategies as st
 
 import tests.alloc_reference as reference
 from gateway.allocation import AllocatorState, allocate
+from gateway.allocation.inputs import MIN_KEPT
 from gateway.config import Site
 from gateway.errors import ConfigError
 from gateway.model import Actuation, Allocation, BudgetCap, ChargerSnapshot, ChargerState, Session, Snapshot
-from hil.bench.sites import busy_snapshot, tree_site
+from hil.bench.sites import busy_snapshot, consistent_meters, next_snapshot, tree_site
 from tests.safety_world import World, WorldSpec
 from tests.test_allocation_properties import Case, cases
 from tests.test_safety_over_time import worlds
@@ -212,3 +214,25 @@ def test_same_as_reference_on_the_benchmark_tree(n: int, factor: float, share: f
         prev = twins.step(perturb(s, site, rng, now, share) if share else s, now)
         seen |= {lim.reason.split(":")[0] for lim in prev.limits.values()}
     assert {"capped", "ramp", "idle", "hold"} <= seen, seen  # the sequence went through the allocator's cases
+
+
+@pytest.mark.parametrize(("n", "factor"), [(MIN_KEPT, 0.45), (MIN_KEPT + 20, 0.25)])
+def test_same_as_reference_with_snapshots_kept(n: int, factor: float) -> None:
+    """The daemon hands over the same ChargerSnapshot object until it changes: none, some or most of them new
+    (from MIN_KEPT chargers on, the last tick's rows and limits are kept for those that did not change)."""
+    site = tree_site(n, factor)
+    rng = random.Random(n)
+    twins = Twins(site)
+    now = 1000.0
+    s = busy_snapshot(site, now, rng)
+    prev, last = twins.step(s, now), None
+    news: set[str] = set()
+    for k in range(60):
+        now += 1.0
+        if k % 6 == 5:  # nothing new: the same charger snapshots, fresh meter readings
+            s, new = replace(s, taken_at=now, meters=consistent_meters(site, s.chargers, now, 50.0)), 0
+        else:
+            s, new = next_snapshot(site, now, rng, s, prev, last)
+        news.add("none" if new == 0 else "some" if 2 * new <= n else "most")
+        last, prev = prev, twins.step(s, now)
+    assert {"none", "some"} <= news, news

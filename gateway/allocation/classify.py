@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.allocation.inputs import CHARGING, HAS_SESSION, IDLE_REASON, SUSPENDED_EV, Inputs, inputs
+from gateway.allocation.narrow import row_any, row_max
 from gateway.allocation.plan import EPS_A, FloatArray, IntArray, Plan
 from gateway.allocation.reserve import Views, report_for, reports, views
 from gateway.allocation.state import NEVER, AllocatorState, BoolArray, Memory, Reports
@@ -73,19 +74,20 @@ def classify(
     aging: Mapping[int, str] | None = None, readings: Mapping[str, MeterReading] | None = None,
 ) -> Classes:
     n = len(plan.ids)
-    inp, mem = inputs(snapshot, plan), memory_of(state, plan)
+    last = state.inputs if state.plan_key is plan and isinstance(state.inputs, Inputs) else None
+    inp, mem = inputs(snapshot, plan, last), memory_of(state, plan)
     v = views(plan, inp, mem, site.control.ev_response_s, now)
     reps = reports(mem, inp, v.base_a)
     # an EV follows a change late: while a decrease it accepted is within its response window, its draw
     # may still be falling (even if a later increase is already accepted)
-    following: BoolArray = np.asarray((v.follows.until > now).any(axis=1), dtype=bool)
+    following: BoolArray = row_any(v.follows.until > now)
     rep = report_for(reps, seen_at(plan, readings, now), inp, now)
     # a draw is believed only up to what the charger may draw now and, once it has followed, the lowest limit
     # it has had since it was measured: more is stale (a non-compliant charger's draw is believed). While it
     # follows, the non-EV estimate holds instead (headroom).
-    bound = np.where(inp.noncompliant, rep.draw.max(axis=1, initial=0.0),
+    bound = np.where(inp.noncompliant, row_max(rep.draw, 0.0),
                      np.where(following, v.may_draw_a, np.minimum(v.may_draw_a, rep.low)))
-    raw_max = inp.raw.max(axis=1, initial=0.0)
+    raw_max = row_max(inp.raw, 0.0)
     c = Classes(
         inp=inp, mem=mem, views=v,
         reserve=np.where(inp.noncompliant, np.maximum(v.may_draw_a, raw_max), v.may_draw_a),
@@ -128,7 +130,7 @@ def seen_at(plan: Plan, readings: Mapping[str, MeterReading] | None, now: float)
     if not readings:
         return np.full(len(plan.ids), now)
     per_path = [min((readings[m].at for m in path if m in readings), default=now) for path in plan.metered_paths]
-    return np.array(per_path, dtype=np.float64)[np.array(plan.path_index, dtype=np.intp)]
+    return np.array(per_path, dtype=np.float64)[plan.path_index]
 
 
 def _decide_fixed(c: Classes, plan: Plan, failsafe: Mapping[int, str], raw_max: FloatArray) -> None:
@@ -181,7 +183,7 @@ def _bounds(c: Classes, site: Site, plan: Plan, dt: float, now: float) -> None:
     # after its limit last rose (a ramping EV is not held back by lagging reports). Once capped, the cap
     # lifts when the EV draws within half the allowance of its limit.
     allowance = ctl.draw_allowance_a
-    d = c.draw.max(axis=1, initial=0.0)
+    d = row_max(c.draw, 0.0)
     capped = np.where(mem.reason == "max:ev-draw", d < mem.line_a - allowance / 2,
                       (c.draw_at >= c.views.raised_at + ctl.ev_response_s) & (d < mem.line_a - allowance))
     dcap = np.maximum(lo_a, d + allowance)

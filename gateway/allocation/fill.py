@@ -33,17 +33,23 @@ def fill(
             break
         # usage only grows with the level (exactly, in floating point too): a constraint within its room at the
         # highest level is within it at every level below, so only the others are summed from here on
+        # (numbered among themselves: the sums per constraint are the same, in the same order)
         keep = over[g_k]
-        usage = _usage(g_c[keep], g_k[keep], weight, lo, hi, usage_fixed, K)
+        kk = np.flatnonzero(over)
+        compact = np.zeros(K, dtype=np.intp)
+        compact[kk] = np.arange(kk.size)
+        usage = _usage(g_c[keep], compact[g_k[keep]], weight, lo, hi, usage_fixed[kk], kk.size)
+        limit_o = limit[kk]
         t_lo, t_up = 0.0, t_hi_all
         wmax = float(np.max(weight[grow]))
         while (t_up - t_lo) * wmax > TOL_A:
             t_mid = 0.5 * (t_lo + t_up)
-            if (usage(t_mid) <= limit).all():
+            if (usage(t_mid) <= limit_o).all():
                 t_lo = t_mid
             else:
                 t_up = t_mid
-        sat = usage(t_up) > limit
+        sat = np.zeros(K, dtype=bool)
+        sat[kk] = usage(t_up) > limit_o
         xt = np.clip(weight * t_lo, lo, hi)
         hit = np.zeros(n, dtype=bool)
         hit_k = np.full(n, -1, dtype=np.intp)
@@ -67,9 +73,12 @@ def _usage(
 ) -> Callable[[float], FloatArray]:
     """Each constraint's load at level t: the fixed part plus every membership's charger at its share."""
     w_g, lo_g, hi_g = weight[g_c], lo[g_c], hi[g_c]  # gathered once per round
+    xt = np.empty(len(g_c))
 
     def usage(t: float) -> FloatArray:
-        xt = np.minimum(np.maximum(w_g * t, lo_g), hi_g)  # np.clip, without its wrapper
+        np.multiply(w_g, t, out=xt)
+        np.maximum(xt, lo_g, out=xt)
+        np.minimum(xt, hi_g, out=xt)  # np.clip, without its wrapper
         return base + np.bincount(g_k, weights=xt, minlength=K)
 
     return usage

@@ -14,9 +14,10 @@ from functools import partial
 import numpy as np
 
 from gateway.allocation.classify import Classes
+from gateway.allocation.inputs import MIN_KEPT
 from gateway.allocation.plan import EPS_A, TOL_A, FloatArray, IntArray, Plan
 from gateway.allocation.reserve import fresh_reserves
-from gateway.allocation.state import Memory
+from gateway.allocation.state import AllocatorState, Memory
 from gateway.config import Site
 from gateway.model import ChargerLimit
 
@@ -46,7 +47,9 @@ def propose(
     capped = run & (frozen_by >= 0) & (limit < floor_limits(c.hi / plan.u2l))
     why = c.hi_reason.copy()
     if capped.any():
-        why[capped] = ["capped:" + names[k] for k in frozen_by[capped].tolist()]
+        reasons = plan.capped_reasons if names is plan.constraint_names else np.array(
+            ["capped:" + name for name in names], dtype=object)
+        why[capped] = reasons[frozen_by[capped]]
     mem = c.mem
     hold = mem.has & (mem.limit >= c.lo_limit) & (limit > mem.limit) & (
         (limit - mem.limit) * plan.u2l < site.control.hysteresis_a)
@@ -91,10 +94,10 @@ def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:
 
 
 def remember(
-    site: Site, plan: Plan, c: Classes, now: float
+    site: Site, plan: Plan, c: Classes, now: float, state: AllocatorState | None = None
 ) -> tuple[dict[str, ChargerLimit], Memory, FloatArray]:
     """The limits, the next memory and what each charger may draw from now on (its reserve in the
-    allocation)."""
+    allocation). A charger's limit whose values are those of the last tick's (``state``) is that object."""
     inp, mem, v = c.inp, c.mem, c.views
     # no actuation feedback: the decided limit counts as accepted now
     accepted_now = ~inp.has_act & inp.online
@@ -109,8 +112,24 @@ def remember(
     may = np.maximum(np.maximum(c.reserve, c.line), follows.highest(now))
     memory = Memory(plan.ids, np.ones(len(plan.ids), dtype=bool), c.limit, c.line, c.reason, paused_since,
                     running_since, base, raised, follows, c.reports)
+    return _limits(plan, c, may, state), memory, may
+
+
+def _limits(plan: Plan, c: Classes, may: FloatArray, state: AllocatorState | None) -> dict[str, ChargerLimit]:
+    mem = c.mem
+    if (state is not None and state.memory is mem and state.limits is not None and state.may_a is not None
+            and len(plan.ids) >= MIN_KEPT):
+        changed = np.flatnonzero((c.limit != mem.limit) | (c.line != mem.line_a) | (may != state.may_a)
+                                 | (c.reason != mem.reason))
+        if 2 * changed.size <= len(plan.ids):  # the last tick's, those that changed made anew
+            limits = dict(state.limits)
+            rows = zip(c.limit[changed].tolist(), c.line[changed].tolist(), c.reason[changed].tolist(),
+                       may[changed].tolist(), strict=True)
+            for cid, row in zip([plan.ids[i] for i in changed.tolist()], rows, strict=True):
+                limits[cid] = _LIMIT(row)
+            return limits
     rows = zip(c.limit.tolist(), c.line.tolist(), c.reason.tolist(), may.tolist(), strict=True)
-    return dict(zip(plan.ids, map(_LIMIT, rows), strict=True)), memory, may
+    return dict(zip(plan.ids, map(_LIMIT, rows), strict=True))
 
 
 _LIMIT = partial(tuple.__new__, ChargerLimit)  # ChargerLimit._make without its Python frame

@@ -113,9 +113,9 @@ def _site_cap(site: Site, plan: Plan, caps: Sequence[BudgetCap]) -> tuple[FloatA
     lowers limits)."""
     P = plan.n_phases
     cap = plan.cap.copy()
-    names = list(plan.constraint_names)
     if not caps:
-        return cap, tuple(names)
+        return cap, plan.constraint_names
+    names = list(plan.constraint_names)
     root_j = plan.circuit_ids.index(site.root)
     root = site.circuits[site.root]
     for bc in caps:

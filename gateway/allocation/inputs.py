@@ -1,4 +1,11 @@
-"""The snapshot's chargers as arrays over the plan's chargers (one pass per field; NaN stands for None)."""
+"""The snapshot's chargers as arrays over the plan's chargers (one pass per field; NaN stands for None).
+
+The daemon hands the allocator the same ChargerSnapshot object for a charger until something about it changes
+(gateway/ocpp_proxy/state.py), so from MIN_KEPT chargers on the last tick's rows are kept
+(``AllocatorState.inputs``) and only the chargers whose snapshot is another object than last time are read
+again: a row is a function of its (frozen) snapshot alone, and the old snapshots are held with the rows, so an
+identity cannot be reused.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.allocation.narrow import row_max
 from gateway.allocation.plan import FloatArray, IntArray, Plan
 from gateway.allocation.state import BoolArray
 from gateway.model import ChargerSnapshot, ChargerState, Session, Snapshot
@@ -24,7 +32,7 @@ IDLE_REASON = np.array(["idle:no-ev" if s == ChargerState.NO_EV else f"idle:{s.v
                        dtype=object)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Inputs:
     snaps: list[ChargerSnapshot]  # an offline stand-in for a charger the snapshot lacks
     online: BoolArray
@@ -37,10 +45,6 @@ class Inputs:
     has_raw: BoolArray
     sessions: list[Session | None]
     priority: list[str | None]  # the session's own class
-
-    def started_at(self) -> FloatArray:
-        """When each session started (NaN: none); only chargers without memory need it."""
-        return _floats([s.started_at if s is not None else None for s in self.sessions], len(self.sessions))
     has_act: BoolArray  # actuation feedback (the other actuation fields are False / NaN without)
     controlled: BoolArray
     failsafe_installed: BoolArray
@@ -50,14 +54,54 @@ class Inputs:
     rejected_at: FloatArray
     lease_until: FloatArray
 
+    def started_at(self) -> FloatArray:
+        """When each session started (NaN: none); only chargers without memory need it."""
+        return _floats([s.started_at if s is not None else None for s in self.sessions], len(self.sessions))
 
-def inputs(snapshot: Snapshot, plan: Plan) -> Inputs:
+
+# the per-charger arrays (all but the snapshots and the per-session lists)
+_ARRAYS = ("online", "noncompliant", "state", "active_connectors", "draw_at", "state_changed_at", "raw", "has_raw",
+           "has_act", "controlled", "failsafe_installed", "accepted_limit", "accepted_at", "pending_limit",
+           "rejected_at", "lease_until")
+_REREAD_SHARE = 0.5  # more changed snapshots than this share: every row is read again
+MIN_KEPT = 100  # fewer chargers than this: every row is read again (as fast as comparing and merging)
+
+
+def inputs(snapshot: Snapshot, plan: Plan, before: Inputs | None = None) -> Inputs:
+    """The snapshot's rows; with the last tick's (made for this plan), only the changed snapshots are read."""
     snaps = _in_plan_order(snapshot, plan)
+    n = len(snaps)
+    if before is None or len(before.snaps) != n or n < MIN_KEPT:
+        return _read(snaps, plan, None)
+    changed = np.flatnonzero(np.fromiter(map(is_not, snaps, before.snaps), np.bool_, n))
+    if not changed.size:
+        return before  # never written: shared with the last tick
+    if changed.size > _REREAD_SHARE * n:
+        return _read(snaps, plan, None)
+    new = _read([snaps[i] for i in changed.tolist()], plan, changed)
+    return _merged(before, new, changed, snaps)
+
+
+def _merged(before: Inputs, new: Inputs, rows: IntArray, snaps: list[ChargerSnapshot]) -> Inputs:
+    """The last tick's rows with ``rows`` replaced by ``new`` (copies: ``before`` is not written)."""
+    values: dict[str, Any] = {}
+    for name in _ARRAYS:
+        a = getattr(before, name).copy()
+        a[rows] = getattr(new, name)
+        values[name] = a
+    sessions, priority = before.sessions.copy(), before.priority.copy()
+    for k, i in enumerate(rows.tolist()):
+        sessions[i], priority[i] = new.sessions[k], new.priority[k]
+    return Inputs(snaps=snaps, sessions=sessions, priority=priority, **values)
+
+
+def _read(snaps: list[ChargerSnapshot], plan: Plan, rows: IntArray | None) -> Inputs:
+    """The rows of these snapshots: every plan charger's (``rows`` None), else those of the plan's ``rows``."""
     n = len(snaps)
     acts = list(map(_ACTUATION, snaps))
     has_act = _present(acts, n)
     sessions = list(map(_SESSION, snaps))
-    raw, has_raw = measured(plan, snaps)
+    raw, has_raw = measured(plan, snaps, rows)
     any_act = bool(has_act.any())
     none = np.full(n, np.nan)
 
@@ -107,8 +151,10 @@ def _in_plan_order(snapshot: Snapshot, plan: Plan) -> list[ChargerSnapshot]:
     chargers = snapshot.chargers
     if len(chargers) == len(plan.ids) and tuple(chargers) == plan.ids:
         return list(chargers.values())
-    offline = ChargerSnapshot(id="", online=False)
-    return [chargers.get(cid, offline) for cid in plan.ids]
+    return [chargers.get(cid, _OFFLINE) for cid in plan.ids]
+
+
+_OFFLINE = ChargerSnapshot(id="", online=False)
 
 
 def _floats(values: list[float | None], n: int) -> FloatArray:
@@ -149,21 +195,26 @@ def _states(values: list[ChargerState], n: int) -> IntArray:
         return np.fromiter([_CODE[s] for s in values], np.intp, n)
 
 
-def measured(plan: Plan, snaps: list[ChargerSnapshot]) -> tuple[FloatArray, BoolArray]:
+def measured(
+    plan: Plan, snaps: list[ChargerSnapshot], rows: IntArray | None = None
+) -> tuple[FloatArray, BoolArray]:
     """Reported line current per site phase (A), the station's total, and whether it reported one: an AC
     charger's currents on its lines (a line-to-line one: the higher in both), else a power turned into the
-    least line current it can be (nominal voltage: a draw subtracted from a meter must not be overstated)."""
+    least line current it can be (nominal voltage: a draw subtracted from a meter must not be overstated).
+    ``snaps`` are those of the plan's ``rows`` (None: of every plan charger)."""
     n, P = len(snaps), plan.n_phases
+    sel: IntArray | slice = slice(None) if rows is None else rows
+    is_ac, lines, line_to_line, w_per_a = plan.is_ac[sel], plan.lines[sel], plan.line_to_line[sel], plan.w_per_a[sel]
     amps = list(map(_DRAW_A, snaps))
-    use_a = plan.is_ac & _present(amps, n)
+    use_a = is_ac & _present(amps, n)
     out = np.zeros((n, P))
     if use_a.any():
         zero = (0.0,) * P
         a = _rows([x if x is not None else zero for x in amps], P)
-        a = np.where(np.isfinite(a) & (a > 0) & plan.lines, a, 0.0)
-        ll = plan.line_to_line
+        a = np.where(np.isfinite(a) & (a > 0) & lines, a, 0.0)
+        ll = line_to_line
         if ll.any():
-            a[ll] = np.where(plan.lines[ll], a[ll].max(axis=1)[:, None], 0.0)
+            a[ll] = np.where(lines[ll], row_max(a[ll])[:, None], 0.0)
         out[use_a] = a[use_a]
     watts_all = list(map(_DRAW_W, snaps))
     powered = [] if watts_all.count(None) == n else [
@@ -172,8 +223,8 @@ def measured(plan: Plan, snaps: list[ChargerSnapshot]) -> tuple[FloatArray, Bool
         watts = _floats([watts_all[i] for i in powered], len(powered))
         ok = np.isfinite(watts)
         idx = np.array(powered, dtype=np.intp)[ok]
-        line_a = np.maximum(watts[ok], 0.0) / plan.w_per_a[idx]
-        out[idx] = np.where(plan.lines[idx], line_a[:, None], 0.0)
+        line_a = np.maximum(watts[ok], 0.0) / w_per_a[idx]
+        out[idx] = np.where(lines[idx], line_a[:, None], 0.0)
         use_a[idx] = True
     return out, use_a
 

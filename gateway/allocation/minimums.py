@@ -3,21 +3,15 @@ and equals take turns every rotation period."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-
 import numpy as np
 
 from gateway.allocation.classify import Classes
 from gateway.allocation.plan import EPS_A, FloatArray, Plan
-from gateway.model import ChargerSnapshot
 
 _FAR = 1e18
 
 
-def pause(
-    plan: Plan, c: Classes, room: FloatArray, chargers: Mapping[str, ChargerSnapshot], period_s: float, now: float
-) -> dict[int, int]:
+def pause(plan: Plan, c: Classes, room: FloatArray, period_s: float, now: float) -> dict[int, int]:
     """The sessions to pause, each with the constraint that made it pause."""
     K = plan.n_constraints
     mmask = c.is_active[plan.mem_c]
@@ -27,30 +21,13 @@ def pause(
     paused: dict[int, int] = {}
     if not (need > room + EPS_A).any():
         return paused
-    members: dict[int, list[int]] = {}
-    for c_i, k_i in zip(a_c.tolist(), a_k.tolist(), strict=True):
-        members.setdefault(c_i, []).append(k_i)
-    ps_all, rs_all, weight, lo_l = c.paused_since.tolist(), c.running_since.tolist(), c.weight.tolist(), lo.tolist()
-
-    def order_key(i: int) -> tuple[float, int, float, float, str]:
-        ps, rs = _opt(ps_all[i]), _opt(rs_all[i])
-        if ps is not None and now - ps < period_s:
-            group, k2 = 0, now - ps  # still waiting its turn: stays paused first
-        elif ps is None and rs is not None:
-            group, k2 = 1, -(now - rs)  # running: the longest running pauses first
-        elif ps is None:
-            group, k2 = 1, 0.0
-        else:
-            group, k2 = 2, now - ps  # waited a whole period: resumes, the longest wait first
-        cs = chargers.get(plan.ids[i])
-        dep = cs.session.departure_at if cs is not None and cs.session is not None else None
-        return (weight[i], group, k2, -(dep if dep is not None else _FAR), plan.ids[i])
-
+    order = _order(plan, c, period_s, now)
     # as Python floats from here (one session at a time); a need only falls, so the over-full constraints
     # only get fewer
     need_l, room_l = need.tolist(), (room + EPS_A).tolist()
     n_over = sum(1 for x, r in zip(need_l, room_l, strict=True) if x > r)
-    for i in sorted(c.active.tolist(), key=order_key):
+    members, lo_l = plan.members, lo.tolist()
+    for i in order:
         over = [k for k in members[i] if need_l[k] > room_l[k]]
         if not over:
             continue
@@ -64,5 +41,19 @@ def pause(
     return paused
 
 
-def _opt(x: float) -> float | None:
-    return None if math.isnan(x) else x
+def _order(plan: Plan, c: Classes, period_s: float, now: float) -> list[int]:
+    """The active sessions in the order they pause: the lowest weight first; then those still waiting their turn
+    (the latest paused first), those running (the longest running first), those that waited a whole period (the
+    longest wait last: it resumes first); then the latest departure first, then by id."""
+    act = c.active
+    ps, rs = c.paused_since[act], c.running_since[act]
+    has_ps = ~np.isnan(ps)
+    since_ps = now - ps
+    group = np.where(has_ps, np.where(since_ps < period_s, 0, 2), 1)
+    k2 = np.where(has_ps, since_ps, np.where(np.isnan(rs), 0.0, -(now - rs)))
+    sessions = c.inp.sessions
+    deps = [s.departure_at if s is not None else None for s in map(sessions.__getitem__, act.tolist())]
+    neg_dep = -np.array([_FAR if d is None else d for d in deps], dtype=np.float64)
+    keys = (plan.id_rank[act], neg_dep, k2, group, c.weight[act])  # the last is the first key
+    order: list[int] = act[np.lexsort(keys)].tolist()
+    return order

@@ -30,12 +30,14 @@ class Plan:
     mem_p: IntArray  # ... on this site phase
     mem_start: IntArray  # each charger's first membership (they are in charger order)
     cap: FloatArray  # per constraint: limit - margin
+    margin: FloatArray  # per circuit
     worst_non_ev: FloatArray  # per constraint
     subtree_chargers: Mapping[str, IntArray]  # circuit -> indices of chargers beneath
     subtree_circuits: Mapping[str, tuple[str, ...]]
     measured_phases: Mapping[str, npt.NDArray[np.bool_]]  # metered circuit -> site phases its meter sees
     metered_circuits: tuple[tuple[int, str], ...]  # (index, id) of every circuit with a meter, in order
     constraint_names: tuple[str, ...]  # "<circuit>/<phase>" per constraint
+    capped_reasons: npt.NDArray[np.object_]  # "capped:<circuit>/<phase>" per constraint
     # per charger, as arrays: line A per unit of limit, its limits (charger unit), line A at its maximum and
     # fail-safe limit, its class's weight, whether it is AC, the site lines it loads, whether across two lines,
     # and W per line A for a reported power (nominal voltage; DC with its efficiency and power factor)
@@ -51,8 +53,10 @@ class Plan:
     line_to_line: npt.NDArray[np.bool_]
     w_per_a: FloatArray
     metered_paths: tuple[tuple[str, ...], ...]  # every distinct set of metered circuits on a path to the service
-    path_index: tuple[int, ...]  # per charger: its metered path (in metered_paths)
+    path_index: IntArray  # per charger: its metered path (in metered_paths)
     index: Mapping[str, int]  # charger id -> its index
+    members: tuple[tuple[int, ...], ...]  # per charger: the constraints it loads, in membership order
+    id_rank: IntArray  # per charger: its id's place among the ids sorted (a tie-break as the ids would be)
 
     @property
     def n_constraints(self) -> int:
@@ -104,6 +108,8 @@ def _build(site: Site) -> Plan:
         cap[j * P : (j + 1) * P] = c.limit_a - c.margin_a
         worst[j * P : (j + 1) * P] = c.worst_case_non_ev_a
     index = {cid: i for i, cid in enumerate(ids)}
+    starts = np.searchsorted(np.array(mem_c, dtype=np.intp), np.arange(len(chargers))).astype(np.intp)
+    ends = [*starts.tolist()[1:], len(mem_k)]
     metered = [tuple(c for c in site.path_to_root[ch.circuit] if site.circuits[c].meter is not None) for ch in chargers]
     paths = {p: k for k, p in enumerate(dict.fromkeys(metered))}
     u2l = np.array([site.to_line_a(ch, 1.0) for ch in chargers], dtype=np.float64)
@@ -120,8 +126,9 @@ def _build(site: Site) -> Plan:
         mem_c=np.array(mem_c, dtype=np.intp),
         mem_k=np.array(mem_k, dtype=np.intp),
         mem_p=np.array(mem_p, dtype=np.intp),
-        mem_start=np.searchsorted(np.array(mem_c, dtype=np.intp), np.arange(len(chargers))).astype(np.intp),
+        mem_start=starts,
         cap=cap,
+        margin=np.array([site.circuits[cid].margin_a for cid in circuit_ids], dtype=np.float64),
         worst_non_ev=worst,
         subtree_chargers={
             cid: np.array([index[x] for x in site.chargers_under[cid]], dtype=np.intp) for cid in circuit_ids
@@ -132,6 +139,7 @@ def _build(site: Site) -> Plan:
         },
         metered_circuits=tuple((j, cid) for j, cid in enumerate(circuit_ids) if site.circuits[cid].meter is not None),
         constraint_names=tuple(f"{cid}/{PHASES[k]}" for cid in circuit_ids for k in range(P)),
+        capped_reasons=np.array([f"capped:{cid}/{PHASES[k]}" for cid in circuit_ids for k in range(P)], dtype=object),
         u2l=u2l,
         min_limit=col([ch.min_limit for ch in chargers]),
         max_limit=col([ch.max_limit for ch in chargers]),
@@ -144,8 +152,10 @@ def _build(site: Site) -> Plan:
         line_to_line=np.array([len(ch.line_phases) == 2 for ch in chargers], dtype=bool).reshape(len(chargers)),
         w_per_a=col([_w_per_a(site, ch) for ch in chargers]),
         metered_paths=tuple(paths),
-        path_index=tuple(paths[p] for p in metered),
+        path_index=np.array([paths[p] for p in metered], dtype=np.intp).reshape(len(chargers)),
         index=index,
+        members=tuple(tuple(mem_k[a:b]) for a, b in zip(starts.tolist(), ends, strict=True)),
+        id_rank=np.argsort(np.array(sorted(range(len(ids)), key=ids.__getitem__), dtype=np.intp)).astype(np.intp),
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.allocation.inputs import Inputs
+from gateway.allocation.narrow import row_any
 from gateway.allocation.plan import EPS_A, FloatArray, Plan
 from gateway.allocation.state import KEEP_REPORTS, NEVER, BoolArray, Follows, Memory, Reports
 from gateway.config import ChargerConfig
@@ -99,10 +100,11 @@ def reports(mem: Memory, inp: Inputs, base_a: FloatArray) -> Reports:
         low = np.concatenate([low[:, 1:], np.full((len(n), 1), np.inf)], axis=1)
         n = np.minimum(n + 1, KEEP_REPORTS)
     elif new.any():
+        i = np.flatnonzero(new)
         at, draw, low = at.copy(), draw.copy(), low.copy()
-        at[new] = np.concatenate([at[new, 1:], inp.draw_at[new, None]], axis=1)
-        draw[new] = np.concatenate([draw[new, 1:], inp.raw[new, None]], axis=1)
-        low[new, :-1], low[new, -1] = low[new, 1:], np.inf
+        at[i, :-1], at[i, -1] = r.at[i, 1:], inp.draw_at[i]
+        draw[i, :-1], draw[i, -1] = r.draw[i, 1:], inp.raw[i]
+        low[i, :-1], low[i, -1] = r.low[i, 1:], np.inf
         n = np.where(new, np.minimum(n + 1, KEEP_REPORTS), n)
     used = np.arange(KEEP_REPORTS) >= KEEP_REPORTS - n[:, None]
     return Reports(at, draw, np.where(used, np.minimum(low, base_a[:, None]), low), n)
@@ -128,5 +130,5 @@ def report_for(r: Reports, reading_at: FloatArray, inp: Inputs, now: float) -> R
     rows = np.arange(len(j))
     at = r.at[rows, j]
     sca = inp.state_changed_at
-    ok = seen.any(axis=1) & ~(now - at > REPORT_MAX_AGE_S) & (np.isnan(sca) | (at >= sca))
+    ok = row_any(seen) & ~(now - at > REPORT_MAX_AGE_S) & (np.isnan(sca) | (at >= sca))
     return Report(ok, at, r.draw[rows, j], r.low[rows, j])

@@ -16,6 +16,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from gateway.allocation.narrow import row_max
+from gateway.model import ChargerLimit
+
 NEVER = float("-inf")
 KEEP_REPORTS = 3  # draw reports kept per charger
 
@@ -97,7 +100,7 @@ class Follows:
         """Per charger, the highest earlier limit it may still draw while it follows (0: none)."""
         if not self.a.shape[1]:
             return np.zeros(len(self.n))
-        return np.asarray((self.a * (self.until > now)).max(axis=1), dtype=np.float64)  # every a > 0
+        return row_max(self.a * (self.until > now))  # every a > 0
 
     def row(self, i: int) -> tuple[tuple[float, float], ...]:
         k = int(self.n[i])
@@ -235,6 +238,13 @@ class AllocatorState:
     # the same memory as arrays, for the plan it was made with (None: rebuilt from ``chargers``)
     memory: Memory | None = field(default=None, compare=False, repr=False)
     plan_key: Any = field(default=None, compare=False, repr=False)
+    # the snapshot's rows as read this tick (allocation.inputs.Inputs, for the same plan): the next tick reads
+    # again only the chargers whose snapshot is another object
+    inputs: object = field(default=None, compare=False, repr=False)
+    # the limits made with ``memory`` and what each charger may draw (a limit is the same object while its
+    # values are: fewer objects made per tick)
+    limits: Mapping[str, ChargerLimit] | None = field(default=None, compare=False, repr=False)
+    may_a: FloatArray | None = field(default=None, compare=False, repr=False)
 
     def keeping(self, charger_ids: Container[str], circuit_ids: Container[str]) -> AllocatorState:
         """The state for a reloaded site: what still exists is kept (estimates and holds included)."""
