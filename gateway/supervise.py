@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from gateway.backoff import Backoff
+
 log = structlog.get_logger(__name__)
 
 
@@ -35,7 +37,8 @@ async def supervise(
     """Run ``factory()`` until cancelled, restarting it whenever it ends or raises."""
     loop = asyncio.get_running_loop()
     now = clock or loop.time
-    delay = restart_delay_s
+    backoff = Backoff(restart_delay_s, max_delay_s, jitter=False)
+    delay = backoff.next_delay()
     failures = 0  # quick failures in a row
     while True:
         started = now()
@@ -58,6 +61,7 @@ async def supervise(
                 except Exception:  # pragma: no cover - a failing hook must not stop supervision
                     log.exception("task_failure_hook_failed", task=name)
         if now() - started >= healthy_after_s:
-            delay = restart_delay_s
+            backoff.reset()
+            delay = backoff.next_delay()
         await asyncio.sleep(delay)
-        delay = min(delay * 2, max_delay_s)
+        delay = backoff.next_delay()

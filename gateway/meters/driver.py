@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from gateway.backoff import exponential
 from gateway.errors import MeterError
 from gateway.meters.config import MeterConfig
 from gateway.meters.regmap import SUNSPEC_MARKER, Block, Point, RegisterMap, plan_blocks
@@ -207,7 +208,7 @@ class MeterDriver:
             except MeterError as exc:
                 last = exc
                 if k + 1 < attempts:
-                    await self._sleep(min(0.05 * 2**k, self.cfg.poll_interval_s))
+                    await self._sleep(exponential(0.05, k, self.cfg.poll_interval_s))
                 continue
             return self.evaluate(values, at)
         assert last is not None

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from gateway import electrical
+from gateway.backoff import exponential
 from gateway.config import Site
 from gateway.errors import MeterError
 from gateway.meters.config import MeterConfig, check_bus_settings
@@ -256,8 +257,7 @@ class MeterService:
                 del slot.latencies[:-50]
                 if slot.fails:
                     cap = max(slot.cfg.stale_after_s, slot.cfg.poll_interval_s)
-                    backoff = min(slot.cfg.poll_interval_s * 2 ** (slot.fails - 1), cap)
-                    slot.next_due = last_end + backoff
+                    slot.next_due = last_end + exponential(slot.cfg.poll_interval_s, slot.fails - 1, cap)
                 else:
                     slot.next_due = max(slot.next_due + slot.cfg.poll_interval_s, started)
         finally:

@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from gateway.backoff import Backoff
 from gateway.config import ChargerConfig
 from gateway.errors import OcppError, StoreError
 from gateway.model import Actuation
@@ -42,7 +43,7 @@ from gateway.ocpp_proxy.relay import CallChannel, CallFailed, OutCall
 from gateway.ocpp_proxy.reports import cms_view
 from gateway.ocpp_proxy.state import ChargerTracker
 from gateway.ocpp_proxy.store import QueueFull
-from gateway.ocpp_proxy.upstream import Backoff, UpstreamTarget, open_upstream
+from gateway.ocpp_proxy.upstream import UpstreamTarget, open_upstream
 
 if TYPE_CHECKING:
     from gateway.ocpp_proxy.controller import OcppController

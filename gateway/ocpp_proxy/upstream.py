@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import random
 import ssl
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -78,21 +77,3 @@ async def open_upstream(target: UpstreamTarget, *, max_size: int, open_timeout_s
 
         raise OcppError(f"CMS chose subprotocol {ws.subprotocol!r}, expected {target.subprotocol!r}")
     return ws
-
-
-class Backoff:
-    """Exponential backoff with full jitter between ``min_s`` and ``max_s``."""
-
-    def __init__(self, min_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self.min_s = min_s
-        self.max_s = max_s
-        self.attempt = 0
-        self.rng = rng or random.Random()
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        cap = min(self.max_s, self.min_s * (2.0 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return self.rng.uniform(self.min_s * 0.5, cap)

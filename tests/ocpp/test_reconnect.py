@@ -12,9 +12,9 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from gateway.backoff import Backoff
 from gateway.ocpp_proxy.config import OcppConfig
 from gateway.ocpp_proxy.session import refusal
-from gateway.ocpp_proxy.upstream import Backoff
 
 from .conftest import connect_charger, free_port, wait_for
 
@@ -23,7 +23,7 @@ def test_default_backoff_first_retry_within_1s_capped_at_15s_with_jitter() -> No
     cfg = OcppConfig()
     delays: list[float] = []
     for seed in range(20):
-        b = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, random.Random(seed))
+        b = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, rng=random.Random(seed))
         first = b.next_delay()
         assert 0 < first <= 1.0
         delays.extend(b.next_delay() for _ in range(30))
