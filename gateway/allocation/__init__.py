@@ -40,6 +40,7 @@ from gateway.allocation.headroom import Headroom, headroom
 from gateway.allocation.minimums import pause
 from gateway.allocation.plan import Plan, plan_of
 from gateway.allocation.state import AllocatorState, ChargerMemory, CircuitMemory
+from gateway.allocation.targets import fill_toward, with_hold_caps
 from gateway.allocation.trust import Trust, meter_problem, mode_of, trust
 from gateway.config import Site
 from gateway.model import Allocation, ChargerLimit, CircuitStatus, Snapshot
@@ -52,6 +53,7 @@ def allocate(
 ) -> tuple[Allocation, AllocatorState]:
     state = state if state is not None else AllocatorState()
     plan = plan_of(site)
+    snapshot = with_hold_caps(snapshot, site)  # the planner's held targets are charger caps (targets.py)
     t = trust(site, plan, snapshot.meters, now)
     c = classify(snapshot, site, plan, state, t.failsafe_reason, now, t.aging, t.readings)
     h = headroom(site, plan, c, t.readings, state.circuits, snapshot.caps, now)
@@ -60,9 +62,9 @@ def allocate(
     n = len(plan.ids)
     grow = np.zeros(n, dtype=bool)
     grow[[i for i in c.active if i not in paused]] = True
-    x, frozen_by = fill(
+    x, frozen_by = fill_toward(  # the planner's targets first where it has any (targets.py), else fill
         plan, grow, np.array(c.lo, dtype=np.float64), np.array(c.hi, dtype=np.float64),
-        np.array(c.weight, dtype=np.float64), room,
+        np.array(c.weight, dtype=np.float64), room, snapshot, c.hi_reason, fill,
     )
     propose(site, plan, c, x, frozen_by, paused, h.binding_name, state)
     gate(plan, c, h.cap, h.non_ev)
