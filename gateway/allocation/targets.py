@@ -1,7 +1,8 @@
 """The planner's shares (Snapshot.targets) in the allocator: one hook, inside the same safety rules.
 
-* A held target (``hold``: deferred to a cheaper period) is a cap on the charger like a budget's
-  (Snapshot.charger_caps, the lower of the two): it lowers the charger's upper bound, below half its minimum
+* A held target (``hold``: deferred to a cheaper period), and any target below half the charger's minimum (the
+  plan gives the room to sessions that need it more), is a cap on the charger like a budget's
+  (Snapshot.charger_caps, the lower of the two): it lowers the charger's upper bound; below half its minimum
   the session pauses with the plan's reason, between half and the minimum it gets the minimum.
 * The other targets (``plan:deadline``) order the filling: first every growing session fills up to its
   target (sessions without one stay at their minimum), by the same max-min filling within the same room; then
@@ -29,15 +30,17 @@ FillFn = Callable[[Plan, np.ndarray, FloatArray, FloatArray, FloatArray, FloatAr
 
 def with_hold_caps(snapshot: Snapshot, site: Site) -> Snapshot:
     """Held targets as charger caps (the lower of a budget's cap and the plan's)."""
-    if not snapshot.targets or not any(t.hold for t in snapshot.targets.values()):
+    if not snapshot.targets:
         return snapshot
     caps = dict(snapshot.charger_caps)
     for cid, t in snapshot.targets.items():
         ch = site.chargers.get(cid)
-        if not t.hold or ch is None:
+        if ch is None:
             continue
         lo = site.to_line_a(ch, ch.min_limit)
         lim = t.target_a if t.target_a == t.target_a else 0.0  # NaN: 0 (lowers, never raises)
+        if not t.hold and lim >= lo / 2:
+            continue  # a deadline share: filled first (fill_toward), not a cap
         lim = 0.0 if lim < lo / 2 else max(lim, lo)
         old = caps.get(cid)
         if old is None or lim < old.limit_a:

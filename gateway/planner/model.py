@@ -31,6 +31,10 @@ class PlanSession:
     taper: Taper | None = None
     reserve_a: float | None = None  # unknown needs: line A held for it over the horizon (None: the charger's minimum)
     source: str = ""  # where the needs came from (telemetry)
+    # an expected session (a free charger of a class that expects its vehicles back, e.g. a fleet depot): in
+    # the plan it holds room for a vehicle not here yet (no energy is deferred onto room it will need), it gets
+    # no target and no projection
+    expected: bool = False
 
 
 class PriceSlot(NamedTuple):

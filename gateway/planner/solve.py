@@ -9,8 +9,8 @@ known, its taper (linear in the energy received, as in hil.ideal), its energy at
 The objective is lexicographic by weights: shortfall first (per Wh, weighted by the inverse of the session's
 need times its priority weight, so a Wh that completes a small session counts more: as many sessions as
 possible complete), then the demand target's excess, then the energy cost, then a tiny preference for
-charging later: each session's share now is the least that keeps it on track, and the allocator shares the
-rest by max-min fairness (the "fairness among the rest"). The 6 A floor is not in the LP (it would make it
+charging sooner (what is not needed later is not risked on a later slot); the allocator shares what the plan
+leaves by max-min fairness (the "fairness among the rest"). The 6 A floor is not in the LP (it would make it
 a MILP): the allocator rounds a share below the minimum to 0 or up to the minimum, and the next plan sees
 what was delivered.
 """
@@ -162,7 +162,7 @@ def plan(
     state = state or PlannerState()
     planned = [s for s in sessions if s.charger_id in site.chargers and s.need_wh is not None
                and s.departure_at is not None and s.need_wh > 0 and s.departure_at > now]
-    if not planned:
+    if not any(not s.expected for s in planned):
         return Plan(at=now, status="no-sessions", slot_s=cfg.slot_s, horizon_end=now), _next_state(state, {})
     try:
         return _solve(sessions, planned, site, budget_view, forecast, state, now, cfg)
@@ -215,7 +215,7 @@ def _solve(
     needs = np.array([s.need_wh or 0.0 for s in planned])
     ref = float(np.max(needs))
     shortfall_cost = 0.1 * (pmax + 1.0)  # per Wh at the largest need: 100x the dearest energy
-    eps = 1e-4 * (pmax + 1.0) / 1000.0  # per Wh per horizon: later is slightly preferred
+    eps = 1e-4 * (pmax + 1.0) / 1000.0  # per Wh per horizon: sooner is slightly preferred
     blocks: list[tuple[int, int, Arr, float]] = []  # per session: first x var, slots, Wh per A per slot, W/A
     short_vars: list[int] = []
     crow: dict[tuple[int, int, int], list[tuple[int, float]]] = {}
@@ -229,9 +229,12 @@ def _solve(
         frac = (np.minimum(edges[1 : L + 1], dep) - edges[:L]) / step
         wh = w * frac * step / 3600.0
         hi = _max_a(site, ch, s)
-        t_pref = 1.0 - np.arange(L) / max(T, 1)
+        t_pref = np.arange(L) / max(T, 1)
         costs = wh * (price[:L] / 1000.0 + eps * t_pref)
-        x0 = lp.block(costs, np.full(L, hi))
+        upper = np.full(L, hi)
+        if s.expected:
+            upper[0] = 0.0  # not here yet: it needs room later, never now
+        x0 = lp.block(costs, upper)
         cols = np.arange(x0, x0 + L)
         need = float(s.need_wh or 0.0)
         u = lp.var(shortfall_cost * max(s.weight, 1e-3) * ref / max(need, 1.0), need)
@@ -306,6 +309,8 @@ def _result(
     T = len(edges) - 1
     ev_w = np.zeros(T)
     for s, (x0, L, wh, w), u in zip(planned, blocks, short_vars, strict=True):
+        if s.expected:
+            continue
         xs = np.maximum(x[x0 : x0 + L], 0.0)
         delivered = float(np.dot(xs, wh))
         cost += float(np.dot(xs * wh, price[:L])) / 1000.0
