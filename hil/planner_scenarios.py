@@ -54,14 +54,14 @@ def depot_site(n: int = 80, service_a: float = 630.0, panel_a: float = 400.0) ->
 
 
 def depot_dict(n: int = 80, seed: int = 15, service_a: float = 630.0, panel_a: float = 400.0,
-               site_config: str | None = None) -> dict[str, Any]:
+               site_config: str | None = None, one_phase_share: float = 0.0) -> dict[str, Any]:
     """Scenario time 0 = 17:00; arrivals 17:30-19:00, departures 04:30-06:00 (11.5-13 h later)."""
     rng = random.Random(seed)
     arrivals = []
     for i in range(n):
         at = rng.uniform(1800.0, 7200.0)
         dep = rng.uniform(11.5 * 3600, 13.0 * 3600)
-        one_phase = rng.random() < 0.2
+        one_phase = rng.random() < one_phase_share  # delivery vans: three-phase on-board chargers
         cap = rng.choice((68.0, 75.0, 89.0))
         arrivals.append({
             "at_s": round(at, 1), "charger": f"VAN{i:03d}", "departure_s": round(dep, 1), "capacity_kwh": cap,

@@ -48,6 +48,10 @@ class PlannerConfig:
     max_horizon_s: float = 36 * 3600.0  # departures beyond this are planned as if at its end
     time_limit_s: float = 0.8  # HiGHS's limit; beyond it the plan fails (the allocator falls back)
     at_risk_wh: float = 100.0  # a projected shortfall above this (and 1 % of the need) is at risk
+    # robustness: the plan counts on this share of the room after the present slot (the real chargers and EVs
+    # lose some to ramps, response delays, floors and hysteresis), and plans each need this much higher
+    future_room_fraction: float = 0.92
+    need_margin: float = 0.02
 
 
 @dataclass
@@ -83,6 +87,8 @@ class _Lp:
 
 
 def _phases(ch: ChargerConfig, s: PlanSession) -> tuple[int, ...]:
+    """The phases the EV draws on (its energy); the constraints take every line of the charger, as the
+    allocator does (a three-phase charger may draw on all three whatever the EV uses)."""
     if ch.kind == "ac" and ch.phases == 3 and s.ac_phases is not None:
         return ch.phase_map[: max(1, min(3, s.ac_phases))]
     return ch.line_phases
@@ -200,7 +206,7 @@ def _solve(
         ch = site.chargers[s.charger_id]
         r = s.reserve_a if s.reserve_a is not None else site.to_line_a(ch, ch.min_limit)
         for c in site.path_to_root[ch.circuit]:
-            for p in _phases(ch, s):
+            for p in ch.line_phases:
                 room[cidx[c], :, p] -= max(r, 0.0)
     svc = cidx[site.service.id] if site.service.id in cidx else 0
     if view.caps_now_a is not None and len(view.caps_now_a) == P:
@@ -209,6 +215,7 @@ def _solve(
     for k in np.flatnonzero(np.isfinite(tcap_kw)).tolist():
         cap_a = electrical.service_line_current_a(site.service, tcap_kw[k] * 1000.0)
         room[svc, k] = np.minimum(room[svc, k], cap_a - site.circuits[circuits[svc]].margin_a)
+    room[:, 1:, :] *= cfg.future_room_fraction
     room = np.maximum(room, 0.0)
 
     lp = _Lp(c=[], ub=[], rows=[], cols=[], vals=[], rhs=[])
@@ -236,7 +243,7 @@ def _solve(
             upper[0] = 0.0  # not here yet: it needs room later, never now
         x0 = lp.block(costs, upper)
         cols = np.arange(x0, x0 + L)
-        need = float(s.need_wh or 0.0)
+        need = float(s.need_wh or 0.0) * (1.0 + cfg.need_margin)
         u = lp.var(shortfall_cost * max(s.weight, 1e-3) * ref / max(need, 1.0), need)
         short_vars.append(u)
         # delivered + shortfall >= need ; delivered <= need
@@ -246,7 +253,7 @@ def _solve(
             _taper_rows(lp, s, cols, wh, hi)
         for k in range(L):
             for c in site.path_to_root[ch.circuit]:
-                for p in phases:
+                for p in ch.line_phases:
                     crow.setdefault((cidx[c], k, p), []).append((x0 + k, 1.0))
             demand_cols.setdefault(k, []).append((x0 + k, w))
         blocks.append((x0, L, wh, w))
@@ -273,8 +280,8 @@ def _solve(
 
 
 def _taper_rows(lp: _Lp, s: PlanSession, cols: npt.NDArray[np.intp], wh: Arr, hi: float) -> None:
-    """x_k + hi * slope / cap * E_before(k) <= hi * (1 - slope * (soc - s0)), with E_before a chain of
-    cumulative-energy variables (a few non-zeros per row, as in hil.ideal)."""
+    """x_k + hi * slope / cap * E_after(k) <= hi * (1 - slope * (soc - s0)), with E_after = E_before + wh_k x_k
+    and E_before a chain of cumulative-energy variables (a few non-zeros per row, as in hil.ideal)."""
     tp = s.taper
     assert tp is not None
     s0, e = tp.taper_start_soc, tp.end_fraction
@@ -285,11 +292,12 @@ def _taper_rows(lp: _Lp, s: PlanSession, cols: npt.NDArray[np.intp], wh: Arr, hi
     prev: int | None = None
     b = hi * (1.0 - slope * (tp.soc - s0))
     for k, col in enumerate(cols.tolist()):
+        # the rate at the energy the EV has at the end of the slot (conservative: its rate falls within it)
+        g = 1.0 + a * float(wh[k])
         if prev is None:
-            if tp.soc > s0:
-                lp.row([col], [1.0], max(b, 0.0))
+            lp.row([col], [g], max(b, 0.0))
         else:
-            lp.row([col, prev], [1.0, a], b)
+            lp.row([col, prev], [g, a], b)
         cum = lp.var(0.0, math.inf)  # energy after slot k = energy before + wh_k x_k (two inequalities)
         ent = [cum, col] + ([prev] if prev is not None else [])
         val = np.array([1.0, -float(wh[k])] + ([-1.0] if prev is not None else []))
@@ -316,7 +324,7 @@ def _result(
         cost += float(np.dot(xs * wh, price[:L])) / 1000.0
         ev_w[:L] += xs * w
         need = float(s.need_wh or 0.0)
-        short = max(need - delivered, float(x[u]), 0.0)
+        short = max(need - delivered, 0.0)
         risk = short > max(cfg.at_risk_wh, 0.01 * need)
         proj[s.charger_id] = Projection(delivered, need, risk, float(s.departure_at or now))
         ch = site.chargers[s.charger_id]
