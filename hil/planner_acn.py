@@ -178,14 +178,14 @@ def caltech_site(transformer_kva: float = 150.0) -> dict[str, Any]:
     from acnportal.acnsim.network.sites import caltech_acn
 
     net = caltech_acn(basic_evse=True, transformer_cap=transformer_kva)
-    pairs = {30: "L1L2", -90: "L2L3", 150: "L3L1"}
+    pairs = {30: "L1-L2", -90: "L2-L3", 150: "L3-L1"}
     cc_pod = {"CA-322", "CA-493", "CA-496", "CA-320", "CA-495", "CA-321", "CA-323", "CA-494"}
     av_pod = {"CA-324", "CA-325", "CA-326", "CA-327", "CA-489", "CA-490", "CA-491", "CA-492"}
     chargers = []
     for sid, angle in zip(net.station_ids, net._phase_angles, strict=True):
         circuit = "cc-pod" if sid in cc_pod else "av-pod" if sid in av_pod else "service"
         chargers.append({"id": sid, "kind": "ac", "ocpp_version": "1.6J", "circuit": circuit,
-                         "phases": 1, "phase_rotation": pairs.get(int(round(float(angle))), "L1L2"),
+                         "phases": 1, "phase_rotation": pairs.get(int(round(float(angle))), "L1-L2"),
                          "min_current_a": 6.0, "max_current_a": 32.0, "failsafe_current_a": 0.0, "priority": "staff"})
     secondary_a = transformer_kva * 1000.0 / (math.sqrt(3) * 208.0)
     return {

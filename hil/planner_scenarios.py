@@ -142,3 +142,27 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def caltech(seed: int = 17, n: int | None = None) -> Scenario:
+    """acnportal's Caltech ACN (54 EVSEs, 208 V line-to-line, 150 kVA transformer) as a gateway site, with a
+    workday of sessions whose departures are known (the ACN's app asks drivers for them): arrivals 07:30-10:00,
+    departures 15:30-19:00, 8-35 kWh each."""
+    from hil.planner_acn import caltech_site
+
+    site = caltech_site()
+    ids = [c["id"] for c in site["chargers"]][: n or None]
+    rng = random.Random(seed)
+    arrivals = []
+    for cid in ids:
+        at = rng.uniform(1800.0, 3 * 3600.0)
+        cap = rng.choice((40.0, 60.0, 75.0))
+        need = rng.uniform(8.0, 35.0)
+        soc0 = round(max(0.05, 0.9 - need / cap), 3)
+        arrivals.append({"at_s": round(at, 1), "charger": cid, "departure_s": round(rng.uniform(8.5 * 3600, 12 * 3600), 1),
+                         "capacity_kwh": cap, "soc_start": soc0, "soc_target": 0.9, "max_current_a": 32.0,
+                         "ac_phases": 1, "response_delay_s": round(rng.uniform(5, 11), 2), "id_tag": f"ACN-{cid}"})
+    d = {"scenario": {"name": "planner-caltech", "description": "Caltech ACN site model, a workday",
+                      "duration_s": 12.5 * 3600, "time_scale": 60, "seed": seed, "ideal_step_s": 900},
+         "arrivals": arrivals}
+    return _inline(d, site)
