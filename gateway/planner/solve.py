@@ -199,6 +199,17 @@ def _solve(
         for k in range(T):
             room[cidx[c], k] = cc.limit_a - cc.margin_a - _forecast_at(
                 forecast, edges[k], edges[k + 1], c, P, cc.worst_case_non_ev_a)
+    svc = cidx[site.service.id] if site.service.id in cidx else 0
+    sc = site.circuits[circuits[svc]]
+    # a budget cap bounds the service's total (EV + non-EV), like its limit
+    base_svc = np.array([_forecast_at(forecast, edges[k], edges[k + 1], circuits[svc], P, sc.worst_case_non_ev_a)
+                         for k in range(T)])
+    if view.caps_now_a is not None and len(view.caps_now_a) == P:
+        cap0 = np.asarray(view.caps_now_a, dtype=np.float64) - sc.margin_a - base_svc[0]
+        room[svc, 0] = np.minimum(room[svc, 0], cap0)
+    for k in np.flatnonzero(np.isfinite(tcap_kw)).tolist():
+        cap_a = electrical.service_line_current_a(site.service, tcap_kw[k] * 1000.0)
+        room[svc, k] = np.minimum(room[svc, k], cap_a - sc.margin_a - base_svc[k])
     planned_ids = {s.charger_id for s in planned}
     for s in sessions:
         if s.charger_id in planned_ids or s.charger_id not in site.chargers:
@@ -208,13 +219,6 @@ def _solve(
         for c in site.path_to_root[ch.circuit]:
             for p in ch.line_phases:
                 room[cidx[c], :, p] -= max(r, 0.0)
-    svc = cidx[site.service.id] if site.service.id in cidx else 0
-    if view.caps_now_a is not None and len(view.caps_now_a) == P:
-        cap0 = np.asarray(view.caps_now_a, dtype=np.float64) - site.circuits[circuits[svc]].margin_a
-        room[svc, 0] = np.minimum(room[svc, 0], cap0)
-    for k in np.flatnonzero(np.isfinite(tcap_kw)).tolist():
-        cap_a = electrical.service_line_current_a(site.service, tcap_kw[k] * 1000.0)
-        room[svc, k] = np.minimum(room[svc, k], cap_a - site.circuits[circuits[svc]].margin_a)
     room[:, 1:, :] *= cfg.future_room_fraction
     room = np.maximum(room, 0.0)
 
@@ -236,7 +240,7 @@ def _solve(
         frac = (np.minimum(edges[1 : L + 1], dep) - edges[:L]) / step
         wh = w * frac * step / 3600.0
         hi = _max_a(site, ch, s)
-        t_pref = np.arange(L) / max(T, 1)
+        t_pref = np.arange(L) / L  # by the session's own window: the sooner it leaves, the more a delay costs
         costs = wh * (price[:L] / 1000.0 + eps * t_pref)
         upper = np.full(L, hi)
         if s.expected:
