@@ -63,6 +63,7 @@ class _Lp:
     vals: list[Arr]
     rhs: list[float]
     n_rows: int = 0
+    eq: _Lp | None = None  # the equality rows (same variables)
 
     def var(self, cost: float, upper: float) -> int:
         self.c.append(cost)
@@ -74,6 +75,14 @@ class _Lp:
         self.c.extend(costs.tolist())
         self.ub.extend(upper.tolist())
         return first
+
+    def bulk(self, local_rows: npt.NDArray[np.intp], cols: npt.NDArray[np.intp], vals: Arr, rhs: Arr) -> None:
+        """Many rows at once: ``local_rows`` index into ``rhs`` (0..len(rhs)-1)."""
+        self.rows.append(local_rows.astype(np.intp) + self.n_rows)
+        self.cols.append(cols.astype(np.intp))
+        self.vals.append(vals.astype(np.float64))
+        self.rhs.extend(rhs.tolist())
+        self.n_rows += len(rhs)
 
     def row(self, cols: Sequence[int] | npt.NDArray[np.intp], vals: Sequence[float] | Arr, rhs: float) -> int:
         r = self.n_rows
@@ -229,8 +238,11 @@ def _solve(
     eps = 1e-4 * (pmax + 1.0) / 1000.0  # per Wh per horizon: sooner is slightly preferred
     blocks: list[tuple[int, int, Arr, float]] = []  # per session: first x var, slots, Wh per A per slot, W/A
     short_vars: list[int] = []
-    crow: dict[tuple[int, int, int], list[tuple[int, float]]] = {}
-    demand_cols: dict[int, list[tuple[int, float]]] = {}
+    lp.eq = _Lp(c=[], ub=[], rows=[], cols=[], vals=[], rhs=[])
+    ckeys: list[npt.NDArray[np.intp]] = []  # per circuit-phase-slot key (j*T + k)*P + p, the x column
+    ccols: list[npt.NDArray[np.intp]] = []
+    dcols: list[npt.NDArray[np.intp]] = []  # per slot, the x column and its W per A (the demand rows)
+    dvals: list[Arr] = []
     for s in planned:
         ch = site.chargers[s.charger_id]
         phases = _phases(ch, s)
@@ -255,26 +267,35 @@ def _solve(
         lp.row(cols, wh, need)
         if s.taper is not None:
             _taper_rows(lp, s, cols, wh, hi)
-        for k in range(L):
-            for c in site.path_to_root[ch.circuit]:
-                for p in ch.line_phases:
-                    crow.setdefault((cidx[c], k, p), []).append((x0 + k, 1.0))
-            demand_cols.setdefault(k, []).append((x0 + k, w))
+        ks = np.arange(L, dtype=np.intp)
+        for c in site.path_to_root[ch.circuit]:
+            for p in ch.line_phases:
+                ckeys.append((cidx[c] * T + ks) * P + p)
+                ccols.append(cols)
+        dcols.append(cols)
+        dvals.append(np.full(L, w))
         blocks.append((x0, L, wh, w))
-    for (j, k, p), entries in crow.items():
-        lp.row([e[0] for e in entries], [e[1] for e in entries], float(room[j, k, p]))
+    keys = np.concatenate(ckeys)
+    uniq, inv = np.unique(keys, return_inverse=True)
+    lp.bulk(inv, np.concatenate(ccols), np.ones(len(keys)), room.reshape(-1)[uniq])  # room[j, k, p] at key
     if view.demand_target_kw is not None:
         over = lp.var(0.01 * (pmax + 1.0), math.inf)  # per W of the plan's peak above the target
         v_ln = electrical.line_to_neutral_v(site.service)
-        for k, entries in demand_cols.items():
-            non_ev_w = float(np.sum(np.asarray(_forecast_at(forecast, edges[k], edges[k + 1], circuits[svc], P,
-                                                            site.circuits[circuits[svc]].worst_case_non_ev_a))
-                                    ) * v_ln)
-            lp.row([e[0] for e in entries] + [over], [e[1] for e in entries] + [-1.0],
-                   view.demand_target_kw * 1000.0 - non_ev_w)
+        dslot = np.concatenate([c - c[0] for c in dcols])
+        rhs = view.demand_target_kw * 1000.0 - base_svc.sum(axis=1) * v_ln
+        lp.bulk(np.concatenate([dslot, np.arange(T, dtype=np.intp)]),
+                np.concatenate([*dcols, np.full(T, over, dtype=np.intp)]),
+                np.concatenate([*dvals, -np.ones(T)]), rhs)
+    n = len(lp.c)
     A = coo_matrix((np.concatenate(lp.vals), (np.concatenate(lp.rows), np.concatenate(lp.cols))),
-                   shape=(lp.n_rows, len(lp.c))).tocsr()
-    res = linprog(np.array(lp.c), A_ub=A, b_ub=np.array(lp.rhs), bounds=np.column_stack(
+                   shape=(lp.n_rows, n)).tocsr()
+    eq = lp.eq
+    Aeq = beq = None
+    if eq.n_rows:
+        Aeq = coo_matrix((np.concatenate(eq.vals), (np.concatenate(eq.rows), np.concatenate(eq.cols))),
+                         shape=(eq.n_rows, n)).tocsr()
+        beq = np.array(eq.rhs)
+    res = linprog(np.array(lp.c), A_ub=A, b_ub=np.array(lp.rhs), A_eq=Aeq, b_eq=beq, bounds=np.column_stack(
         [np.zeros(len(lp.ub)), np.array(lp.ub)]), method="highs", options={"time_limit": cfg.time_limit_s})
     if res.x is None or res.status not in (0, 1):
         return Plan(at=now, status=f"failed:{res.message}"[:120], slot_s=step), state
@@ -293,21 +314,19 @@ def _taper_rows(lp: _Lp, s: PlanSession, cols: npt.NDArray[np.intp], wh: Arr, hi
         return  # it never reaches the taper
     slope = (1.0 - e) / (1.0 - s0)
     a = hi * slope / tp.capacity_wh
-    prev: int | None = None
+    L = len(cols)
     b = hi * (1.0 - slope * (tp.soc - s0))
-    for k, col in enumerate(cols.tolist()):
-        # the rate at the energy the EV has at the end of the slot (conservative: its rate falls within it)
-        g = 1.0 + a * float(wh[k])
-        if prev is None:
-            lp.row([col], [g], max(b, 0.0))
-        else:
-            lp.row([col, prev], [g, a], b)
-        cum = lp.var(0.0, math.inf)  # energy after slot k = energy before + wh_k x_k (two inequalities)
-        ent = [cum, col] + ([prev] if prev is not None else [])
-        val = np.array([1.0, -float(wh[k])] + ([-1.0] if prev is not None else []))
-        lp.row(ent, val, 0.0)
-        lp.row(ent, -val, 0.0)
-        prev = cum
+    cum0 = lp.block(np.zeros(L), np.full(L, math.inf))  # energy after each slot
+    cum = np.arange(cum0, cum0 + L, dtype=np.intp)
+    k = np.arange(L, dtype=np.intp)
+    g = 1.0 + a * wh  # the rate at the energy the EV has at the end of the slot (its rate falls within it)
+    # g_k x_k + a cum_{k-1} <= b   (k = 0: g_0 x_0 <= b)
+    lp.bulk(np.concatenate([k, k[1:]]), np.concatenate([cols, cum[:-1]]),
+            np.concatenate([g, np.full(L - 1, a)]), np.full(L, max(b, 0.0)))
+    # cum_k - cum_{k-1} - wh_k x_k = 0
+    assert lp.eq is not None
+    lp.eq.bulk(np.concatenate([k, k, k[1:]]), np.concatenate([cum, cols, cum[:-1]]),
+               np.concatenate([np.ones(L), -wh, -np.ones(L - 1)]), np.zeros(L))
 
 
 def _result(
