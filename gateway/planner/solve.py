@@ -181,7 +181,7 @@ def plan(
         return Plan(at=now, status="no-sessions", slot_s=cfg.slot_s, horizon_end=now), _next_state(state, {})
     try:
         return _solve(sessions, planned, site, budget_view, forecast, state, now, cfg)
-    except (ValueError, ArithmeticError, MemoryError) as exc:  # a solver fault: no plan, the allocator falls back
+    except (ValueError, ArithmeticError, MemoryError, ImportError) as exc:  # a solver fault (or no scipy): no plan, the allocator falls back
         return Plan(at=now, status=f"failed:{type(exc).__name__}", slot_s=cfg.slot_s), state
 
 
