@@ -20,7 +20,7 @@ acnportal's adaptive (model-predictive) scheduler needs cvxpy, which is not inst
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,7 @@ def network_of(site: Site, scenario: Scenario) -> Any:
 
     net = ChargingNetwork()
     for cid, ch in site.chargers.items():
-        rates = [0.0, *[float(a) for a in range(int(math.ceil(ch.min_limit)), int(ch.max_limit) + 1)]]
+        rates = [0.0, *[float(a) for a in range(math.ceil(ch.min_limit), int(ch.max_limit) + 1)]]
         net.register_evse(FiniteRatesEVSE(cid, rates), _station_voltage(site, cid), 0.0)
     P = site.service.phases
     times = sorted({0.0, *[t for bl in scenario.base_loads for t, _ in bl.points]})
@@ -98,8 +98,8 @@ def events_of(site: Site, scenario: Scenario, period_s: float) -> Any:
         max_a = min(a.max_current_a, ch.max_limit)
         batt = _curve_battery(a.capacity_kwh, a.soc_start * a.capacity_kwh, max_a * v / 1000.0,
                               a.taper_start_soc, a.end_fraction)
-        arrival = int(round(a.at_s / period_s))
-        departure = int(round(min(a.departure_s, scenario.duration_s) / period_s))
+        arrival = round(a.at_s / period_s)
+        departure = round(min(a.departure_s, scenario.duration_s) / period_s)
         ev = EV(arrival, departure, a.requested_wh / 1000.0, a.charger, ids[i], batt)
         evs.append(PluginEvent(arrival, ev))
     return EventQueue(evs)
@@ -107,7 +107,6 @@ def events_of(site: Site, scenario: Scenario, period_s: float) -> Any:
 
 def algorithms() -> dict[str, Any]:
     from acnportal.algorithms import SortedSchedulingAlgo, earliest_deadline_first, least_laxity_first
-
     from acnportal.algorithms.upper_bound_estimator import SimpleRampdown
 
     # estimate_max_rate: acnportal's own estimator of each EV's maximum from its observed rates (else a 16 A
@@ -144,19 +143,20 @@ def run_acn(scenario: Scenario, algo: str, *, period_s: float = 60.0, start_wall
     site = site or site_from_dict(scenario.site)
     net = network if network is not None else network_of(site, scenario)
     sched = algorithms()[algo]()
-    start = datetime.fromtimestamp(start_wall, timezone.utc)
+    start = datetime.fromtimestamp(start_wall, UTC)
     sim = Simulator(net, sched, events_of(site, scenario, period_s), start, period=period_s / 60.0, verbose=False)
     sim.run()
     res = RunResult(algo, [])
     by_id = dict(zip(session_ids(scenario), scenario.arrivals, strict=True))
     for sid, ev in sim.ev_history.items():
         a = by_id[sid]
-        res.sessions.append(SessionResult(a.charger, a.at_s, a.departure_s, a.requested_wh, ev.energy_delivered * 1000.0))
+        res.sessions.append(SessionResult(a.charger, a.at_s, a.departure_s, a.requested_wh,
+                                          ev.energy_delivered * 1000.0))
     power_kw = aggregate_power(sim)
     slots = price_slots(site, start_wall, scenario.duration_s)
     P = site.service.phases
     v_ln = electrical.line_to_neutral_v(site.service)
-    per = int(round(DEMAND_INTERVAL_S / period_s))
+    per = round(DEMAND_INTERVAL_S / period_s)
     total = []
     for k, kw in enumerate(power_kw):
         t = k * period_s
@@ -185,7 +185,7 @@ def caltech_site(transformer_kva: float = 150.0) -> dict[str, Any]:
     for sid, angle in zip(net.station_ids, net._phase_angles, strict=True):
         circuit = "cc-pod" if sid in cc_pod else "av-pod" if sid in av_pod else "service"
         chargers.append({"id": sid, "kind": "ac", "ocpp_version": "1.6J", "circuit": circuit,
-                         "phases": 1, "phase_rotation": pairs.get(int(round(float(angle))), "L1-L2"),
+                         "phases": 1, "phase_rotation": pairs.get(round(float(angle)), "L1-L2"),
                          "min_current_a": 6.0, "max_current_a": 32.0, "failsafe_current_a": 0.0, "priority": "staff"})
     secondary_a = transformer_kva * 1000.0 / (math.sqrt(3) * 208.0)
     return {

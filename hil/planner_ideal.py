@@ -27,7 +27,8 @@ from hil.scenario import Scenario
 
 def ideal_deadlines(scenario: Scenario, step_s: float | None = None, start_wall: float = 0.0,
                     milp: bool = False, time_limit_s: float = 60.0) -> dict[str, Any]:
-    from scipy.optimize import linprog, milp as milp_solve, Bounds, LinearConstraint
+    from scipy.optimize import Bounds, LinearConstraint, linprog
+    from scipy.optimize import milp as milp_solve
     from scipy.sparse import coo_matrix
 
     started = time.monotonic()
@@ -137,7 +138,8 @@ def ideal_deadlines(scenario: Scenario, step_s: float | None = None, start_wall:
     xs = res.x
     per = [float(sum(xs[v] * wh for v, wh in mine)) for mine in sess]
     complete = sum(d >= COMPLETE_FRACTION * r - 1e-6 for d, r in zip(per, reqs, strict=True))
-    cost = sum(float(xs[v] * wh) / 1000.0 * price[_slot(v, mine, a.at_s, h)] for mine, a in zip(sess, scenario.arrivals, strict=True)
+    cost = sum(float(xs[v] * wh) / 1000.0 * price[_slot(v, mine, a.at_s, h)]
+               for mine, a in zip(sess, scenario.arrivals, strict=True)
                for v, wh in mine)
     return {"complete": complete, "sessions": len(scenario.arrivals), "energy_kwh": round(sum(per) / 1000.0, 1),
             "cost": round(cost, 2), "status": "optimal" if res.status == 0 else str(res.message),

@@ -39,7 +39,8 @@ def depot_site(n: int = 80, service_a: float = 630.0, panel_a: float = 400.0) ->
                    {"id": "m-a", "circuit": "panel-a", "host": "127.0.0.1"},
                    {"id": "m-b", "circuit": "panel-b", "host": "127.0.0.1"}],
         "chargers": [
-            {"id": f"VAN{i:03d}", "kind": "ac", "ocpp_version": "2.0.1", "circuit": "panel-a" if i < half else "panel-b",
+            {"id": f"VAN{i:03d}", "kind": "ac", "ocpp_version": "2.0.1",
+             "circuit": "panel-a" if i < half else "panel-b",
              "phases": 3, "phase_rotation": ROT[i % 3], "min_current_a": 6.0, "max_current_a": 32.0,
              "failsafe_current_a": 0.0, "priority": "fleet"}
             for i in range(n)
@@ -159,7 +160,8 @@ def caltech(seed: int = 17, n: int | None = None) -> Scenario:
         cap = rng.choice((40.0, 60.0, 75.0))
         need = rng.uniform(8.0, 35.0)
         soc0 = round(max(0.05, 0.9 - need / cap), 3)
-        arrivals.append({"at_s": round(at, 1), "charger": cid, "departure_s": round(rng.uniform(8.5 * 3600, 12 * 3600), 1),
+        dep = round(rng.uniform(8.5 * 3600, 12 * 3600), 1)
+        arrivals.append({"at_s": round(at, 1), "charger": cid, "departure_s": dep,
                          "capacity_kwh": cap, "soc_start": soc0, "soc_target": 0.9, "max_current_a": 32.0,
                          "ac_phases": 1, "response_delay_s": round(rng.uniform(5, 11), 2), "id_tag": f"ACN-{cid}"})
     d = {"scenario": {"name": "planner-caltech", "description": "Caltech ACN site model, a workday",

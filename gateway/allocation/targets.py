@@ -68,9 +68,9 @@ def fill_toward(
     x1, _ = fill(plan, grow, lo, np.minimum(hi1, hi), weight, room)
     x, frozen_by = fill(plan, grow, np.minimum(x1, hi), hi, weight, room)
     for i in np.flatnonzero(has).tolist():
-        t = float(np.clip(tgt[i], lo[i], hi[i]))
+        want = float(np.clip(tgt[i], lo[i], hi[i]))
         # it follows the plan: at its target (not above by the rest's sharing), and the target is above its minimum
-        if tgt[i] >= lo[i] - TOL_A and abs(float(x[i]) - t) <= 10 * TOL_A and t < hi[i] - 10 * TOL_A:
+        if tgt[i] >= lo[i] - TOL_A and abs(float(x[i]) - want) <= 10 * TOL_A and want < hi[i] - 10 * TOL_A:
             hi_reason[i] = targets[plan.ids[i]].reason
             frozen_by = _unfreeze(frozen_by, i)
     return x, frozen_by

@@ -181,7 +181,8 @@ def plan(
         return Plan(at=now, status="no-sessions", slot_s=cfg.slot_s, horizon_end=now), _next_state(state, {})
     try:
         return _solve(sessions, planned, site, budget_view, forecast, state, now, cfg)
-    except (ValueError, ArithmeticError, MemoryError, ImportError) as exc:  # a solver fault (or no scipy): no plan, the allocator falls back
+    except (ValueError, ArithmeticError, MemoryError, ImportError) as exc:
+        # a solver fault (or no scipy): no plan, the allocator falls back
         return Plan(at=now, status=f"failed:{type(exc).__name__}", slot_s=cfg.slot_s), state
 
 
@@ -208,7 +209,7 @@ def _solve(
         for k in range(T):
             room[cidx[c], k] = cc.limit_a - cc.margin_a - _forecast_at(
                 forecast, edges[k], edges[k + 1], c, P, cc.worst_case_non_ev_a)
-    svc = cidx[site.service.id] if site.service.id in cidx else 0
+    svc = cidx.get(site.service.id, 0)
     sc = site.circuits[circuits[svc]]
     # a budget cap bounds the service's total (EV + non-EV), like its limit
     base_svc = np.array([_forecast_at(forecast, edges[k], edges[k + 1], circuits[svc], P, sc.worst_case_non_ev_a)
@@ -339,7 +340,7 @@ def _result(
     cost = 0.0
     T = len(edges) - 1
     ev_w = np.zeros(T)
-    for s, (x0, L, wh, w), u in zip(planned, blocks, short_vars, strict=True):
+    for s, (x0, L, wh, w), _u in zip(planned, blocks, short_vars, strict=True):
         if s.expected:
             continue
         xs = np.maximum(x[x0 : x0 + L], 0.0)

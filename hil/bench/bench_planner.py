@@ -33,7 +33,8 @@ COLS = ("run", "complete", "sessions", "complete_pct", "energy_kwh", "cost", "pe
 
 
 def compare(scenario: Scenario, *, start_wall: float, needs: str = "known", expect: tuple[float, float] | None = None,
-            tick_s: float = 30.0, acn: bool = True, acn_network: Any = None, ideal: bool = True) -> list[dict[str, Any]]:
+            tick_s: float = 30.0, acn: bool = True, acn_network: Any = None,
+            ideal: bool = True) -> list[dict[str, Any]]:
     """Every run on one scenario: a row of figures each (the LP ideal's row has no peak or planner time)."""
     rows: list[dict[str, Any]] = []
     runs: list[RunResult] = [
@@ -103,9 +104,16 @@ def main() -> None:
         from acnportal.acnsim.network.sites import caltech_acn
 
         s = caltech()
-        results["caltech"] = compare(s, start_wall=WORKPLACE_START_WALL, tick_s=args.tick,
-                                     acn_network=lambda: caltech_acn(basic_evse=True))
-        print(table(f"caltech: {s.description} (acnportal on its own phasor constraints)", results["caltech"]))
+        rows = compare(s, start_wall=WORKPLACE_START_WALL, tick_s=args.tick,
+                       acn_network=lambda: caltech_acn(basic_evse=True))
+        # acnportal's algorithms once more on the gateway's model of the same site (per-line sums, not phasors)
+        for algo in ("acnportal EDF", "acnportal LLF"):
+            r = run_acn(s, algo, start_wall=WORKPLACE_START_WALL)
+            r.name = f"{algo} (gateway model)"
+            rows.insert(-1, {k: (v.item() if hasattr(v, "item") else v) for k, v in r.row().items()})
+        results["caltech"] = rows
+        print(table(f"caltech: {s.description} (acnportal EDF/LLF on its own phasor constraints, then on the "
+                    "gateway's per-line model)", rows))
     if args.json:
         print(json.dumps(results, indent=1, default=str))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -39,8 +39,8 @@ def test_vehicle_then_charger_then_class() -> None:
     s = _parse({"defaults": {"fleet": {"departure": "05:00", "energy_kwh": 60, "expect_vehicles": True}},
                 "chargers": {"VAN002": {"energy_kwh": 70}},
                 "vehicles": [{"id_token": "FLEET-7", "capacity_kwh": 75, "target_soc_pct": 100, "departure": "04:45"}]})
-    arrive = datetime(2026, 1, 13, 18, 0, tzinfo=timezone.utc).timestamp()
-    five = datetime(2026, 1, 14, 5, 0, tzinfo=timezone.utc).timestamp()
+    arrive = datetime(2026, 1, 13, 18, 0, tzinfo=UTC).timestamp()
+    five = datetime(2026, 1, 14, 5, 0, tzinfo=UTC).timestamp()
     n = configured_needs(s, charger="VAN001", priority="fleet", id_token=None, started_wall=arrive)
     assert n is not None and n.energy_wh == 60_000.0 and n.departure_wall == five and n.source == "class:fleet"
     n2 = configured_needs(s, charger="VAN002", priority="fleet", id_token=None, started_wall=arrive)

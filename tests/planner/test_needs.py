@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,9 +16,9 @@ from gateway.planner.needs import (
     parse_needs_command,
 )
 
-NOW = datetime(2026, 1, 13, 18, 0, tzinfo=timezone.utc).timestamp()
+NOW = datetime(2026, 1, 13, 18, 0, tzinfo=UTC).timestamp()
 DEP = "2026-01-14T05:00:00Z"
-DEP_WALL = datetime(2026, 1, 14, 5, 0, tzinfo=timezone.utc).timestamp()
+DEP_WALL = datetime(2026, 1, 14, 5, 0, tzinfo=UTC).timestamp()
 CHARGERS = {"VAN001": object(), "VAN002": object()}
 
 
@@ -114,5 +114,5 @@ def test_a_default_departure_is_the_next_one() -> None:
     assert next_local_time(300, "UTC", NOW) == DEP_WALL
     assert next_local_time(300, "Europe/Berlin", NOW) == DEP_WALL - 3600
     # at 04:50 with at least 1 h ahead: the day after
-    early = datetime(2026, 1, 14, 4, 50, tzinfo=timezone.utc).timestamp()
+    early = datetime(2026, 1, 14, 4, 50, tzinfo=UTC).timestamp()
     assert next_local_time(300, "UTC", early, 3600.0) == DEP_WALL + 86400

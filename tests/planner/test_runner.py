@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 
@@ -56,10 +57,8 @@ def test_a_failing_planner_falls_back() -> None:
 def _wait_done(w: PlannerWorker) -> None:
     f = w._future
     if f is not None:
-        try:
+        with contextlib.suppress(RuntimeError):
             f.result(timeout=30)
-        except RuntimeError:
-            pass
 
 
 def test_a_late_plan_is_dropped_and_the_loop_does_not_wait() -> None:
