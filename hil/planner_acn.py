@@ -119,7 +119,7 @@ def algorithms() -> dict[str, Any]:
     }
     try:  # the adaptive (MPC) scheduler solves a convex program through cvxpy
         import cvxpy  # noqa: F401
-        from acnportal.algorithms import AdaptiveSchedulingAlgo  # type: ignore[attr-defined]
+        from acnportal.algorithms import AdaptiveSchedulingAlgo
 
         out["acnportal adaptive"] = lambda: AdaptiveSchedulingAlgo([])  # objectives would go here
     except ImportError:

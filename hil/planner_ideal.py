@@ -40,10 +40,10 @@ def ideal_deadlines(scenario: Scenario, step_s: float | None = None, start_wall:
     cidx = {c: i for i, c in enumerate(circuits)}
     own = {c: np.array([_base(scenario, c, t * h, (t + 1) * h, P) for t in range(T)]) for c in circuits}
     room = np.zeros((len(circuits), T, P))
-    for c in circuits:
-        sub = sum((own[d] for d in circuits if c in site.path_to_root[d]), np.zeros((T, P)))
-        cc = site.circuits[c]
-        room[cidx[c]] = np.maximum(0.0, cc.limit_a - cc.margin_a - sub)
+    for cid in circuits:
+        sub = sum((own[d] for d in circuits if cid in site.path_to_root[d]), np.zeros((T, P)))
+        cc = site.circuits[cid]
+        room[cidx[cid]] = np.maximum(0.0, cc.limit_a - cc.margin_a - sub)
     slots = price_slots(site, start_wall, scenario.duration_s)
     price = np.array([_price_at(slots, (t + 0.5) * h) for t in range(T)])
     pmax = float(np.max(np.abs(price))) if T else 0.0
