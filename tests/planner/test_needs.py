@@ -116,3 +116,29 @@ def test_a_default_departure_is_the_next_one() -> None:
     # at 04:50 with at least 1 h ahead: the day after
     early = datetime(2026, 1, 14, 4, 50, tzinfo=UTC).timestamp()
     assert next_local_time(300, "UTC", early, 3600.0) == DEP_WALL + 86400
+
+
+def test_the_tracker_observes_needs_and_drops_them_with_the_session() -> None:
+    from gateway.config import site_from_dict
+    from gateway.ocpp_proxy.state import ChargerTracker
+    from tests.factories import ac, site_dict
+
+    site = site_from_dict(site_dict(chargers=[ac("VAN001", phases=3, ocpp_version="2.0.1")]))
+    t = ChargerTracker(site.chargers["VAN001"], 3, lambda: 100.0, wall=lambda: NOW)
+    t.on_status_201({"timestamp": "2026-01-13T18:00:00Z", "connectorStatus": "Occupied", "evseId": 1,
+                     "connectorId": 1})
+    t.on_ev_charging_needs({"evseId": 1, "chargingNeeds": {"requestedEnergyTransfer": "AC_three_phase",
+                                                           "departureTime": DEP,
+                                                           "acChargingParameters": {"energyAmount": 30000,
+                                                                                    "evMinCurrent": 6,
+                                                                                    "evMaxCurrent": 16,
+                                                                                    "evMaxVoltage": 400}}})
+    cms = from_data_transfer("ems-gateway", "SessionNeeds", json.dumps({"energy_kwh": 45}), charger="VAN001",
+                             chargers={"VAN001": None}, now_wall=NOW)
+    assert cms is not None
+    t.on_needs_command(cms)
+    n = t.needs()
+    assert n is not None and n.energy_wh == 45_000.0 and n.departure_wall == DEP_WALL  # the CMS's energy, the EV's time
+    t.on_status_201({"timestamp": "2026-01-13T18:10:00Z", "connectorStatus": "Available", "evseId": 1,
+                     "connectorId": 1})
+    assert t.needs() is None
