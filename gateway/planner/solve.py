@@ -253,7 +253,7 @@ def _solve(
         frac = (np.minimum(edges[1 : L + 1], dep) - edges[:L]) / step
         wh = w * frac * step / 3600.0
         hi = _max_a(site, ch, s)
-        t_pref = np.arange(L) / L  # by the session's own window: the sooner it leaves, the more a delay costs
+        t_pref = np.arange(L) / max(T, 1)
         costs = wh * (price[:L] / 1000.0 + eps * t_pref)
         upper = np.full(L, hi)
         if s.expected:
