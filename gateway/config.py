@@ -18,6 +18,7 @@ from gateway.confkit import Table, check_ident, is_loopback_host, parse_toml, re
 from gateway.errors import ConfigError
 from gateway.meters.config import MeterConfig, check_bus_settings, parse_meter
 from gateway.ocpp_proxy.config import ChargerOcppConfig, OcppConfig, parse_charger_ocpp, parse_ocpp
+from gateway.planner.config import PlannerSettings, parse_planner
 from gateway.telemetry.config import MqttConfig, parse_mqtt
 
 PHASES = electrical.LINE_NAMES  # site lines by index; a service uses the first n_lines of them
@@ -128,6 +129,7 @@ class Site:
     state_dir: str = "/var/lib/ems-gateway"  # durable queues (OCPP store, MQTT events)
     source: str = "<memory>"
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # [budget]: demand window, tariff (gateway.budget)
+    planner: PlannerSettings = field(default_factory=PlannerSettings)  # [planner]: departure-aware charging
     # derived topology
     children: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     path_to_root: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # circuit -> itself..service
@@ -203,6 +205,7 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
     ocpp = parse_ocpp(root.table("ocpp"))
     mqtt = parse_mqtt(root.table("mqtt"))
     budget = parse_budget(root.table("budget"), service, _service_meter_has_energy(meters, service.id))
+    planner = parse_planner(root.table("planner"), chargers=chargers, priorities=priorities, timezone=budget.timezone)
     root.done()
 
     children, path_to_root, order = _topology(circuits)
@@ -230,6 +233,7 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
         path_to_root=path_to_root,
         chargers_under={k: tuple(v) for k, v in under.items()},
         budget=budget,
+        planner=planner,
     )
     _check_electrical(site)
     _check_charger_auth(site)

@@ -12,18 +12,35 @@ the worker that runs it off the control loop.
   which applies them in gateway.allocation.targets inside the same safety rules.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from gateway.planner.model import (
     BudgetView,
     ChargerPlan,
     Forecast,
     Plan,
+    PlannerConfig,
     PlannerState,
     PlanSession,
     PriceSlot,
     Projection,
     Taper,
 )
-from gateway.planner.solve import CHEAP, DEADLINE, PlannerConfig, plan
+
+if TYPE_CHECKING:
+    from gateway.planner.solve import CHEAP, DEADLINE, plan
+
+
+def __getattr__(name: str) -> Any:
+    """``plan`` and the reasons load gateway.planner.solve (which reads gateway.config) on first use: gateway.config
+    reads the [planner] table through gateway.planner.config, so this package must not import it eagerly."""
+    if name in ("plan", "CHEAP", "DEADLINE"):
+        from gateway.planner import solve
+
+        return getattr(solve, name)
+    raise AttributeError(name)
 
 __all__ = [
     "CHEAP", "DEADLINE", "BudgetView", "ChargerPlan", "Forecast", "Plan", "PlanSession", "PlannerConfig",

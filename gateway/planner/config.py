@@ -31,8 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.confkit import Table
+from gateway.planner.model import PlannerConfig
 from gateway.planner.needs import Needs, next_local_time
-from gateway.planner.solve import PlannerConfig
 
 _HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 

@@ -102,3 +102,15 @@ class PlannerState:
 
     at_risk: frozenset[str] = frozenset()
     events: tuple[tuple[str, Mapping[str, object]], ...] = ()  # this plan's events (session_at_risk)
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    slot_s: float = 900.0  # the LP's time step
+    max_horizon_s: float = 36 * 3600.0  # departures beyond this are planned as if at its end
+    time_limit_s: float = 0.8  # HiGHS's limit; beyond it the plan fails (the allocator falls back)
+    at_risk_wh: float = 100.0  # a projected shortfall above this (and 1 % of the need) is at risk
+    # robustness: the plan counts on this share of the room after the present slot (the real chargers and EVs
+    # lose some to ramps, response delays, floors and hysteresis), and plans each need this much higher
+    future_room_fraction: float = 0.92
+    need_margin: float = 0.02

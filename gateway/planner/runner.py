@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from gateway.config import Site
 from gateway.model import ChargerTarget
 from gateway.planner.config import PlannerSettings
-from gateway.planner.model import BudgetView, Forecast, Plan, PlannerState, PlanSession
-from gateway.planner.solve import PlannerConfig, plan
+from gateway.planner.model import BudgetView, Forecast, Plan, PlannerConfig, PlannerState, PlanSession
+from gateway.planner.solve import plan
 
 log = logging.getLogger(__name__)
 

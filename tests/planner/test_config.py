@@ -50,3 +50,18 @@ def test_vehicle_then_charger_then_class() -> None:
     assert n3.energy_wh == 60_000.0  # the profile's target SoC needs the EV's SoC; until then the class default
     assert configured_needs(s, charger="VAN001", priority="guest", id_token=None, started_wall=arrive) is None
     assert s.classes["fleet"].expect_vehicles
+
+
+def test_the_site_config_reads_planner_with_key_paths() -> None:
+    from gateway.config import site_from_dict
+    from tests.factories import ac, site_dict
+
+    d = site_dict(chargers=[ac("VAN001", phases=3, priority="fleet")], priorities={"fleet": 1.0})
+    d["planner"] = {"defaults": {"fleet": {"departure": "05:00", "energy_kwh": 60}}}
+    site = site_from_dict(d)
+    assert site.planner.enabled and site.planner.classes["fleet"].energy_wh == 60_000.0
+    assert not site_from_dict(site_dict(chargers=[ac("A", phases=3)])).planner.enabled  # no [planner]: off
+    d["planner"] = {"defaults": {"fleet": {"departure_s": 5}}}
+    with pytest.raises(ConfigError) as ei:
+        site_from_dict(d)
+    assert ei.value.path == "planner.defaults.fleet.departure_s"
