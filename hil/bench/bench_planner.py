@@ -2,7 +2,8 @@
 limits, printed as a table.
 
 * ems-gateway without the planner (max-min fairness) and with it, through hil.planner_sim (allocate() + plan()
-  on the hil.sim.ev EV model, ticks of ``--tick`` s);
+  on the hil.sim.ev EV model, ticks of ``--tick`` s; HiGHS limited to 5 s per plan so that the figures do not
+  depend on the machine's load; the plans that took longer than the daemon's 0.8 s are counted);
 * acnportal's earliest deadline first and least laxity first through acnportal's own simulator (hil.planner_acn;
   its adaptive scheduler needs cvxpy, not installed: skipped, said in the output);
 * the LP ideal with deadlines (hil.planner_ideal).
@@ -22,6 +23,7 @@ import json
 import time
 from typing import Any
 
+from gateway.planner import PlannerConfig
 from hil.planner_acn import adaptive_available, run_acn
 from hil.planner_ideal import ideal_deadlines
 from hil.planner_scenarios import DEPOT_START_WALL, WORKPLACE_START_WALL, caltech, depot, workplace
@@ -34,13 +36,13 @@ COLS = ("run", "complete", "sessions", "complete_pct", "energy_kwh", "cost", "pe
 
 def compare(scenario: Scenario, *, start_wall: float, needs: str = "known", expect: tuple[float, float] | None = None,
             tick_s: float = 30.0, acn: bool = True, acn_network: Any = None,
-            ideal: bool = True) -> list[dict[str, Any]]:
+            ideal: bool = True, time_limit_s: float = 5.0) -> list[dict[str, Any]]:
     """Every run on one scenario: a row of figures each (the LP ideal's row has no peak or planner time)."""
     rows: list[dict[str, Any]] = []
     runs: list[RunResult] = [
         simulate(scenario, use_planner=False, needs=needs, tick_s=tick_s, start_wall=start_wall),  # type: ignore[arg-type]
         simulate(scenario, use_planner=True, needs=needs, tick_s=tick_s, start_wall=start_wall,  # type: ignore[arg-type]
-                 expect=expect),
+                 expect=expect, planner_cfg=PlannerConfig(time_limit_s=time_limit_s)),
     ]
     if acn:
         runs += [run_acn(scenario, algo, start_wall=start_wall, network=acn_network() if acn_network else None)
@@ -48,6 +50,8 @@ def compare(scenario: Scenario, *, start_wall: float, needs: str = "known", expe
     for r in runs:
         row = r.row()
         row["plans_failed"] = r.plans_failed
+        row["plans"] = len(r.plan_s)
+        row["plans_over_0.8s"] = sum(t > 0.8 for t in r.plan_s)  # would have fallen back at the daemon's default
         row["at_risk_events"] = r.at_risk_events
         rows.append({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
     if ideal:
@@ -63,9 +67,14 @@ def compare(scenario: Scenario, *, start_wall: float, needs: str = "known", expe
 
 
 def table(title: str, rows: list[dict[str, Any]]) -> str:
-    out = [title, "  ".join(f"{c:>14}" if i else f"{c:<24}" for i, c in enumerate(COLS))]
+    out = [title, "  ".join(f"{c:>14}" if i else f"{c:<30}" for i, c in enumerate(COLS))]
     for r in rows:
-        out.append("  ".join((f"{_fmt(r.get(c)):>14}" if i else f"{r[c]:<24}") for i, c in enumerate(COLS)))
+        out.append("  ".join((f"{_fmt(r.get(c)):>14}" if i else f"{r[c]:<30}") for i, c in enumerate(COLS)))
+    for r in rows:
+        if r.get("plans"):
+            out.append(f"{r['run']}: {r['plans']} plans, {r['plans_failed']} failed, {r['plans_over_0.8s']} took over "
+                       f"0.8 s (the daemon's default HiGHS limit: those would have fallen back to max-min), "
+                       f"{r['at_risk_events']} at-risk events")
     ideal = next((r for r in rows if r["run"].startswith("LP ideal")), None)
     planner = next((r for r in rows if r["run"] == "ems-gateway + planner"), None)
     if ideal and planner and ideal["complete"]:
