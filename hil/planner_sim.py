@@ -134,7 +134,7 @@ class _Live:
 
 def simulate(
     scenario: Scenario, *, use_planner: bool, needs: Literal["known", "unknown"] = "known", tick_s: float = 10.0,
-    replan_s: float = 300.0, start_wall: float = 0.0, planner_cfg: PlannerConfig | None = None,
+    replan_s: float = 900.0, start_wall: float = 0.0, planner_cfg: PlannerConfig | None = None,
     name: str | None = None, expect: tuple[float, float] | None = None,
 ) -> RunResult:
     """``expect``: (departure s, kWh) of the vehicle each free charger expects (a fleet class's default), or None."""

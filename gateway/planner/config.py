@@ -3,8 +3,8 @@
     [planner]
     enabled = true
     slot_s = 900               # the plan's time step
-    replan_s = 60              # a new plan this often (and on every arrival and departure)
-    max_plan_age_s = 300       # an older plan is dropped: max-min fairness until the next one
+    replan_s = 900             # a new plan this often (and on every arrival and departure)
+    max_plan_age_s = 1200      # an older plan is dropped: max-min fairness until the next one
     time_limit_s = 0.8         # HiGHS's limit per plan
     min_dwell_s = 3600         # a default departure is at least this far after the arrival
 
@@ -57,8 +57,8 @@ class Vehicle:
 class PlannerSettings:
     enabled: bool = False
     solver: PlannerConfig = field(default_factory=PlannerConfig)
-    replan_s: float = 60.0
-    max_plan_age_s: float = 300.0
+    replan_s: float = 900.0  # = the slot: replanning more often shuffles equal shares (see hil/bench/bench_planner)
+    max_plan_age_s: float = 1200.0
     min_dwell_s: float = 3600.0
     timezone: str = "UTC"
     classes: Mapping[str, Default] = field(default_factory=dict)
@@ -96,8 +96,8 @@ def parse_planner(
         slot_s=t.float("slot_s", 900.0, min=60, max=3600),
         time_limit_s=t.float("time_limit_s", 0.8, gt=0, max=30),
     )
-    replan = t.float("replan_s", 60.0, min=1, max=3600)
-    age = t.float("max_plan_age_s", 300.0, gt=0, max=7200)
+    replan = t.float("replan_s", 900.0, min=1, max=3600)
+    age = t.float("max_plan_age_s", 1200.0, gt=0, max=7200)
     if age < replan:
         raise t.error("max_plan_age_s", f"must be at least replan_s ({replan:g} s): every plan would be too old")
     classes: dict[str, Default] = {}
