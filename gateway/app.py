@@ -88,8 +88,14 @@ class App:
         self.ocpp = OcppController(site, clock=clock, on_event=self._ocpp_event)
         self.meters = MeterService(site, clock=clock, on_reading=self._on_reading, on_stale=self._on_stale)
         sink: TelemetrySink | None = self.telemetry
+        self.planner: Any = None
+        if site.planner.enabled:  # [planner]: departure-aware charging, in a worker thread (gateway.planner)
+            from gateway.planner.service import PlannerService
+
+            self.planner = PlannerService(site, site.planner, needs_of=lambda cid: self.ocpp.tracker(cid).needs())
         self.control = ControlLoop(
-            site, self.meters, self.ocpp, telemetry=sink, budget=self.budget, notifier=self.notifier, clock=clock
+            site, self.meters, self.ocpp, telemetry=sink, budget=self.budget, planner=self.planner,
+            notifier=self.notifier, clock=clock,
         )
         self.web: Any = _make_web(site, self.control, self.budget, clock)  # [web]: the local page and API
         self._stop = asyncio.Event()
@@ -184,6 +190,8 @@ class App:
             if self.web is not None:
                 self.web.close()
             self.budget.close()
+            if self.planner is not None:
+                self.planner.close()
         log.info("gateway_stopped", failure=self.failure)
         if self.failure is not None:
             raise FatalError(self.failure)

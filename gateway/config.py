@@ -19,6 +19,7 @@ from gateway.confkit import Table, check_ident, is_loopback_host, parse_toml, re
 from gateway.errors import ConfigError
 from gateway.meters.config import MeterConfig, check_bus_settings, parse_meter
 from gateway.ocpp_proxy.config import ChargerOcppConfig, OcppConfig, parse_charger_ocpp, parse_ocpp
+from gateway.planner.config import PlannerSettings, parse_planner
 from gateway.telemetry.config import MqttConfig, parse_mqtt
 from gateway.web.config import WebConfig, parse_web
 
@@ -131,6 +132,7 @@ class Site:
     state_dir: str = "/var/lib/ems-gateway"  # durable queues (OCPP store, MQTT events)
     source: str = "<memory>"
     budget: BudgetConfig = field(default_factory=BudgetConfig)  # [budget]: demand window, tariff (gateway.budget)
+    planner: PlannerSettings = field(default_factory=PlannerSettings)  # [planner]: departure-aware charging
     # derived topology
     children: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     path_to_root: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # circuit -> itself..service
@@ -216,6 +218,7 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
     mqtt = parse_mqtt(root.table("mqtt"))
     web = parse_web(root.table("web"), taken_ports=(ocpp.listen_port, ocpp.tls_listen_port or 0))
     budget = parse_budget(root.table("budget"), service, _service_meter_has_energy(meters, service.id))
+    planner = parse_planner(root.table("planner"), chargers=chargers, priorities=priorities, timezone=budget.timezone)
     root.done()
 
     children, path_to_root, order = _topology(circuits)
@@ -245,6 +248,7 @@ def site_from_dict(data: Mapping[str, Any], source: str = "<memory>") -> Site:
         web=web,
         pv_meters=pv_meters,
         budget=budget,
+        planner=planner,
     )
     _check_electrical(site)
     check_solar(site)

@@ -27,7 +27,15 @@ from gateway.allocation import AllocatorState, allocate
 from gateway.budget import Budget
 from gateway.compliance import ComplianceMonitor
 from gateway.config import Site
-from gateway.model import Allocation, BudgetCap, ChargerCap, ChargerSnapshot, MeterReading, Snapshot
+from gateway.model import (
+    Allocation,
+    BudgetCap,
+    ChargerCap,
+    ChargerSnapshot,
+    ChargerTarget,
+    MeterReading,
+    Snapshot,
+)
 from gateway.systemd import Notifier
 
 log = structlog.get_logger(__name__)
@@ -52,6 +60,14 @@ class TelemetrySink(Protocol):
     def publish_tick(self, snapshot: Snapshot, allocation: Allocation) -> None: ...
 
     def event(self, name: str, **fields: object) -> None: ...
+
+
+class PlannerPort(Protocol):
+    """The departure-aware planner (gateway.planner.service.PlannerService): this tick's targets, never waiting."""
+
+    def targets(
+        self, snapshot: Snapshot, allocation: Allocation | None, now: float
+    ) -> Mapping[str, ChargerTarget]: ...
 
 
 class BudgetPort(Protocol):
@@ -197,6 +213,7 @@ class ControlLoop:
         *,
         telemetry: TelemetrySink | None = None,
         budget: BudgetPort | None = None,
+        planner: PlannerPort | None = None,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         history: int = 3600,
@@ -206,6 +223,7 @@ class ControlLoop:
         self.chargers = chargers
         self.telemetry = telemetry
         self.budget = budget
+        self.planner = planner
         self.notifier = notifier or Notifier(address="")
         self.clock = clock
         self.allocation: Allocation | None = None
@@ -365,6 +383,7 @@ class ControlLoop:
         readings = with_test_load(dict(self.meters.readings()), self.test_load, t0)
         caps, charger_caps = self._budget(readings, chargers, t0)
         snapshot = Snapshot(taken_at=t0, meters=readings, chargers=chargers, caps=caps, charger_caps=charger_caps)
+        snapshot = self._plan(snapshot, t0)
         t1 = self.clock()
         allocation, state = allocate(snapshot, site, self.state, t0)
         if self.test_overrides:
@@ -414,6 +433,17 @@ class ControlLoop:
         self.ticked.set()
         self.ticked = asyncio.Event()
         return allocation
+
+    def _plan(self, snapshot: Snapshot, now: float) -> Snapshot:
+        """The latest plan's targets (gateway.planner); a planner that fails gives none (max-min fairness)."""
+        if self.planner is None:
+            return snapshot
+        try:
+            targets = self.planner.targets(snapshot, self.allocation, now)
+        except Exception:
+            log.exception("planner_failed")
+            return snapshot
+        return replace(snapshot, targets=targets) if targets else snapshot
 
     def _budget(
         self, readings: Mapping[str, MeterReading | None], chargers: Mapping[str, ChargerSnapshot], now: float

@@ -115,6 +115,15 @@ class ChargerCap(NamedTuple):
     reason: str  # e.g. "solar:surplus", "solar:surplus+min"
 
 
+class ChargerTarget(NamedTuple):
+    """The planner's share for one charger (gateway.planner), applied by gateway.allocation.targets inside the
+    same safety rules: it lowers a bound or orders the filling, it never raises a limit above the safe cap."""
+
+    target_a: float  # line current per loaded site phase (A) the plan wants the charger to get now
+    reason: str  # "plan:deadline" | "plan:cheap-period"
+    hold: bool = False  # True: at most the target (deferred); False: the target first, then the max-min rest
+
+
 @dataclass(frozen=True)
 class Snapshot:
     taken_at: float
@@ -122,6 +131,7 @@ class Snapshot:
     chargers: Mapping[str, ChargerSnapshot]
     caps: tuple[BudgetCap, ...] = ()  # budget sources on the service (the service limit itself is not one)
     charger_caps: Mapping[str, ChargerCap] = field(default_factory=dict)
+    targets: Mapping[str, ChargerTarget] = field(default_factory=dict)  # the planner's (gateway.planner)
 
 
 class ChargerLimit(NamedTuple):

@@ -46,6 +46,7 @@ from gateway.allocation.headroom import Headroom, headroom
 from gateway.allocation.minimums import pause
 from gateway.allocation.plan import FloatArray, Plan, plan_of
 from gateway.allocation.state import AllocatorState, ChargerMemory, CircuitMemory, MemoryView
+from gateway.allocation.targets import fill_toward, with_hold_caps
 from gateway.allocation.trust import Trust, meter_problem, mode_of, trust
 from gateway.config import Site
 from gateway.model import Allocation, CircuitStatus, Snapshot
@@ -58,6 +59,7 @@ def allocate(
 ) -> tuple[Allocation, AllocatorState]:
     state = state if state is not None else AllocatorState()
     plan = plan_of(site)
+    snapshot = with_hold_caps(snapshot, site)  # the planner's held targets are charger caps (targets.py)
     t = trust(site, plan, snapshot.meters, now)
     c = classify(snapshot, site, plan, state, t.failsafe_reason, now, t.aging, t.readings)
     h = headroom(site, plan, c, t.readings, state.circuits, snapshot.caps, now)
@@ -65,7 +67,8 @@ def allocate(
     paused = pause(plan, c, room, site.control.rotation_period_s, now)
     grow = c.is_active.copy()
     grow[list(paused)] = False
-    x, frozen_by = fill(plan, grow, c.lo, c.hi, c.weight, room)
+    # the planner's targets first where it has any (targets.py), else the filling alone
+    x, frozen_by = fill_toward(plan, grow, c.lo, c.hi, c.weight, room, snapshot, c.hi_reason, fill)
     propose(site, plan, c, x, frozen_by, paused, h.binding_name)
     gate(plan, c, h.cap, h.non_ev)
     limits, memory, may = remember(site, plan, c, now, state)

@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.protocol import State
 
 from gateway.backoff import Backoff
+from gateway.budget.remote import CommandRejected
 from gateway.config import ChargerConfig
 from gateway.errors import OcppError, StoreError
 from gateway.model import Actuation
@@ -45,6 +46,7 @@ from gateway.ocpp_proxy.reports import cms_view
 from gateway.ocpp_proxy.state import ChargerTracker
 from gateway.ocpp_proxy.store import QueueFull
 from gateway.ocpp_proxy.upstream import UpstreamTarget, open_upstream
+from gateway.planner.needs import from_data_transfer
 
 if TYPE_CHECKING:
     from gateway.ocpp_proxy.controller import OcppController
@@ -439,6 +441,8 @@ class ChargerSession:
                 await self.ws.send(error_text(frame.message_id, code, f"{action} payload fails its schema"))
                 return
             self._track_request(action, frame.payload)
+        if action == "NotifyEVChargingNeeds":  # the EV's departure and energy for the planner: observed, relayed raw
+            self.tracker.on_ev_charging_needs(frame.payload)
         live = self.up is not None and (action not in QUEUED or not self.draining)
         if not live:
             await self._answer_locally(frame)
@@ -688,10 +692,25 @@ class ChargerSession:
         ):
             self._collect_reports(frame)
             return
+        if action == "DataTransfer":
+            self._observe_needs(frame.payload)
         text = self._rewrite_tx_down(frame.raw, frame.payload) if self.version == "1.6" else frame.raw
         self.to_charger.submit(
             OutCall(frame.message_id, text, action, False, frame.payload, on_answer=self._relayed_down_answered)
         )
+
+    def _observe_needs(self, p: dict[str, Any]) -> None:
+        """A CMS DataTransfer ems-gateway/SessionNeeds: the session's needs for the planner (relayed raw as ever)."""
+        try:
+            cmd = from_data_transfer(p.get("vendorId"), p.get("messageId"), p.get("data"), charger=self.id,
+                                     chargers={self.id: None}, now_wall=time.time())
+        except CommandRejected as exc:
+            self.log.warning("session_needs_rejected", source="cms", reason=exc.reason)
+            return
+        if cmd is not None:
+            self.tracker.on_needs_command(cmd)
+            self.log.info("session_needs", source="cms", energy_wh=cmd.needs and cmd.needs.energy_wh,
+                          departure=cmd.needs and cmd.needs.departure_wall)
 
     def _relayed_down_answered(self, out: OutCall, ans: Frame | None) -> None:
         if ans is None:

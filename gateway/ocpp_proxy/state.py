@@ -14,6 +14,7 @@ from gateway import electrical
 from gateway.config import ChargerConfig, Site
 from gateway.model import Actuation, ChargerSnapshot, ChargerState, Session
 from gateway.ocpp_proxy.policy import parse_iso
+from gateway.planner.needs import Needs, NeedsCommand, from_notify_ev_charging_needs
 
 log = structlog.get_logger(__name__)
 
@@ -133,6 +134,27 @@ class ChargerTracker:
         self._gen = 0  # bumped on every change: the snapshot is rebuilt only then
         self._snap: ChargerSnapshot | None = None
         self._snap_key: tuple[int, bool, Session | None, Actuation | None] | None = None
+        # the session's needs as the EV (ISO 15118, NotifyEVChargingNeeds) and the CMS (DataTransfer
+        # ems-gateway/SessionNeeds) told them: observed, never altered (gateway.planner.needs); cleared when no
+        # session is left on the station
+        self.ev_needs: Needs | None = None
+        self.cms_needs: Needs | None = None
+
+    def on_ev_charging_needs(self, p: dict[str, Any]) -> None:
+        """OCPP 2.0.1 NotifyEVChargingNeeds: what the EV says it needs (a later one replaces what it says anew)."""
+        n = from_notify_ev_charging_needs(p)
+        if n is not None:
+            self.ev_needs = n.fill(self.ev_needs)
+
+    def on_needs_command(self, cmd: NeedsCommand) -> None:
+        """The CMS's SessionNeeds for this charger (None needs: cleared)."""
+        self.cms_needs = None if cmd.needs is None else cmd.needs.fill(self.cms_needs)
+
+    def needs(self) -> Needs | None:
+        """The CMS's over the EV's (each fills what the other leaves unknown)."""
+        if self.cms_needs is None:
+            return self.ev_needs
+        return self.cms_needs.fill(self.ev_needs)
 
     def snapshot(self, actuation: Actuation | None = None) -> ChargerSnapshot:
         k = self._snap_key
@@ -193,6 +215,8 @@ class ChargerTracker:
             self.draws.pop(conn, None)
             self.ended_at[conn] = self.clock()  # a report from before (buffered) does not bring it back
             self.stopped.add(conn)
+        if not self._active():
+            self.ev_needs = self.cms_needs = None  # the needs were the session's
 
     def _session_started(self, conn: int) -> None:
         self.stopped.discard(conn)
