@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import pytest
 
@@ -52,8 +52,8 @@ class _Chargers:
     def snapshot(self) -> Mapping[str, ChargerSnapshot]:
         return {"A": charging("A", (16.0, 16.0, 16.0))}
 
-    async def apply(self, allocation: Allocation) -> None:
-        return None
+    async def apply(self, allocation: Allocation, preempt: Callable[[], bool] | None = None) -> bool:
+        return True
 
     async def stop_transaction(self, charger_id: str) -> None:
         return None

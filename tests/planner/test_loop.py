@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from gateway.control import ControlLoop
 from gateway.model import Allocation, ChargerSnapshot, ChargerTarget, MeterReading, Snapshot
@@ -18,8 +18,8 @@ class _Chargers:
     def snapshot(self) -> Mapping[str, ChargerSnapshot]:
         return {"A": charging("A"), "B": charging("B")}
 
-    async def apply(self, allocation: Allocation) -> None:
-        return None
+    async def apply(self, allocation: Allocation, preempt: Callable[[], bool] | None = None) -> bool:
+        return True
 
     async def stop_transaction(self, charger_id: str) -> None:
         return None
