@@ -11,7 +11,7 @@ import aiohttp
 
 from gateway.commission.report import chromium
 from tests.daemon.conftest import wait_for
-from tests.web.conftest import Web, basic, client
+from tests.web.conftest import Web, basic, client, plug_all
 
 
 async def _status(http: aiohttp.ClientSession, w: Web) -> dict[str, Any]:
@@ -116,3 +116,20 @@ async def test_disruptive_steps_are_refused_in_failsafe_and_bad_steps_rejected(w
         r = await http.post(w.url + "/api/commissioning/start", json={"steps": ["load-test"]}, headers=h)
         assert r.status == 409 and "normal operation" in (await r.json())["error"]
         assert w.app.control.test_load is None
+
+
+async def test_the_daemon_stopping_cancels_a_run_and_clears_its_test_load(web_site: Any) -> None:
+    w: Web = await web_site()
+    plug_all(w.sim)
+    ctl = w.app.control
+    assert await wait_for(lambda: ctl.allocation is not None and ctl.allocation.mode == "normal", 20)
+    async with client(w.url) as http:
+        h = {"X-CSRF-Token": await w.login(http, "tech")}
+        r = await http.post(w.url + "/api/commissioning/start", json={"steps": ["load-test"], "pdf": False},
+                            headers=h)
+        assert r.status == 202, await r.text()
+        assert await wait_for(lambda: ctl.test_load is not None, 90), (await _status(http, w))
+        assert (await _status(http, w))["current"] == "load_test"
+    w.app.request_stop()
+    assert await wait_for(lambda: w.app.web.commissioning.state["state"] == "cancelled", 15)
+    assert ctl.test_load is None and not ctl.test_overrides  # cleared on the way out, not by its own timeout
