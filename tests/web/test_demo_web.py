@@ -31,7 +31,7 @@ async def test_the_demo_with_web_serves_the_live_api(tmp_path: Path) -> None:
                 assert line, "the demo ended: " + "".join(lines)
                 lines.append(line.decode())
         sock = next(x for x in lines if x.startswith("control socket:")).split()[2]
-        assert Path(sock).is_socket()
+        assert await asyncio.to_thread(Path(sock).is_socket)
         m = re.search(r"web page: (http://127\.0\.0\.1:\d+/) \(log in as tech / (\S+): a technician\)",
                       "".join(lines))
         assert m, lines
