@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from gateway import logs
+from gateway import ctl, logs
 from gateway.budget.openadr_app import run_openadr
 from gateway.budget.service import BudgetService
 from gateway.config import Site, load_site
@@ -97,7 +97,10 @@ class App:
             site, self.meters, self.ocpp, telemetry=sink, budget=self.budget, planner=self.planner,
             notifier=self.notifier, clock=clock,
         )
-        self.web: Any = _make_web(site, self.control, self.budget, clock)  # [web]: the local page and API
+        # the control socket's handler: served by _serve_ctl, and called in-process by the web's commissioning
+        self.ctl_handler = ctl.CtlHandler(self.control, self.ocpp, self.meters, config_path=self.config_path,
+                                          clock=clock)
+        self.web: Any = _make_web(site, self.control, self.budget, clock, self.ctl_handler)  # [web]: page and API
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
@@ -214,11 +217,8 @@ class App:
 
     async def _serve_ctl(self) -> None:
         """The local control socket (``ems-gateway commission``)."""
-        from gateway import ctl
-
-        handler = ctl.CtlHandler(self.control, self.ocpp, self.meters, config_path=self.config_path, clock=self.clock)
-        self._ctl = handler
-        await ctl.serve(handler, ctl.socket_path(self.site.state_dir))
+        self._ctl = self.ctl_handler
+        await ctl.serve(self.ctl_handler, ctl.socket_path(self.site.state_dir))
 
     async def _verify_later(self) -> None:
         """`commission --verify` in-process once the charger's profiles are back: its findings become events."""
@@ -295,6 +295,8 @@ class App:
         # nothing may change a limit any more: stop reloads and the loop, then set every charger to its fail-safe
         if self._verify is not None:
             self._verify.cancel()
+        if self.web is not None and self.web.commissioning is not None:  # its test inputs cleared on the way out
+            await self.web.commissioning.cancel(timeout_s=5.0)
         busy = [t for n in ("start", "control") if (t := self._tasks.get(n)) is not None and not t.done()]
         for t in busy:
             t.cancel()
@@ -375,15 +377,16 @@ class App:
         self.notifier.ready(self.control.summary())
 
 
-def _make_web(site: Site, control: ControlLoop, budget: Any, clock: Callable[[], float]) -> Any:
+def _make_web(site: Site, control: ControlLoop, budget: Any, clock: Callable[[], float], ctl_handler: Any) -> Any:
     """The web page and API when [web] is enabled (aiohttp imported only then)."""
     if site.web is None or not site.web.enabled:
         return None
-    from gateway.web.actions import remote_cap_setter
+    from gateway.web.actions import commissioning_runner, remote_cap_setter
     from gateway.web.server import WebService
 
     return WebService(
-        site.web, site, control, state_dir=site.state_dir, cap_setter=remote_cap_setter(budget), clock=clock
+        site.web, site, control, state_dir=site.state_dir, cap_setter=remote_cap_setter(budget),
+        commissioning=commissioning_runner(ctl_handler), clock=clock,
     )
 
 

@@ -5,6 +5,10 @@ simulated DC chargers (OCPP 1.6J and 2.0.1 mixed) whose EVs arrive, ramp up, tap
 building load that steps, and a simulated cloud CMS. The gateway runs against them exactly as it
 would on site, and a one-screen view refreshed every second shows the site current per phase
 against the limit and, per charger, its state, limit, draw and the allocator's reason.
+
+The gateway's control socket is printed: ``ems-gateway commission --socket PATH`` runs against the demo.
+With ``--web [PORT]`` the local web page and API are served on loopback (http://127.0.0.1:PORT/, default
+port 8080) with a technician user whose password is printed.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import math
 import random
+import secrets
 import sys
 import tempfile
 import time
@@ -40,6 +45,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-ui", action="store_true", help="print a summary line every 5 s instead of the live view")
     p.add_argument("--seed", type=int, default=1, help="random seed for EV arrivals")
     p.add_argument("--log-file", help="write the gateway's JSON log here (default: ems-gateway-demo.log in /tmp)")
+    p.add_argument("--web", nargs="?", type=int, const=8080, default=None, metavar="PORT",
+                   help="serve the web page on 127.0.0.1:PORT (default 8080; 0: any free port)")
     p.set_defaults(func=run)
 
 
@@ -53,12 +60,13 @@ def run(args: argparse.Namespace) -> int:
     site_from_dict(raw)  # refuse a bad config before starting anything
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(Demo(raw, seed=args.seed, ui=not args.no_ui and sys.stdout.isatty(),
-                         log_file=args.log_file).run(args.duration))
+                         log_file=args.log_file, web_port=args.web).run(args.duration))
     return 0
 
 
 class Demo:
-    def __init__(self, raw: dict[str, Any], *, seed: int = 1, ui: bool = True, log_file: str | None = None) -> None:
+    def __init__(self, raw: dict[str, Any], *, seed: int = 1, ui: bool = True, log_file: str | None = None,
+                 web_port: int | None = None) -> None:
         from hil.site_sim import SiteSim
 
         self.rng = random.Random(seed)
@@ -81,6 +89,8 @@ class Demo:
         self.sim = SiteSim(raw, base_loads={self.building: building}, meter_interval_s=2.0)
         self.ui = ui
         self.log_file = log_file
+        self.web_port = web_port
+        self.notes: list[str] = []  # the control socket, the web page: shown under the live view too
         self.app: Any = None
 
     async def run(self, duration: float | None) -> None:
@@ -96,11 +106,19 @@ class Demo:
                 await self.sim.stop()
 
     async def _run(self, duration: float | None, log_path: Path) -> None:
+        from gateway import ctl
         from gateway.app import App
         from gateway.systemd import Notifier
 
         sim = self.sim
-        site = site_from_dict(sim.gateway_config())
+        password = secrets.token_urlsafe(9)
+        extra = None
+        if self.web_port is not None:
+            users = Path(sim.state_dir) / "web-users"
+            extra = {"web": {"enabled": True, "listen_host": "127.0.0.1", "port": self.web_port,
+                             "users_file": str(users)}}
+            _write_demo_user(users, password)
+        site = site_from_dict(sim.gateway_config(extra=extra))
         self.app = app = App(site, notifier=Notifier(address=""))
         app_task = asyncio.create_task(app.run(), name="gateway")
         await app.ocpp.wait_started()
@@ -108,6 +126,12 @@ class Demo:
         arrivals = asyncio.create_task(self._arrivals(), name="arrivals")
         print(f"ems-gateway demo: {site.name}; gateway on ws://127.0.0.1:{app.ocpp.port}, "
               f"CMS on ws://127.0.0.1:{sim.cms_port}; log {log_path}", flush=True)
+        sock = ctl.socket_path(site.state_dir)
+        self.notes.append(f"control socket: {sock} (try: ems-gateway commission --socket {sock} --verify)")
+        if app.web is not None:
+            self.notes.append(await self._web_note(app, password if self.web_port is not None else None))
+        for note in self.notes:
+            print(note, flush=True)
         deadline = None if duration is None else time.monotonic() + duration
         next_line = 0.0
         while not app_task.done():
@@ -126,6 +150,16 @@ class Demo:
             await app_task
         print(self.summary_line(), flush=True)
         print(f"demo stopped: every charger was set to its fail-safe limit; log {log_path}", flush=True)
+
+    @staticmethod
+    async def _web_note(app: Any, password: str | None) -> str:
+        who = f" (log in as tech / {password}: a technician)" if password is not None else ""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await app.web.started.wait()
+                scheme = "https" if app.web.cfg.tls else "http"
+                return f"web page: {scheme}://{app.web.cfg.listen_host}:{app.web.port}/{who}"
+        return f"web page: not listening on 127.0.0.1:{app.web.cfg.port} (in use?); see the log"
 
     async def _arrivals(self) -> None:
         from hil.sim.ev import EvSpec
@@ -183,7 +217,7 @@ class Demo:
         real = self.sim.circuit_current(site.root)
         width = 40
         out = [f"ems-gateway demo: {site.name}   t = {time.time() - self.t0:5.0f} s   mode: {alloc.mode}   "
-               "(Ctrl-C stops)", ""]
+               "(Ctrl-C stops)", *(f"  {n}" for n in self.notes), ""]
         lim_a = root.limit_a
         for p, a in enumerate(real):
             fill = min(width, round(width * a / lim_a)) if lim_a > 0 else 0
@@ -223,3 +257,10 @@ class Demo:
         recs = list(self.app.control.records)[-10:] if self.app is not None else []
         vals = [getattr(r, field) * 1000 for r in recs if not math.isnan(getattr(r, field))]
         return sum(vals) / len(vals) if vals else 0.0
+
+
+def _write_demo_user(path: Path, password: str) -> None:
+    """The demo's web users file: one technician, ``tech``, with a password made up for this run."""
+    from gateway.web.users import User, hash_password, save_users
+
+    save_users(path, {"tech": User("tech", "technician", hash_password(password))})

@@ -471,7 +471,7 @@ def write_json(result: dict[str, Any], path: Path) -> None:
 
 async def write_report(result: dict[str, Any], out_dir: Path, *, pdf: bool = True) -> dict[str, Any]:
     """report.html, report.json and (with chromium) report.pdf in out_dir; returns the paths and PDF problem."""
-    html_path = _write_html(result, out_dir)
+    html_path = await asyncio.to_thread(_write_html, result, out_dir)  # off the loop: the daemon runs in it
     files: dict[str, Any] = {"html": str(html_path), "json": str(out_dir / "report.json")}
     if pdf:
         problem = await render_pdf(html_path, out_dir / "report.pdf")

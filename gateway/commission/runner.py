@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,9 @@ import structlog
 from gateway.commission import CommissionError, Link, inventory, loadtest, wiring
 
 log = structlog.get_logger(__name__)
+
+# told when a step starts (name, None) and when it ends (name, its entry in result["steps"])
+Progress = Callable[[str, "dict[str, Any] | None"], None]
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ async def clear(link: Link, reason: str) -> None:
         await asyncio.shield(link.handle({"cmd": "clear", "reason": reason}))
 
 
-async def run(link: Link, opts: Options) -> dict[str, Any]:
+async def run(link: Link, opts: Options, progress: Progress | None = None) -> dict[str, Any]:
     """All the selected steps; the result is what the report shows (JSON)."""
     info = await ask(link, "site")
     site = info["site"]
@@ -67,29 +71,29 @@ async def run(link: Link, opts: Options) -> dict[str, Any]:
     result["status"] = {"circuits": status["circuits"]}
     try:
         if opts.inventory:
-            with _step(result, "inventory"):
+            with _step(result, "inventory", progress):
                 result["inventory"] = {
                     "chargers": inventory.chargers(site, status),
                     "meters": inventory.meters(site, status),
                 }
         if opts.sign_check and not opts.wiring:
-            with _step(result, "wiring"):
+            with _step(result, "wiring", progress):
                 result["wiring"] = {"findings": [asdict(f) for f in wiring.sign_checks(site, status)], "steps": []}
         if opts.wiring:
-            with _step(result, "wiring"):
+            with _step(result, "wiring", progress):
                 findings = wiring.sign_checks(site, status)
                 steps = await phase_test(link, site, opts)
                 findings += wiring.analyse_phase_steps(site, steps)
                 result["wiring"] = {"findings": [asdict(f) for f in findings], "steps": [asdict(s) for s in steps]}
         if opts.load_test:
-            with _step(result, "load_test"):
+            with _step(result, "load_test", progress):
                 result["load_tests"] = []
                 for c in site["circuits"]:
                     if not c.get("meter") or (c["parent"] is not None and not opts.sub_circuits):
                         continue
                     result["load_tests"].append(await load_test(link, site, c, opts))
         if opts.failsafe_test:
-            with _step(result, "failsafe_test"):
+            with _step(result, "failsafe_test", progress):
                 result["failsafe_test"] = await failsafe_check(link, site, opts.lease_s)
     finally:
         await clear(link, "commissioning ended")
@@ -104,7 +108,8 @@ def last_path(state_dir: str | Path) -> Path:
 
 
 async def commission(
-    link: Link, opts: Options, *, report_dir: Path | None = None, verify: bool = False, pdf: bool = True
+    link: Link, opts: Options, *, report_dir: Path | None = None, verify: bool = False, pdf: bool = True,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the steps, write the report (HTML, JSON, PDF) and, for a full commissioning, keep its JSON as the
     baseline under the state directory; with ``verify``, compare with that baseline (changes raise events)."""
@@ -113,7 +118,7 @@ async def commission(
 
     if verify:
         opts = Options(inventory=True, sign_check=True, poll_s=opts.poll_s)
-    result = await run(link, opts)
+    result = await run(link, opts, progress)
     state_dir = Path(result["site"]["state_dir"])
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     base = last_path(state_dir)
@@ -145,17 +150,22 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _step(result: dict[str, Any], name: str) -> Any:
+def _step(result: dict[str, Any], name: str, progress: Progress | None = None) -> Any:
     t0 = time.monotonic()
     log.info("commission_step_started", step=name)
+    if progress is not None:
+        progress(name, None)
     try:
         yield
     except CommissionError as exc:
         log.warning("commission_step_failed", step=name, error=str(exc))
-        result["steps"].append({"step": name, "ok": False, "error": str(exc), "s": round(time.monotonic() - t0, 1)})
-        return
-    log.info("commission_step_ended", step=name, s=round(time.monotonic() - t0, 1))
-    result["steps"].append({"step": name, "ok": True, "s": round(time.monotonic() - t0, 1)})
+        entry: dict[str, Any] = {"step": name, "ok": False, "error": str(exc), "s": round(time.monotonic() - t0, 1)}
+    else:
+        log.info("commission_step_ended", step=name, s=round(time.monotonic() - t0, 1))
+        entry = {"step": name, "ok": True, "s": round(time.monotonic() - t0, 1)}
+    result["steps"].append(entry)
+    if progress is not None:
+        progress(name, entry)
 
 
 class Recorder:

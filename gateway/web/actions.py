@@ -31,3 +31,12 @@ def remote_cap_setter(budget: Any) -> CapSetter:
         return True, {"request_id": cmd["id"], "cap_a": reply.get("cap_a"), "duration_s": body.get("duration_s")}
 
     return set_cap
+
+
+def commissioning_runner(ctl_handler: Any) -> Any:
+    """Commissioning from the web page, in-process: the runner of ``ems-gateway commission`` (gateway/commission/)
+    calls the control socket's handler (gateway/ctl.py) directly, as the CLI calls it over the socket. Returns a
+    :class:`gateway.commission.background.Background` (one run at a time, a task of its own)."""
+    from gateway.commission.background import Background
+
+    return Background(ctl_handler)

@@ -64,10 +64,27 @@ _SCHEMAS: dict[str, Any] = {
     "Event": _obj({
         "id": {"type": "integer"}, "ts": {"type": "number", "description": "Unix time (s)"},
         "kind": {"type": "string", "enum": ["failsafe", "meter", "compliance", "cms", "charger", "reload", "cap",
-                                            "web", "other"]},
+                                            "web", "commissioning", "other"]},
         "name": {"type": "string"}, "fields": {"type": "object"},
     }),
     "Error": _obj({"error": {"type": "string"}}),
+    "Commissioning": _obj({
+        "state": {"type": "string", "enum": ["unavailable", "idle", "running", "done", "failed", "cancelled"]},
+        "steps": {"type": "array", "items": {"type": "string"}}, "user": {"type": "string"},
+        "started_at": _NUM, "ended_at": _NUM, "current": {"type": ["string", "null"], "description": "step running"},
+        "steps_done": {"type": "array", "items": _obj({"step": {"type": "string"}, "ok": {"type": "boolean"},
+                                                      "s": {"type": "number"}, "error": {"type": "string"}})},
+        "verdict": {"type": ["string", "null"], "enum": ["pass", "action needed", None]},
+        "todo": {"type": "array", "items": {"type": "string"}, "description": "the actions needed"},
+        "report": {"type": ["string", "null"], "description": "the report's id (see /api/commissioning/reports)"},
+        "error": {"type": ["string", "null"]},
+    }, "the web's commissioning run (the steps of `ems-gateway commission`, in the daemon); times are Unix s"),
+    "Report": _obj({
+        "id": {"type": "string", "description": "report-<UTC stamp> (commissioning) or verify-<UTC stamp>"},
+        "kind": {"type": "string", "enum": ["report", "verify"]}, "date": {"type": ["string", "null"]},
+        "verdict": {"type": ["string", "null"]}, "actions": {"type": ["integer", "null"]},
+        "files": {"type": "array", "items": {"type": "string", "enum": ["report.html", "report.pdf", "report.json"]}},
+    }),
     "Push": _obj({
         "type": {"type": "string", "enum": ["figures", "events"]}, "site": {"type": "string"},
         "ts": {"type": "string", "format": "date-time"},
@@ -157,8 +174,28 @@ def openapi_document() -> dict[str, Any]:
         "/api/site-cap": _post("technician: a temporary site cap (through the remote cap mechanism)", _obj({
             "limit_a": {"type": "number"}, "limit_kw": {"type": "number"}, "duration_s": {"type": "number"},
             "clear": {"type": "boolean"}}), {"200": "taken", "400": "refused (reason)", "403": "not a technician"}),
-        "/api/commissioning/start": _post("technician: start commissioning", _obj({}), {
-            "501": "not available in this build", "403": "not a technician"}),
+        "/api/commissioning": _get("the commissioning run's progress and result", _ref("Commissioning")),
+        "/api/commissioning/start": _post(
+            "technician: start a commissioning run in the daemon (the steps of `ems-gateway commission`)", _obj({
+                "steps": {"type": "array", "items": {"type": "string", "enum": [
+                    "inventory", "wiring", "load-test", "failsafe-test", "verify"]},
+                    "description": "default [\"verify\"] (non-disruptive; runs alone); wiring, load-test and "
+                    "failsafe-test act on the chargers and are refused unless the site is in normal operation"},
+                "pdf": {"type": "boolean", "description": "also render the PDF (default true)"}}), {
+                "202": "started: follow GET /api/commissioning", "400": "bad steps", "403": "not a technician",
+                "409": "a run is in progress, or the site is not in normal operation for a disruptive step",
+                "503": "no commissioning on this server"}),
+        "/api/commissioning/cancel": _post("technician: cancel the run (its test inputs are cleared)", _obj({}), {
+            "200": "cancelled", "403": "not a technician", "409": "no run in progress"}),
+        "/api/commissioning/reports": _get("the commissioning reports under state_dir/commission, newest first",
+                                           _obj({"reports": _arr("Report")})),
+        "/api/commissioning/reports/{id}/{name}": {"get": {
+            "summary": "one report's file (report.html, report.pdf or report.json), read-only",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                           {"name": "name", "in": "path", "required": True, "schema": {
+                               "type": "string", "enum": ["report.html", "report.pdf", "report.json"]}}],
+            "responses": {"200": {"description": "text/html, application/pdf or application/json"},
+                          "404": {"description": "no such report or file"}}}},
         "/api/openapi.json": _get("this description", {"type": "object"}),
         "/metrics": {"get": {"summary": "Prometheus exposition format", "responses": {"200": {"description": "text"}}}},
     }

@@ -26,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gateway.commission.background import REPORT_FILES, Background, Refused, list_reports, parse_steps, report_file
 from gateway.config import Site
 from gateway.model import Allocation, Snapshot
 from gateway.web import views
@@ -52,6 +53,8 @@ EVENT_KINDS: dict[str, str] = {
     "config_reloaded": "reload", "config_reload_failed": "reload",
     "site_cap_set": "cap", "site_cap_cleared": "cap", "budget_changed": "cap",
     "web_login": "web", "web_login_failed": "web",
+    "commissioning_started": "commissioning", "commissioning_ended": "commissioning",
+    "commission_change": "commissioning",
 }
 _PUBLIC = ("/", "/index.html", "/static/", "/api/login", "/api/session", "/api/openapi.json")
 _MAX_BODY = 16 * 1024
@@ -81,6 +84,7 @@ class WebService:
         *,
         state_dir: str | Path,
         cap_setter: CapSetter | None = None,
+        commissioning: Background | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -88,6 +92,8 @@ class WebService:
         self.site = site
         self.loop_view = loop_view
         self.cap_setter = cap_setter
+        self.commissioning = commissioning  # None: no control handler (the page alone, benchmarks)
+        self.state_dir = Path(state_dir)
         self.clock = clock
         self.wall = wall
         self.store = HistoryStore(Path(state_dir) / "web-history.sqlite", retention_s=cfg.history_hours * 3600)
@@ -305,7 +311,11 @@ class WebService:
         r.add_get("/api/events", self.h_events)
         r.add_get("/api/config", self.h_config)
         r.add_post("/api/site-cap", self.h_site_cap)
+        r.add_get("/api/commissioning", self.h_commission_status)
         r.add_post("/api/commissioning/start", self.h_commission)
+        r.add_post("/api/commissioning/cancel", self.h_commission_cancel)
+        r.add_get("/api/commissioning/reports", self.h_reports)
+        r.add_get("/api/commissioning/reports/{id}/{name}", self.h_report_file)
         return app
 
     def _ssl(self) -> ssl.SSLContext | None:
@@ -583,10 +593,56 @@ class WebService:
         return _json(answer, 200 if ok else 400)
 
     async def h_commission(self, request: web.Request) -> web.StreamResponse:
+        """Start a commissioning run in the daemon (off the request); its progress at GET /api/commissioning."""
         s = request[SESSION_KEY]
         if s.role != "technician":
             return _json({"error": "a technician's action: your role is " + s.role}, 403)
-        return _json({"error": "commissioning is not available in this build (issue 17 adds it)"}, 501)
+        if self.commissioning is None:
+            return _json({"error": "commissioning is not available here (no control handler)"}, 503)
+        body = await _body(request)
+        if body is None:
+            return _json({"error": "expected a JSON object"}, 400)
+        pdf = body.get("pdf", True)
+        try:
+            if not isinstance(pdf, bool):
+                raise Refused(400, "pdf: true or false")
+            steps = parse_steps(body)
+            doc = await self.commissioning.start(steps, s.user, self.event, pdf=pdf)
+        except Refused as exc:
+            return _json({"error": str(exc)}, exc.status)
+        return _json(doc, 202)
+
+    async def h_commission_cancel(self, request: web.Request) -> web.StreamResponse:
+        s = request[SESSION_KEY]
+        if s.role != "technician":
+            return _json({"error": "a technician's action: your role is " + s.role}, 403)
+        if self.commissioning is None or not self.commissioning.running:
+            return _json({"error": "no commissioning run in progress"}, 409)
+        log.warning("commissioning_cancel", user=s.user, via="web")
+        await self.commissioning.cancel()
+        return _json(self.commissioning.status())
+
+    async def h_commission_status(self, request: web.Request) -> web.StreamResponse:
+        if self.commissioning is None:
+            return _json({"state": "unavailable"})
+        return _json(self.commissioning.status())
+
+    async def h_reports(self, request: web.Request) -> web.StreamResponse:
+        return await self._off(lambda: {"reports": list_reports(self.state_dir)})
+
+    async def h_report_file(self, request: web.Request) -> web.StreamResponse:
+        """One report's HTML, PDF or JSON, read-only; only ids and names of the report layout (no traversal)."""
+        rid, name = request.match_info["id"], request.match_info["name"]
+        path = await asyncio.to_thread(report_file, self.state_dir, rid, name)
+        if path is None:
+            return _json({"error": "no such report file"}, 404)
+        data = await asyncio.to_thread(path.read_bytes)
+        return web.Response(body=data, headers={
+            "Content-Type": REPORT_FILES[name] + ("; charset=utf-8" if name.endswith((".html", ".json")) else ""),
+            "Content-Disposition": f'inline; filename="{rid}-{name}"',
+            # the report is self-contained: inline styles and SVG, nothing fetched, no script
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+                                       "frame-ancestors 'none'"})
 
 
 def _encode_live(site: Site, snap: Snapshot | None, alloc: Allocation | None, now: float,

@@ -84,8 +84,8 @@ async def test_a_technicians_site_cap_goes_through_the_remote_cap_to_the_allocat
         r = await http.post(w.url + "/api/site-cap", json={"clear": True}, headers=h)
         assert r.status == 200
         assert await wait_for(lambda: ctl.snapshot is not None and remote_cap_a(ctl.snapshot) is None, 5)
-        r = await http.post(w.url + "/api/commissioning/start", json={}, headers=h)
-        assert r.status == 501  # the commissioning branch builds it
+        r = await http.post(w.url + "/api/commissioning/start", json={"steps": ["nope"]}, headers=h)
+        assert r.status == 400 and "unknown nope" in (await r.json())["error"]
         r = await http.post(w.url + "/api/logout", headers=h)
         assert r.status == 200
         assert (await http.get(w.url + "/api/live")).status == 401

@@ -124,8 +124,17 @@ async def test_live_page_history_events_and_roles_in_chromium(web_site: Any, bro
     assert w.app.control.snapshot is not None and remote_cap_a(w.app.control.snapshot) == 60.0
     await b.select("#event-kind", "cap")
     assert await b.until(lambda: "site_cap_set" in b._text("#events tbody"), 8)
+    # the technician's commissioning (verify, the default): it runs, ends, and its report is listed with links
     await b.click("#commission")
-    assert await b.until(lambda: "refused (501)" in b._text("#action-result"), 5)
+    assert await b.until(lambda: "started verify" in b._text("#action-result"), 5), await b.text("#action-result")
+    assert await b.until(lambda: b.d.find_element("id", "commissioning").get_attribute("data-state") == "done", 60), \
+        await b.text("#comm-status")
+    assert "verdict: action needed" in await b.text("#comm-status")  # no full commissioning before it
+    rid = w.app.web.commissioning.state["report"]
+    links = await b.until(lambda: b.d.execute_script(
+        "return [...document.querySelectorAll('#reports tr[data-id=\"' + arguments[0] + '\"] a.report-link')]"
+        ".map(a => a.getAttribute('href'))", rid), 10)
+    assert f"/api/commissioning/reports/{rid}/report.html" in links, links
     shot = await b.screenshot(tmp_path / "live-technician.png")
     print("screenshot", check_screenshot(shot))
 

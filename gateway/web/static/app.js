@@ -84,7 +84,7 @@
         if (r.status === 401) showLogin();
       };
     }
-    loadEvents(); loadHistory();
+    loadEvents(); loadHistory(); loadCommissioning();
   }
 
   // -- live ---------------------------------------------------------------------------------
@@ -245,7 +245,61 @@
     result(r, "site cap");
   });
   $("cap-clear").addEventListener("click", async () => result(await api("/api/site-cap", { method: "POST", body: JSON.stringify({ clear: true }) }), "clear cap"));
-  $("commission").addEventListener("click", async () => result(await api("/api/commissioning/start", { method: "POST", body: "{}" }), "commissioning"));
+
+  // -- commissioning --------------------------------------------------------------------------
+  let commRunning = false;
+  $("comm-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const steps = [...document.querySelectorAll("#comm-form input[name=step]:checked")].map((c) => c.value);
+    const r = await api("/api/commissioning/start", { method: "POST", body: JSON.stringify({ steps }) });
+    const ok = r.status === 202;
+    $("action-result").className = ok ? "ok" : "error";
+    $("action-result").textContent = "commissioning: " + (ok ? "started " + steps.join(", ") : "refused (" + r.status + ") " + ((r.body && r.body.error) || ""));
+    loadCommissioning();
+  });
+  $("comm-cancel").addEventListener("click", async () => {
+    const r = await api("/api/commissioning/cancel", { method: "POST", body: "{}" });
+    if (r.status !== 200) result(r, "cancel commissioning");
+    loadCommissioning();
+  });
+  async function loadCommissioning() {
+    const r = await api("/api/commissioning");
+    if (r.status !== 200) return;
+    const c = r.body;
+    $("comm-state").textContent = "(" + c.state + ")";
+    $("commissioning").dataset.state = c.state;
+    let text = "";
+    if (c.state !== "idle" && c.state !== "unavailable") {
+      const done = (c.steps_done || []).map((s) => s.step + (s.ok ? " ok" : " FAILED") + " " + fmt(s.s) + " s").join(", ");
+      text = c.steps.join(", ") + " by " + c.user + ": " + c.state + (c.current ? " (" + c.current + "…)" : "") +
+        (done ? "; done: " + done : "") + (c.verdict ? "; verdict: " + c.verdict : "") + (c.error ? "; " + c.error : "");
+      if (c.todo && c.todo.length) text += " — " + c.todo.join(" · ");
+    }
+    $("comm-status").textContent = text;
+    const wasRunning = commRunning;
+    commRunning = c.state === "running";
+    if (wasRunning !== commRunning || !$("reports").tBodies[0].rows.length) loadReports();
+    if (wasRunning && !commRunning) loadEvents();
+  }
+  async function loadReports() {
+    const r = await api("/api/commissioning/reports");
+    if (r.status !== 200) return;
+    fill("reports", r.body.reports.map((x) => {
+      const files = el("td");
+      for (const f of x.files) {
+        const a = el("a", f.replace("report.", ""));
+        a.href = "/api/commissioning/reports/" + encodeURIComponent(x.id) + "/" + f;
+        a.target = "_blank"; a.rel = "noopener";
+        a.className = "report-link";
+        files.appendChild(a); files.appendChild(document.createTextNode(" "));
+      }
+      const tr = row([x.id, x.date || "–", x.verdict || "–", files], { "data-id": x.id });
+      tr.cells[2].className = x.verdict === "pass" ? "ok" : (x.verdict ? "bad" : "");
+      return tr;
+    }));
+  }
+  let commTick = 0;  // every second while a run goes on, else every 5 s
+  setInterval(() => { if (!$("main").hidden && (commRunning || ++commTick % 5 === 0)) loadCommissioning(); }, 1000);
 
   setInterval(() => { if (!$("main").hidden) loadEvents(); }, 5000);
   setInterval(() => { if (!$("main").hidden) loadHistory(); }, 30000);
