@@ -93,6 +93,10 @@ class App:
             from gateway.planner.service import PlannerService
 
             self.planner = PlannerService(site, site.planner, needs_of=lambda cid: self.ocpp.tracker(cid).needs())
+            if self.telemetry is not None:  # cmd/session_needs in, the plan's projections and events out
+                self.telemetry.planner = self.planner
+            # OpenADR's opt-out-if-sessions-at-risk: the plan says whether a session would miss its departure
+            self.budget.openadr.sessions_at_risk = lambda _event: self.planner.any_at_risk()
         self.control = ControlLoop(
             site, self.meters, self.ocpp, telemetry=sink, budget=self.budget, planner=self.planner,
             notifier=self.notifier, clock=clock,
@@ -354,9 +358,11 @@ class App:
         except Exception as exc:  # undecodable, too deep, too large a number, any surprise: keep the old config
             self._reload_failed("", f"{type(exc).__name__}: {exc}")
             return
-        self.site = new
+        old, self.site = self.site, new
         self.ocpp.update_site(new)
         self.budget.update_site(new)
+        if new.planner != old.planner:
+            log.warning("planner_config_changed_needs_restart")  # the planner keeps its settings until a restart
         if self.telemetry is not None:
             self.telemetry.update_site(new)
         self.control.update_site(new)

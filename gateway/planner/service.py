@@ -131,6 +131,11 @@ class PlannerService:
                   "at_risk": pr.at_risk, "reason": p.targets[cid].reason if cid in p.targets else None}
             for cid, pr in p.projections.items()}}
 
+    def any_at_risk(self) -> bool:
+        """Whether the latest plan projects any session to miss its departure (for the OpenADR opt policy)."""
+        p = self.worker.plan
+        return p is not None and any(pr.at_risk for pr in p.projections.values())
+
     def take_events(self) -> list[tuple[str, Mapping[str, object]]]:
         """The session_at_risk events since the last call (for the telemetry's event stream)."""
         ev, self.worker.events = self.worker.events, []

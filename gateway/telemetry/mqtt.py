@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 import structlog
@@ -147,6 +147,14 @@ class Stats:
     connects: int = 0
 
 
+class PlannerSink(Protocol):
+    def command(self, payload: bytes, *, require_ts: bool) -> dict[str, object]: ...
+
+    def telemetry(self) -> dict[str, Any]: ...
+
+    def take_events(self) -> list[tuple[str, Mapping[str, object]]]: ...
+
+
 class Telemetry:
     """The gateway's MQTT link. Every method is safe to call from the control loop."""
 
@@ -196,6 +204,11 @@ class Telemetry:
         self._mode: str | None = None
         self._mode_since = 0.0
         self._budget_key: bytes | None = None
+        self._planner_key: bytes | None = None
+        self._planner_pub_at = -math.inf
+        # the departure-aware planner (gateway.planner.service.PlannerService), set by the daemon when configured:
+        # cmd/session_needs goes to it; its projections (topic `plan`) and session_at_risk events come back
+        self.planner: PlannerSink | None = None
         self._budget_pub_at = -math.inf
         # the budget: commands go to it, its events and state come back
         self._owns_budget = budget is None
@@ -229,6 +242,7 @@ class Telemetry:
                 self._tick_mode(allocation, now)
                 self._tick_site(snapshot, allocation, ts)
                 self._tick_budget(self.budget.last, ts, now)
+                self._tick_planner(ts, now)
                 self._tick_circuits(allocation, ts, now)
                 self._tick_meters(snapshot, ts, now)
                 self._tick_chargers(snapshot, allocation, ts, now)
@@ -687,7 +701,10 @@ class Telemetry:
         reply_topic = self.cmd_prefix + topic_level(name) + "/reply"
         wall = self._wall()
         try:
-            body = self.budget.command(name, payload, retained=retained, require_ts=self.cfg.protocol != "5")
+            if name == "session_needs" and self.planner is not None:
+                body = self._needs_command(payload, retained)
+            else:
+                body = self.budget.command(name, payload, retained=retained, require_ts=self.cfg.protocol != "5")
         except Exception as exc:  # never let a payload take the link down
             log.exception("mqtt_command_failed", command=name, error=str(exc))
             body = {"id": request_id_of(payload), "ok": False, "reason": "internal error"}
@@ -695,6 +712,31 @@ class Telemetry:
             log.warning("mqtt_command_rejected", command=name, reason=body.get("reason"), request_id=body.get("id"))
         self._reply(reply_topic, body, wall)
         self._wake.set()
+
+    def _needs_command(self, payload: bytes, retained: bool) -> dict[str, object]:
+        """``cmd/session_needs`` to the planner (validated there like the remote cap); retained ones refused."""
+        assert self.planner is not None
+        if retained:
+            return {"id": request_id_of(payload), "ok": False,
+                    "reason": "retained commands are refused: publish commands with retain=false"}
+        return self.planner.command(payload, require_ts=self.cfg.protocol != "5")
+
+    def _tick_planner(self, ts: str, now: float) -> None:
+        """``<root>plan``: per session the projected energy at departure and whether it is at risk; the plan's
+        events (``session_at_risk``). On the tick's worker thread, like the other topics."""
+        if self.planner is None:
+            return
+        for name, fields in self.planner.take_events():
+            self._tick_event(name, **fields)
+        body = self.planner.telemetry()
+        key = _dumps(body)
+        since = now - self._planner_pub_at
+        if (key == self._planner_key and since < self.cfg.heartbeat_s) or (
+            since < self.cfg.charger_min_interval_s and self._planner_key is not None
+        ):
+            return
+        self._planner_key, self._planner_pub_at = key, now
+        self._tick_value(self.root + "plan", _dumps({"ts": ts, **body}))
 
     def _reply(self, topic: str, body: dict[str, object], wall: float) -> None:
         body["ts"] = iso_ts(wall)
