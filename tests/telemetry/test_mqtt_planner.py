@@ -72,7 +72,9 @@ async def test_session_needs_reach_the_planner_and_the_plan_is_published(
             clock.t += 1
             snap, alloc = tick(clock.t)
             tel.publish_tick(snap, alloc)
-            assert await sub.until(lambda _m: bool(sub.on(ROOT + "plan")) and bool(sub.on(ROOT + "event/session_at_risk")))
+            assert await sub.until(
+                lambda _m: bool(sub.on(ROOT + "plan")) and bool(sub.on(ROOT + "event/session_at_risk"))
+            )
             plan = json.loads(sub.on(ROOT + "plan")[-1])
             assert plan["sessions"]["AC-1"] == {"projected_kwh": 26.5, "need_kwh": 30.0, "at_risk": True}
             assert json.loads(sub.on(ROOT + "event/session_at_risk")[0])["short_kwh"] == 3.5
