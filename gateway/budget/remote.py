@@ -114,21 +114,27 @@ def request_id_of(payload: bytes) -> str | None:
         return None
 
 
+def json_object(payload: bytes | str, limit: int = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
+    """A command's payload as a JSON object, bounded in size and depth (CommandRejected with the reason)."""
+    raw = payload.encode() if isinstance(payload, str) else payload
+    if len(raw) > limit:
+        raise CommandRejected(f"payload too large ({len(raw)} bytes > {limit})", request_id_of(raw))
+    try:
+        obj = json.loads(raw.decode("utf-8"), parse_constant=reject_constant)
+    except RecursionError:
+        raise CommandRejected("not a JSON document: nested too deeply", request_id_of(raw)) from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CommandRejected(f"not a JSON document: {str(exc)[:120]}", request_id_of(raw)) from None
+    if not isinstance(obj, dict):
+        raise CommandRejected(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def parse_cap_command(
     payload: bytes, *, service: ServiceConfig, now_wall: float, require_ts: bool = False
 ) -> CapRequest:
     """Validate a ``cmd/site_limit`` payload; raise CommandRejected with the reason."""
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise CommandRejected(f"payload too large ({len(payload)} bytes > {MAX_PAYLOAD_BYTES})",
-                              request_id_of(payload))
-    try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=reject_constant)
-    except RecursionError:
-        raise CommandRejected("not a JSON document: nested too deeply", request_id_of(payload)) from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CommandRejected(f"not a JSON document: {str(exc)[:120]}", request_id_of(payload)) from None
-    if not isinstance(obj, dict):
-        raise CommandRejected(f"expected a JSON object, got {type(obj).__name__}")
+    obj = json_object(payload)
     rid_raw = obj.get("id")
     rid: str | None = None
     if rid_raw is not None:
@@ -196,7 +202,8 @@ def parse_cap_command(
     return CapRequest(request_id=rid, limit_a=limit_a, limit_kw=limit_kw, duration_s=duration)
 
 
-def _parse_time(v: object, key: str, rid: str | None) -> float:
+def parse_time(v: object, key: str, rid: str | None) -> float:
+    """An ISO 8601 date-time with a UTC offset in a command, as a Unix time (CommandRejected otherwise)."""
     if not isinstance(v, str) or len(v) > 40:
         raise CommandRejected(f"{key} must be an ISO 8601 date-time string", rid)
     try:
@@ -213,7 +220,7 @@ def check_fresh(obj: dict[str, Any], rid: str | None, now_wall: float, required:
         if required:
             raise CommandRejected("ts is required (MQTT 3.1.1 cannot tell a retained command from a fresh one)", rid)
         return
-    age = now_wall - _parse_time(obj["ts"], "ts", rid)
+    age = now_wall - parse_time(obj["ts"], "ts", rid)
     if abs(age) > MAX_COMMAND_AGE_S:
         raise CommandRejected(
             f"stale command: ts is {age:+.0f} s from now (at most {MAX_COMMAND_AGE_S:g} s either way)", rid

@@ -41,10 +41,9 @@ from gateway.budget.remote import (
     cap_name,
     cap_to_json,
     check_fresh,
+    json_object,
     parse_cap_command,
-    reject_constant,
     remote_cap_of,
-    request_id_of,
 )
 from gateway.budget.solar import SolarState, with_solar
 from gateway.budget.tariff import schedule
@@ -352,7 +351,7 @@ class BudgetService:
     def _tariff_command(self, payload: bytes, wall: float, require_ts: bool) -> dict[str, object]:
         """``{"id": .., "ts": .., "tariff": {<the [budget.tariff] table>}}`` replaces the schedule (validated as
         the config is, refusals name the key path); ``{"id": .., "clear": true}`` returns to the config's."""
-        obj = _json_object(payload, MAX_TARIFF_BYTES)
+        obj = json_object(payload, MAX_TARIFF_BYTES)
         rid = obj.get("id")
         if rid is not None and (not isinstance(rid, str) or not 0 < len(rid) <= 64):
             raise CommandRejected("id must be a string of 1..64 characters")
@@ -500,20 +499,6 @@ def _request_id(payload: bytes) -> str | None:
         return None
     rid = obj.get("id") if isinstance(obj, dict) else None
     return rid if isinstance(rid, str) and len(rid) <= 64 else None
-
-
-def _json_object(payload: bytes, limit: int) -> dict[str, Any]:
-    if len(payload) > limit:
-        raise CommandRejected(f"payload too large ({len(payload)} bytes > {limit})", request_id_of(payload))
-    try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=reject_constant)
-    except RecursionError:
-        raise CommandRejected("not a JSON document: nested too deeply", request_id_of(payload)) from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CommandRejected(f"not a JSON document: {str(exc)[:120]}", request_id_of(payload)) from None
-    if not isinstance(obj, dict):
-        raise CommandRejected(f"expected a JSON object, got {type(obj).__name__}")
-    return obj
 
 
 __all__ = ["MAX_COMMAND_AGE_S", "BudgetListener", "BudgetService", "StateWriter"]

@@ -21,7 +21,6 @@ Wall-clock times are UTC epoch seconds.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -29,13 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.budget.config import zone
-from gateway.budget.remote import (
-    MAX_PAYLOAD_BYTES,
-    CommandRejected,
-    check_fresh,
-    reject_constant,
-    request_id_of,
-)
+from gateway.budget.remote import CommandRejected, check_fresh, json_object, parse_time
 
 VENDOR_ID = "ems-gateway"
 MESSAGE_ID = "SessionNeeds"
@@ -90,40 +83,13 @@ def _num(obj: Mapping[str, Any], key: str, rid: str | None, lo: float, hi: float
     return float(v)
 
 
-def _time(v: object, key: str, rid: str | None) -> float:
-    if not isinstance(v, str) or len(v) > 40:
-        raise CommandRejected(f"{key} must be an ISO 8601 date-time string", rid)
-    try:
-        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        raise CommandRejected(f"{key} is not an ISO 8601 date-time: {v!r}", rid) from None
-    if dt.tzinfo is None:
-        raise CommandRejected(f"{key} needs a UTC offset (e.g. 'Z' or '+00:00')", rid)
-    return dt.timestamp()
-
-
-def _load(payload: bytes | str) -> dict[str, Any]:
-    raw = payload.encode() if isinstance(payload, str) else payload
-    if len(raw) > MAX_PAYLOAD_BYTES:
-        raise CommandRejected(f"payload too large ({len(raw)} bytes > {MAX_PAYLOAD_BYTES})", request_id_of(raw))
-    try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=reject_constant)
-    except RecursionError:
-        raise CommandRejected("not a JSON document: nested too deeply", request_id_of(raw)) from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CommandRejected(f"not a JSON document: {str(exc)[:120]}", request_id_of(raw)) from None
-    if not isinstance(obj, dict):
-        raise CommandRejected(f"expected a JSON object, got {type(obj).__name__}")
-    return obj
-
-
 def parse_needs_command(
     payload: bytes | str, *, chargers: Mapping[str, object], now_wall: float, require_ts: bool = False,
     source: str = "mqtt", charger: str | None = None,
 ) -> NeedsCommand:
     """Validate a ``cmd/session_needs`` payload (or a SessionNeeds DataTransfer's data, ``source="cms"``, where the
     charger is the one that carried it); raise CommandRejected with the reason."""
-    obj = _load(payload)
+    obj = json_object(payload)
     rid_raw = obj.get("id")
     rid: str | None = None
     if rid_raw is not None:
@@ -144,7 +110,7 @@ def parse_needs_command(
         if obj["clear"] is not True or set(obj) - {"id", "charger", "clear", "ts"}:
             raise CommandRejected("clear must be true and takes no other keys but id and charger", rid)
         return NeedsCommand(rid, cid, None)
-    departure = _time(obj["departure"], "departure", rid) if "departure" in obj else None
+    departure = parse_time(obj["departure"], "departure", rid) if "departure" in obj else None
     if departure is not None and departure < now_wall - 60.0:
         raise CommandRejected("departure is in the past", rid)
     energy: float | None = None
