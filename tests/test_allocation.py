@@ -421,3 +421,21 @@ def test_stale_high_ev_reports_after_a_decrease_do_not_cause_over_allocation() -
         prev = _tick(site, prev, 110.0 + 0.25 * k, 98.0, 19.5, reported_at=109.0)
         assert lim(prev, "A") <= 9.5, (k, prev.limits["A"])
     assert prev.circuits["service"].non_ev_a[0] >= 60.0 - 1e-6
+
+
+def test_a_site_without_chargers_allocates_nothing() -> None:
+    """The shipped example has no chargers yet: the daemon must run on it (the loop allocates an empty set)."""
+    from gateway.allocation import allocate
+    from gateway.config import site_from_text
+    from gateway.model import MeterReading, Snapshot
+
+    site = site_from_text(
+        '[site]\nid = "empty"\n[service]\nvoltage_ll_v = 400\nphases = 3\nlimit_a = 100\n'
+        '[[meters]]\nid = "m"\ncircuit = "service"\nmap = "janitza_umg604"\ntransport = "tcp"\nhost = "127.0.0.1"\n'
+    )
+    snap = Snapshot(taken_at=10.0, meters={"m": MeterReading(current_a=(5.0, 5.0, 5.0), at=10.0)}, chargers={})
+    alloc, state = allocate(snap, site, None, 10.0)
+    assert alloc.limits == {} and alloc.mode == "normal"
+    assert alloc.circuits["service"].measured_a == (5.0, 5.0, 5.0)
+    alloc, _ = allocate(snap, site, state, 11.0)  # and on the next tick, with its state
+    assert alloc.limits == {}

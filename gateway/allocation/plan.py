@@ -109,7 +109,7 @@ def _build(site: Site) -> Plan:
         worst[j * P : (j + 1) * P] = c.worst_case_non_ev_a
     index = {cid: i for i, cid in enumerate(ids)}
     starts = np.searchsorted(np.array(mem_c, dtype=np.intp), np.arange(len(chargers))).astype(np.intp)
-    ends = [*starts.tolist()[1:], len(mem_k)]
+    ends = [*starts.tolist()[1:], len(mem_k)] if chargers else []  # each charger's memberships: [start, end)
     metered = [tuple(c for c in site.path_to_root[ch.circuit] if site.circuits[c].meter is not None) for ch in chargers]
     paths = {p: k for k, p in enumerate(dict.fromkeys(metered))}
     u2l = np.array([site.to_line_a(ch, 1.0) for ch in chargers], dtype=np.float64)

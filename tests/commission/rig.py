@@ -26,7 +26,7 @@ def site(*, can_export: bool = False) -> dict[str, Any]:
         "site": {"id": "commission-site", "name": "Commissioning test site"},
         "service": {"voltage_ll_v": 400, "phases": 3, "limit_a": 100, "margin_a": 2, "voltage_tolerance_pct": 0,
                     "worst_case_non_ev_a": 20},
-        "control": {"tick_s": 0.5, "ramp_up_a_per_s": 20.0, "noncompliance_grace_s": 4.0,
+        "control": {"tick_s": 0.5, "ramp_up_a_per_s": 20.0, "noncompliance_grace_s": 4.0, "ev_response_s": 3.0,
                     "noncompliance_tolerance_a": 1.0},
         "circuits": [{"id": "p1", "kind": "panel", "parent": "service", "limit_a": 63, "worst_case_non_ev_a": 0,
                       "can_export": can_export}],

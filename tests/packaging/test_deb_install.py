@@ -147,7 +147,9 @@ def _smoke_run_daemon(ch: Chroot) -> None:
     try:
         deadline = time.monotonic() + 60
         while not any("READY=1" in m for m in messages):
-            assert proc.poll() is None, f"the daemon exited {proc.returncode} before READY=1"
+            if proc.poll() is not None:
+                early = proc.communicate(timeout=10)[0].decode(errors="replace")
+                raise AssertionError(f"the daemon exited {proc.returncode} before READY=1:\n{early[-3000:]}")
             assert time.monotonic() < deadline, f"no READY=1 within 60 s: {messages}"
             with contextlib.suppress(TimeoutError):
                 messages.append(sock.recv(4096).decode())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from hil.sim.charger import ProfileEngine, TxRef, iso, parse_iso, parse_profile
@@ -200,6 +200,8 @@ def test_clear_by_id_and_by_criteria() -> None:
 def test_limit_never_exceeds_a_valid_max_profile_or_the_hardware(
     profiles: list[tuple[str, int, float, float | None]], at: float
 ) -> None:
+    # at a profile's very end the float sum T0 + at may fall either side of its expiry: not a case to judge
+    assume(all(d is None or abs(at - d) > 1e-6 for _, _, _, d in profiles))
     e = engine()
     for i, (purpose, level, limit, duration) in enumerate(profiles):
         install(e, prof16(i + 1, purpose, level, limit, duration=duration), connector=0)
