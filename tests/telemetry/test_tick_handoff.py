@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from pathlib import Path
 
 from gateway.config import Site
@@ -26,6 +27,9 @@ def test_a_busy_subscriber_gets_the_latest_tick_and_the_stale_ones_are_dropped()
 
     worker = LatestTick(slow, "test")
     worker(*tick(1.0))
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:  # the first is being handled (the thread has taken it)
+        time.sleep(0.001)
     for t in range(2, 11):  # while the first is being handled
         worker(*tick(float(t)))
     release.set()
