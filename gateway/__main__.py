@@ -17,7 +17,7 @@ EXIT_CONFIG = 2
 COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli_check",
     "gateway.cli_run",
-    "gateway.demo",
+    "sitesim.demo",
     "gateway.meters.cli",
     "gateway.web.cli",
     "gateway.commission.cli",

@@ -58,7 +58,7 @@ def network_of(site: Site, scenario: Scenario) -> Any:
 
 
 def _curve_battery(capacity: float, init: float, max_kw: float, s0: float, end: float) -> Any:
-    """An acnportal Battery with hil.sim.ev's charging curve (flat to ``s0``, then linear down to ``end`` of the
+    """An acnportal Battery with sitesim.ev's charging curve (flat to ``s0``, then linear down to ``end`` of the
     maximum at full), so that both simulators charge the same EV the same way (acnportal's Linear2StageBattery
     tapers to 0 at full, which would make the last per cent take hours)."""
     from acnportal.acnsim.models.battery import Battery

@@ -1,5 +1,5 @@
 """A discrete-time simulation of one night: the gateway's allocate() (with or without plan()) driving the
-hil.sim.ev EV model on a scenario's sessions. A pure harness, no daemon: the comparison run for issue 15.
+sitesim.ev EV model on a scenario's sessions. A pure harness, no daemon: the comparison run for issue 15.
 
 Every ``tick_s`` the harness measures (EV draws per site phase, the base load, meters reading their sum),
 builds the Snapshot, takes the latest plan's targets, allocates and sends each EV its limit (the EV follows
@@ -17,13 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sitesim.ev import ChargingCurve, EvModel, EvSpec, Outlet
+
 from gateway import electrical
 from gateway.allocation import AllocatorState, allocate
 from gateway.config import ChargerConfig, Site, site_from_dict
 from gateway.model import ChargerSnapshot, ChargerState, ChargerTarget, MeterReading, Session, Snapshot
 from gateway.planner import BudgetView, Forecast, Plan, PlannerConfig, PlannerState, PlanSession, PriceSlot, Taper, plan
 from hil.scenario import Arrival, Scenario
-from hil.sim.ev import ChargingCurve, EvModel, EvSpec, Outlet
 
 COMPLETE_FRACTION = 0.99  # a session is complete at departure with 99 % of its requested energy
 DEMAND_INTERVAL_S = 900.0

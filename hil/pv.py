@@ -1,7 +1,7 @@
 """PV, demand and tariff settings of a HIL scenario (``[pv]``, ``[demand]``, ``[tariff]``), and the physics the
 scorecard and the ideal share with the simulators.
 
-``[pv]``: a PV inverter feeding the site, simulated as a SunSpec inverter (``hil/meter_sim.py`` serves the
+``[pv]``: a PV inverter feeding the site, simulated as a SunSpec inverter (``sim/sitesim/meter.py`` serves the
 ``sunspec_inverter_*`` maps) and, for the site, as a negative base load on its circuit::
 
     [pv]
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from gateway.confkit import Table
 
-METER_PF = 0.98  # hil.meter_sim.MeterSimulator's default power factor
+METER_PF = 0.98  # sitesim.meter.MeterSimulator's default power factor
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ older ``charger_meter_interval_wall_s`` (wall seconds). ``python -m hil run --me
 
 Meter wiring faults (what an installer got wrong, for the whole run): ``[meter_faults]``, a circuit
 meter's id = ``"swap:L1-L2,invert,ct:2"`` (any of: two phases swapped at the meter's inputs, the CTs
-turned round, CTs of this times the configured ratio; :meth:`hil.site_sim.MeterFault.parse`).
+turned round, CTs of this times the configured ratio; :meth:`sitesim.site.MeterFault.parse`).
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sitesim.site import MeterFault
+
 from gateway import electrical
 from gateway.confkit import Table, read_toml
 from gateway.errors import ConfigError
 from hil.pv import DemandSpec, PvProfile, Tariff, parse_demand, parse_pv, parse_tariff, pv_amps
-from hil.site_sim import MeterFault
 
 FAULT_KINDS = ("meter_silent", "cms_down", "broker_down", "gateway_restart", "noncompliant")
 

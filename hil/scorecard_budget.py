@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from sitesim.meter import LoadProfile
 
 from gateway import electrical
-from hil.meter_sim import LoadProfile
 from hil.pv import METER_PF, DemandSpec, Tariff
 from hil.rig.runner import Recording
 

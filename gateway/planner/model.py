@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 class Taper(NamedTuple):
     """The EV's charging curve where known: flat up to ``taper_start_soc``, then linear down to
-    ``end_fraction`` of its maximum at SoC 1 (the curve of hil.sim.ev and hil.ideal)."""
+    ``end_fraction`` of its maximum at SoC 1 (the curve of sitesim.ev and hil.ideal)."""
 
     capacity_wh: float
     soc: float  # now, 0..1

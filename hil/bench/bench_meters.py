@@ -24,13 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import contextlib
 import itertools
 
+from sitesim.meter import MeterSimulator, RtuBus, SocatPair
+
 from gateway.config import site_from_text
 from gateway.meters.config import MeterConfig
 from gateway.meters.driver import Bounds, MeterDriver
 from gateway.meters.regmap import load_map, plan_blocks
 from gateway.meters.service import MeterService, ensure_connected, make_client
 from gateway.model import MeterReading
-from hil.meter_sim import MeterSimulator, RtuBus, SocatPair
 
 TCP_MAPS = ["eastron_sdm630", "janitza_umg604", "carlo_gavazzi_em24", "carlo_gavazzi_em340", "schneider_iem3000",
             "sunspec_int", "sunspec_float", "carlo_gavazzi_em24_e1", "eastron_sdm630", "janitza_umg604"]

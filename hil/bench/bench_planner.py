@@ -2,7 +2,7 @@
 limits, printed as a table.
 
 * ems-gateway without the planner (max-min fairness) and with it, through hil.planner_sim (allocate() + plan()
-  on the hil.sim.ev EV model, ticks of ``--tick`` s; HiGHS limited to 5 s per plan so that the figures do not
+  on the sitesim.ev EV model, ticks of ``--tick`` s; HiGHS limited to 5 s per plan so that the figures do not
   depend on the machine's load; the plans that took longer than the daemon's 0.8 s are counted);
 * acnportal's earliest deadline first and least laxity first through acnportal's own simulator (hil.planner_acn;
   its adaptive scheduler needs cvxpy, not installed: skipped, said in the output);

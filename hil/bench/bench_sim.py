@@ -14,10 +14,9 @@ import resource
 import time
 
 import structlog
-
-from hil.sim.charger import SimCharger
-from hil.sim.cms import SimCms
-from hil.sim.ev import EvSpec
+from sitesim.charger import SimCharger
+from sitesim.cms import SimCms
+from sitesim.ev import EvSpec
 
 
 def cpu_s() -> float:

@@ -88,8 +88,8 @@ def charger_worker(raw: dict[str, Any], first: int, last: int, url: str, shared:
 
 
 async def _chargers(raw: dict[str, Any], first: int, last: int, url: str, shared: Shared, ev: dict[str, Any]) -> None:
-    from hil.sim.charger import SimCharger
-    from hil.sim.ev import EvSpec
+    from sitesim.charger import SimCharger
+    from sitesim.ev import EvSpec
 
     site = site_from_dict(raw)
     cfgs = list(site.chargers.values())[first:last]
@@ -170,7 +170,7 @@ def _meter_source(site: Site, meter_id: str, shared: Shared) -> Callable[[float]
 
 
 async def _meters(raw: dict[str, Any], shared: Shared, ports: Any) -> None:
-    from hil.meter_sim import MeterSimulator
+    from sitesim.meter import MeterSimulator
 
     site = site_from_dict(raw)
     sims = []
@@ -198,7 +198,7 @@ def cms_worker(shared: Shared, ports: Any) -> None:
 
 
 async def _cms(shared: Shared, ports: Any) -> None:
-    from hil.sim.cms import SimCms
+    from sitesim.cms import SimCms
 
     cms = SimCms(clock=time.time)
     ports.put({"cms": await cms.start()})

@@ -37,17 +37,11 @@ from typing import Any
 
 import numpy as np
 import structlog
-
-from gateway import electrical, logs
-from gateway.config import Site, site_from_dict
-from hil.meter_sim import LoadProfile
-from hil.pv import PvProfile, pv_amps
-from hil.rig.messages import TxMessage, tx_message
-from hil.scenario import BaseLoad
-from hil.sim import SimError
-from hil.sim.charger import SimCharger
-from hil.sim.ev import EvModel, EvSpec
-from hil.site_sim import (
+from sitesim import SimError
+from sitesim.charger import SimCharger
+from sitesim.ev import EvModel, EvSpec
+from sitesim.meter import LoadProfile
+from sitesim.site import (
     MeterFault,
     MeterSet,
     charger_line_a,
@@ -57,6 +51,12 @@ from hil.site_sim import (
     meter_values,
     subtrees,
 )
+
+from gateway import electrical, logs
+from gateway.config import Site, site_from_dict
+from hil.pv import PvProfile, pv_amps
+from hil.rig.messages import TxMessage, tx_message
+from hil.scenario import BaseLoad
 
 log = structlog.get_logger(__name__)
 

@@ -37,6 +37,10 @@ from typing import Any
 
 import numpy as np
 import structlog
+from sitesim import SimError
+from sitesim.cms import SimCms
+from sitesim.ev import ChargingCurve, EvSpec
+from sitesim.site import pointed_config
 
 from gateway import logs
 from gateway.config import Site, site_from_dict
@@ -55,10 +59,6 @@ from hil.rig.procs import (
     worker_count,
 )
 from hil.scenario import Arrival, Scenario
-from hil.sim import SimError
-from hil.sim.cms import SimCms
-from hil.sim.ev import ChargingCurve, EvSpec
-from hil.site_sim import pointed_config
 from hil.tomlw import dumps
 
 log = structlog.get_logger(__name__)

@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from sitesim.ev import EvSpec
+from sitesim.site import MeterFault, SiteSim
+
 from gateway.app import App
 from gateway.config import site_from_dict
 from gateway.ctl import socket_path
 from gateway.systemd import Notifier
-from hil.sim.ev import EvSpec
-from hil.site_sim import MeterFault, SiteSim
 
 BASE_A = 10.0  # the building's load on the service, per phase
 

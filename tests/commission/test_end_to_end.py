@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sitesim.site import MeterFault
 
 from gateway.commission.runner import Options, commission
 from gateway.ctl import CtlClient
-from hil.site_sim import MeterFault
 from tests.commission.rig import Rig, running, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sitesim.site import SiteSim
 
-from hil.site_sim import SiteSim
 from hil.tomlw import dumps
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 import structlog
+from sitesim.ev import EvSpec
+from sitesim.site import SiteSim
 
 from gateway.app import App
 from gateway.config import site_from_dict
@@ -28,8 +30,6 @@ from gateway.confkit import MAX_FILE_BYTES
 from gateway.model import Allocation
 from gateway.supervise import FatalError
 from gateway.systemd import Notifier
-from hil.sim.ev import EvSpec
-from hil.site_sim import SiteSim
 from hil.tomlw import dumps
 from tests.daemon.conftest import Daemon, NotifyListener, Rig, small_site, wait_for
 

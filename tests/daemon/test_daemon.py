@@ -8,7 +8,8 @@ import time
 import tomllib
 from typing import Any
 
-from hil.sim.ev import EvSpec
+from sitesim.ev import EvSpec
+
 from hil.tomlw import dumps
 from tests.daemon.conftest import Rig, wait_for
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sitesim.ev import EvSpec
 
-from hil.sim.ev import EvSpec
 from tests.daemon.conftest import Rig, wait_for
 from tests.mosquitto import Mosquitto, MosquittoSub, mosquitto_pub
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sitesim.site import MeterFault
 
 from gateway import electrical
 from gateway.config import site_from_dict
@@ -17,7 +18,6 @@ from gateway.errors import ConfigError
 from hil.pv import pv_amps
 from hil.rig.procs import Child, DrawTable, MeterSpec, meter_process_main, worker_count
 from hil.scenario import scenario_from_dict
-from hil.site_sim import MeterFault
 
 GARAGE = Path(__file__).resolve().parents[2] / "etc" / "examples" / "garage-4xL2.toml"
 

@@ -6,7 +6,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from hil.meter_sim import MeterSimulator
+from sitesim.meter import MeterSimulator
+
 from tests.meters.conftest import SITE_HEAD, tcp_meter
 
 

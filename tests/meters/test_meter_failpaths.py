@@ -8,13 +8,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from sitesim.meter import MeterSimulator
 
 from gateway.errors import MeterError
 from gateway.meters.config import MeterConfig
 from gateway.meters.driver import Bounds, MeterDriver, read_block
 from gateway.meters.regmap import Block, load_map
 from gateway.meters.service import MeterService, make_client
-from hil.meter_sim import MeterSimulator
 from tests.meters.conftest import make_site, tcp_meter, wait_for
 
 

@@ -11,9 +11,9 @@ import struct
 from collections.abc import Sequence
 
 import pytest
+from sitesim.meter import MeterSimulator, RtuBus, SocatPair
 
 from gateway.meters.service import MeterService
-from hil.meter_sim import MeterSimulator, RtuBus, SocatPair
 from tests.meters.conftest import make_site, rtu_meter, tcp_meter, wait_for
 
 

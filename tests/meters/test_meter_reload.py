@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import pytest
+from sitesim.meter import MeterSimulator, RtuBus, SocatPair
 
 from gateway.meters import service as service_mod
 from gateway.meters.config import MeterConfig
 from gateway.meters.driver import ModbusReader
 from gateway.meters.service import MeterService
-from hil.meter_sim import MeterSimulator, RtuBus, SocatPair
 from tests.meters.conftest import SITE_HEAD, make_site, rtu_meter, tcp_meter, wait_for
 
 Event = tuple[str, str]  # (what, client): "connect" | "request" | "answer" | "close"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from sitesim.meter import LoadProfile, MeterSimulator, RtuBus, SocatPair
 
 from gateway.meters.config import MeterConfig
 from gateway.meters.driver import Bounds, MeterDriver
 from gateway.meters.regmap import load_map, shipped_maps
 from gateway.meters.service import ensure_connected, make_client
-from hil.meter_sim import LoadProfile, MeterSimulator, RtuBus, SocatPair
 
 
 def _check(r: object, amps: tuple[float, ...], inverter: bool = False) -> None:

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import structlog
+from sitesim.meter import MeterSimulator, RtuBus, SocatPair
 
 from gateway.meters.service import MeterService
 from gateway.model import MeterReading
-from hil.meter_sim import MeterSimulator, RtuBus, SocatPair
 from tests.meters.conftest import make_site, rtu_meter, tcp_meter, wait_for
 
 

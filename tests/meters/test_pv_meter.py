@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sitesim.meter import MeterSimulator
 
 from gateway.errors import ConfigError
 from gateway.meters.service import MeterService
-from hil.meter_sim import MeterSimulator
 from tests.meters.conftest import make_site, tcp_meter, wait_for
 
 

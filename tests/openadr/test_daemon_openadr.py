@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sitesim.ev import EvSpec
 
-from hil.sim.ev import EvSpec
 from tests.daemon.conftest import Rig, rig_factory, wait_for  # noqa: F401  (the fixture)
 from tests.mosquitto import Mosquitto, MosquittoSub
 from tests.openadr.vtn import PREFIX, VTN, free_port

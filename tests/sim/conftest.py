@@ -9,9 +9,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-
-from hil.sim.charger import SimCharger
-from hil.sim.cms import SimCms
+from sitesim.charger import SimCharger
+from sitesim.cms import SimCms
 
 
 class ShiftClock:

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from ocpp.v16 import call as call16
 from ocpp.v201 import call as call201
+from sitesim import SimCallError
+from sitesim.charger import SimCharger, iso, parse_iso
+from sitesim.cms import SimCms
+from sitesim.ev import EvSpec
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from gateway.model import ChargerState
-from hil.sim import SimCallError
-from hil.sim.charger import SimCharger, iso, parse_iso
-from hil.sim.cms import SimCms
-from hil.sim.ev import EvSpec
 
 from .conftest import ShiftClock, wait_until
 

@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hil.sim import SimError
-from hil.sim.ev import ChargingCurve, EvModel, EvSpec, Outlet
+from sitesim import SimError
+from sitesim.ev import ChargingCurve, EvModel, EvSpec, Outlet
 
 AC3 = Outlet(kind="ac", phases=3, max_a=32.0, min_a=6.0, voltage_v=230.0)
 DC = Outlet(kind="dc", max_w=150_000.0)

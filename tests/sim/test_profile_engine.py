@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-
-from hil.sim.charger import ProfileEngine, TxRef, iso, parse_iso, parse_profile
+from sitesim.charger import ProfileEngine, TxRef, iso, parse_iso, parse_profile
 
 T0 = 1_800_000_000.0  # epoch seconds
 
@@ -214,7 +213,7 @@ def test_limit_never_exceeds_a_valid_max_profile_or_the_hardware(
 
 
 def test_external_constraints_cannot_be_set_by_the_csms() -> None:
-    from hil.sim import SimError
+    from sitesim import SimError
 
     with pytest.raises(SimError):
         parse_profile(prof201(6, "ChargingStationExternalConstraints", 0, 8.0), version="2.0.1", connector=0, now=T0)

@@ -13,14 +13,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sitesim.ev import EvSpec
+from sitesim.site import SiteSim
 
 from gateway.app import App
 from gateway.config import site_from_dict
 from gateway.model import Snapshot
 from gateway.systemd import Notifier
 from gateway.web.users import User, hash_password, save_users
-from hil.sim.ev import EvSpec
-from hil.site_sim import SiteSim
 from tests.daemon.conftest import small_site, wait_for
 
 PASSWORDS = {"viewer": "viewer-pass-1", "tech": "tech-pass-12"}

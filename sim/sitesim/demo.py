@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 class Demo:
     def __init__(self, raw: dict[str, Any], *, seed: int = 1, ui: bool = True, log_file: str | None = None,
                  web_port: int | None = None) -> None:
-        from hil.site_sim import SiteSim
+        from sitesim.site import SiteSim
 
         self.rng = random.Random(seed)
         site = site_from_dict(raw)
@@ -162,7 +162,7 @@ class Demo:
         return f"web page: not listening on 127.0.0.1:{app.web.cfg.port} (in use?); see the log"
 
     async def _arrivals(self) -> None:
-        from hil.sim.ev import EvSpec
+        from sitesim.ev import EvSpec
 
         sim, rng = self.sim, self.rng
         ids = list(sim.site.chargers)

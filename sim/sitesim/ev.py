@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hil.sim import SimError
+from sitesim import SimError
 
 Kind = Literal["ac", "dc"]
 

@@ -36,8 +36,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from hil.sim import SimCallError, SimError
-from hil.sim.charger import ReceivedCall, SentCall, iso
+from sitesim import SimCallError, SimError
+from sitesim.charger import ReceivedCall, SentCall, iso
 
 log = structlog.get_logger(__name__)
 
@@ -504,7 +504,7 @@ def _select_subprotocol(connection: ServerConnection, offered: Iterable[Subproto
 
 # ---- CLI ----------------------------------------------------------------------------------------
 def _parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m hil.sim.cms", description="Run a simulated cloud CMS (CSMS).")
+    ap = argparse.ArgumentParser(prog="python -m sitesim.cms", description="Run a simulated cloud CMS (CSMS).")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=9100)
     ap.add_argument("--token", action="append", help="accept only these tokens (repeatable; default: all)")

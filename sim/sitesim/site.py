@@ -36,9 +36,9 @@ from typing import Any
 from gateway import electrical
 from gateway.config import ChargerConfig, Site, site_from_dict
 from gateway.meters.config import MeterConfig
-from hil.meter_sim import MeterSimulator, RtuBus, SocatPair
-from hil.sim.charger import SimCharger
-from hil.sim.cms import SimCms
+from sitesim.charger import SimCharger
+from sitesim.cms import SimCms
+from sitesim.meter import MeterSimulator, RtuBus, SocatPair
 
 BaseLoad = Callable[[float], tuple[float, ...]]  # clock time -> per-phase amperes
 

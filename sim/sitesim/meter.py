@@ -18,8 +18,8 @@ Python API::
 
 Command line::
 
-    python -m hil.meter_sim --map eastron_sdm630 --tcp 127.0.0.1:5020 --profile "step:0=100,10=300"
-    python -m hil.meter_sim --map carlo_gavazzi_em24 --rtu-pair /tmp/meter --baud 19200
+    python -m sitesim.meter --map eastron_sdm630 --tcp 127.0.0.1:5020 --profile "step:0=100,10=300"
+    python -m sitesim.meter --map carlo_gavazzi_em24 --rtu-pair /tmp/meter --baud 19200
 
 The socat ptys ignore the baud rate, so the RTU side adds the wire time of the request and
 of the response (1 start + 8 data + parity + stop bits per character, plus the 3.5 character
@@ -558,7 +558,7 @@ class SocatPair:
 
 # ----------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hil.meter_sim", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sitesim.meter", description=__doc__.split("\n\n")[0])
     ap.add_argument("--map", required=True, help="a shipped map name or a TOML path")
     ap.add_argument("--device-id", type=int, default=1)
     ap.add_argument("--tcp", metavar="HOST:PORT", help="serve Modbus TCP")

@@ -57,8 +57,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
 from gateway.model import ChargerState
-from hil.sim import SimError
-from hil.sim.ev import EvModel, EvSpec, Kind, Outlet
+from sitesim import SimError
+from sitesim.ev import EvModel, EvSpec, Kind, Outlet
 
 log = structlog.get_logger(__name__)
 
@@ -1707,7 +1707,7 @@ _MEASURANDS_201 = _MEASURANDS_16
 
 # ---- CLI ----------------------------------------------------------------------------------------
 def _parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m hil.sim.charger", description="Run simulated OCPP chargers.")
+    ap = argparse.ArgumentParser(prog="python -m sitesim.charger", description="Run simulated OCPP chargers.")
     ap.add_argument("--url", default="ws://127.0.0.1:9000", help="server URL; the charger id is appended")
     ap.add_argument("--id", default="CP1", help="charger id (with --count: prefix)")
     ap.add_argument("--count", type=int, default=1, help="how many chargers (ids ID1..IDn when > 1)")
