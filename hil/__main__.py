@@ -4,6 +4,7 @@
                       [--meter-interval 10]
     python -m hil ideal hil/scenarios/ref-20-dc.toml        # only the ideal allocator's bound
     python -m hil demand hil/scenarios/demand/garage-demand.toml --out hil/out/demand   # three ways (hil/demand.py)
+    python -m hil dr hil/scenarios/dr-busy-hour.toml --out hil/out/dr   # with and without the DR events (hil/dr.py)
 
 ``run`` plays the scenario against the real ``ems-gateway run`` process and writes scorecard.json,
 site_current.png, chargers.png, report.html and recording.npz into --out; ``--baseline static``
@@ -105,6 +106,30 @@ def demand(args: argparse.Namespace) -> int:
     return 0
 
 
+def dr(args: argparse.Namespace) -> int:
+    from hil.dr import run_with_and_without
+    from hil.scenario import load_scenario
+    from hil.scorecard import format_card
+
+    sc = load_scenario(args.scenario)
+    out = Path(args.out or f"hil/out/{sc.name}")
+    got = run_with_and_without(sc, out, parallel=args.parallel, ideal=not args.no_ideal)
+    print(format_card(got["cards"]["with"]))
+    print(f"figures: {out / 'dr.json'}")
+    if args.check:
+        r = got["result"]
+        problems = check(got["cards"]["with"], out / "with")
+        problems += [f"DR event {e['id']}: under the level after {e['time_to_under_s']} s, bound "
+                     f"{e['response_bound_s']} s" for e in r["events"] if e.get("judged") and not e["within_bound"]]
+        problems += [f"DR event {e['id']}: {e['above_after_other_s']} s above the level after it was under"
+                     for e in r["events"] if e.get("judged") and e["above_after_other_wall_s"] > 0]
+        problems += [f"DR event {e['id']}: not judged" for e in r["events"] if not e.get("judged")]
+        for p in problems:
+            print(f"CHECK FAILED: {p}", file=sys.stderr)
+        return 1 if problems else 0
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hil", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,6 +154,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("scenario")
     d.add_argument("--out", help="output directory (default hil/out/<scenario name>)")
     d.set_defaults(func=demand)
+    e = sub.add_parser("dr", help="a demand-response scenario with and without its events, and the ideal bounds")
+    e.add_argument("scenario")
+    e.add_argument("--out", help="output directory (default hil/out/<scenario name>)")
+    e.add_argument("--parallel", action="store_true", help="run both at the same time (half the wall time)")
+    e.add_argument("--no-ideal", action="store_true", help="skip the ideal bounds (LP)")
+    e.add_argument("--check", action="store_true",
+                   help="exit 1 when an event's response misses its bound, the service went back above a level "
+                        "(load steps aside), or the run's own checks fail")
+    e.set_defaults(func=dr)
     args = p.parse_args(argv)
     try:
         return int(args.func(args))

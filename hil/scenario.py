@@ -38,6 +38,7 @@ from sitesim.site import MeterFault
 from gateway import electrical
 from gateway.confkit import Table, read_toml
 from gateway.errors import ConfigError
+from hil.dr import DrSpec, check_dr, parse_dr
 from hil.pv import DemandSpec, PvProfile, Tariff, parse_demand, parse_pv, parse_tariff, pv_amps
 
 FAULT_KINDS = ("meter_silent", "cms_down", "broker_down", "gateway_restart", "noncompliant")
@@ -129,6 +130,7 @@ class Scenario:
     tariff: Tariff | None = None  # [tariff]: the scorecard's energy cost
     align_start_s: float = 0.0  # > 0: scenario time 0 waits for the wall clock's next multiple of this (billing)
     meter_faults: Mapping[str, MeterFault] = field(default_factory=dict)  # [meter_faults]: wiring, whole run
+    dr: DrSpec | None = None  # [openadr]: the rig's VTN and the demand-response events it issues (hil/dr.py)
 
     def wall(self, t_s: float) -> float:
         """Scenario seconds -> wall seconds since the start of the run."""
@@ -426,6 +428,9 @@ def scenario_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path("."), s
             raise ft.error("target", f"unknown charger {f.target!r}")
         faults.append(f)
     meter_faults = _meter_faults(root.table("meter_faults"), raw)
+    dr = parse_dr(root.table("openadr"), duration_s, time_scale)
+    if dr is not None:
+        check_dr(gw.budget)
     root.done()
     return Scenario(
         name=name, description=description, site=raw, duration_s=duration_s, time_scale=time_scale, seed=seed,
@@ -433,7 +438,7 @@ def scenario_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path("."), s
         gateway=gw, behaviour=behaviour, behaviour_by_charger=by_charger, base_loads=tuple(base_loads),
         arrivals=tuple(arrivals), faults=tuple(sorted(faults, key=lambda f: f.at_s)), ideal_step_s=ideal_step_s,
         ideal=ideal, source=source, pv=pv, demand=demand, tariff=tariff, align_start_s=align_start_s,
-        meter_faults=meter_faults,
+        meter_faults=meter_faults, dr=dr,
     )
 
 
