@@ -80,7 +80,8 @@ def plot_site(rec: Recording, path: Path, max_circuits: int = 6) -> None:
         if cid == rec.site.root:
             _mark_dr_levels(ax, rec, k)
         ax.set_ylabel(f"{cid} (A)")
-        ax.legend(loc="lower right", fontsize=7, ncol=P + 2)
+        dr = cid == rec.site.root and rec.scenario.dr is not None  # the service drops under the levels mid-run
+        ax.legend(loc="center" if dr else "lower right", fontsize=7, ncol=P + 2 + dr)
         _mark_events(ax, rec, k)
     axes[-1, 0].set_xlabel("scenario time (min)")
     fig.suptitle(f"{rec.scenario.name} ({rec.mode}): current per phase against the limit")

@@ -19,6 +19,10 @@ How often the chargers send MeterValues: ``[chargers] meter_interval_s`` (scenar
 ``0``: never, a charger that reports no current at all; also per ``[[chargers.override]]``), else the
 older ``charger_meter_interval_wall_s`` (wall seconds). ``python -m hil run --meter-interval S`` overrides both.
 
+Utility demand response: ``[openadr]``, a real openleadr VTN the rig runs on loopback and the events it issues
+(scenario seconds; their dtstart and duration on the compressed clock), for the gateway's VEN configured in
+``[gateway.budget.openadr]`` (:mod:`hil.dr`).
+
 Meter wiring faults (what an installer got wrong, for the whole run): ``[meter_faults]``, a circuit
 meter's id = ``"swap:L1-L2,invert,ct:2"`` (any of: two phases swapped at the meter's inputs, the CTs
 turned round, CTs of this times the configured ratio; :meth:`sitesim.site.MeterFault.parse`).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -48,7 +49,8 @@ class RigVtn:
         self.server = OpenADRServer(vtn_id="HIL-VTN", http_port=self.port, http_host="127.0.0.1",
                                     requested_poll_freq=timedelta(seconds=self.spec.poll_s), show_fingerprint=False)
         self.server.add_handler("on_create_party_registration", self._register)
-        await self.server.run()
+        with contextlib.redirect_stdout(io.StringIO()):  # openleadr prints a banner with the URL
+            await self.server.run()
 
     async def stop(self) -> None:
         if self.server is not None:
