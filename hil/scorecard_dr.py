@@ -186,6 +186,21 @@ def energy_lost(card: dict[str, Any], baseline: Mapping[str, Any] | None,
             dr["ideal_lost_kwh"] = round(float(a) - float(b), 3)
 
 
+def dr_problems(card: Mapping[str, Any]) -> list[str]:
+    """What ``--check`` fails on: an event not judged (the VTN could not issue it, no samples in its span), the
+    service under a level later than its bound, or above a level after it was under (load steps aside)."""
+    dr = card.get("dr")
+    if not dr:
+        return []
+    out = [f"DR event {e['id']}: not judged ({e.get('error') or 'no samples in its span'})"
+           for e in dr["events"] if not e.get("judged")]
+    out += [f"DR event {e['id']}: under the level after {e['time_to_under_s']} s, bound {e['response_bound_s']} s"
+            for e in dr["events"] if e.get("judged") and not e["within_bound"]]
+    out += [f"DR event {e['id']}: {e['above_after_other_s']} s above the level after it was under"
+            for e in dr["events"] if e.get("judged") and e["above_after_other_wall_s"] > 0]
+    return out
+
+
 def format_dr(card: Mapping[str, Any]) -> list[str]:
     dr = card.get("dr")
     if not dr:
@@ -213,4 +228,4 @@ def format_dr(card: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["dr_card", "energy_lost", "event_figures", "format_dr", "level_caps", "service_line_a"]
+__all__ = ["dr_card", "dr_problems", "energy_lost", "event_figures", "format_dr", "level_caps", "service_line_a"]

@@ -10,14 +10,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from gateway import electrical
 from gateway.config import site_from_dict
 from gateway.errors import ConfigError
+from hil.__main__ import check
 from hil.dr import run_with_and_without, without_dr
 from hil.ideal import ideal_energy
+from hil.rig.runner import Recording
 from hil.scenario import load_scenario, scenario_from_dict
+from hil.scorecard import scorecard
 from hil.scorecard_dr import level_caps
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "hil" / "scenarios"
@@ -124,3 +128,46 @@ def _logs(run_dir: Path) -> list[dict[str, Any]]:
         if isinstance(d, dict):
             out.append(d)
     return out
+
+
+def _made_up(cur: np.ndarray, t: np.ndarray, sent: list[dict[str, Any]]) -> Recording:
+    sc = load_scenario(SHORT)
+    site = site_from_dict(sc.site)
+    n, P = len(t), site.service.phases
+    return Recording(scenario=sc, mode="gateway", site=site, times=t, circuit_ids=list(site.circuits),
+                     circuit_a=np.repeat(cur.reshape(n, 1, 1), P, axis=2), charger_ids=list(site.chargers),
+                     charger_limit_a=np.zeros((n, len(site.chargers))),
+                     charger_draw_a=np.zeros((n, len(site.chargers))),
+                     events=[], gateway_logs=[], sessions=[], messages={"lost": 0}, process={},
+                     dr={"ven_id": "v", "events": sent})
+
+
+def test_dr_figures_on_a_recording_made_up_by_hand() -> None:
+    t = np.round(np.arange(0.0, 45.0, 0.05), 6)  # wall s at 20x: dr-1 15-39 s, dr-2 27-33 s, the step at 21 s
+    cur = np.full(len(t), 140.0)
+    cur[t >= 13.5] = 50.0  # the cap applied lead_s ahead: under dr-1's 57.7 A at its start
+    cur[(t >= 21.0) & (t < 21.5)] = 60.0  # the base-load step, followed within the allowed window
+    cur[(t >= 27.0) & (t < 28.4)] = 50.0  # dr-2 (43.3 A) comes without notice: under it 1.4 s after its start
+    cur[(t >= 28.4) & (t < 33.0)] = 40.0
+    cur[(t >= 36.0) & (t < 36.2)] = 59.0  # above dr-1's level again, no step to explain it
+    sent = [{"id": "dr-1", "issued_wall_s": 6.0, "start_wall_s": 15.0, "end_wall_s": 39.0, "cancelled_wall_s": None},
+            {"id": "dr-2", "issued_wall_s": 27.0, "start_wall_s": 27.0, "end_wall_s": 36.0, "cancelled_wall_s": 33.0}]
+    card = scorecard(_made_up(cur, t, sent))
+    d1, d2 = card["dr"]["events"]
+    assert d1["level_a"] == pytest.approx(57.74, abs=0.01) and d1["peak_a"] == 60.0
+    assert d1["under_at_start"] and d1["time_to_under_wall_s"] == 0.0 and d1["within_bound"]
+    assert d1["above_after_external_wall_s"] == pytest.approx(0.5, abs=0.026)
+    assert d1["above_after_other_wall_s"] == pytest.approx(0.2, abs=0.026) and d1["peak_after_under_other_a"] == 59.0
+    assert d2["span_wall_s"] == [27.0, 33.0] and d2["peak_a"] == 50.0 and not d2["under_at_start"]
+    assert d2["time_to_under_wall_s"] == pytest.approx(1.4, abs=0.026)
+    # the bound: its issue + the VEN's poll (1 s) + a tick (0.2) + the EVs' response (0.6) + the ramp (32 A at
+    # 20 A/s x 20) + a charger tick (0.05), + a sample
+    assert d2["response_bound_wall_s"] == pytest.approx(1.0 + 0.2 + 0.6 + 0.08 + 0.05 + 0.05, abs=0.002)
+    assert d2["within_bound"] and d2["above_after_other_wall_s"] == 0.0
+    problems = [p for p in check(card, Path("/nonexistent")) if "not written" not in p]  # no report files here
+    assert problems == ["DR event dr-1: 4.0 s above the level after it was under"]
+    late = cur.copy()
+    late[(t >= 27.0) & (t < 29.5)] = 50.0  # 2.5 s: beyond the bound
+    card = scorecard(_made_up(late, t, sent))
+    assert not card["dr"]["events"][1]["within_bound"]
+    assert any(p.startswith("DR event dr-2: under the level after 50.0 s") for p in check(card, Path("/x")))
