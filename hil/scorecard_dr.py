@@ -9,12 +9,13 @@ Definitions, per event (wall seconds since scenario time 0, and scenario seconds
   -> ``level<n>_kw``, a LOAD_DISPATCH setpoint in kW; :func:`gateway.electrical.service_line_current_a`);
 * ``peak_a``: the service's highest true line current within the span (the recorded samples);
 * ``time_to_under``: from the start to the first sample within the span at or below the level (0 when the
-  service was already under at the start: the VEN applies a cap ``lead_s`` before the start);
+  span's first sample is under already: the VEN applies a cap ``lead_s`` before the start);
 * ``response_bound``: what that may take: when the gateway can first know the event, the later of its issue
   + the VEN's poll interval (OpenADR 2.0b is polled: the VEN sees an event at its next poll) and its start -
   ``lead_s`` (the cap applies from then), + one gateway tick + the chargers' response (the larger of the
   gateway's ``ev_response_s`` and the slowest EV's response delay, + a charger's ramp from its maximum to zero
-  + one charger sim tick), less the start, at least 0; + one sample period (the measurement's own granularity);
+  + one charger sim tick), less the start, at least 0; + the gap between the samples either side of the
+  crossing (the measurement's own granularity, wider when the sampler ran late on a loaded machine);
 * ``above_after``: the samples after the service was first under the level, within the span, above it: split
   into ``external`` (within the allowed window after an upward base-load step: :func:`hil.scorecard.
   external_windows`, the same window as the overload figures) and ``other`` (the promise: 0);
@@ -110,20 +111,24 @@ def event_figures(rec: Recording, ev: DrEventSpec, sent: Mapping[str, Any]) -> d
     svc = service_line_a(rec)
     dt = np.diff(t, append=t[-1] + float(np.median(np.diff(t)))) if len(t) > 1 else np.full(len(t), sc.sample_wall_s)
     span = (t >= start - 1e-9) & (t < end)
-    sample = float(np.median(np.diff(t))) if len(t) > 1 else sc.sample_wall_s
+    out.update({"span_wall_s": [round(start, 3), round(end, 3)], "span_s": [round(start * k, 1), round(end * k, 1)],
+                "judged": bool(span.any())})
+    if not span.any():
+        return out
+    first = int(np.flatnonzero(span)[0])
+    under_idx = np.flatnonzero(span & (svc <= level + 1e-9))
+    t_under = float(t[under_idx[0]]) if len(under_idx) else math.inf
+    at_start = bool(len(under_idx) and under_idx[0] == first)  # the span's first sample is under already
+    to_under = 0.0 if at_start else max(0.0, t_under - start)
+    # the measurement's granularity: the crossing happened between the sample before t_under and t_under
+    i = int(under_idx[0]) if len(under_idx) else first
+    sample = float(t[i] - t[i - 1]) if i > 0 else sc.sample_wall_s
     tick = float(sc.gateway.control.get("tick_s", site.control.tick_s))
     poll = min(float(cfg.poll_interval_s), float(sc.dr.poll_s if sc.dr else cfg.poll_interval_s))
     resp = _charger_response_wall_s(rec)
     known = max(float(sent["issued_wall_s"]) + poll, start - cfg.lead_s)
     bound = max(0.0, known + tick + resp["ev_response_wall_s"] + resp["ramp_wall_s"] + resp["charger_tick_wall_s"]
                 - start) + sample
-    out.update({"span_wall_s": [round(start, 3), round(end, 3)], "span_s": [round(start * k, 1), round(end * k, 1)],
-                "judged": bool(span.any())})
-    if not span.any():
-        return out
-    under_idx = np.flatnonzero(span & (svc <= level + 1e-9))
-    t_under = float(t[under_idx[0]]) if len(under_idx) else math.inf
-    to_under = max(0.0, t_under - start)
     window = allowed_window_s(rec)
     ext = np.zeros(len(t), dtype=bool)
     for w0, w1, cids, _ in external_windows(rec, window):
@@ -135,7 +140,7 @@ def event_figures(rec: Recording, ev: DrEventSpec, sent: Mapping[str, Any]) -> d
     peak = float(np.asarray(svc[span]).max())
     out.update({
         "peak_a": round(peak, 2), "peak_over_level_a": round(max(0.0, peak - level), 2),
-        "under_at_start": bool(math.isfinite(t_under) and t_under - start <= sample + 1e-9),
+        "under_at_start": at_start,
         "time_to_under_wall_s": round(to_under, 3) if math.isfinite(to_under) else None,
         "time_to_under_s": round(to_under * k, 1) if math.isfinite(to_under) else None,
         "response_bound_wall_s": round(bound, 3), "response_bound_s": round(bound * k, 1),
