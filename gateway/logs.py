@@ -139,14 +139,16 @@ def flush(timeout_s: float = 5.0) -> bool:
 
 
 @contextlib.contextmanager
-def configured(level: str, fmt: str, stream: TextIO, *, journal: str = "off") -> Iterator[None]:
+def configured(
+    level: str, fmt: str, stream: TextIO, *, journal: str = "off", pin_level: bool = False
+) -> Iterator[None]:
     """Log to ``stream`` for the duration of the block, then restore the configuration before it."""
     saved = structlog.get_config()
     saved_writer = _state.current
     saved_levels = (_state.level, dict(_state.loggers), _state.pinned)
     if saved_writer is not None:
         _state.held.add(saved_writer)
-    configure(level, fmt, stream=stream, journal=journal)
+    configure(level, fmt, stream=stream, journal=journal, pin_level=pin_level)
     mine = _state.current
     try:
         yield

@@ -238,3 +238,12 @@ def test_console_lines_under_the_journal_carry_their_priority_on_every_line(tmp_
     start = next(i for i, (_, text) in enumerate(parsed) if "d_exception" in text)
     tb_end = next(i for i, (_, text) in enumerate(parsed) if text.startswith("ZeroDivisionError"))
     assert {p for p, _ in parsed[start:tb_end + 1]} == {3}  # the traceback's lines: error, as its first
+
+
+def test_a_level_from_the_command_line_stays_through_a_reload() -> None:
+    out = io.StringIO()
+    with logs.configured("warning", "json", out, pin_level=True):  # ems-gateway run --log-level warning
+        logs.apply_levels("debug", {"gateway.y": "debug"})  # a reload's [logging]
+        structlog.get_logger("gateway.x").info("hidden")
+        structlog.get_logger("gateway.y").debug("shown_per_logger")
+    assert [json.loads(x)["event"] for x in out.getvalue().splitlines()] == ["shown_per_logger"]
