@@ -52,7 +52,7 @@ async def test_ticks_built_on_the_worker_thread_reach_the_outbox_on_the_loop(sit
         built_on.append(threading.get_ident())
         return orig(*args)
 
-    tel.topics.tick = spy  # type: ignore[method-assign]
+    tel.topics.tick = spy  # type: ignore[method-assign, assignment]
     try:
         for k in range(20):
             worker(*tick(1000.0 + k, ac_limit=10.0 + k / 2))

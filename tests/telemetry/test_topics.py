@@ -48,7 +48,8 @@ def test_noncompliance_raises_an_event_once_and_its_clearing_another() -> None:
     lim = ChargerLimit(16.0, 16.0, "fair share")
     s0, _, _ = charger_step(None, T, _ch(10.0), lim, None, "ts", 0.0, RATES)
     s1, _, ev = charger_step(s0, T, _ch(25.0, noncompliant=True), lim, None, "ts", 1.0, RATES)
-    assert ev is not None and ev[0] == "noncompliance" and ev[1]["limit_a"] == 16.0 and ev[1]["current_a"][0] == 25.0
+    assert ev is not None and ev[0] == "noncompliance" and ev[1]["limit_a"] == 16.0
+    assert ev[1]["current_a"] == [25.0, 0.0, 0.0]
     s2, _, ev = charger_step(s1, T, _ch(25.5, noncompliant=True), lim, None, "ts", 2.0, RATES)
     assert ev is None
     _, _, ev = charger_step(s2, T, _ch(10.0), lim, None, "ts", 3.0, RATES)
