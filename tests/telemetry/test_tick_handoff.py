@@ -8,13 +8,15 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
+from gateway.budget import Budget
 from gateway.config import Site
 from gateway.control import LatestTick
 from gateway.model import Allocation, Snapshot
 from gateway.telemetry.mqtt import Telemetry
+from gateway.telemetry.topics import Event, Tick
 from tests.telemetry.conftest import async_wait, mqtt_cfg, tick
 
 
@@ -48,11 +50,12 @@ async def test_ticks_built_on_the_worker_thread_reach_the_outbox_on_the_loop(sit
     built_on: list[int] = []
     orig = tel.topics.tick
 
-    def spy(*args: Any) -> Any:
+    def spy(snapshot: Snapshot, allocation: Allocation, budget: Budget | None,
+            plan: tuple[Mapping[str, object], list[Event]] | None, ts: str, now: float) -> Tick:
         built_on.append(threading.get_ident())
-        return orig(*args)
+        return orig(snapshot, allocation, budget, plan, ts, now)
 
-    tel.topics.tick = spy  # type: ignore[method-assign, assignment]
+    tel.topics.tick = spy  # type: ignore[method-assign]
     try:
         for k in range(20):
             worker(*tick(1000.0 + k, ac_limit=10.0 + k / 2))
