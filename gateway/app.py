@@ -359,6 +359,10 @@ class App:
             self._reload_failed("", f"{type(exc).__name__}: {exc}")
             return
         old, self.site = self.site, new
+        if new.logging != old.logging:  # [logging]: the levels at once; the format and journal mode on restart
+            logs.apply_levels(new.logging.level, new.logging.loggers)
+            if (new.logging.format, new.logging.journal) != (old.logging.format, old.logging.journal):
+                log.warning("logging_format_changed_needs_restart")
         self.ocpp.update_site(new)
         self.budget.update_site(new)
         if new.planner != old.planner:

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from gateway import logs
-from gateway.config import load_site
+from gateway.config import Site, load_site
 
 DEFAULT_CONFIG = "/etc/ems-gateway/gateway.toml"
 
@@ -27,6 +27,14 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def configure_logging(site: Site, *, level: str | None, fmt: str | None) -> None:
+    """The daemon's logging: [logging], ``level`` and ``fmt`` from the command line over it (a level given
+    there stays through reloads; [logging.loggers] follows the file)."""
+    lc = site.logging
+    logs.configure(level or lc.level, fmt or lc.format, journal=lc.journal, loggers=lc.loggers,
+                   pin_level=level is not None)
+
+
 def run(args: argparse.Namespace) -> int:
     site = load_site(args.config)  # ConfigError -> exit 2 in __main__, before any IO to chargers
     if args.state_dir:
@@ -35,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         from gateway.config import check_state_dir
 
         site = replace(site, state_dir=check_state_dir(args.state_dir, "--state-dir"))
-    logs.configure(args.log_level or site.logging.level, args.log_format or site.logging.format)
+    configure_logging(site, level=args.log_level, fmt=args.log_format)
     from gateway.app import App
 
     asyncio.run(App(site, config_path=args.config).run())

@@ -114,6 +114,8 @@ class ControlConfig:
 class LoggingConfig:
     level: str = "info"
     format: str = "auto"  # auto: JSON when stdout is not a terminal
+    journal: str = "auto"  # <N> syslog priority prefixes: auto (stdout is the journal's stream), on, off
+    loggers: Mapping[str, str] = field(default_factory=dict)  # [logging.loggers]: logger name -> level
 
 
 @dataclass(frozen=True)
@@ -498,9 +500,19 @@ def _parse_control(t: Table | None) -> ControlConfig:
 def _parse_logging(t: Table | None) -> LoggingConfig:
     if t is None:
         return LoggingConfig()
+    levels = ("debug", "info", "warning", "error", "critical")
+    lt = t.table("loggers")
+    loggers: dict[str, str] = {}
+    if lt is not None:
+        for name in list(lt.keys()):
+            if not name or name.strip(".") != name or ".." in name:
+                raise lt.error(name, "expected a logger name such as pymodbus or aiohttp.access")
+            loggers[name] = lt.choice(name, levels)
     c = LoggingConfig(
-        level=t.choice("level", ("debug", "info", "warning", "error"), "info"),
+        level=t.choice("level", levels[:4], "info"),
         format=t.choice("format", ("auto", "json", "console"), "auto"),
+        journal=t.choice("journal", ("auto", "on", "off"), "auto"),
+        loggers=loggers,
     )
     t.done()
     return c

@@ -1,4 +1,5 @@
-"""Durable telemetry state: events awaiting their PUBACK, and the active remote cap.
+"""Durable telemetry state: events awaiting their PUBACK (and a remote cap kept by versions before the budget
+service, handed over to it once at start).
 
 SQLite in WAL mode with ``synchronous=NORMAL``: a commit is a write into the WAL without an
 fsync, so an event survives a gateway crash or restart (the OS has the page) at a cost of

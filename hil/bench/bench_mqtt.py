@@ -85,8 +85,8 @@ async def throughput(broker: Mosquitto, site: Site, tmp: Path, n: int) -> None:
         a0 = tel.stats().acked
         t0 = time.perf_counter()
         for i in range(n):
-            tel._put_value(f"bench/v/{i}", b'{"limit_a":16.0}')
-        tel._wake.set()
+            tel.outbox.put_value(f"bench/v/{i}", b'{"limit_a":16.0}')
+        tel.link.wake()
         await wait(lambda: tel.stats().acked >= a0 + n)
         dt = time.perf_counter() - t0
         print(f"values : {n} retained QoS 1 acked in {dt:.2f} s = {n / dt:,.0f} msg/s")

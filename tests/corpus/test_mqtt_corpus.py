@@ -54,7 +54,7 @@ async def test_command_corpus(mosquitto: Mosquitto, site: Site, tmp_path: Path) 
             for case in CASES:
                 reply_topic = f"{ROOT}cmd/{case['topic']}/reply"
                 before_n = len(sub.on(reply_topic))
-                cap_before = tel.site_cap_a(time.monotonic())
+                cap_before = tel.budget.remote_cap_a(time.monotonic())
                 await pub(mosquitto, f"{ROOT}cmd/{case['topic']}", payload_of(case))
                 assert await sub.until(lambda ms, t=reply_topic, n=before_n: len(sub.on(t)) > n), case["name"]
                 r = replies(sub, reply_topic)[-1]
@@ -63,7 +63,7 @@ async def test_command_corpus(mosquitto: Mosquitto, site: Site, tmp_path: Path) 
                 if not case["ok"]:
                     assert case["reason"] in r["reason"], (case["name"], r)
                     assert r["reason"] != "internal error"
-                    assert tel.site_cap_a(time.monotonic()) == cap_before, case["name"]
+                    assert tel.budget.remote_cap_a(time.monotonic()) == cap_before, case["name"]
                 results.append((case["name"], True))
             assert tel.connected and not task.done()
     finally:
@@ -85,11 +85,11 @@ async def test_a_retained_command_is_refused_live_and_at_subscribe(mosquitto: Mo
             assert await sub.until(lambda ms: len(sub.on(reply)) == 1)
             r = replies(sub, reply)[0]
             assert r["ok"] is False and r["id"] == "live-r" and "retained" in r["reason"], r
-            assert tel.site_cap_a(time.monotonic()) is None
+            assert tel.budget.remote_cap_a(time.monotonic()) is None
             await pub(mosquitto, cmd, b"", retain=True)  # clear it from the broker
             await pub(mosquitto, cmd, json.dumps({"id": "fresh", "limit_a": 100, "duration_s": 600}).encode())
             assert await sub.until(lambda ms: len(sub.on(reply)) == 2)
-            assert replies(sub, reply)[1]["ok"] is True and tel.site_cap_a(time.monotonic()) == 100.0
+            assert replies(sub, reply)[1]["ok"] is True and tel.budget.remote_cap_a(time.monotonic()) == 100.0
     finally:
         sub.stop()
 
@@ -112,6 +112,6 @@ async def test_mqtt_311_commands_need_a_fresh_timestamp(mosquitto: Mosquitto, si
             fresh = {"id": "ok", "limit_a": 100, "duration_s": 600, "ts": _iso(0)}
             await pub(mosquitto, cmd, json.dumps(fresh).encode())
             assert await sub.until(lambda ms: len(sub.on(reply)) == 3)
-            assert replies(sub, reply)[2]["ok"] is True and tel.site_cap_a(time.monotonic()) == 100.0
+            assert replies(sub, reply)[2]["ok"] is True and tel.budget.remote_cap_a(time.monotonic()) == 100.0
     finally:
         sub.stop()

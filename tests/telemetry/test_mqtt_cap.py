@@ -35,30 +35,30 @@ async def test_cap_applied_and_expires_on_its_own(mosquitto: Mosquitto, site: Si
     try:
         async with running(tel):
             assert await async_wait(lambda: tel.connected)
-            assert tel.site_cap_a(tel_now()) is None
+            assert tel.budget.remote_cap_a(tel_now()) is None
             await pub(mosquitto, CMD, json.dumps({"id": "dr-1", "limit_a": 120, "duration_s": 2.0}))
             assert await sub.until(lambda ms: len(sub.on(REPLY)) == 1)
             r = replies(sub)[0]
             assert r["ok"] is True and r["id"] == "dr-1" and r["cap_a"] == 120.0
-            assert tel.site_cap_a(tel_now()) == 120.0
+            assert tel.budget.remote_cap_a(tel_now()) == 120.0
             assert await sub.until(lambda ms: bool(sub.on(ROOT + "event/site_cap_set")))
             state = json.loads((await asyncio.to_thread(read_retained, mosquitto, ROOT + "site_cap")) or b"{}")
             assert state["active"] is True and state["cap_a"] == 120.0 and state["request_id"] == "dr-1"
             # nobody calls site_cap_a and the cloud stays silent: the cap still expires on time
             assert await sub.until(lambda ms: bool(sub.on(ROOT + "event/site_cap_expired")), timeout=20)
-            assert tel.site_cap_a(tel_now()) is None
+            assert tel.budget.remote_cap_a(tel_now()) is None
             assert await sub.until(lambda ms: json.loads(sub.on(ROOT + "site_cap")[-1])["active"] is False)
 
             # in kW with an absolute expiry; then cleared
             until = datetime.fromtimestamp(datetime.now(UTC).timestamp() + 600, UTC).isoformat()
             await pub(mosquitto, CMD, json.dumps({"id": "dr-2", "limit_kw": 69.282, "until": until}))
             assert await sub.until(lambda ms: len(sub.on(REPLY)) == 2)
-            cap = tel.site_cap_a(tel_now())
+            cap = tel.budget.remote_cap_a(tel_now())
             assert cap is not None and cap == pytest.approx(100.0, abs=0.01)  # 69.282 kW / (sqrt(3) * 400 V)
             await pub(mosquitto, CMD, json.dumps({"id": "dr-3", "clear": True}))
             assert await sub.until(lambda ms: len(sub.on(REPLY)) == 3)
             assert replies(sub)[2] == {**replies(sub)[2], "ok": True, "cleared": True}
-            assert tel.site_cap_a(tel_now()) is None
+            assert tel.budget.remote_cap_a(tel_now()) is None
     finally:
         sub.stop()
 
@@ -76,24 +76,24 @@ async def test_cap_expires_with_the_cloud_gone(mosquitto: Mosquitto, site: Site,
     async with running(tel):
         assert await async_wait(lambda: tel.connected)
         await pub(mosquitto, CMD, json.dumps({"limit_a": 150, "duration_s": 600}))
-        assert await async_wait(lambda: tel.site_cap_a(clock()) == 150.0)
+        assert await async_wait(lambda: tel.budget.remote_cap_a(clock()) == 150.0)
         await asyncio.to_thread(mosquitto.stop)  # the cloud goes silent
         assert await async_wait(lambda: not tel.connected)
         clock.t += 599.9
-        assert tel.site_cap_a(clock()) == 150.0
+        assert tel.budget.remote_cap_a(clock()) == 150.0
         clock.t += 0.1
-        assert tel.site_cap_a(clock()) is None
+        assert tel.budget.remote_cap_a(clock()) is None
     # a cap survives a gateway restart with its remaining time (and not a second more)
     tel2 = Telemetry(mqtt_cfg(mosquitto), site, clock=clock, wall_clock=wall, state_dir=tmp_path)
-    assert tel2.site_cap_a(clock()) is None
-    tel2._command(CMD, json.dumps({"limit_a": 90, "duration_s": 100}).encode(), False)
-    assert tel2.site_cap_a(clock()) == 90.0
+    assert tel2.budget.remote_cap_a(clock()) is None
+    tel2.link.command(CMD, json.dumps({"limit_a": 90, "duration_s": 100}).encode(), False)
+    assert tel2.budget.remote_cap_a(clock()) == 90.0
     tel2.close()
     wall.t += 40
     clock.t = 10.0  # a reboot restarts the monotonic clock
     tel3 = Telemetry(mqtt_cfg(mosquitto), site, clock=clock, wall_clock=wall, state_dir=tmp_path)
-    assert tel3.site_cap_a(clock.t + 59.9) == 90.0
-    assert tel3.site_cap_a(clock.t + 60.0) is None
+    assert tel3.budget.remote_cap_a(clock.t + 59.9) == 90.0
+    assert tel3.budget.remote_cap_a(clock.t + 60.0) is None
     tel3.close()
 
 
@@ -129,7 +129,7 @@ async def test_malformed_commands_answered_and_ignored(mosquitto: Mosquitto, sit
             assert await async_wait(lambda: tel.connected)
             assert await sub.until(lambda ms: len(sub.on(REPLY)) == 1)
             assert replies(sub)[0]["id"] == "r1" and "retained" in str(replies(sub)[0]["reason"])
-            assert tel.site_cap_a(tel_now()) is None
+            assert tel.budget.remote_cap_a(tel_now()) is None
             await pub(mosquitto, CMD, b"", retain=True)  # remove it from the broker again
             await pub(mosquitto, CMD, json.dumps({"id": "good", "limit_a": 150, "duration_s": 300}))
             assert await sub.until(lambda ms: len(sub.on(REPLY)) == 2)
@@ -138,12 +138,12 @@ async def test_malformed_commands_answered_and_ignored(mosquitto: Mosquitto, sit
                 assert await sub.until(lambda ms, n=i + 3: len(sub.on(REPLY)) == n), payload
                 r = replies(sub)[-1]
                 assert r["ok"] is False and reason in str(r["reason"]), (payload, r)
-                assert tel.site_cap_a(tel_now()) == 150.0  # the good cap stands
+                assert tel.budget.remote_cap_a(tel_now()) == 150.0  # the good cap stands
             # an unknown command gets an answer on its own reply topic
             await pub(mosquitto, ROOT + "cmd/reboot", b"{}")
             assert await sub.until(lambda ms: bool(sub.on(ROOT + "cmd/reboot/reply")))
             assert "unknown command" in str(json.loads(sub.on(ROOT + "cmd/reboot/reply")[0])["reason"])
-            assert tel.site_cap_a(tel_now()) == 150.0
+            assert tel.budget.remote_cap_a(tel_now()) == 150.0
     finally:
         sub.stop()
 

@@ -21,15 +21,15 @@ REPO = Path(__file__).resolve().parents[2]
 def values(tel: Telemetry) -> dict[str, dict[str, object]]:
     """Drain the value queue as the link task would: topic -> payload."""
     out = {}
-    while tel._values:
-        topic, m = tel._values.popitem(last=False)
+    while tel.outbox.values:
+        topic, m = tel.outbox.values.popitem(last=False)
         out[topic] = json.loads(m.payload) if m.payload else {}
     return out
 
 
 def events(tel: Telemetry) -> list[dict[str, object]]:
     out = []
-    while (m := tel._next_msg()) is not None:
+    while (m := tel.outbox.next_msg()) is not None:
         if m.event_key is not None:
             out.append(json.loads(m.payload))
     return out
@@ -158,10 +158,10 @@ def test_value_queue_keeps_latest_per_topic_and_is_bounded(site: Site, tmp_path:
     tel = Telemetry(mqtt_cfg(queue_max=10), site, state_dir=tmp_path)
     values(tel)
     for i in range(15):
-        tel._put_value(f"ems/t-site/x/{i}", b"%d" % i)
-    tel._put_value("ems/t-site/x/14", b"latest")
-    assert list(tel._values) == [f"ems/t-site/x/{i}" for i in range(5, 15)]  # the oldest went
-    assert tel._values["ems/t-site/x/14"].payload == b"latest"
+        tel.outbox.put_value(f"ems/t-site/x/{i}", b"%d" % i)
+    tel.outbox.put_value("ems/t-site/x/14", b"latest")
+    assert list(tel.outbox.values) == [f"ems/t-site/x/{i}" for i in range(5, 15)]  # the oldest went
+    assert tel.outbox.values["ems/t-site/x/14"].payload == b"latest"
     assert tel.stats().dropped_values == 5
     tel.close()
 
@@ -170,7 +170,7 @@ def test_events_are_never_dropped_and_keep_their_order(site: Site, tmp_path: Pat
     tel = Telemetry(mqtt_cfg(queue_max=10), site, state_dir=tmp_path)
     for i in range(35):  # more than fit in memory: the rest wait on disk
         tel.event("test_seq", n=i)
-    assert len(tel._events) <= 10
+    assert len(tel.outbox.events) <= 10
     assert [e["n"] for e in events(tel)] == list(range(35))
     tel.close()
     # not acknowledged: a new instance on the same state_dir still owes all of them

@@ -8,12 +8,15 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
+from gateway.budget import Budget
 from gateway.config import Site
 from gateway.control import LatestTick
 from gateway.model import Allocation, Snapshot
 from gateway.telemetry.mqtt import Telemetry
+from gateway.telemetry.topics import Event, Tick
 from tests.telemetry.conftest import async_wait, mqtt_cfg, tick
 
 
@@ -45,20 +48,21 @@ async def test_ticks_built_on_the_worker_thread_reach_the_outbox_on_the_loop(sit
     worker = LatestTick(tel.publish_tick, "telemetry")
     loop_thread = threading.get_ident()
     built_on: list[int] = []
-    orig = tel._tick_chargers
+    orig = tel.topics.tick
 
-    def spy(*args: object) -> None:
+    def spy(snapshot: Snapshot, allocation: Allocation, budget: Budget | None,
+            plan: tuple[Mapping[str, object], list[Event]] | None, ts: str, now: float) -> Tick:
         built_on.append(threading.get_ident())
-        orig(*args)  # type: ignore[arg-type]
+        return orig(snapshot, allocation, budget, plan, ts, now)
 
-    tel._tick_chargers = spy  # type: ignore[method-assign]
+    tel.topics.tick = spy  # type: ignore[method-assign]
     try:
         for k in range(20):
             worker(*tick(1000.0 + k, ac_limit=10.0 + k / 2))
         await asyncio.to_thread(worker.wait_idle, 10)
 
         def latest() -> object:
-            m = tel._values.get("ems/t-site/charger/AC-1")
+            m = tel.outbox.values.get("ems/t-site/charger/AC-1")
             return None if m is None else json.loads(m.payload).get("limit_a")
 
         assert await async_wait(lambda: latest() == 19.5)
