@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from gateway import __version__
 from gateway.errors import ConfigError
@@ -17,12 +18,47 @@ EXIT_CONFIG = 2
 COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli_check",
     "gateway.cli_run",
-    "sitesim.demo",
     "gateway.meters.cli",
     "gateway.web.cli",
     "gateway.commission.cli",
     "gateway.budget.openadr_app",
 )
+# Commands other distributions provide: entry points in this group, named after the command, whose value is a
+# module with the same add_parser(subparsers) (ems-gateway-sim's ``demo = "sitesim.demo"``). The gateway imports
+# nothing of theirs by name.
+PLUGIN_GROUP = "ems_gateway.commands"
+# what to install for a plugin command that is not there
+PLUGIN_HINTS: dict[str, tuple[str, str]] = {  # command -> (distribution, how to get it)
+    "demo": ("ems-gateway-sim", "the simulated demo site is in the ems-gateway-sim distribution (sim/ in the source "
+             "repository): run `./dev demo` from the repository, or `pip install ./sim` beside the gateway (its RTU "
+             "meter needs socat); the Debian package ems-gateway includes it"),
+}
+
+
+def _add_plugins(sub: Any) -> None:
+    """The plugin commands found through PLUGIN_GROUP; a hinted one not installed, or one that fails to load, gets
+    a stand-in that says so when it is run (a broken plugin never stops ``ems-gateway run``)."""
+    from importlib.metadata import entry_points
+
+    builtin = set(sub.choices)
+    found = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP) if ep.name not in builtin}
+    for name in sorted(found.keys() | PLUGIN_HINTS.keys()):
+        ep = found.get(name)
+        if ep is None:
+            dist, how = PLUGIN_HINTS[name]
+            _add_missing(sub, name, f"(not installed: needs {dist})", f"not installed: {how}")
+            continue
+        try:
+            ep.load().add_parser(sub)
+        except Exception as exc:  # any error of another distribution's code: the gateway's commands go on
+            dist = ep.dist.name if ep.dist is not None else "?"
+            _add_missing(sub, name, f"(failed to load from {dist})",
+                         f"its plugin {ep.value} ({dist}) failed to load: {type(exc).__name__}: {exc}")
+
+
+def _add_missing(sub: Any, name: str, short: str, why: str) -> None:
+    p = sub.add_parser(name, help=short, description=f"ems-gateway {name}: {why}")
+    p.set_defaults(func=None, unavailable=f"ems-gateway {name}: {why}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
+    _add_plugins(sub)
     return parser
 
 
@@ -53,7 +90,13 @@ def _silence_stdout() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    unavailable: str | None = getattr(args, "unavailable", None)
+    if unavailable is not None:  # before the arguments: they are the missing command's
+        print(unavailable, file=sys.stderr)
+        return EXIT_CONFIG
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:
         parser.print_help()
