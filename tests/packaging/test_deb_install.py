@@ -28,6 +28,7 @@ TOOLS = ("dpkg-buildpackage", "dh_virtualenv", "debootstrap", "lintian", "chroot
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(1500),  # two builds, a debootstrap, installs, lintian: ~4 min idle, far more when loaded
     pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap and chroot need root"),
     pytest.mark.skipif(not all(have(t) for t in TOOLS), reason=f"needs {', '.join(TOOLS)} (./dev installs them)"),
 ]
