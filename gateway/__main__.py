@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from gateway import __version__
@@ -35,13 +36,11 @@ PLUGIN_HINTS: dict[str, tuple[str, str]] = {  # command -> (distribution, how to
 }
 
 
-def _add_plugins(sub: Any) -> None:
-    """The plugin commands found through PLUGIN_GROUP; a hinted one not installed, or one that fails to load, gets
-    a stand-in that says so when it is run (a broken plugin never stops ``ems-gateway run``)."""
-    from importlib.metadata import entry_points
-
+def _add_plugins(sub: Any, plugins: Iterable[EntryPoint]) -> None:
+    """The plugin commands (never one named like a built-in); a hinted one not installed, or one that fails to
+    load, gets a stand-in that says so when it is run (a broken plugin never stops ``ems-gateway run``)."""
     builtin = set(sub.choices)
-    found = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP) if ep.name not in builtin}
+    found = {ep.name: ep for ep in plugins if ep.name not in builtin}
     for name in sorted(found.keys() | PLUGIN_HINTS.keys()):
         ep = found.get(name)
         if ep is None:
@@ -51,9 +50,9 @@ def _add_plugins(sub: Any) -> None:
         try:
             ep.load().add_parser(sub)
         except Exception as exc:  # any error of another distribution's code: the gateway's commands go on
-            dist = ep.dist.name if ep.dist is not None else "?"
-            _add_missing(sub, name, f"(failed to load from {dist})",
-                         f"its plugin {ep.value} ({dist}) failed to load: {type(exc).__name__}: {exc}")
+            dist = f" ({ep.dist.name})" if ep.dist is not None else ""
+            _add_missing(sub, name, "(its plugin failed to load)",
+                         f"its plugin {ep.value}{dist} failed to load: {type(exc).__name__}: {exc}")
 
 
 def _add_missing(sub: Any, name: str, short: str, why: str) -> None:
@@ -61,7 +60,8 @@ def _add_missing(sub: Any, name: str, short: str, why: str) -> None:
     p.set_defaults(func=None, unavailable=f"ems-gateway {name}: {why}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: Iterable[EntryPoint] | None = None) -> argparse.ArgumentParser:
+    """The command line; the plugin commands are the installed PLUGIN_GROUP entry points unless ``plugins``."""
     parser = argparse.ArgumentParser(
         prog="ems-gateway",
         description="Site energy management gateway for EV charging: keeps every circuit within its "
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
-    _add_plugins(sub)
+    _add_plugins(sub, entry_points(group=PLUGIN_GROUP) if plugins is None else plugins)
     return parser
 
 
@@ -88,8 +88,8 @@ def _silence_stdout() -> None:
         pass
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, *, plugins: Iterable[EntryPoint] | None = None) -> int:
+    parser = build_parser(plugins)
     args, extra = parser.parse_known_args(argv)
     unavailable: str | None = getattr(args, "unavailable", None)
     if unavailable is not None:  # before the arguments: they are the missing command's
