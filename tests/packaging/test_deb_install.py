@@ -24,6 +24,8 @@ import pytest
 from tests.packaging.helpers import BUILD_DEB, ROOT, SYSTEM_PATH, have, pyproject_version, run
 
 CACHE = Path(os.environ.get("EMS_DEB_TEST_CACHE", "/var/cache/ems-gateway-test"))
+# one package build: about 2 min on an idle machine, 8 min when eight jobs share two cores
+BUILD_S = float(os.environ.get("EMS_DEB_BUILD_TIMEOUT_S", "900"))
 TOOLS = ("dpkg-buildpackage", "dh_virtualenv", "debootstrap", "lintian", "chroot", "fakeroot")
 
 pytestmark = [
@@ -238,7 +240,7 @@ def test_build_install_upgrade_purge(tmp_path: Path, chroot_dir: Path) -> None:
         lock.close()
         if build1.poll() is None and boot.returncode != 0:
             build1.kill()
-    _finish(build1, tmp_path / "build1.log", "build-deb", 420)
+    _finish(build1, tmp_path / "build1.log", "build-deb", BUILD_S)
     deb1 = out1 / f"ems-gateway_{v1}_{arch}.deb"
     assert deb1.is_file(), sorted(p.name for p in out1.iterdir())
     _check_contents(deb1)
@@ -302,7 +304,7 @@ def test_build_install_upgrade_purge(tmp_path: Path, chroot_dir: Path) -> None:
         state.write_bytes(b"durable queue contents\x00\x01")
 
         # 3. upgrade to the rebuilt package with the higher version
-        _finish(build2, tmp_path / "build2.log", "build-deb --version", 420)
+        _finish(build2, tmp_path / "build2.log", "build-deb --version", BUILD_S)
         deb2 = out2 / f"ems-gateway_{v2}_{arch}.deb"
         assert deb2.is_file()
         log = ch.apt("install", ch.put(deb2, deb2.name))
