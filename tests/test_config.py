@@ -15,7 +15,8 @@ from gateway.errors import ConfigError
 from tests.factories import ac, dc, site_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = [ROOT / "etc" / "gateway.toml", *sorted((ROOT / "etc" / "examples").glob("*.toml"))]
+REFERENCE = ROOT / "gateway" / "data" / "reference-site.toml"  # etc/gateway.toml links to it
+EXAMPLES = [REFERENCE, *sorted((ROOT / "etc" / "examples").glob("*.toml"))]
 
 
 def _base() -> dict[str, Any]:
@@ -42,7 +43,7 @@ def test_shipped_examples_are_valid(path: Path) -> None:
 
 
 def test_reference_site_is_the_20_stall_dc_site() -> None:
-    site = load_site(ROOT / "etc" / "gateway.toml")
+    site = load_site(REFERENCE)
     assert site.service.limit_a == 4000 and site.service.voltage_ll_v == 480 and site.service.phases == 3
     assert len(site.chargers) == 20 and all(c.kind == "dc" for c in site.chargers.values())
     assert {c.ocpp_version for c in site.chargers.values()} == {"1.6", "2.0.1"}
@@ -199,7 +200,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_check_config_prints_tree_chargers_and_budget() -> None:
-    r = _cli("check-config", str(ROOT / "etc" / "gateway.toml"))
+    r = _cli("check-config", str(REFERENCE))
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "service [service] limit 4000 A/phase" in out

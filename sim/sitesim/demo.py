@@ -19,6 +19,7 @@ import contextlib
 import math
 import random
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -45,6 +46,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-ui", action="store_true", help="print a summary line every 5 s instead of the live view")
     p.add_argument("--seed", type=int, default=1, help="random seed for EV arrivals")
     p.add_argument("--log-file", help="write the gateway's JSON log here (default: ems-gateway-demo.log in /tmp)")
+    p.add_argument("--tcp-meters", action="store_true",
+                   help="simulate the config's RTU meters over Modbus TCP too (without socat's pty pair)")
     p.add_argument("--web", nargs="?", type=int, const=8080, default=None, metavar="PORT",
                    help="serve the web page on 127.0.0.1:PORT (default 8080; 0: any free port)")
     p.set_defaults(func=run)
@@ -57,16 +60,23 @@ def reference_config() -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     raw = read_toml(args.config) if args.config else reference_config()
-    site_from_dict(raw)  # refuse a bad config before starting anything
+    site = site_from_dict(raw)  # refuse a bad config before starting anything
+    rtu = sorted(mid for mid, m in site.polled_meters.items() if m.transport == "rtu")
+    if rtu and not args.tcp_meters and shutil.which("socat") is None:
+        many = len(rtu) > 1
+        print(f"ems-gateway demo: the RTU meter{'s' if many else ''} {', '.join(rtu)} need{'' if many else 's'} "
+              "socat (a pty pair stands in for the RS-485 line) and it is not installed: apt-get install socat, "
+              "or run with --tcp-meters to simulate them over Modbus TCP", file=sys.stderr)
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(Demo(raw, seed=args.seed, ui=not args.no_ui and sys.stdout.isatty(),
-                         log_file=args.log_file, web_port=args.web).run(args.duration))
+                         log_file=args.log_file, web_port=args.web, rtu=not args.tcp_meters).run(args.duration))
     return 0
 
 
 class Demo:
     def __init__(self, raw: dict[str, Any], *, seed: int = 1, ui: bool = True, log_file: str | None = None,
-                 web_port: int | None = None) -> None:
+                 web_port: int | None = None, rtu: bool = True) -> None:
         from sitesim.site import SiteSim
 
         self.rng = random.Random(seed)
@@ -86,7 +96,7 @@ class Demo:
             level = base + (step if 30.0 <= k < 60.0 else 0.0)
             return tuple(level * (1.0 + 0.02 * rng.uniform(-1, 1)) for _ in range(P))
 
-        self.sim = SiteSim(raw, base_loads={self.building: building}, meter_interval_s=2.0)
+        self.sim = SiteSim(raw, base_loads={self.building: building}, meter_interval_s=2.0, rtu=rtu)
         self.ui = ui
         self.log_file = log_file
         self.web_port = web_port
@@ -126,6 +136,7 @@ class Demo:
         arrivals = asyncio.create_task(self._arrivals(), name="arrivals")
         print(f"ems-gateway demo: {site.name}; gateway on ws://127.0.0.1:{app.ocpp.port}, "
               f"CMS on ws://127.0.0.1:{sim.cms_port}; log {log_path}", flush=True)
+        self.notes.append(self._meters_note())
         sock = ctl.socket_path(site.state_dir)
         self.notes.append(f"control socket: {sock} (try: ems-gateway commission --socket {sock} --verify)")
         if app.web is not None:
@@ -150,6 +161,15 @@ class Demo:
             await app_task
         print(self.summary_line(), flush=True)
         print(f"demo stopped: every charger was set to its fail-safe limit; log {log_path}", flush=True)
+
+    def _meters_note(self) -> str:
+        """How each meter is simulated: a meter the config reads over RTU is on a socat pty pair unless --tcp-meters."""
+        sim = self.sim
+        tcp = sorted(sim.meter_ports)
+        rtu = sorted(mid for mid in sim.meters if mid not in sim.meter_ports)
+        ttys = ", ".join(sorted(sim.meter_devices.values()))
+        return (f"meters: Modbus TCP {', '.join(tcp) or '-'}; RTU {', '.join(rtu) or '-'}"
+                + (f" (socat pty {ttys})" if ttys else ""))
 
     @staticmethod
     async def _web_note(app: Any, password: str | None) -> str:

@@ -171,7 +171,7 @@ def test_check_config_exit_2_names_the_key(tmp_path: Path) -> None:
 
 
 def test_the_reference_sites_commented_budget_is_valid(tmp_path: Path) -> None:
-    text = (ROOT / "etc" / "gateway.toml").read_text()
+    text = (ROOT / "gateway" / "data" / "reference-site.toml").read_text()
     head, _, tail = text.partition("# [budget]\n")
     assert tail, "the reference site has a commented [budget] example"
     lines = ["[budget]", *(ln[2:] if ln.startswith("# ") else ln for ln in tail.splitlines())]

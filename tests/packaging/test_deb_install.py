@@ -24,10 +24,13 @@ import pytest
 from tests.packaging.helpers import BUILD_DEB, ROOT, SYSTEM_PATH, have, pyproject_version, run
 
 CACHE = Path(os.environ.get("EMS_DEB_TEST_CACHE", "/var/cache/ems-gateway-test"))
+# one package build: about 2 min on an idle machine, 8 min when eight jobs share two cores
+BUILD_S = float(os.environ.get("EMS_DEB_BUILD_TIMEOUT_S", "900"))
 TOOLS = ("dpkg-buildpackage", "dh_virtualenv", "debootstrap", "lintian", "chroot", "fakeroot")
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(1500),  # two builds, a debootstrap, installs, lintian: ~4 min idle, far more when loaded
     pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap and chroot need root"),
     pytest.mark.skipif(not all(have(t) for t in TOOLS), reason=f"needs {', '.join(TOOLS)} (./dev installs them)"),
 ]
@@ -170,6 +173,40 @@ def _smoke_run_daemon(ch: Chroot) -> None:
     assert "gateway_ready" in log, log[-3000:]
 
 
+def _check_contents(deb: Path) -> None:
+    """The package carries the gateway and the demo's simulators, not the rig: no hil/, tests, benchmarks or
+    scenarios; it depends on socat for the demo's RTU meter."""
+    listing = run(["dpkg-deb", "-c", str(deb)], env=ENV).stdout
+    paths = [line.split(None, 5)[5].split(" -> ")[0].removeprefix(".") for line in listing.splitlines()]
+    site = [p.split("/site-packages/", 1)[1] for p in paths if "/site-packages/" in p]
+    assert not [p for p in site if p.startswith(("hil/", "tests/"))], "the rig or the tests in the package"
+    ours = [p for p in paths if "/site-packages/" not in p]
+    ours += [p for p in site if p.startswith(("gateway/", "sitesim/"))]
+    assert not [p for p in ours if "bench" in p or "scenario" in p or "/hil" in p]
+    assert "sitesim/demo.py" in site and any(p.startswith("ems_gateway_sim-") for p in site), "no demo"
+    assert "gateway/data/reference-site.toml" in site
+    assert re.search(r"(^|, )socat(,|$| )", run(["dpkg-deb", "-f", str(deb), "Depends"], env=ENV).stdout)
+    tops = sorted({p.split("/")[0] for p in site if p})
+    print(f"{deb.name}: {len(paths)} entries; outside the venv's site-packages:")
+    for p in paths:
+        if "/site-packages/" not in p:
+            print(f"  {p}")
+    print(f"  site-packages: {', '.join(tops)}")
+
+
+def _smoke_run_demo(ch: Chroot) -> None:
+    """``ems-gateway demo`` runs on the target: the simulators came with the package, socat with its Depends
+    (the RTU meter on a pty pair: the chroot gets a devpts of its own)."""
+    assert ch.sh("dpkg-query -W -f='${db:Status-Status}' socat") == "installed"
+    if not os.path.lexists(ch.path("/dev/ptmx")):
+        os.symlink("pts/ptmx", ch.path("/dev/ptmx"))
+    ch.path("/dev/pts").mkdir(exist_ok=True)
+    run(["mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666,mode=0620", "devpts", str(ch.path("/dev/pts"))])
+    out = ch.run("ems-gateway", "demo", "--no-ui", "--duration", "10", "--log-file", "/tmp/demo.log", timeout=120)
+    assert re.search(r"^meters: Modbus TCP meter-main; RTU meter-ev \(socat pty ", out.stdout, re.M), out.stdout
+    assert "demo stopped: every charger was set to its fail-safe limit" in out.stdout, out.stdout
+
+
 def _bumped(version: str) -> str:
     parts = version.split(".")
     parts[-1] = str(int(parts[-1]) + 1)
@@ -203,9 +240,10 @@ def test_build_install_upgrade_purge(tmp_path: Path, chroot_dir: Path) -> None:
         lock.close()
         if build1.poll() is None and boot.returncode != 0:
             build1.kill()
-    _finish(build1, tmp_path / "build1.log", "build-deb", 420)
+    _finish(build1, tmp_path / "build1.log", "build-deb", BUILD_S)
     deb1 = out1 / f"ems-gateway_{v1}_{arch}.deb"
     assert deb1.is_file(), sorted(p.name for p in out1.iterdir())
+    _check_contents(deb1)
 
     # 2. the bumped build and lintian run while the first package is tried
     build2 = _start(
@@ -255,6 +293,7 @@ def test_build_install_upgrade_purge(tmp_path: Path, chroot_dir: Path) -> None:
             assert ch.sh(f"test -r /usr/share/ems-gateway/maps/{name} && echo ok") == "ok"
 
         _smoke_run_daemon(ch)
+        _smoke_run_demo(ch)
 
         # the operator edits the config; the daemon leaves state behind
         conf = ch.path("/etc/ems-gateway/gateway.toml")
@@ -265,7 +304,7 @@ def test_build_install_upgrade_purge(tmp_path: Path, chroot_dir: Path) -> None:
         state.write_bytes(b"durable queue contents\x00\x01")
 
         # 3. upgrade to the rebuilt package with the higher version
-        _finish(build2, tmp_path / "build2.log", "build-deb --version", 420)
+        _finish(build2, tmp_path / "build2.log", "build-deb --version", BUILD_S)
         deb2 = out2 / f"ems-gateway_{v2}_{arch}.deb"
         assert deb2.is_file()
         log = ch.apt("install", ch.put(deb2, deb2.name))
