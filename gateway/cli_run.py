@@ -38,5 +38,5 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level or site.logging.level, args.log_format or site.logging.format)
     from gateway.app import App
 
-    asyncio.run(App(site, config_path=args.config).run())
+    asyncio.run(App(site, config_path=args.config, tune_gc=True).run())
     return 0
