@@ -189,6 +189,10 @@ async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: boo
                       tick_p99_ms=pct(ticks, 99), tick_max_ms=max(ticks, default=float("nan")),
                       preempted=sum(1 for e in window if e["event"] == "tick" and e.get("preempted")),
                       failsafe=sum(1 for e in window if e["event"] == "failsafe_entered"))
+        for e in gw.logs:
+            if e["event"] in ("gc_settled", "gc_refreshed"):
+                print(f"  {n} chargers: {e['event']} (pause {e.get('pause_ms')} ms, {e.get('frozen')} objects frozen)",
+                      file=sys.stderr)
         # why a fail-safe was entered: the meter that went stale, how old its reading was and its last error
         for e in window:
             if e["event"] == "meter_stale":
