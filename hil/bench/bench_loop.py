@@ -152,7 +152,8 @@ async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: boo
     peers.start()
     port = free_port()
     gw = Gateway(peers.gateway_config(port), {"reallocated", "gateway_ready", "tick", "failsafe_entered",
-                                              "meter_stale", "gc_settled", "gc_refreshed"}, code=code)
+                                              "meter_stale", "meter_read_failed", "gc_settled", "gc_refreshed"},
+                 code=code)
     try:
         await gw.start()
         await asyncio.to_thread(peers.connect, port)
@@ -195,9 +196,15 @@ async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: boo
                       file=sys.stderr)
         # why a fail-safe was entered: the meter that went stale, how old its reading was and its last error
         for e in window:
-            if e["event"] == "meter_stale":
+            if e["event"] == "failsafe_entered":
+                print(f"  {n} chargers: fail-safe entered at {e.get('timestamp')} ({e.get('mode')}, meters "
+                      f"{e.get('meters')})", file=sys.stderr)
+            elif e["event"] == "meter_stale":
                 print(f"  {n} chargers: meter {e.get('meter')} stale (reading {e.get('age_s')} s old; "
                       f"last error: {e.get('error') or 'none'})", file=sys.stderr)
+            elif e["event"] == "meter_read_failed":
+                print(f"  {n} chargers: meter {e.get('meter')} stopped answering at {e.get('timestamp')}: "
+                      f"{e.get('error')}", file=sys.stderr)
         if os.environ.get("BENCH_DETAIL"):
             for e in window:
                 if e["event"] == "reallocated" and str(e.get("trigger", "")).startswith("overload:"):
