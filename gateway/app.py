@@ -37,6 +37,7 @@ from gateway.budget.service import BudgetService
 from gateway.config import Site, load_site
 from gateway.control import ControlLoop, TelemetrySink
 from gateway.errors import ConfigError
+from gateway.gcpolicy import GcPolicy
 from gateway.meters.service import MeterService, PollerStuckError
 from gateway.model import MeterReading
 from gateway.ocpp_proxy.controller import OcppController
@@ -68,6 +69,7 @@ class App:
         restart_delay_s: float = 1.0,
         start_timeout_s: float = 45.0,  # below the unit's TimeoutStartSec=60s
         hard_exit_after_s: float | None = 25.0,  # below the unit's TimeoutStopSec=30s; None: never
+        tune_gc: bool = False,  # the daemon's collector settings once READY (gateway/gcpolicy.py)
     ) -> None:
         self.site = site
         self.config_path = Path(config_path) if config_path is not None else None
@@ -76,6 +78,7 @@ class App:
         self.restart_delay_s = restart_delay_s
         self.start_timeout_s = start_timeout_s
         self.hard_exit_after_s = hard_exit_after_s
+        self.gc_policy = GcPolicy(clock) if tune_gc else None
         Path(site.state_dir).mkdir(parents=True, exist_ok=True)
         self.budget = BudgetService(site, clock=clock, state_dir=Path(site.state_dir))
         self.telemetry: Any = None
@@ -271,6 +274,9 @@ class App:
             if complete or self.clock() - self.started_at >= patience:
                 break
         self.ready.set()
+        if self.gc_policy is not None:
+            self.gc_policy.start()
+            self.control.subscribe(self.gc_policy)
         self.notifier.ready(self.control.summary())
         log.info(
             "gateway_ready",

@@ -46,5 +46,5 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(site, level=args.log_level, fmt=args.log_format)
     from gateway.app import App
 
-    asyncio.run(App(site, config_path=args.config).run())
+    asyncio.run(App(site, config_path=args.config, tune_gc=True).run())
     return 0

@@ -14,11 +14,13 @@ return at once; :class:`LatestTick` runs a slow subscriber (telemetry) on its ow
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Protocol
 
 import structlog
@@ -141,6 +143,42 @@ class LatestTick:
             self._cond.notify_all()
 
 
+class OffLoop:
+    """Work that may wait, run in order on a thread of its own: the loop hands over a callable on frozen values
+    and goes on (a limit-change line per charger is, at 1000 chargers and an overload, tens of ms of structlog
+    processing the loop need not do before the next reading). ``stop`` runs what was handed over; a callable
+    handed over after it starts the thread again (the loop restarted by its supervisor)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._q: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, fn: Callable[[], None]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+        self._q.put(fn)
+
+    def _run(self) -> None:
+        while (fn := self._q.get()) is not None:
+            _run_logged(fn, self.name)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Run what was handed over (the thread joined: called once the loop has stopped)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._q.put(None)
+            thread.join(timeout_s)
+
+
+def _run_logged(fn: Callable[[], None], name: str) -> None:
+    try:
+        fn()
+    except Exception:
+        log.exception("off_loop_failed", worker=name)
+
+
 @dataclass(frozen=True)
 class TickRecord:
     at: float
@@ -204,6 +242,45 @@ def with_overrides(
     return replace(allocation, limits=limits) if changed else allocation
 
 
+def log_limit_changes(
+    site: Site,
+    before: Allocation | None,
+    after: Allocation,
+    trigger: str,
+    latency: float | None,
+    phases: tuple[float, float, float],
+    preempted: bool,
+) -> None:
+    """A ``limit_changed`` line per charger whose limit or reason changed, then (on a wake) ``reallocated``."""
+    prev = before.limits if before is not None else {}
+    changed = 0
+    for cid, lim in after.limits.items():
+        p = prev.get(cid)
+        if p is lim or (p is not None and p.limit == lim.limit and p.reason == lim.reason):
+            continue
+        changed += 1
+        log.info(
+            "limit_changed",
+            charger=cid,
+            limit=lim.limit,
+            unit=site.chargers[cid].unit if cid in site.chargers else "",
+            reason=lim.reason,
+            previous=p.limit if p is not None else None,
+            trigger=trigger,
+        )
+    if trigger != "tick":
+        log.info(
+            "reallocated",
+            trigger=trigger,
+            changed=changed,
+            reading_to_actuated_ms=None if latency is None else round(latency * 1000, 3),
+            snapshot_ms=round(phases[0] * 1000, 3),
+            allocation_ms=round(phases[1] * 1000, 3),
+            actuation_ms=round(phases[2] * 1000, 3),
+            preempted=preempted,
+        )
+
+
 class ControlLoop:
     def __init__(
         self,
@@ -241,6 +318,7 @@ class ControlLoop:
         self.test_load: SimulatedLoad | None = None  # commissioning inputs (gateway.commission)
         self.test_overrides: dict[str, LimitOverride] = {}
         self.subscribers: list[TickSubscriber] = []
+        self.off_loop = OffLoop("limit-log")  # the per-charger limit lines (log_limit_changes)
         self.telemetry_tick: LatestTick | None = None
         if telemetry is not None:  # topics are built off the loop, on the latest tick
             self.telemetry_tick = LatestTick(telemetry.publish_tick, "telemetry")
@@ -339,6 +417,7 @@ class ControlLoop:
         finally:
             if self.telemetry_tick is not None:
                 self.telemetry_tick.stop()
+            self.off_loop.stop()  # the limit lines handed over are written (a thread: joined, not awaited)
 
     async def _run(self) -> None:
         next_at = self.clock()
@@ -489,32 +568,8 @@ class ControlLoop:
             else:
                 log.warning("failsafe_entered", mode=after.mode, meters=list(after.failsafe_meters))
             self._mode = after.mode
-        prev = before.limits if before is not None else {}
-        changed = 0
-        for cid, lim in after.limits.items():
-            p = prev.get(cid)
-            if p is None or p.limit != lim.limit or p.reason != lim.reason:
-                changed += 1
-                log.info(
-                    "limit_changed",
-                    charger=cid,
-                    limit=lim.limit,
-                    unit=self.site.chargers[cid].unit if cid in self.site.chargers else "",
-                    reason=lim.reason,
-                    previous=p.limit if p is not None else None,
-                    trigger=trigger,
-                )
-        if trigger != "tick":
-            log.info(
-                "reallocated",
-                trigger=trigger,
-                changed=changed,
-                reading_to_actuated_ms=None if latency is None else round(latency * 1000, 3),
-                snapshot_ms=round(phases[0] * 1000, 3),
-                allocation_ms=round(phases[1] * 1000, 3),
-                actuation_ms=round(phases[2] * 1000, 3),
-                preempted=preempted,
-            )
+        # the lines per changed charger (and the reallocation's summary, which counts them) off the loop, in order
+        self.off_loop(partial(log_limit_changes, self.site, before, after, trigger, latency, phases, preempted))
 
     def summary(self) -> str:
         a = self.allocation

@@ -36,8 +36,7 @@ tests/test_allocation_equivalence.py holds the results to those of the per-charg
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from functools import partial
+from collections.abc import Iterator, Mapping
 
 from gateway.allocation.classify import classify
 from gateway.allocation.fill import fill
@@ -82,26 +81,46 @@ def allocate(
     return allocation, AllocatorState(now, MemoryView(memory), h.memory, memory, plan, c.inp, limits, may)
 
 
-def _circuits(site: Site, plan: Plan, t: Trust, h: Headroom, may: FloatArray) -> dict[str, CircuitStatus]:
-    """Every circuit's status, a column at a time (121 of them at 1000 chargers)."""
+def _circuits(site: Site, plan: Plan, t: Trust, h: Headroom, may: FloatArray) -> Mapping[str, CircuitStatus]:
+    """Every circuit's status (121 of them at 1000 chargers), each made when first read (``CircuitsView``):
+    the loop reads the root's, telemetry and the web page read them all, off the loop."""
     P, ids = plan.n_phases, plan.circuit_ids
     if not P:
         return {cid: CircuitStatus(site.circuits[cid].limit_a, h.measured.get(cid), (), (), (), t.circuit_state[cid])
                 for cid in ids}
-    cap = h.cap.reshape(-1, P)
-    limit = (cap[:, 0] + plan.margin).tolist()
-    non_ev, head, allocated = _per_circuit(h.non_ev, P), _per_circuit(h.cap - h.non_ev, P), _per_circuit(
-        plan.per_constraint(may), P)
-    measured, state = map(h.measured.get, ids), map(t.circuit_state.__getitem__, ids)
-    # limit, measured, non-EV, headroom, allocated, state
-    rows = zip(limit, measured, non_ev, head, allocated, state, strict=True)
-    return dict(zip(ids, map(_STATUS, rows), strict=True))
+    # limit, non-EV, headroom, allocated: per constraint (the limit per circuit); copies, never written
+    columns = (h.cap[::P] + plan.margin, h.non_ev.copy(), h.cap - h.non_ev, plan.per_constraint(may))
+    return CircuitsView(plan, columns, h.measured, t.circuit_state)
 
 
-def _per_circuit(per_constraint: FloatArray, P: int) -> Iterator[tuple[float, ...]]:
-    """A tuple of P values per circuit (from one flat list: no list per circuit for the collector to count)."""
-    values = iter(per_constraint.tolist())
-    return zip(*([values] * P), strict=True)
+class CircuitsView(Mapping[str, CircuitStatus]):
+    """Circuit id -> CircuitStatus, each made from the tick's columns on first access (then kept)."""
 
+    def __init__(self, plan: Plan, columns: tuple[FloatArray, FloatArray, FloatArray, FloatArray],
+                 measured: Mapping[str, tuple[float, ...]], state: Mapping[str, str]) -> None:
+        self._plan, self._columns, self._measured, self._state = plan, columns, measured, state
+        self._made: dict[str, CircuitStatus] = {}
 
-_STATUS = partial(tuple.__new__, CircuitStatus)  # CircuitStatus._make without its Python frame
+    def __getitem__(self, cid: str) -> CircuitStatus:
+        made = self._made.get(cid)
+        if made is None:
+            j = self._plan.circuit_index[cid]  # KeyError: not a circuit
+            P = self._plan.n_phases
+            limit, non_ev, head, allocated = self._columns
+            made = self._made[cid] = CircuitStatus(
+                float(limit[j]), self._measured.get(cid), tuple(non_ev[j * P:(j + 1) * P].tolist()),
+                tuple(head[j * P:(j + 1) * P].tolist()), tuple(allocated[j * P:(j + 1) * P].tolist()),
+                self._state[cid])
+        return made
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._plan.circuit_ids)
+
+    def __len__(self) -> int:
+        return len(self._plan.circuit_ids)
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self._plan.circuit_index
+
+    def __repr__(self) -> str:
+        return f"CircuitsView({dict(self.items())!r})"

@@ -26,8 +26,10 @@ def fill(
         # a constraint already full at t=0 (fixed loads alone; its members are paused) must not hold back
         # the others: it binds only its growing members, and it has none
         usage = _usage(g_c, g_k, weight, lo, hi, usage_fixed, K)
-        limit = np.maximum(room, usage(0.0)) + EPS_A
-        over = usage(t_hi_all) > limit
+        u0 = usage(0.0)
+        limit = np.maximum(room, u0) + EPS_A
+        u_hi = usage(t_hi_all)
+        over = u_hi > limit
         if not over.any():
             x[grow] = hi[grow]
             break
@@ -40,14 +42,8 @@ def fill(
         compact[kk] = np.arange(kk.size)
         usage = _usage(g_c[keep], compact[g_k[keep]], weight, lo, hi, usage_fixed[kk], kk.size)
         limit_o = limit[kk]
-        t_lo, t_up = 0.0, t_hi_all
-        wmax = float(np.max(weight[grow]))
-        while (t_up - t_lo) * wmax > TOL_A:
-            t_mid = 0.5 * (t_lo + t_up)
-            if (usage(t_mid) <= limit_o).all():
-                t_lo = t_mid
-            else:
-                t_up = t_mid
+        excess = (float(np.max(u0[kk] - limit_o)), float(np.max(u_hi[kk] - limit_o)))  # at 0 and t_hi_all
+        t_lo, t_up = _bisect(usage, limit_o, t_hi_all, float(np.max(weight[grow])), excess)
         sat = np.zeros(K, dtype=bool)
         sat[kk] = usage(t_up) > limit_o
         xt = np.clip(weight * t_lo, lo, hi)
@@ -66,6 +62,63 @@ def fill(
         fm = fmask[plan.mem_c]
         usage_fixed = usage_fixed + np.bincount(plan.mem_k[fm], weights=x[plan.mem_c[fm]], minlength=K)
     return x, frozen_by
+
+
+def _bisect(
+    usage: Callable[[float], FloatArray], limit: FloatArray, t_hi: float, wmax: float, excess: tuple[float, float]
+) -> tuple[float, float]:
+    """The bisection of [0, t_hi] for the highest level at which every constraint is within its limit (0 is,
+    t_hi is not: ``excess``, the largest usage - limit at both), until the bracket is narrower than
+    TOL_A / wmax: its (t_lo, t_up).
+
+    Usage grows with the level exactly (in floating point too), so a level known to fit decides every midpoint
+    below it, and one known not to fit every midpoint above it. A few regula falsi steps on the largest excess
+    first find such a pair close around the crossing (usage is piecewise linear: a handful of evaluations);
+    the bisection then evaluates only the midpoints that fall between them. The result is that of the plain
+    bisection, midpoint for midpoint."""
+    fits, fails = _bracket(usage, limit, t_hi, excess, TOL_A / wmax)
+    t_lo, t_up = 0.0, t_hi
+    while (t_up - t_lo) * wmax > TOL_A:
+        t_mid = 0.5 * (t_lo + t_up)
+        if t_mid <= fits or (t_mid < fails and bool((usage(t_mid) <= limit).all())):
+            t_lo = t_mid
+        else:
+            t_up = t_mid
+    return t_lo, t_up
+
+
+_FALSI_STEPS = 8
+
+
+def _bracket(
+    usage: Callable[[float], FloatArray], limit: FloatArray, t_hi: float, excess: tuple[float, float], tol: float
+) -> tuple[float, float]:
+    """A level that fits and one above it that does not, evaluated, closer together than ``tol / 64`` where
+    a few Illinois (regula falsi) steps on the largest excess get them; (0, t_hi) at worst."""
+    a, b = 0.0, t_hi
+    ga, gb = excess
+    if not (ga <= 0.0 < gb):
+        return 0.0, t_hi  # the premise does not hold: nothing is decided in advance
+    side = 0
+    for _ in range(_FALSI_STEPS):
+        if b - a <= tol / 64:
+            break
+        t = b - gb * (b - a) / (gb - ga)
+        if not a < t < b:
+            t = 0.5 * (a + b)
+        u = usage(t)
+        g = float(np.max(u - limit))
+        if bool((u <= limit).all()):
+            a, ga = t, g
+            if side == -1:
+                gb *= 0.5  # Illinois: the end kept twice in a row counts half
+            side = -1
+        else:
+            b, gb = t, g
+            if side == 1:
+                ga *= 0.5
+            side = 1
+    return a, b
 
 
 def _usage(

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from gateway.allocation.classify import Classes
 from gateway.allocation.plan import FloatArray, Plan
@@ -46,7 +47,7 @@ def headroom(
 ) -> Headroom:
     P, K = plan.n_phases, plan.n_constraints
     ev_draw = c.draw[plan.mem_c, plan.mem_p]  # each membership's draw
-    ev_draw_k = np.bincount(plan.mem_k, weights=ev_draw, minlength=K)
+    ev_draw_k = np.bincount(plan.mem_k, weights=ev_draw, minlength=K).astype(np.float64, copy=False)
     # per constraint: how many chargers there are still following a decrease, and the oldest measurement time
     # among the draws subtracted there
     responding_k = plan.per_constraint(c.following.astype(np.float64))
@@ -54,57 +55,63 @@ def headroom(
     sel = ev_draw > 0
     np.minimum.at(oldest_k, plan.mem_k[sel], c.draw_at[plan.mem_c[sel]])
     non_ev = plan.worst_non_ev.copy()
+    rows = [(j, cid, r) for j, cid in plan.metered_circuits if (r := readings.get(cid)) is not None]
     memory: dict[str, CircuitMemory] = {}
     measured: dict[str, tuple[float, ...]] = {}
-    ev_l, worst_l, resp_l, oldest_l = ev_draw_k.tolist(), plan.worst_non_ev.tolist(), responding_k.tolist(), (
-        oldest_k.tolist())
-    for j, cid in plan.metered_circuits:
-        reading = readings.get(cid)
-        if reading is None:
-            continue
-        a, b = j * P, (j + 1) * P
-        cur = [float(x) for x in reading.current_a[:P]]
-        mem = _estimate(cur, ev_l[a:b], plan.measured_phases[cid].tolist(), worst_l[a:b], before.get(cid),
-                        resp_l[a:b], oldest_l[a:b], now)
-        memory[cid] = mem
-        non_ev[a:b] = mem.non_ev_a
-        measured[cid] = tuple(cur)
+    if rows and P:
+        js = np.array([j for j, _, _ in rows], dtype=np.intp)
+        cur = np.array([r.current_a[:P] for _, _, r in rows], dtype=np.float64).reshape(len(rows), P)
+        seen = np.array([plan.measured_phases[cid] for _, cid, _ in rows], dtype=bool).reshape(len(rows), P)
+        est, peak, held = _estimates(cur, ev_draw_k.reshape(-1, P)[js], seen, plan.worst_non_ev.reshape(-1, P)[js],
+                                     [before.get(cid) for _, cid, _ in rows], responding_k.reshape(-1, P)[js],
+                                     oldest_k.reshape(-1, P)[js], now)
+        non_ev.reshape(-1, P)[js] = est
+        for (_, cid, _), e, pk, hd, cu in zip(rows, est.tolist(), peak.tolist(), held.tolist(), cur.tolist(),
+                                              strict=True):
+            memory[cid] = CircuitMemory(tuple(e), tuple(pk), tuple(None if math.isnan(h) else h for h in hd),
+                                        tuple(cu))
+            measured[cid] = tuple(cu)
+    elif rows:  # no phases: nothing to estimate
+        memory = {cid: CircuitMemory((), (), (), ()) for _, cid, _ in rows}
+        measured = {cid: () for _, cid, _ in rows}
     cap, names = _site_cap(site, plan, caps)
     return Headroom(cap, non_ev, names, memory, measured)
 
 
-def _estimate(
-    cur: list[float], ev_draw: list[float], seen: list[bool], worst: list[float], before: CircuitMemory | None,
-    responding: list[float], oldest: list[float], now: float,
-) -> CircuitMemory:
-    """The next memory: the non-EV estimate per phase, the peak reading and the pending drop."""
-    P = len(cur)
-    ok = before is not None and len(before.non_ev_a) == P and len(before.peak_a) == P and len(before.measured_a) == P
-    est: list[float] = []
-    peaks: list[float] = []
-    held: list[float | None] = []
-    for p in range(P):
-        if not seen[p]:  # a phase the meter does not measure is unknown, not 0 A
-            est.append(worst[p])
-            peaks.append(cur[p])
-            held.append(None)
-            continue
-        raw = max(cur[p] - ev_draw[p], 0.0)
-        if not ok or before is None:
-            est.append(raw)
-            peaks.append(cur[p])
-            held.append(None)
-            continue
-        prev, peak, since = before.non_ev_a[p], max(before.peak_a[p], cur[p]), before.held_since[p]
-        if cur[p] < peak - _DROP_A and (since is None or cur[p] < before.measured_a[p] - _DROP_A):
-            since = now  # the current dropped (further): the reports subtracted must be newer than this
-        if since is not None and oldest[p] > since:
-            since, peak = None, cur[p]  # every draw subtracted was measured after the drop: confirmed
-        hold = since is not None or responding[p] > 0
-        est.append(prev if hold and raw < prev else raw)
-        peaks.append(peak)
-        held.append(since)
-    return CircuitMemory(tuple(est), tuple(peaks), tuple(held), tuple(cur))
+def _estimates(
+    cur: FloatArray, ev_draw: FloatArray, seen: npt.NDArray[np.bool_], worst: FloatArray,
+    before: list[CircuitMemory | None], responding: FloatArray, oldest: FloatArray, now: float,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per metered circuit (rows) and phase: the non-EV estimate, the peak reading and since when a drop waits
+    (NaN: none), from the last memory (a circuit without a usable one starts from this reading)."""
+    M, P = cur.shape
+    ok = np.array([b is not None and len(b.non_ev_a) == P and len(b.peak_a) == P and len(b.measured_a) == P
+                   for b in before], dtype=bool).reshape(M)
+    raw = np.maximum(cur - ev_draw, 0.0)
+    if ok.any():
+        mems = [b if b is not None and k else _BLANK[P] for b, k in zip(before, ok.tolist(), strict=True)]
+        prev = np.array([b.non_ev_a for b in mems], dtype=np.float64).reshape(M, P)
+        peak = np.maximum(np.array([b.peak_a for b in mems], dtype=np.float64).reshape(M, P), cur)
+        since = np.array([[math.nan if h is None else h for h in b.held_since[:P]] for b in mems],
+                         dtype=np.float64).reshape(M, P)
+        last = np.array([b.measured_a for b in mems], dtype=np.float64).reshape(M, P)
+        waiting = ~np.isnan(since)
+        # the current dropped (further): the reports subtracted must be newer than this
+        since = np.where((cur < peak - _DROP_A) & (~waiting | (cur < last - _DROP_A)), now, since)
+        # every draw subtracted was measured after the drop: confirmed
+        confirmed = ~np.isnan(since) & (oldest > since)
+        since, peak = np.where(confirmed, np.nan, since), np.where(confirmed, cur, peak)
+        hold = ~np.isnan(since) | (responding > 0)
+        est = np.where(hold & (raw < prev), prev, raw)
+        fresh = ~ok[:, None]
+        est, peak, since = np.where(fresh, raw, est), np.where(fresh, cur, peak), np.where(fresh, np.nan, since)
+    else:
+        est, peak, since = raw, cur.copy(), np.full((M, P), np.nan)
+    # a phase the meter does not measure is unknown, not 0 A
+    return np.where(seen, est, worst), np.where(seen, peak, cur), np.where(seen, since, np.nan)
+
+
+_BLANK = {P: CircuitMemory((0.0,) * P, (0.0,) * P, (None,) * P, (0.0,) * P) for P in range(4)}
 
 
 def _site_cap(site: Site, plan: Plan, caps: Sequence[BudgetCap]) -> tuple[FloatArray, tuple[str, ...]]:

@@ -55,6 +55,7 @@ class Plan:
     metered_paths: tuple[tuple[str, ...], ...]  # every distinct set of metered circuits on a path to the service
     path_index: IntArray  # per charger: its metered path (in metered_paths)
     index: Mapping[str, int]  # charger id -> its index
+    circuit_index: Mapping[str, int]  # circuit id -> its index
     members: tuple[tuple[int, ...], ...]  # per charger: the constraints it loads, in membership order
     id_rank: IntArray  # per charger: its id's place among the ids sorted (a tie-break as the ids would be)
 
@@ -154,6 +155,7 @@ def _build(site: Site) -> Plan:
         metered_paths=tuple(paths),
         path_index=np.array([paths[p] for p in metered], dtype=np.intp).reshape(len(chargers)),
         index=index,
+        circuit_index=cidx,
         members=tuple(tuple(mem_k[a:b]) for a, b in zip(starts.tolist(), ends, strict=True)),
         id_rank=np.argsort(np.array(sorted(range(len(ids)), key=ids.__getitem__), dtype=np.intp)).astype(np.intp),
     )

@@ -11,10 +11,11 @@ Target on the reference machine (2 cores, quiet; issue 20): at 1000 chargers med
 of wall time; 20 and 200 chargers no slower than before. The CPU column is the median of the thread's CPU
 time: on a machine shared with other work the wall figures include time spent waiting for a core, the CPU
 figure much less so (it still grows with contention for caches). The gc column is the share of ticks in which
-a garbage collection ran; ``--gc-freeze`` moves every object made before the first tick (the site, its plan)
-out of the collector's sight with gc.freeze(), as a daemon can once it has started; ``--no-gc`` (a
-diagnosis only, not a setting) shows what the collections cost.
-Run: python hil/bench/bench_allocation.py [--runs N] [--rebuild] [--gc-freeze | --no-gc]
+a garbage collection ran. The collector is set as the daemon sets it once READY (gateway/gcpolicy.py: what
+exists is frozen, the young generation collected after 10000 net new objects); ``--python-gc`` keeps
+CPython's defaults (a collection in most ticks at 1000 chargers, a full one now and then inside allocate());
+``--no-gc`` (a diagnosis only, not a setting) shows what the collections cost.
+Run: python hil/bench/bench_allocation.py [--runs N] [--rebuild] [--python-gc | --no-gc]  (about 20 s)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from gateway import gcpolicy
 from gateway.allocation import AllocatorState, allocate
 from gateway.model import Allocation
 from hil.bench.sites import busy_snapshot, next_snapshot, tree_site
@@ -46,11 +48,11 @@ class Result(NamedTuple):
     reasons: dict[str, int]
 
 
-def bench(n: int, runs: int, service_factor: float, rebuild: bool, gc_mode: str = "") -> Result:
+def bench(n: int, runs: int, service_factor: float, rebuild: bool, gc_mode: str = "daemon") -> Result:
     site = tree_site(n, service_factor)
-    if gc_mode == "freeze":
-        gc.collect()
-        gc.freeze()
+    threshold = gc.get_threshold()
+    if gc_mode == "daemon":
+        gcpolicy.settle()
     elif gc_mode == "off":
         gc.disable()
     rng = random.Random(n)
@@ -89,6 +91,7 @@ def bench(n: int, runs: int, service_factor: float, rebuild: bool, gc_mode: str 
         gc.callbacks.remove(count)
         gc.enable()
         gc.unfreeze()
+        gc.set_threshold(*threshold)
     assert prev is not None
     reasons: dict[str, int] = {}
     for lim in prev.limits.values():
@@ -106,12 +109,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--rebuild", action="store_true", help="every charger snapshot made anew each tick")
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after the site is built")
+    g.add_argument("--python-gc", action="store_true", help="CPython's collector defaults, not the daemon's")
     g.add_argument("--no-gc", action="store_true", help="no garbage collection during the ticks (diagnosis)")
     args = ap.parse_args()
-    gc_mode = "freeze" if args.gc_freeze else "off" if args.no_gc else ""
+    gc_mode = "python" if args.python_gc else "off" if args.no_gc else "daemon"
     how = "every snapshot rebuilt" if args.rebuild else "unchanged snapshots reused, as the daemon does"
-    how += {"freeze": ", gc.freeze() after setup", "off": ", gc disabled (diagnosis)", "": ""}[gc_mode]
+    how += {"daemon": ", the daemon's gc settings", "off": ", gc disabled (diagnosis)",
+            "python": ", CPython's gc defaults"}[gc_mode]
     print(f"allocate() on a 4-level tree (service/transformers/panels/chargers), {args.runs} ticks each, {how}")
     print(f"{'chargers':>8} {'median ms':>10} {'p99 ms':>8} {'max ms':>8} {'cpu ms':>7} {'cpu p99':>8} {'new':>5} "
           f"{'gc':>5}  reasons in the last tick")

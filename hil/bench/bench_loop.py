@@ -99,6 +99,7 @@ class Gateway:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **({"PYTHONPATH": self.code} if self.code else {})},
             limit=1 << 20,
+            start_new_session=True,  # a session (autogroup) of its own, as a systemd unit has its own cgroup
         )
         self._reader = asyncio.create_task(self._read())
         t0 = time.monotonic()
@@ -150,7 +151,8 @@ async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: boo
     peers = Peers(raw, workers=workers, cms=cms)
     peers.start()
     port = free_port()
-    gw = Gateway(peers.gateway_config(port), {"reallocated", "gateway_ready", "tick", "failsafe_entered"},
+    gw = Gateway(peers.gateway_config(port), {"reallocated", "gateway_ready", "tick", "failsafe_entered",
+                                              "meter_stale", "meter_read_failed", "gc_settled", "gc_refreshed"},
                  code=code)
     try:
         await gw.start()
@@ -188,6 +190,21 @@ async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: boo
                       tick_p99_ms=pct(ticks, 99), tick_max_ms=max(ticks, default=float("nan")),
                       preempted=sum(1 for e in window if e["event"] == "tick" and e.get("preempted")),
                       failsafe=sum(1 for e in window if e["event"] == "failsafe_entered"))
+        for e in gw.logs:
+            if e["event"] in ("gc_settled", "gc_refreshed"):
+                print(f"  {n} chargers: {e['event']} (pause {e.get('pause_ms')} ms, {e.get('frozen')} objects frozen)",
+                      file=sys.stderr)
+        # why a fail-safe was entered: the meter that went stale, how old its reading was and its last error
+        for e in window:
+            if e["event"] == "failsafe_entered":
+                print(f"  {n} chargers: fail-safe entered at {e.get('timestamp')} ({e.get('mode')}, meters "
+                      f"{e.get('meters')})", file=sys.stderr)
+            elif e["event"] == "meter_stale":
+                print(f"  {n} chargers: meter {e.get('meter')} stale (reading {e.get('age_s')} s old; "
+                      f"last error: {e.get('error') or 'none'})", file=sys.stderr)
+            elif e["event"] == "meter_read_failed":
+                print(f"  {n} chargers: meter {e.get('meter')} stopped answering at {e.get('timestamp')}: "
+                      f"{e.get('error')}", file=sys.stderr)
         if os.environ.get("BENCH_DETAIL"):
             for e in window:
                 if e["event"] == "reallocated" and str(e.get("trigger", "")).startswith("overload:"):
