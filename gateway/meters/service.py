@@ -3,8 +3,9 @@
 One task per RS-485 bus (a serial device): its meters are polled one at a time, with the
 bus's gap (the largest ``bus_gap_s`` of its meters) between the end of one exchange and the
 next request. One task per TCP meter: they run concurrently. A failing meter never stops
-the others; failed polls back off (doubling, capped at the meter's stale timeout) and
-produce no reading, so the last reading ages until the meter is stale.
+the others; failed polls are retried at the poll interval while the last reading is still fresh, then back
+off (doubling, capped at the meter's stale timeout); they produce no reading, so the last reading ages
+until the meter is stale.
 
 A reload (:meth:`MeterService.update_site`) keeps the tasks and the readings of the buses and meters it
 does not change; the pollers of changed buses are cancelled and have ended before their replacements start
@@ -113,6 +114,23 @@ class _Slot:
     error: str = ""
     polls: int = 0
     latencies: list[float] = field(default_factory=list)
+
+
+def next_poll_due(
+    cfg: MeterConfig, due: float, started: float, ended: float, fails: int, good_age_s: float | None
+) -> float:
+    """When a meter's next poll is due (loop time), after one that started at ``started`` and ended at ``ended``.
+
+    A good poll keeps the meter's rhythm. A failed one is retried at the poll interval while the last good
+    reading (``good_age_s`` old, None if there is none) is still fresh one interval from now: a backoff then
+    would let a reading that one more poll could renew go stale. After that, failures back off (doubling, at
+    most the stale timeout), sparing a shared bus a dead meter's timeouts."""
+    if fails == 0:
+        return max(due + cfg.poll_interval_s, started)
+    if good_age_s is not None and good_age_s + cfg.poll_interval_s <= cfg.stale_after_s:
+        return ended + cfg.poll_interval_s
+    cap = max(cfg.stale_after_s, cfg.poll_interval_s)
+    return ended + exponential(cfg.poll_interval_s, fails - 1, cap)
 
 
 class MeterService:
@@ -255,11 +273,9 @@ class MeterService:
                 last_end = loop.time()
                 slot.latencies.append(last_end - started)
                 del slot.latencies[:-50]
-                if slot.fails:
-                    cap = max(slot.cfg.stale_after_s, slot.cfg.poll_interval_s)
-                    slot.next_due = last_end + exponential(slot.cfg.poll_interval_s, slot.fails - 1, cap)
-                else:
-                    slot.next_due = max(slot.next_due + slot.cfg.poll_interval_s, started)
+                r = slot.reading
+                age = None if r is None or not r.valid else self._clock() - r.at
+                slot.next_due = next_poll_due(slot.cfg, slot.next_due, started, last_end, slot.fails, age)
         finally:
             close = getattr(client, "close", None)
             if close is not None:
