@@ -44,7 +44,7 @@ from sitesim.site import pointed_config
 
 from gateway import logs
 from gateway.config import Site, site_from_dict
-from hil.broker import Mosquitto, free_port
+from hil.broker import Mosquitto
 from hil.rig.messages import TxMessage, accounting, tx_message
 from hil.rig.procs import (
     ChargerTweak,
@@ -59,6 +59,7 @@ from hil.rig.procs import (
     worker_count,
 )
 from hil.scenario import Arrival, Scenario
+from hil.support import free_port, wait_until
 from hil.tomlw import dumps
 
 log = structlog.get_logger(__name__)
@@ -139,15 +140,6 @@ def _fixed_profile(version: str, unit: str, limit: float) -> Any:
         "chargingProfileKind": "Absolute",
         "chargingSchedule": [{"id": 1, "startSchedule": "2000-01-01T00:00:00Z", **sched}],
     })
-
-
-async def wait_until(pred: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(interval_s)
-    return pred()
 
 
 class ProcStats:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,9 @@ from gateway.app import App
 from gateway.config import site_from_dict
 from gateway.ctl import socket_path
 from gateway.systemd import Notifier
+from hil.support import wait_until
+
+wait_for = wait_until  # the name the commissioning tests know
 
 BASE_A = 10.0  # the building's load on the service, per phase
 
@@ -60,15 +62,6 @@ class Rig:
     @property
     def socket(self) -> Path:
         return socket_path(self.app.site.state_dir)
-
-
-async def wait_for(pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(interval)
-    return bool(pred())
 
 
 @contextlib.asynccontextmanager

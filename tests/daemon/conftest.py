@@ -19,7 +19,10 @@ from typing import Any
 import pytest
 from sitesim.site import SiteSim
 
+from hil.support import free_port, wait_until
 from hil.tomlw import dumps
+
+wait_for = wait_until  # the name the daemon tests know
 
 
 def small_site(**service: Any) -> dict[str, Any]:
@@ -143,15 +146,6 @@ class Daemon:
                 await self.wait_exit(10)
 
 
-async def wait_for(pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(interval)
-    return bool(pred())
-
-
 class Rig:
     def __init__(self, sim: SiteSim, daemon: Daemon, notify: NotifyListener, config: Path, port: int) -> None:
         self.sim, self.daemon, self.notify, self.config, self.port = sim, daemon, notify, config, port
@@ -171,7 +165,7 @@ async def rig_factory() -> AsyncIterator[Callable[..., Any]]:
         sim = SiteSim(raw, base_loads={"service": base or (lambda t: (level[0],) * 3)}, meter_interval_s=1.0)
         sim.level = level  # type: ignore[attr-defined]
         await sim.start()
-        port = _free_port()
+        port = free_port()
         cfg = Path(tmp) / f"gateway-{len(made)}.toml"
         gateway_cfg = sim.gateway_config(ocpp_port=port, extra=extra)
         if edit is not None:
@@ -194,9 +188,3 @@ async def rig_factory() -> AsyncIterator[Callable[..., Any]]:
         await rig.daemon.kill()
         await rig.sim.stop()
         rig.notify.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

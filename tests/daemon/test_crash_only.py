@@ -30,6 +30,7 @@ from gateway.confkit import MAX_FILE_BYTES
 from gateway.model import Allocation
 from gateway.supervise import FatalError
 from gateway.systemd import Notifier
+from hil.support import free_port as _free_port
 from hil.tomlw import dumps
 from tests.daemon.conftest import Daemon, NotifyListener, Rig, small_site, wait_for
 
@@ -276,9 +277,3 @@ async def test_a_stuck_start_ends_the_daemon_after_the_failsafe() -> None:
 
 def _more_than(d: Daemon, event: str, n: int) -> Callable[[], bool]:
     return lambda: len(d.events(event)) > n
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

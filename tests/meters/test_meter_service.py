@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 import structlog
@@ -99,7 +100,7 @@ async def test_fault_leads_to_invalid_or_stale_and_recovers(fault: str, transpor
     sim.set_currents(30, 31, 32)
     pair: SocatPair | None = None
     bus: RtuBus | None = None
-    opts = dict(poll_interval_s=0.2, timeout_s=0.3, stale_after_s=1.2, frozen_polls=4, retries=1)
+    opts: dict[str, Any] = dict(poll_interval_s=0.2, timeout_s=0.3, stale_after_s=1.2, frozen_polls=4, retries=1)
     if transport == "tcp":
         entry = tcp_meter("m", await sim.start_tcp(), device_id=4, circuit="sub", **opts)
     else:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,23 +21,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from gateway.config import Site, site_from_text
 from gateway.ocpp_proxy.controller import OcppController
+from hil.support import eventually
+from hil.support import free_port as free_port
 
-
-async def wait_for(cond: Callable[[], Any], limit_s: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + limit_s
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+wait_for = eventually  # the name the OCPP tests know
 
 
 def site_text(state_dir: Path, cms_port: int | None, *, ocpp_extra: str = "", chargers: str | None = None) -> str:

@@ -47,9 +47,9 @@ async def test_ticks_built_on_the_worker_thread_reach_the_outbox_on_the_loop(sit
     built_on: list[int] = []
     orig = tel._tick_chargers
 
-    def spy(*args: object) -> None:
+    def spy(snapshot: Snapshot, allocation: Allocation, ts: str, now: float) -> None:
         built_on.append(threading.get_ident())
-        orig(*args)  # type: ignore[arg-type]
+        orig(snapshot, allocation, ts, now)
 
     tel._tick_chargers = spy  # type: ignore[method-assign]
     try:
