@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import threading
 import time
 import uuid
-from typing import Protocol
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol, cast
 
 from hil.broker import HOST, Mosquitto
 from hil.support import free_port, wait_until, wait_until_sync
 
-__all__ = ["HOST", "Mosquitto", "MosquittoSub", "free_port", "mosquitto_pub", "read_retained"]
+__all__ = ["HOST", "Mosquitto", "MosquittoSub", "free_port", "mosquitto_pub", "read_retained", "running_broker"]
 
 
 Message = tuple[str, bytes, bool]  # (topic, payload, retained)
@@ -86,6 +89,11 @@ class MosquittoSub:
     def on(self, topic: str) -> list[bytes]:
         return [p for t, p, _ in self.snapshot() if t == topic]
 
+    def last_json(self, topic: str) -> dict[str, Any] | None:
+        """The last message on ``topic`` as JSON (None: none yet, or an empty one)."""
+        msgs = self.on(topic)
+        return cast(dict[str, Any], json.loads(msgs[-1])) if msgs and msgs[-1] else None
+
     def wait_for(self, pred: MessagesPred, timeout: float = 15.0) -> bool:
         return wait_until_sync(lambda: pred(self.snapshot()), timeout)
 
@@ -108,6 +116,17 @@ class MosquittoSub:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None
+
+
+@contextlib.contextmanager
+def running_broker(workdir: Path) -> Iterator[Mosquitto]:
+    """A real mosquitto (``listener PORT 127.0.0.1``, anonymous) for the length of the block."""
+    broker = Mosquitto(workdir)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 def mosquitto_pub(broker: Mosquitto, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:

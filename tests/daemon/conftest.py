@@ -3,24 +3,22 @@ datagram listener, and a simulated site (meters over Modbus TCP, OCPP chargers, 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import os
-import signal
 import socket
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sitesim.site import SiteSim
 
+from hil.launch import GatewayProcess
 from hil.support import free_port, wait_until
 from hil.tomlw import dumps
+from tests.mosquitto import Mosquitto, running_broker
 
 wait_for = wait_until  # the name the daemon tests know
 
@@ -85,65 +83,17 @@ class NotifyListener:
             os.unlink(self.path)
 
 
-class Daemon:
-    """`python -m gateway run --config FILE` with JSON logs on stdout."""
+class Daemon(GatewayProcess):
+    """`python -m gateway run --config FILE` through the launcher the rig uses (hil.launch), with this test's
+    NOTIFY_SOCKET and a watchdog; its JSON log next to the config, its stderr apart (``stderr`` once it ended)."""
 
     def __init__(self, config: Path, notify: NotifyListener, *, watchdog_usec: int = 2_000_000) -> None:
-        self.config = config
+        super().__init__(
+            config, config.with_suffix(".log"), stderr_path=config.with_suffix(".stderr"),
+            env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(watchdog_usec)},
+        )
         self.notify = notify
         self.watchdog_usec = watchdog_usec
-        self.proc: asyncio.subprocess.Process | None = None
-        self.logs: list[dict[str, Any]] = []
-        self._reader: asyncio.Task[None] | None = None
-        self.stderr = b""
-
-    async def start(self) -> None:
-        env = {**os.environ, "NOTIFY_SOCKET": self.notify.path, "WATCHDOG_USEC": str(self.watchdog_usec),
-               "PYTHONUNBUFFERED": "1"}
-        env.pop("WATCHDOG_PID", None)
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "run", "--config", str(self.config), "--log-format", "json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-        )
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while True:
-            line = await self.proc.stdout.readline()
-            if not line:
-                return
-            with contextlib.suppress(ValueError):
-                self.logs.append(json.loads(line))
-
-    def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
-        return [e for e in self.logs if e.get("event") == name and all(e.get(k) == v for k, v in match.items())]
-
-    async def wait_log(self, name: str, timeout: float = 20.0, **match: Any) -> dict[str, Any]:
-        ok = await wait_for(lambda: self.events(name, **match), timeout)
-        assert ok, f"no log {name} {match} within {timeout}s; last: {self.logs[-5:]}"
-        return self.events(name, **match)[0]
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def wait_exit(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        async with asyncio.timeout(timeout):
-            rc = await self.proc.wait()
-        if self._reader is not None:
-            async with asyncio.timeout(5):
-                await self._reader
-        if self.proc.stderr is not None:
-            self.stderr = await self.proc.stderr.read()
-        return rc
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                await self.wait_exit(10)
 
 
 class Rig:
@@ -188,3 +138,10 @@ async def rig_factory() -> AsyncIterator[Callable[..., Any]]:
         await rig.daemon.kill()
         await rig.sim.stop()
         rig.notify.close()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A real mosquitto for the daemon's telemetry."""
+    with running_broker(tmp_path / "mosquitto") as b:
+        yield b
