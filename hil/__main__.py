@@ -4,6 +4,7 @@
                       [--meter-interval 10]
     python -m hil ideal hil/scenarios/ref-20-dc.toml        # only the ideal allocator's bound
     python -m hil demand hil/scenarios/demand/garage-demand.toml --out hil/out/demand   # three ways (hil/demand.py)
+    python -m hil dr hil/scenarios/dr-busy-hour.toml --out hil/out/dr   # with and without the DR events (hil/dr.py)
 
 ``run`` plays the scenario against the real ``ems-gateway run`` process and writes scorecard.json,
 site_current.png, chargers.png, report.html and recording.npz into --out; ``--baseline static``
@@ -11,8 +12,9 @@ also runs the static-derating baseline (no gateway, fixed limits) on the same sc
 OUT/baseline-static and puts its figures beside the gateway's. ``--meter-interval S`` makes every
 charger send MeterValues every S scenario seconds (0: none at all), whatever the scenario says.
 ``--check`` exits 1 on any self-inflicted overload (one not within the allowed window after a base-load
-step of that circuit), on an external overload that lasted beyond the window, a lost message or an
-incomplete report.
+step of that circuit), on an external overload that lasted beyond the window, a lost message, an
+incomplete report, or (a demand-response scenario) an event whose level the service did not reach within its
+bound or went back above (hil/scorecard_dr.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ def check(card: dict[str, Any], out: Path) -> list[str]:
             problems.append(f"{card['external_episodes_beyond_window']} external overload episode(s) beyond the window")
     if card.get("messages_lost"):
         problems.append(f"{card['messages_lost']} message(s) lost")
+    from hil.scorecard_dr import dr_problems
+
+    problems += dr_problems(card)  # a demand-response scenario's events (issue 16)
     for name in ("scorecard.json", "site_current.png", "chargers.png", "report.html"):
         if not (out / name).is_file() or (out / name).stat().st_size == 0:
             problems.append(f"{name} not written")
@@ -105,6 +110,24 @@ def demand(args: argparse.Namespace) -> int:
     return 0
 
 
+def dr(args: argparse.Namespace) -> int:
+    from hil.dr import run_with_and_without
+    from hil.scenario import load_scenario
+    from hil.scorecard import format_card
+
+    sc = load_scenario(args.scenario)
+    out = Path(args.out or f"hil/out/{sc.name}")
+    got = run_with_and_without(sc, out, parallel=args.parallel, ideal=not args.no_ideal)
+    print(format_card(got["cards"]["with"]))
+    print(f"figures: {out / 'dr.json'}")
+    if args.check:
+        problems = check(got["cards"]["with"], out / "with")
+        for p in problems:
+            print(f"CHECK FAILED: {p}", file=sys.stderr)
+        return 1 if problems else 0
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hil", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,6 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("scenario")
     d.add_argument("--out", help="output directory (default hil/out/<scenario name>)")
     d.set_defaults(func=demand)
+    e = sub.add_parser("dr", help="a demand-response scenario with and without its events, and the ideal bounds")
+    e.add_argument("scenario")
+    e.add_argument("--out", help="output directory (default hil/out/<scenario name>)")
+    e.add_argument("--parallel", action="store_true", help="run both at the same time (half the wall time)")
+    e.add_argument("--no-ideal", action="store_true", help="skip the ideal bounds (LP)")
+    e.add_argument("--check", action="store_true",
+                   help="exit 1 when an event's response misses its bound, the service went back above a level "
+                        "(load steps aside), or the run's own checks fail")
+    e.set_defaults(func=dr)
     args = p.parse_args(argv)
     try:
         return int(args.func(args))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -111,9 +112,12 @@ def ideal_demand(scenario: Scenario, step_s: float | None = None, *, t0_epoch: f
 
 
 def ideal_energy(scenario: Scenario, step_s: float | None = None, *, demand: DemandSpec | None = None,
-                 tariff: Tariff | None = None, t0_epoch: float | None = None) -> dict[str, Any]:
+                 tariff: Tariff | None = None, t0_epoch: float | None = None,
+                 service_caps: Sequence[tuple[float, float, float]] = ()) -> dict[str, Any]:
     """Solve the LP; returns energy_kwh (total), per-session kWh, the step, status and solve time (with
-    ``demand``: also the billing intervals' averages, the intervals above the target, the peak and the cost)."""
+    ``demand``: also the billing intervals' averages, the intervals above the target, the peak and the cost).
+    ``service_caps``: (start s, end s, A per line) caps on the service (demand-response events), each lowering
+    the service's limit in every step it overlaps."""
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
 
@@ -133,7 +137,13 @@ def ideal_energy(scenario: Scenario, step_s: float | None = None, *, demand: Dem
             if c in site.path_to_root[d]:
                 sub += own[d]
         cc = site.circuits[c]
-        room[cidx[c]] = np.maximum(0.0, cc.limit_a - cc.margin_a - sub)
+        lim = np.full((T, 1), cc.limit_a)
+        if c == site.root:
+            for t in range(T):
+                for c0, c1, cap_a in service_caps:
+                    if c0 < (t + 1) * h and c1 > t * h:
+                        lim[t, 0] = min(lim[t, 0], cap_a)
+        room[cidx[c]] = np.maximum(0.0, lim - cc.margin_a - sub)
 
     n_var = 0
     obj: list[float] = []

@@ -34,6 +34,25 @@ def _mark_events(ax: Any, rec: Recording, k: float) -> None:
                     rotation=90, va="top", ha="right", color=colour)
 
 
+def _mark_dr_levels(ax: Any, rec: Recording, k: float) -> None:
+    """Each demand-response event the rig's VTN issued: its level at the service over its span (hil.scorecard_dr)."""
+    if rec.scenario.dr is None:
+        return
+    from hil.dr import dr_config
+
+    cfg = dr_config(rec.scenario)
+    sent = {e["id"]: e for e in rec.dr.get("events", [])}
+    for n, ev in enumerate(rec.scenario.dr.events):
+        got, level = sent.get(ev.id), ev.level_a(cfg, rec.site.service)
+        if got is None or got.get("issued_wall_s") is None or level is None:
+            continue
+        end = got["end_wall_s"] if got.get("cancelled_wall_s") is None else min(got["end_wall_s"],
+                                                                                 got["cancelled_wall_s"])
+        ax.hlines(level, got["start_wall_s"] * k / 60.0, end * k / 60.0, color="tab:purple", lw=1.4,
+                  label="DR level" if n == 0 else None)
+        ax.annotate(ev.id, (got["start_wall_s"] * k / 60.0, level), fontsize=6, color="tab:purple", va="bottom")
+
+
 def plot_site(rec: Recording, path: Path, max_circuits: int = 6) -> None:
     import matplotlib
 
@@ -58,8 +77,11 @@ def plot_site(rec: Recording, path: Path, max_circuits: int = 6) -> None:
         ax.axhline(c.limit_a, color="red", lw=1.0, label="limit")
         if c.margin_a:
             ax.axhline(c.limit_a - c.margin_a, color="orange", lw=0.8, ls="--", label="limit - margin")
+        if cid == rec.site.root:
+            _mark_dr_levels(ax, rec, k)
         ax.set_ylabel(f"{cid} (A)")
-        ax.legend(loc="lower right", fontsize=7, ncol=P + 2)
+        dr = cid == rec.site.root and rec.scenario.dr is not None  # the service drops under the levels mid-run
+        ax.legend(loc="center" if dr else "lower right", fontsize=7, ncol=P + 2 + dr)
         _mark_events(ax, rec, k)
     axes[-1, 0].set_xlabel("scenario time (min)")
     fig.suptitle(f"{rec.scenario.name} ({rec.mode}): current per phase against the limit")

@@ -19,6 +19,10 @@ How often the chargers send MeterValues: ``[chargers] meter_interval_s`` (scenar
 ``0``: never, a charger that reports no current at all; also per ``[[chargers.override]]``), else the
 older ``charger_meter_interval_wall_s`` (wall seconds). ``python -m hil run --meter-interval S`` overrides both.
 
+Utility demand response: ``[openadr]``, a real openleadr VTN the rig runs on loopback and the events it issues
+(scenario seconds; their dtstart and duration on the compressed clock), for the gateway's VEN configured in
+``[gateway.budget.openadr]`` (:mod:`hil.dr`).
+
 Meter wiring faults (what an installer got wrong, for the whole run): ``[meter_faults]``, a circuit
 meter's id = ``"swap:L1-L2,invert,ct:2"`` (any of: two phases swapped at the meter's inputs, the CTs
 turned round, CTs of this times the configured ratio; :meth:`sitesim.site.MeterFault.parse`).
@@ -38,6 +42,7 @@ from sitesim.site import MeterFault
 from gateway import electrical
 from gateway.confkit import Table, read_toml
 from gateway.errors import ConfigError
+from hil.dr import DrSpec, check_dr, parse_dr
 from hil.pv import DemandSpec, PvProfile, Tariff, parse_demand, parse_pv, parse_tariff, pv_amps
 
 FAULT_KINDS = ("meter_silent", "cms_down", "broker_down", "gateway_restart", "noncompliant")
@@ -129,6 +134,7 @@ class Scenario:
     tariff: Tariff | None = None  # [tariff]: the scorecard's energy cost
     align_start_s: float = 0.0  # > 0: scenario time 0 waits for the wall clock's next multiple of this (billing)
     meter_faults: Mapping[str, MeterFault] = field(default_factory=dict)  # [meter_faults]: wiring, whole run
+    dr: DrSpec | None = None  # [openadr]: the rig's VTN and the demand-response events it issues (hil/dr.py)
 
     def wall(self, t_s: float) -> float:
         """Scenario seconds -> wall seconds since the start of the run."""
@@ -426,6 +432,9 @@ def scenario_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path("."), s
             raise ft.error("target", f"unknown charger {f.target!r}")
         faults.append(f)
     meter_faults = _meter_faults(root.table("meter_faults"), raw)
+    dr = parse_dr(root.table("openadr"), duration_s, time_scale)
+    if dr is not None:
+        check_dr(gw.budget)
     root.done()
     return Scenario(
         name=name, description=description, site=raw, duration_s=duration_s, time_scale=time_scale, seed=seed,
@@ -433,7 +442,7 @@ def scenario_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path("."), s
         gateway=gw, behaviour=behaviour, behaviour_by_charger=by_charger, base_loads=tuple(base_loads),
         arrivals=tuple(arrivals), faults=tuple(sorted(faults, key=lambda f: f.at_s)), ideal_step_s=ideal_step_s,
         ideal=ideal, source=source, pv=pv, demand=demand, tariff=tariff, align_start_s=align_start_s,
-        meter_faults=meter_faults,
+        meter_faults=meter_faults, dr=dr,
     )
 
 

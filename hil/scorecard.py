@@ -34,6 +34,7 @@ import numpy as np
 from gateway.config import PHASES
 from hil.rig.runner import Recording
 from hil.scorecard_budget import budget_card, format_budget
+from hil.scorecard_dr import dr_card, format_dr
 
 SATISFIED = 0.99
 
@@ -272,6 +273,8 @@ def scorecard(rec: Recording, ideal: Mapping[str, Any] | None = None) -> dict[st
     if rec.static_limits:
         card["static_limits"] = {c: round(v, 1) for c, v in rec.static_limits.items()}
     card.update(budget_card(rec))  # demand, cost and solar figures (issue 14)
+    if (dr := dr_card(rec)) is not None:  # demand-response events (issue 16)
+        card["dr"] = dr
     if ideal is not None:
         card["ideal"] = dict(ideal)
         ie = float(ideal.get("energy_kwh") or 0.0)
@@ -451,6 +454,7 @@ def format_card(card: Mapping[str, Any]) -> str:
                  f"duplicated {m.get('duplicates')} (same id {m.get('duplicates_same_id')}, same event "
                  f"{m.get('duplicates_same_event')}), unacknowledged at end {m.get('unacknowledged_at_end')}")
     lines.extend(format_budget(card))
+    lines.extend(format_dr(card))
     gp = card["gateway_process"]
     if gp:
         lines.append(f"  gateway process: CPU {gp['cpu_pct']} % of one core ({gp['cpu_s']} s), "

@@ -96,6 +96,7 @@ class Recording:
     wall_elapsed_s: float = 0.0
     t0_wall: float = 0.0  # the epoch (time.time()) of scenario time 0: billing intervals align to it
     rig_process: dict[str, Any] = field(default_factory=dict)  # the simulators' own CPU, per process
+    dr: dict[str, Any] = field(default_factory=dict)  # [openadr]: what the rig's VTN issued (hil.rig.vtn.RigVtn)
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
@@ -208,6 +209,7 @@ class Rig:
         self.gw: GatewayProcess | None = None
         self.broker: Mosquitto | None = None
         self.static: dict[str, float] = {}
+        self.vtn: Any = None  # hil.rig.vtn.RigVtn: the scenario's [openadr] (gateway mode only)
 
     def now_s(self) -> float:
         """Wall seconds since scenario time 0."""
@@ -230,6 +232,8 @@ class Rig:
                            cms_port=self.cms.port, state_dir=self.state_dir, ocpp_port=ocpp_port, extra=extra)
         for m in d.get("meters", []):
             m.update(sc.gateway.meters)
+        if self.vtn is not None:  # the VEN, pointed at the rig's VTN
+            d["budget"]["openadr"] = self.vtn.gateway_openadr(dict(d["budget"]["openadr"]))
         if self.broker is not None:
             d["mqtt"] = {"host": "127.0.0.1", "port": self.broker.port, "keepalive_s": 5, "reconnect_max_s": 2}
         site_from_dict(d)  # refuse a bad override before starting anything
@@ -307,6 +311,8 @@ class Rig:
             if f.duration_s > 0:
                 actions.append(((f.at_s + f.duration_s) / k, -3,
                                 lambda f=f: self._fault(f.kind, f.target, False)))  # type: ignore[misc]
+        if self.vtn is not None:
+            actions += [(at, -4, fn) for at, fn in self.vtn.actions()]
         actions.sort(key=lambda x: (x[0], x[1]))
         for at, _, fn in actions:
             delay = at - self.now_s()
@@ -428,6 +434,11 @@ class Rig:
                 if self.sc.gateway.mqtt:
                     self.broker = Mosquitto(self.out / "mosquitto")
                     await asyncio.to_thread(self.broker.start)
+                if self.sc.dr is not None:
+                    from hil.rig.vtn import RigVtn
+
+                    self.vtn = RigVtn(self.sc.dr, self.k)
+                    await self.vtn.start()
                 port = free_port()
                 cfg_path = self.out / "gateway.toml"
                 cfg_path.write_text(dumps(self.gateway_config(port)))
@@ -459,6 +470,8 @@ class Rig:
                 self.t0 += -self.t0 % self.sc.align_start_s
             assert self.meter_proc is not None
             await self.meter_proc.call("t0", self.t0)
+            if self.vtn is not None:
+                self.vtn.t0 = self.t0
             await self._schedule_arrivals()
             await asyncio.sleep(max(0.0, self.t0 - time.time()))
             self.stats.sample()
@@ -507,6 +520,8 @@ class Rig:
                 await self.gw.stop()
             if self.broker is not None:
                 await asyncio.to_thread(self.broker.stop)
+            if self.vtn is not None:
+                await self.vtn.stop()
             await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
             if self.meter_proc is not None:
                 await self.meter_proc.stop()
@@ -537,6 +552,7 @@ class Rig:
             events=self.events, gateway_logs=gw_logs, sessions=self.sessions,
             messages=messages, process=process, static_limits=self.static,
             wall_elapsed_s=time.monotonic() - started, t0_wall=self.t0, rig_process=rig,
+            dr=self.vtn.summary() if self.vtn is not None else {},
         )
 
 
