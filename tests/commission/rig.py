@@ -16,6 +16,7 @@ from gateway.config import site_from_dict
 from gateway.ctl import socket_path
 from gateway.systemd import Notifier
 from hil.support import wait_until
+from tests.factories import loopback_meters
 
 wait_for = wait_until  # the name the commissioning tests know
 
@@ -33,12 +34,7 @@ def site(*, can_export: bool = False) -> dict[str, Any]:
                     "noncompliance_tolerance_a": 1.0},
         "circuits": [{"id": "p1", "kind": "panel", "parent": "service", "limit_a": 63, "worst_case_non_ev_a": 0,
                       "can_export": can_export}],
-        "meters": [
-            {"id": "m-main", "circuit": "service", "map": "janitza_umg604", "transport": "tcp", "host": "127.0.0.1",
-             "port": 1, "poll_interval_s": 0.25, "timeout_s": 0.3, "stale_after_s": 1.5},
-            {"id": "m-p1", "circuit": "p1", "map": "eastron_sdm630", "transport": "tcp", "host": "127.0.0.1",
-             "port": 1, "poll_interval_s": 0.25, "timeout_s": 0.3, "stale_after_s": 1.5},
-        ],
+        "meters": loopback_meters("p1"),
         "chargers": [
             {"id": "CP1", "ocpp_version": "1.6J", "kind": "ac", "circuit": "p1", "phases": 1,
              "phase_rotation": "L1", "max_current_a": 32, "failsafe_current_a": 6},

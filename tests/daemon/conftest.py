@@ -18,6 +18,7 @@ from sitesim.site import SiteSim
 from hil.launch import GatewayProcess
 from hil.support import free_port, wait_until
 from hil.tomlw import dumps
+from tests.factories import loopback_meters
 from tests.mosquitto import Mosquitto, running_broker
 
 wait_for = wait_until  # the name the daemon tests know
@@ -34,12 +35,7 @@ def small_site(**service: Any) -> dict[str, Any]:
         "control": {"tick_s": 0.5, "ramp_up_a_per_s": 20.0, "noncompliance_grace_s": 3.0,
                     "noncompliance_tolerance_a": 1.0},
         "circuits": [{"id": "p1", "kind": "panel", "parent": "service", "limit_a": 63}],
-        "meters": [
-            {"id": "m-main", "circuit": "service", "map": "janitza_umg604", "transport": "tcp", "host": "127.0.0.1",
-             "port": 1, "poll_interval_s": 0.25, "timeout_s": 0.3, "stale_after_s": 1.5},
-            {"id": "m-p1", "circuit": "p1", "map": "eastron_sdm630", "transport": "tcp", "host": "127.0.0.1",
-             "port": 1, "poll_interval_s": 0.25, "timeout_s": 0.3, "stale_after_s": 1.5},
-        ],
+        "meters": loopback_meters("p1"),
         "chargers": [
             {"id": "CP1", "ocpp_version": "1.6J", "kind": "ac", "circuit": "p1", "phases": 3,
              "max_current_a": 32, "failsafe_current_a": 8},

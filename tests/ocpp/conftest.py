@@ -151,20 +151,25 @@ class Cms(SimCms):
 
 
 # ---------------------------------------------------------------- chargers (ocpp library, charging station side)
-class Charger16(CP16):  # type: ignore[misc]  # the ocpp library is untyped
+class _Recording:
+    """What a library charger received: each CALL handled (``received``, ``of``), every raw frame (``raw_in``);
+    the profile purposes it rejects (``reject_purposes``)."""
+
     def __init__(self, cid: str, conn: Any) -> None:
-        super().__init__(cid, conn, response_timeout=10)
+        super().__init__(cid, conn, response_timeout=10)  # type: ignore[call-arg]  # the ChargePoint's
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.raw_in: list[str] = []
         self.reject_purposes: set[str] = set()
 
     async def route_message(self, raw_msg: str) -> None:
         self.raw_in.append(raw_msg)
-        await super().route_message(raw_msg)
+        await super().route_message(raw_msg)  # type: ignore[misc]  # the ChargePoint's
 
     def of(self, action: str) -> list[dict[str, Any]]:
         return [p for a, p in self.received if a == action]
 
+
+class Charger16(_Recording, CP16):  # type: ignore[misc]  # the ocpp library is untyped
     @on("SetChargingProfile")
     def scp(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
         self.received.append(("SetChargingProfile", {"connector_id": connector_id, **cs_charging_profiles}))
@@ -202,20 +207,7 @@ class Charger16(CP16):  # type: ignore[misc]  # the ocpp library is untyped
         return cr16.DataTransfer(status="Accepted")
 
 
-class Charger201(CP201):  # type: ignore[misc]  # the ocpp library is untyped
-    def __init__(self, cid: str, conn: Any) -> None:
-        super().__init__(cid, conn, response_timeout=10)
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        self.raw_in: list[str] = []
-        self.reject_purposes: set[str] = set()
-
-    async def route_message(self, raw_msg: str) -> None:
-        self.raw_in.append(raw_msg)
-        await super().route_message(raw_msg)
-
-    def of(self, action: str) -> list[dict[str, Any]]:
-        return [p for a, p in self.received if a == action]
-
+class Charger201(_Recording, CP201):  # type: ignore[misc]  # the ocpp library is untyped
     @on("SetChargingProfile")
     def scp(self, evse_id: int, charging_profile: dict[str, Any], **kw: Any) -> Any:
         self.received.append(("SetChargingProfile", {"evse_id": evse_id, **charging_profile}))
