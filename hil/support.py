@@ -6,6 +6,7 @@ One home for what the tests and the rig each wrote again::
     ok = await wait_until(lambda: x.ready, 20)      # poll from a coroutine; True, or False at the deadline
     ok = wait_until_sync(lambda: x.ready, 20)       # the same from a thread / a synchronous fixture
     v = await eventually(lambda: x.value, 15, what="a value")   # the truthy value, or AssertionError
+    async with running_task(svc.run()) as task: ...             # a task for the block, cancelled after it
 
 The product (``gateway/``) never imports this module.
 """
@@ -13,9 +14,11 @@ The product (``gateway/``) never imports this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from typing import Protocol, TypeVar
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Protocol, TypeVar
 
 HOST = "127.0.0.1"
 
@@ -81,4 +84,16 @@ async def eventually(
         await asyncio.sleep(interval_s)
 
 
-__all__ = ["HOST", "Poll", "eventually", "free_port", "port_open", "wait_until", "wait_until_sync"]
+@contextlib.asynccontextmanager
+async def running_task(coro: Coroutine[Any, Any, _T]) -> AsyncIterator[asyncio.Task[_T]]:
+    """``coro`` as a task for the length of the block; cancelled (and awaited) when the block ends."""
+    task = asyncio.create_task(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+__all__ = ["HOST", "Poll", "eventually", "free_port", "port_open", "running_task", "wait_until", "wait_until_sync"]

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import pytest
 
 from gateway.config import Site, site_from_text
-from hil.support import eventually
+from gateway.meters.service import MeterService
+from hil.support import eventually, running_task
 
 wait_for = eventually  # the name the meter tests know
+
+
+def running(svc: MeterService) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+    """The meter service's run() as a task for the length of the block."""
+    return running_task(svc.run())
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 

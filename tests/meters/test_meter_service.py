@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,18 +13,7 @@ from sitesim.meter import MeterSimulator, RtuBus, SocatPair
 
 from gateway.meters.service import MeterService
 from gateway.model import MeterReading
-from tests.meters.conftest import make_site, rtu_meter, tcp_meter, wait_for
-
-
-@contextlib.asynccontextmanager
-async def running(svc: MeterService) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(svc.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+from tests.meters.conftest import make_site, rtu_meter, running, tcp_meter, wait_for
 
 
 async def test_two_meters_on_one_rtu_bus_are_polled_one_at_a_time_with_the_gap() -> None:
