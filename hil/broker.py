@@ -12,38 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 15.0, interval: float = 0.02) -> bool:
-    """Poll ``pred`` until it is true or ``timeout`` seconds passed; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+from hil.support import HOST, free_port, port_open, wait_until_sync
 
 
 class Mosquitto:
@@ -84,8 +57,8 @@ class Mosquitto:
             self.proc = subprocess.Popen(
                 ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
-            up = wait_until(
-                lambda: self.proc is not None and (self.proc.poll() is not None or _port_open(self.port)), timeout
+            up = wait_until_sync(
+                lambda: self.proc is not None and (self.proc.poll() is not None or port_open(self.port)), timeout
             )
             if up and self.proc.poll() is None:
                 return
@@ -122,3 +95,6 @@ class Mosquitto:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+__all__ = ["HOST", "Mosquitto", "free_port"]

@@ -35,7 +35,7 @@ import numpy as np
 from gateway import electrical
 from gateway.config import ChargerConfig, Site, site_from_dict
 from hil.pv import METER_PF, DemandSpec, Tariff
-from hil.scenario import Arrival, Scenario
+from hil.scenario import Arrival, BaseLoad, Scenario
 
 EXCESS_PENALTY = 10.0  # objective per Wh above a demand target (each Wh of EV energy is worth 1)
 
@@ -60,26 +60,55 @@ def _ev_model(site: Site, cfg: ChargerConfig, a: Arrival) -> tuple[float, float,
     return w_per_a, cfg.max_limit, a.max_current_a
 
 
+def _base_at(bl: BaseLoad, t: float) -> np.ndarray:
+    """One base-load profile at scenario time ``t`` (without its noise), per phase: the last point at or
+    before ``t``, or on a ramp the line to the next one."""
+    pts = bl.points
+    cur = np.array(pts[0][1])
+    for i, (ti, vi) in enumerate(pts):
+        if t >= ti:
+            cur = np.array(vi)
+            if bl.ramp and i + 1 < len(pts) and t < pts[i + 1][0]:
+                t2, v2 = pts[i + 1]
+                cur = np.array(vi) + (np.array(v2) - np.array(vi)) * (t - ti) / (t2 - ti)
+    return cur
+
+
 def _base(scenario: Scenario, circuit: str, t0: float, t1: float, P: int) -> np.ndarray:
     """The largest base load of one circuit (its own profiles only) within [t0, t1), per phase."""
     out = np.zeros(P)
     for bl in scenario.base_loads:
         if bl.circuit != circuit:
             continue
-        pts = bl.points
-        times = [t0, *[t for t, _ in pts if t0 < t < t1], max(t0, t1 - 1e-6)]
+        times = [t0, *[t for t, _ in bl.points if t0 < t < t1], max(t0, t1 - 1e-6)]
         best = np.zeros(P)
         for t in times:
-            cur = np.array(pts[0][1])
-            for i, (ti, vi) in enumerate(pts):
-                if t >= ti:
-                    cur = np.array(vi)
-                    if bl.ramp and i + 1 < len(pts) and t < pts[i + 1][0]:
-                        t2, v2 = pts[i + 1]
-                        cur = np.array(vi) + (np.array(v2) - np.array(vi)) * (t - ti) / (t2 - ti)
-            best = np.maximum(best, cur + 3 * bl.noise_a)
+            best = np.maximum(best, _base_at(bl, t) + 3 * bl.noise_a)
         out += best
     return out
+
+
+def circuit_room(scenario: Scenario, site: Site, h: float, T: int,
+                 service_caps: Sequence[tuple[float, float, float]] = ()) -> tuple[dict[str, int], np.ndarray]:
+    """What the EVs may draw on every circuit, step of ``h`` s and phase: its limit (on the service, lowered by
+    any ``service_caps`` overlapping the step) less its margin and the largest base load of its subtree in the
+    step. Returns the circuits' row index and the array [circuit, step, phase] (A, at least 0)."""
+    P = site.service.phases
+    circuits = list(site.circuits)
+    cidx = {c: i for i, c in enumerate(circuits)}
+    own = {c: np.array([_base(scenario, c, t * h, (t + 1) * h, P) for t in range(T)]) for c in circuits}
+    room = np.zeros((len(circuits), T, P))
+    for c in circuits:
+        sub = sum((own[d] for d in circuits if c in site.path_to_root[d]), np.zeros((T, P)))
+        cc = site.circuits[c]
+        lim = np.full((T, 1), cc.limit_a)
+        if c == site.root:
+            for t in range(T):
+                for c0, c1, cap_a in service_caps:
+                    if c0 < (t + 1) * h and c1 > t * h:
+                        lim[t, 0] = min(lim[t, 0], cap_a)
+        room[cidx[c]] = np.maximum(0.0, lim - cc.margin_a - sub)
+    return cidx, room
 
 
 def _base_service_w(scenario: Scenario, site: Site, t0: float, t1: float) -> float:
@@ -87,18 +116,7 @@ def _base_service_w(scenario: Scenario, site: Site, t0: float, t1: float) -> flo
     v = electrical.line_to_neutral_v(site.service)
     total = 0.0
     for bl in scenario.base_loads:
-        pts = bl.points
-        acc = 0.0
-        for j in range(8):
-            t = t0 + (t1 - t0) * (j + 0.5) / 8
-            cur = np.array(pts[0][1])
-            for i, (ti, vi) in enumerate(pts):
-                if t >= ti:
-                    cur = np.array(vi)
-                    if bl.ramp and i + 1 < len(pts) and t < pts[i + 1][0]:
-                        t2, v2 = pts[i + 1]
-                        cur = np.array(vi) + (np.array(v2) - np.array(vi)) * (t - ti) / (t2 - ti)
-            acc += float(cur.sum()) / 8
+        acc = sum(float(_base_at(bl, t0 + (t1 - t0) * (j + 0.5) / 8).sum()) / 8 for j in range(8))
         total += acc * v * METER_PF
     return total
 
@@ -125,25 +143,7 @@ def ideal_energy(scenario: Scenario, step_s: float | None = None, *, demand: Dem
     site = site_from_dict(scenario.site)
     h = float(step_s or scenario.ideal_step_s)
     T = max(1, math.ceil(scenario.duration_s / h))
-    P = site.service.phases
-    circuits = list(site.circuits)
-    cidx = {c: i for i, c in enumerate(circuits)}
-    # base load per circuit subtree, step, phase
-    own = {c: np.array([_base(scenario, c, t * h, (t + 1) * h, P) for t in range(T)]) for c in circuits}
-    room = np.zeros((len(circuits), T, P))
-    for c in circuits:
-        sub = np.zeros((T, P))
-        for d in circuits:
-            if c in site.path_to_root[d]:
-                sub += own[d]
-        cc = site.circuits[c]
-        lim = np.full((T, 1), cc.limit_a)
-        if c == site.root:
-            for t in range(T):
-                for c0, c1, cap_a in service_caps:
-                    if c0 < (t + 1) * h and c1 > t * h:
-                        lim[t, 0] = min(lim[t, 0], cap_a)
-        room[cidx[c]] = np.maximum(0.0, lim - cc.margin_a - sub)
+    cidx, room = circuit_room(scenario, site, h, T, service_caps)
 
     n_var = 0
     obj: list[float] = []

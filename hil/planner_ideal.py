@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from gateway.config import site_from_dict
-from hil.ideal import _base, _ev_model, _loaded_phases
+from hil.ideal import _ev_model, _loaded_phases, circuit_room
 from hil.planner_sim import COMPLETE_FRACTION, _price_at, price_slots
 from hil.scenario import Scenario
 
@@ -35,15 +35,7 @@ def ideal_deadlines(scenario: Scenario, step_s: float | None = None, start_wall:
     site = site_from_dict(scenario.site)
     h = float(step_s or scenario.ideal_step_s)
     T = max(1, math.ceil(scenario.duration_s / h))
-    P = site.service.phases
-    circuits = list(site.circuits)
-    cidx = {c: i for i, c in enumerate(circuits)}
-    own = {c: np.array([_base(scenario, c, t * h, (t + 1) * h, P) for t in range(T)]) for c in circuits}
-    room = np.zeros((len(circuits), T, P))
-    for cid in circuits:
-        sub = sum((own[d] for d in circuits if cid in site.path_to_root[d]), np.zeros((T, P)))
-        cc = site.circuits[cid]
-        room[cidx[cid]] = np.maximum(0.0, cc.limit_a - cc.margin_a - sub)
+    cidx, room = circuit_room(scenario, site, h, T)
     slots = price_slots(site, start_wall, scenario.duration_s)
     price = np.array([_price_at(slots, (t + 0.5) * h) for t in range(T)])
     pmax = float(np.max(np.abs(price))) if T else 0.0

@@ -20,6 +20,15 @@ from gateway.model import (
 )
 
 
+def loopback_meters(panel: str = "p1") -> list[dict[str, Any]]:
+    """The daemon and commissioning sites' two meters (a Janitza on the service, an Eastron on ``panel``) as
+    ``sitesim.site.SiteSim`` points them at its simulators on loopback (port 1 is replaced)."""
+    common = {"transport": "tcp", "host": "127.0.0.1", "port": 1, "poll_interval_s": 0.25, "timeout_s": 0.3,
+              "stale_after_s": 1.5}
+    return [{"id": "m-main", "circuit": "service", "map": "janitza_umg604", **common},
+            {"id": "m-" + panel, "circuit": panel, "map": "eastron_sdm630", **common}]
+
+
 def site_dict(
     *,
     phases: int = 3,

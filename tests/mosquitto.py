@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import json
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol, cast
 
-from hil.broker import HOST, Mosquitto, free_port, wait_until
+from hil.broker import HOST, Mosquitto
+from hil.support import free_port, wait_until, wait_until_sync
 
-__all__ = ["HOST", "Mosquitto", "MosquittoSub", "free_port", "mosquitto_pub", "read_retained", "wait_until"]
+__all__ = ["HOST", "Mosquitto", "MosquittoSub", "free_port", "mosquitto_pub", "read_retained", "running_broker"]
+
+
+Message = tuple[str, bytes, bool]  # (topic, payload, retained)
+
+
+class MessagesPred(Protocol):
+    """A condition on the messages received so far (``lambda ms, n=i: ...`` binding a loop variable included)."""
+
+    def __call__(self, messages: list[Message], /) -> bool: ...
 
 
 class MosquittoSub:
@@ -51,7 +63,7 @@ class MosquittoSub:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             mosquitto_pub(self.broker, self.probe, b"probe", qos=0)
-            if wait_until(lambda: any(t == self.probe for t, _, _ in self.snapshot()), 0.5):
+            if wait_until_sync(lambda: any(t == self.probe for t, _, _ in self.snapshot()), 0.5):
                 return self
             if self.proc.poll() is not None:
                 break
@@ -77,17 +89,17 @@ class MosquittoSub:
     def on(self, topic: str) -> list[bytes]:
         return [p for t, p, _ in self.snapshot() if t == topic]
 
-    def wait_for(self, pred: Callable[[list[tuple[str, bytes, bool]]], bool], timeout: float = 15.0) -> bool:
-        return wait_until(lambda: pred(self.snapshot()), timeout)
+    def last_json(self, topic: str) -> dict[str, Any] | None:
+        """The last message on ``topic`` as JSON (None: none yet, or an empty one)."""
+        msgs = self.on(topic)
+        return cast(dict[str, Any], json.loads(msgs[-1])) if msgs and msgs[-1] else None
 
-    async def until(self, pred: Callable[[list[tuple[str, bytes, bool]]], bool], timeout: float = 15.0) -> bool:
+    def wait_for(self, pred: MessagesPred, timeout: float = 15.0) -> bool:
+        return wait_until_sync(lambda: pred(self.snapshot()), timeout)
+
+    async def until(self, pred: MessagesPred, timeout: float = 15.0) -> bool:
         """Like wait_for, from a coroutine: polls without blocking the event loop."""
-        deadline = time.monotonic() + timeout
-        while not pred(self.snapshot()):
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
+        return await wait_until(lambda: pred(self.snapshot()), timeout, 0.02)
 
     def stop(self) -> None:
         if self.proc is None:
@@ -104,6 +116,17 @@ class MosquittoSub:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None
+
+
+@contextlib.contextmanager
+def running_broker(workdir: Path) -> Iterator[Mosquitto]:
+    """A real mosquitto (``listener PORT 127.0.0.1``, anonymous) for the length of the block."""
+    broker = Mosquitto(workdir)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 def mosquitto_pub(broker: Mosquitto, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:

@@ -99,6 +99,7 @@ def test_unused_capacity_goes_to_others_and_comes_back() -> None:
     # A's EV only takes 5 A of its 20 A share; B takes all it gets
     for t in range(0, 4):
         prev = tick(100.0 + t, 5.0, 20.0)
+    assert prev is not None
     assert lim(prev, "A") == 20.0  # not judged yet: its limit rose less than a response window ago
     for t in range(4, 12):
         prev = tick(100.0 + t, 5.0, prev.limits["B"].limit)
@@ -399,6 +400,7 @@ def test_repeated_overload_readings_while_evs_respond_do_not_spiral_down() -> No
     prev = None
     for k in range(10):  # steady: 20 A of building load, 4 x 19.5 A
         prev = _tick(site, prev, 100.0 + k, 98.0, 19.5)
+    assert prev is not None
     assert lim(prev, "A") == 19.5
     # the building steps +40 A; the meter reads it every 0.25 s while the EVs take 1 s to follow
     limits = []

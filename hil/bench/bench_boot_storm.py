@@ -58,7 +58,7 @@ async def storm(n: int, workers: int, cms: bool, limit_s: float, code: str | Non
         await asyncio.sleep(5.0)  # and a few ticks after it
         cpu = 100 * (proc_cpu_s(gw.pid) - c0) / (time.time() - t_go)
         ticks = [e for e in gw.logs[mark:] if e["event"] == "tick"]
-        durations = [float(e["tick_ms"]) for e in ticks]  # type: ignore[arg-type]
+        durations = [float(e["tick_ms"]) for e in ticks]
         stamps = [_ts(e) for e in ticks]
         gaps = [b - a for a, b in itertools.pairwise(stamps)]
         done = peers.controlled()

@@ -211,7 +211,8 @@ async def _cms(shared: Shared, ports: Any) -> None:
     try:
         while not shared.stop.is_set():
             await asyncio.sleep(0.2)
-            for lst in (*cms.received.values(), *cms.sent.values()):  # memory flat over a long run
+            logs: list[list[Any]] = [*cms.received.values(), *cms.sent.values()]
+            for lst in logs:  # memory flat over a long run
                 if len(lst) > 200:
                     del lst[:100]
     finally:
@@ -297,7 +298,7 @@ class Peers:
 
     def service_a(self) -> float:
         d = self.shared.draws
-        return max(sum(d[i * P + p] for i in range(self.n)) + self.shared.base[p] for p in range(P))
+        return float(max(sum(d[i * P + p] for i in range(self.n)) + self.shared.base[p] for p in range(P)))
 
     def set_base(self, amps: float) -> None:
         for p in range(P):

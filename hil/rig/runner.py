@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +41,8 @@ from sitesim.site import pointed_config
 
 from gateway import logs
 from gateway.config import Site, site_from_dict
-from hil.broker import Mosquitto, free_port
+from hil.broker import Mosquitto
+from hil.launch import GatewayProcess
 from hil.rig.messages import TxMessage, accounting, tx_message
 from hil.rig.procs import (
     ChargerTweak,
@@ -59,6 +57,7 @@ from hil.rig.procs import (
     worker_count,
 )
 from hil.scenario import Arrival, Scenario
+from hil.support import free_port, wait_until
 from hil.tomlw import dumps
 
 log = structlog.get_logger(__name__)
@@ -142,15 +141,6 @@ def _fixed_profile(version: str, unit: str, limit: float) -> Any:
     })
 
 
-async def wait_until(pred: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(interval_s)
-    return pred()
-
-
 class ProcStats:
     """CPU and RSS of a process from /proc, summed over restarts."""
 
@@ -182,86 +172,6 @@ class ProcStats:
     @property
     def cpu_s(self) -> float:
         return self.cpu_s_done + self.cpu_s_now
-
-
-# ---- the gateway process --------------------------------------------------------------------------
-class GatewayProcess:
-    """The real gateway. Its log goes straight into ``log_path`` (a file, never a pipe: a rig slow to read a
-    pipe would block the gateway's writes, and so its loop); a reader tails the file. Each parsed line gets
-    ``_ts``, the epoch seconds of its own ``timestamp``, and ``_t``, the same relative to ``t0()`` (the
-    scenario's time 0 once known)."""
-
-    def __init__(self, config: Path, log_path: Path, t0: Callable[[], float]) -> None:
-        self.config = config
-        self.log_path = log_path
-        self.t0 = t0
-        self.proc: asyncio.subprocess.Process | None = None
-        self.logs: list[dict[str, Any]] = []
-        self._reader: asyncio.Task[None] | None = None
-        self.starts = 0
-
-    async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        env["PYTHONUNBUFFERED"] = "1"
-        if self._reader is not None:  # the previous process's lines first
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await self._reader
-        with self.log_path.open("ab") as out:
-            offset = out.tell()
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", "run", "--config", str(self.config), "--log-format", "json",
-                stdout=out, stderr=asyncio.subprocess.STDOUT, env=env,
-                start_new_session=True,  # its own autogroup: the CPU it gets is not shared with the simulators
-            )
-        self.starts += 1
-        self._reader = asyncio.create_task(self._read(self.proc, offset))
-
-    def _parse(self, line: bytes) -> None:
-        with contextlib.suppress(ValueError, TypeError):
-            d = json.loads(line)
-            if isinstance(d, dict):
-                ts = d.get("timestamp")
-                d["_ts"] = datetime.fromisoformat(ts).timestamp() if isinstance(ts, str) else time.time()
-                d["_t"] = d["_ts"] - self.t0()
-                self.logs.append(d)
-
-    async def _read(self, proc: asyncio.subprocess.Process, offset: int) -> None:
-        with self.log_path.open("rb") as f:
-            f.seek(offset)
-            rest = b""
-            while True:
-                chunk = f.read()
-                if chunk:
-                    *lines, rest = (rest + chunk).split(b"\n")
-                    for line in lines:
-                        self._parse(line)
-                    continue
-                if proc.returncode is not None:
-                    if rest:
-                        self._parse(rest)
-                    return
-                await asyncio.sleep(0.05)
-
-    def ready_count(self) -> int:
-        return sum(1 for e in self.logs if e.get("event") == "gateway_ready")
-
-    async def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int | None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return None if proc is None else proc.returncode
-        proc.send_signal(sig)
-        try:
-            async with asyncio.timeout(timeout_s):
-                rc = await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            rc = await proc.wait()
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(5):
-                    await self._reader
-        return rc
 
 
 # ---- the run ---------------------------------------------------------------------------------------
@@ -534,7 +444,9 @@ class Rig:
                 cfg_path.write_text(dumps(self.gateway_config(port)))
                 log_path = self.out / "gateway.log"
                 log_path.unlink(missing_ok=True)
-                self.gw = GatewayProcess(cfg_path, log_path, lambda: self.t0 if math.isfinite(self.t0) else time.time())
+                self.gw = GatewayProcess(
+                    cfg_path, log_path, t0=lambda: self.t0 if math.isfinite(self.t0) else time.time(), own_session=True
+                )
                 await self.gw.start()
                 assert self.gw.proc is not None
                 self.stats.attach(self.gw.proc.pid)

@@ -6,6 +6,11 @@ Chargers (or the gateway on their behalf) connect to ``ws://HOST:PORT/<charger-i
 (``received``), answers everything a charger may send, and sends CALLs of its own
 (``await cms.call(charger_id, payload)``). ``stop()`` closes the listener and every socket (a cloud
 outage); ``start()`` again listens on the same port.
+
+For the tests it also keeps every frame it receives (``frames``), what each connection presented
+(``connections``: path, headers, the TLS client certificate's CN), serves TLS (``ssl_context``), lets a
+test decide each token's status (``token_status``) and exposes the library peer of each charger
+(``peers``) for CALLs sent through the ``ocpp`` library directly.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import base64
 import binascii
 import contextlib
 import json
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
@@ -67,9 +73,22 @@ class CmsTransaction:
     meter_values: list[dict[str, Any]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)  # 2.0.1: "Started/CablePluggedIn", ...
 
+    start_message_id: str | None = None  # 1.6: the StartTransaction CALL that got this id
+
     @property
     def ended(self) -> bool:
         return self.stopped_at is not None
+
+
+@dataclass(frozen=True)
+class CmsConnection:
+    """What one WebSocket connection presented."""
+
+    charger_id: str
+    path: str
+    headers: dict[str, str]
+    subprotocol: str | None
+    client_cn: str | None  # the commonName of the TLS client certificate, if any
 
 
 def charger_id_from_path(path: str) -> str:
@@ -112,15 +131,16 @@ class _Csms16(_Recording, Cp16):  # type: ignore[misc]
 
     @on("Authorize")
     def on_authorize(self, id_tag: str, **_: Any) -> Any:
-        return result16.Authorize(id_tag_info={"status": self.cms._auth(id_tag)})
+        return result16.Authorize(id_tag_info={"status": self.cms._auth(id_tag, "Authorize")})
 
     @on("StartTransaction")
     def on_start(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, **_: Any) -> Any:
-        status = self.cms._auth(id_tag)
+        status = self.cms._auth(id_tag, "StartTransaction")
         self.cms._next_tx += 1
         txid = self.cms._next_tx
         self.cms.transactions[str(txid)] = CmsTransaction(
-            str(txid), self.charger_id, connector_id, id_tag, timestamp, float(meter_start)
+            str(txid), self.charger_id, connector_id, id_tag, timestamp, float(meter_start),
+            start_message_id=self.cms._last_message_id(self.charger_id),
         )
         log.info("sim_cms_tx_started", charger=self.charger_id, transaction_id=txid)
         return result16.StartTransaction(transaction_id=txid, id_tag_info={"status": status})
@@ -143,7 +163,7 @@ class _Csms16(_Recording, Cp16):  # type: ignore[misc]
 
     @on("DataTransfer")
     def on_data_transfer(self, vendor_id: str, **_: Any) -> Any:
-        return result16.DataTransfer(status="Accepted")
+        return result16.DataTransfer(status="Accepted", data=self.cms.data_transfer_reply)
 
     @on("DiagnosticsStatusNotification")
     def on_diag(self, **_: Any) -> Any:
@@ -179,7 +199,7 @@ class _Csms201(_Recording, Cp201):  # type: ignore[misc]
 
     @on("Authorize")
     def on_authorize(self, id_token: dict[str, Any], **_: Any) -> Any:
-        return result201.Authorize(id_token_info={"status": self.cms._auth(str(id_token.get("id_token")))})
+        return result201.Authorize(id_token_info={"status": self.cms._auth(str(id_token.get("id_token")), "Authorize")})
 
     @on("TransactionEvent")
     def on_transaction_event(
@@ -211,7 +231,7 @@ class _Csms201(_Recording, Cp201):  # type: ignore[misc]
             tx.stopped_at, tx.meter_stop_wh = timestamp, energy
             tx.stop_reason = transaction_info.get("stopped_reason", "Local")
         if token is not None:
-            return result201.TransactionEvent(id_token_info={"status": self.cms._auth(token)})
+            return result201.TransactionEvent(id_token_info={"status": self.cms._auth(token, "TransactionEvent")})
         return result201.TransactionEvent()
 
     @on("MeterValues")
@@ -220,7 +240,7 @@ class _Csms201(_Recording, Cp201):  # type: ignore[misc]
 
     @on("DataTransfer")
     def on_data_transfer(self, vendor_id: str, **_: Any) -> Any:
-        return result201.DataTransfer(status="Accepted")
+        return result201.DataTransfer(status="Accepted", data=self.cms.data_transfer_reply)
 
     @on("NotifyReport")
     def on_notify_report(self, **_: Any) -> Any:
@@ -286,7 +306,12 @@ class SimCms:
         basic_auth: Mapping[str, str] | None = None,
         first_transaction_id: int = 1000,
         response_timeout_s: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        token_status: Callable[[str, str], str] | None = None,
+        data_transfer_reply: str | None = None,
     ) -> None:
+        """``token_status(token, action)`` (action: Authorize, StartTransaction or TransactionEvent) decides a
+        token's status where given; otherwise ``accept_tokens`` (None: every token) does."""
         self.host = host
         self.port = port
         self.clock = clock
@@ -295,6 +320,11 @@ class SimCms:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.basic_auth = None if basic_auth is None else dict(basic_auth)
         self.response_timeout_s = response_timeout_s
+        self.ssl_context = ssl_context
+        self.token_status = token_status
+        self.data_transfer_reply = data_transfer_reply
+        self.frames: list[tuple[str, str]] = []  # (charger id, raw frame) for every frame received
+        self.connections: list[CmsConnection] = []
         self.received: dict[str, list[ReceivedCall]] = {}
         self.sent: dict[str, list[SentCall]] = {}
         self.transactions: dict[str, CmsTransaction] = {}
@@ -305,6 +335,7 @@ class SimCms:
         self.refused: list[tuple[str, str]] = []  # (charger id, why)
         self._next_tx = first_transaction_id - 1
         self._handlers: dict[str, Any] = {}
+        self._sockets: dict[str, ServerConnection] = {}
         self._server: Server | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -320,6 +351,7 @@ class SimCms:
             select_subprotocol=_select_subprotocol,
             process_request=self._process_request,
             max_queue=64,
+            ssl=self.ssl_context,
         )
         sock = next(iter(self._server.sockets))
         self.port = int(sock.getsockname()[1])
@@ -334,6 +366,7 @@ class SimCms:
         server.close()
         await server.wait_closed()
         self._handlers.clear()
+        self._sockets.clear()
         log.info("sim_cms_stopped", port=self.port)
 
     async def __aenter__(self) -> SimCms:
@@ -346,6 +379,17 @@ class SimCms:
     @property
     def url(self) -> str:
         return f"ws://{self.host}:{self.port}"
+
+    @property
+    def peers(self) -> Mapping[str, Any]:
+        """The ``ocpp`` library peer (a ChargePoint) of each connected charger: ``await peers[id].call(...)``
+        sends a CALL without recording it in ``sent``."""
+        return dict(self._handlers)
+
+    @property
+    def sockets(self) -> Mapping[str, ServerConnection]:
+        """The WebSocket of each connected charger (to send a raw frame)."""
+        return dict(self._sockets)
 
     def is_connected(self, charger_id: str) -> bool:
         return charger_id in self._handlers
@@ -426,14 +470,21 @@ class SimCms:
             self.boots[charger_id] = self.boots.get(charger_id, 0) + 1
         return self.boot_status
 
-    def _auth(self, token: str) -> str:
+    def _auth(self, token: str, action: str) -> str:
+        if self.token_status is not None:
+            return self.token_status(token, action)
         return "Accepted" if self.accept_tokens is None or token in self.accept_tokens else "Invalid"
+
+    def _last_message_id(self, charger_id: str) -> str | None:
+        recs = self.received.get(charger_id)
+        return recs[-1].unique_id if recs else None
 
     def _last_payload(self, charger_id: str) -> dict[str, Any]:
         recs = self.received.get(charger_id)
         return recs[-1].payload if recs else {}
 
     def _record_received(self, charger_id: str, raw: str) -> None:
+        self.frames.append((charger_id, raw))
         try:
             msg = json.loads(raw)
         except ValueError:
@@ -475,9 +526,11 @@ class SimCms:
             log.warning("sim_cms_no_subprotocol", charger=cid)
             await ws.close(1002, "OCPP subprotocol required")
             return
+        self.connections.append(_connection_info(cid, ws))
         handler: Any = _Csms16(self, cid, ws) if proto == "ocpp1.6" else _Csms201(self, cid, ws)
         old = self._handlers.get(cid)
         self._handlers[cid] = handler
+        self._sockets[cid] = ws
         self.versions[cid] = "1.6" if proto == "ocpp1.6" else "2.0.1"
         self.connections_total += 1
         if old is not None:
@@ -491,7 +544,26 @@ class SimCms:
         finally:
             if self._handlers.get(cid) is handler:
                 del self._handlers[cid]
+                self._sockets.pop(cid, None)
             log.info("sim_cms_disconnected", charger=cid)
+
+
+def _connection_info(cid: str, ws: ServerConnection) -> CmsConnection:
+    request = ws.request
+    cn: str | None = None
+    sslobj = ws.transport.get_extra_info("ssl_object")
+    cert = sslobj.getpeercert() if sslobj is not None else None
+    for rdn in (cert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                cn = value
+    return CmsConnection(
+        charger_id=cid,
+        path=request.path if request is not None else "",
+        headers=dict(request.headers.raw_items()) if request is not None else {},
+        subprotocol=ws.subprotocol,
+        client_cn=cn,
+    )
 
 
 def _select_subprotocol(connection: ServerConnection, offered: Iterable[Subprotocol]) -> Subprotocol | None:
@@ -543,4 +615,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["CmsTransaction", "SimCms", "charger_id_from_path"]
+__all__ = ["CmsConnection", "CmsTransaction", "SimCms", "charger_id_from_path", "on"]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,10 @@ from gateway.app import App
 from gateway.config import site_from_dict
 from gateway.ctl import socket_path
 from gateway.systemd import Notifier
+from hil.support import wait_until
+from tests.factories import loopback_meters
+
+wait_for = wait_until  # the name the commissioning tests know
 
 BASE_A = 10.0  # the building's load on the service, per phase
 
@@ -31,12 +34,7 @@ def site(*, can_export: bool = False) -> dict[str, Any]:
                     "noncompliance_tolerance_a": 1.0},
         "circuits": [{"id": "p1", "kind": "panel", "parent": "service", "limit_a": 63, "worst_case_non_ev_a": 0,
                       "can_export": can_export}],
-        "meters": [
-            {"id": "m-main", "circuit": "service", "map": "janitza_umg604", "transport": "tcp", "host": "127.0.0.1",
-             "port": 1, "poll_interval_s": 0.25, "timeout_s": 0.3, "stale_after_s": 1.5},
-            {"id": "m-p1", "circuit": "p1", "map": "eastron_sdm630", "transport": "tcp", "host": "127.0.0.1",
-             "port": 1, "poll_interval_s": 0.25, "timeout_s": 0.3, "stale_after_s": 1.5},
-        ],
+        "meters": loopback_meters("p1"),
         "chargers": [
             {"id": "CP1", "ocpp_version": "1.6J", "kind": "ac", "circuit": "p1", "phases": 1,
              "phase_rotation": "L1", "max_current_a": 32, "failsafe_current_a": 6},
@@ -60,15 +58,6 @@ class Rig:
     @property
     def socket(self) -> Path:
         return socket_path(self.app.site.state_dir)
-
-
-async def wait_for(pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(interval)
-    return bool(pred())
 
 
 @contextlib.asynccontextmanager

@@ -3,23 +3,25 @@ datagram listener, and a simulated site (meters over Modbus TCP, OCPP chargers, 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import os
-import signal
 import socket
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sitesim.site import SiteSim
 
+from hil.launch import GatewayProcess
+from hil.support import free_port, wait_until
 from hil.tomlw import dumps
+from tests.factories import loopback_meters
+from tests.mosquitto import Mosquitto, running_broker
+
+wait_for = wait_until  # the name the daemon tests know
 
 
 def small_site(**service: Any) -> dict[str, Any]:
@@ -33,12 +35,7 @@ def small_site(**service: Any) -> dict[str, Any]:
         "control": {"tick_s": 0.5, "ramp_up_a_per_s": 20.0, "noncompliance_grace_s": 3.0,
                     "noncompliance_tolerance_a": 1.0},
         "circuits": [{"id": "p1", "kind": "panel", "parent": "service", "limit_a": 63}],
-        "meters": [
-            {"id": "m-main", "circuit": "service", "map": "janitza_umg604", "transport": "tcp", "host": "127.0.0.1",
-             "port": 1, "poll_interval_s": 0.25, "timeout_s": 0.3, "stale_after_s": 1.5},
-            {"id": "m-p1", "circuit": "p1", "map": "eastron_sdm630", "transport": "tcp", "host": "127.0.0.1",
-             "port": 1, "poll_interval_s": 0.25, "timeout_s": 0.3, "stale_after_s": 1.5},
-        ],
+        "meters": loopback_meters("p1"),
         "chargers": [
             {"id": "CP1", "ocpp_version": "1.6J", "kind": "ac", "circuit": "p1", "phases": 3,
              "max_current_a": 32, "failsafe_current_a": 8},
@@ -82,74 +79,17 @@ class NotifyListener:
             os.unlink(self.path)
 
 
-class Daemon:
-    """`python -m gateway run --config FILE` with JSON logs on stdout."""
+class Daemon(GatewayProcess):
+    """`python -m gateway run --config FILE` through the launcher the rig uses (hil.launch), with this test's
+    NOTIFY_SOCKET and a watchdog; its JSON log next to the config, its stderr apart (``stderr`` once it ended)."""
 
     def __init__(self, config: Path, notify: NotifyListener, *, watchdog_usec: int = 2_000_000) -> None:
-        self.config = config
+        super().__init__(
+            config, config.with_suffix(".log"), stderr_path=config.with_suffix(".stderr"),
+            env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(watchdog_usec)},
+        )
         self.notify = notify
         self.watchdog_usec = watchdog_usec
-        self.proc: asyncio.subprocess.Process | None = None
-        self.logs: list[dict[str, Any]] = []
-        self._reader: asyncio.Task[None] | None = None
-        self.stderr = b""
-
-    async def start(self) -> None:
-        env = {**os.environ, "NOTIFY_SOCKET": self.notify.path, "WATCHDOG_USEC": str(self.watchdog_usec),
-               "PYTHONUNBUFFERED": "1"}
-        env.pop("WATCHDOG_PID", None)
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "run", "--config", str(self.config), "--log-format", "json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-        )
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        while True:
-            line = await self.proc.stdout.readline()
-            if not line:
-                return
-            with contextlib.suppress(ValueError):
-                self.logs.append(json.loads(line))
-
-    def events(self, name: str, **match: Any) -> list[dict[str, Any]]:
-        return [e for e in self.logs if e.get("event") == name and all(e.get(k) == v for k, v in match.items())]
-
-    async def wait_log(self, name: str, timeout: float = 20.0, **match: Any) -> dict[str, Any]:
-        ok = await wait_for(lambda: self.events(name, **match), timeout)
-        assert ok, f"no log {name} {match} within {timeout}s; last: {self.logs[-5:]}"
-        return self.events(name, **match)[0]
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def wait_exit(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        async with asyncio.timeout(timeout):
-            rc = await self.proc.wait()
-        if self._reader is not None:
-            async with asyncio.timeout(5):
-                await self._reader
-        if self.proc.stderr is not None:
-            self.stderr = await self.proc.stderr.read()
-        return rc
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                await self.wait_exit(10)
-
-
-async def wait_for(pred: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(interval)
-    return bool(pred())
 
 
 class Rig:
@@ -171,7 +111,7 @@ async def rig_factory() -> AsyncIterator[Callable[..., Any]]:
         sim = SiteSim(raw, base_loads={"service": base or (lambda t: (level[0],) * 3)}, meter_interval_s=1.0)
         sim.level = level  # type: ignore[attr-defined]
         await sim.start()
-        port = _free_port()
+        port = free_port()
         cfg = Path(tmp) / f"gateway-{len(made)}.toml"
         gateway_cfg = sim.gateway_config(ocpp_port=port, extra=extra)
         if edit is not None:
@@ -196,7 +136,8 @@ async def rig_factory() -> AsyncIterator[Callable[..., Any]]:
         rig.notify.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A real mosquitto for the daemon's telemetry."""
+    with running_broker(tmp_path / "mosquitto") as b:
+        yield b

@@ -30,6 +30,7 @@ from gateway.confkit import MAX_FILE_BYTES
 from gateway.model import Allocation
 from gateway.supervise import FatalError
 from gateway.systemd import Notifier
+from hil.support import free_port as _free_port
 from hil.tomlw import dumps
 from tests.daemon.conftest import Daemon, NotifyListener, Rig, small_site, wait_for
 
@@ -114,7 +115,7 @@ async def test_a_large_file_is_parsed_off_the_event_loop(rig_factory: Any) -> No
         return "RELOADING=1" in ms and "READY=1" in ms[ms.index("RELOADING=1"):]
 
     assert await wait_for(reloaded, 120)
-    assert d.events("config_reload_failed")
+    assert await wait_for(lambda: d.events("config_reload_failed"), 10)  # the log is read a moment later
     msgs = n.drain()[mark:]
     start = next(t for t, m in msgs if m == "RELOADING=1")
     end = next(t for t, m in msgs if m == "READY=1" and t >= start)
@@ -276,9 +277,3 @@ async def test_a_stuck_start_ends_the_daemon_after_the_failsafe() -> None:
 
 def _more_than(d: Daemon, event: str, n: int) -> Callable[[], bool]:
     return lambda: len(d.events(event)) > n
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -4,11 +4,8 @@ capped:demand-window), the budget topic shows the interval's figures, and the ta
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sitesim.ev import EvSpec
 
 from tests.daemon.conftest import Rig, wait_for
@@ -17,18 +14,6 @@ from tests.mosquitto import Mosquitto, MosquittoSub, mosquitto_pub
 ROOT = "ems/test-site/"
 TARGET_KW = 30.0  # 100 A service at 400 V (69 kW); base load 20 A (13.9 kW); four EVs want 22 kW each
 
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "mosquitto")
-    b.start()
-    yield b
-    b.stop()
-
-
-def _last(sub: MosquittoSub, topic: str) -> dict[str, Any] | None:
-    msgs = sub.on(topic)
-    return json.loads(msgs[-1]) if msgs and msgs[-1] else None
 
 
 async def test_demand_target_lowers_the_limits_and_telemetry_shows_it(rig_factory: Any, broker: Mosquitto) -> None:
@@ -47,12 +32,12 @@ async def test_demand_target_lowers_the_limits_and_telemetry_shows_it(rig_factor
         assert await wait_for(lambda: any(e.get("event") == "limit_changed"
                                           and str(e.get("reason")) == "capped:demand-window/L1"
                                           for e in rig.daemon.logs), 30)
-        assert await sub.until(lambda _m: any((_last(sub, ROOT + f"charger/CP{i}") or {}).get("reason")
+        assert await sub.until(lambda _m: any((sub.last_json(ROOT + f"charger/CP{i}") or {}).get("reason")
                                               == "capped:demand-window/L1" for i in range(1, 5)), 15)
         assert await wait_for(lambda: bool(rig.daemon.events("budget_binding", source="demand-window")), 10)
         # the budget topic: the interval's energy, projected average, target, the month's peak; the tariff
-        assert await sub.until(lambda _m: "demand" in (_last(sub, ROOT + "budget") or {}), 15)
-        b = _last(sub, ROOT + "budget")
+        assert await sub.until(lambda _m: "demand" in (sub.last_json(ROOT + "budget") or {}), 15)
+        b = sub.last_json(ROOT + "budget")
         assert b is not None
         d = b["demand"]
         assert d["target_kw"] == TARGET_KW and d["month_peak_kw"] == 0.0 and d["energy_kwh"] > 0
@@ -60,9 +45,9 @@ async def test_demand_target_lowers_the_limits_and_telemetry_shows_it(rig_factor
         assert d["projected_kw"] is not None and d["interval_start"].endswith("Z")
         assert b["binding"] == "demand-window" and "demand-window" in b["caps"]
         assert b["tariff"]["period"] == "flat" and b["tariff"]["price_per_kwh"] == 0.31
-        site = _last(sub, ROOT + "site")
+        site = sub.last_json(ROOT + "site")
         assert site is not None and site["limit_source"] in ("demand-window", "service")
-        tariff = _last(sub, ROOT + "tariff")
+        tariff = sub.last_json(ROOT + "tariff")
         assert tariff is not None and tariff["period"] == "flat" and tariff["schedule"]
         # what the EVs draw stays within the allowance: the service's power under the target's current
         cap_a = d["cap_a"]
@@ -76,7 +61,7 @@ async def test_demand_target_lowers_the_limits_and_telemetry_shows_it(rig_factor
         assert await sub.until(lambda _m: len(sub.on(ROOT + "cmd/tariff/reply")) >= 2, 15)
         bad, good = (json.loads(p) for p in sub.on(ROOT + "cmd/tariff/reply")[:2])
         assert bad["ok"] is False and "tariff.periods" in bad["reason"] and good["ok"] is True
-        assert await sub.until(lambda _m: (_last(sub, ROOT + "tariff") or {}).get("period") == "cheap", 15)
+        assert await sub.until(lambda _m: (sub.last_json(ROOT + "tariff") or {}).get("period") == "cheap", 15)
         # its 25 kW cap is below the window's allowance: the tariff's cap binds now
         assert await wait_for(lambda: any(e.get("event") == "limit_changed"
                                           and str(e.get("reason")) == "capped:tariff:cheap/L1"

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sitesim.ev import EvSpec
 
 from tests.daemon.conftest import Rig, wait_for
@@ -16,18 +13,6 @@ from tests.mosquitto import Mosquitto, MosquittoSub, mosquitto_pub, read_retaine
 
 ROOT = "ems/test-site/"
 
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "mosquitto")
-    b.start()
-    yield b
-    b.stop()
-
-
-def _last(sub: MosquittoSub, topic: str) -> dict[str, Any] | None:
-    msgs = sub.on(topic)
-    return json.loads(msgs[-1]) if msgs else None
 
 
 async def test_daemon_publishes_takes_a_remote_cap_and_leaves_a_last_will(rig_factory: Any, broker: Mosquitto) -> None:
@@ -39,11 +24,11 @@ async def test_daemon_publishes_takes_a_remote_cap_and_leaves_a_last_will(rig_fa
             ch.plug_in(EvSpec(capacity_kwh=500.0, soc_start=0.2, max_ac_a=32.0, ac_phases=3,
                               response_delay_s=0.5, id_tag=f"TAG{i}"))
         assert read_retained(broker, ROOT + "status") == b"online"
-        assert await sub.until(lambda _m: _last(sub, ROOT + "site") is not None, 15)
-        site = _last(sub, ROOT + "site")
+        assert await sub.until(lambda _m: sub.last_json(ROOT + "site") is not None, 15)
+        site = sub.last_json(ROOT + "site")
         assert site is not None and site["mode"] == "normal" and len(site["current_a"]) == 3 and "ts" in site
-        assert await sub.until(lambda _m: (_last(sub, ROOT + "charger/CP1") or {}).get("state") == "charging", 20)
-        cp1 = _last(sub, ROOT + "charger/CP1")
+        assert await sub.until(lambda _m: (sub.last_json(ROOT + "charger/CP1") or {}).get("state") == "charging", 20)
+        cp1 = sub.last_json(ROOT + "charger/CP1")
         assert cp1 is not None and cp1["reason"] and "limit_a" in cp1
 
         # a remote cap of 30 A per phase for 4 s: the limits come down, with the cap as the reason

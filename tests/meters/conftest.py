@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
 
 import pytest
 
 from gateway.config import Site, site_from_text
+from gateway.meters.service import MeterService
+from hil.support import eventually, running_task
+
+wait_for = eventually  # the name the meter tests know
+
+
+def running(svc: MeterService) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+    """The meter service's run() as a task for the length of the block."""
+    return running_task(svc.run())
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
@@ -52,16 +61,6 @@ def _toml(v: object) -> str:
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
     return repr(v)
-
-
-async def wait_for(cond: Callable[[], bool], within_s: float = 15.0, interval: float = 0.02) -> None:
-    """Poll until cond() holds; generous timeouts for a loaded machine."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within_s} s")
-        await asyncio.sleep(interval)
 
 
 @pytest.fixture

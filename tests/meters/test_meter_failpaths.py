@@ -120,7 +120,7 @@ async def test_a_meter_going_stale_wakes_the_control_loop_at_once() -> None:
         await wait_for(lambda: svc.status()["m"] == "ok")
         sim.silence()
         silenced = loop.time()
-        await wait_for(lambda: bool(stale), within_s=5.0)
+        await wait_for(lambda: bool(stale), 5.0)
         assert stale[0][0] == "m" and svc.status()["m"] == "stale"
         assert stale[0][1] - silenced < 0.6 + 0.2 * 2 + 0.6  # stale_after_s, a poll's timeouts, the watcher
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import socket
 import struct
 from collections.abc import Sequence
 
@@ -14,6 +13,7 @@ import pytest
 from sitesim.meter import MeterSimulator, RtuBus, SocatPair
 
 from gateway.meters.service import MeterService
+from hil.support import free_port as _free_port
 from tests.meters.conftest import make_site, rtu_meter, tcp_meter, wait_for
 
 
@@ -25,12 +25,6 @@ def _f32(v: float) -> list[int]:
 def _i32_low_first(v: int) -> list[int]:
     hi, lo = struct.unpack(">HH", struct.pack(">i", v))
     return [lo, hi]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _read_once(site_entry: str) -> tuple[str, object]:

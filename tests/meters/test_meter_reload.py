@@ -3,10 +3,8 @@ replaced poller has ended before its replacement sends its first request (one Mo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -16,7 +14,7 @@ from gateway.meters import service as service_mod
 from gateway.meters.config import MeterConfig
 from gateway.meters.driver import ModbusReader
 from gateway.meters.service import MeterService
-from tests.meters.conftest import SITE_HEAD, make_site, rtu_meter, tcp_meter, wait_for
+from tests.meters.conftest import SITE_HEAD, make_site, rtu_meter, running, tcp_meter, wait_for
 
 Event = tuple[str, str]  # (what, client): "connect" | "request" | "answer" | "close"
 
@@ -64,17 +62,6 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[Event]:
 
     monkeypatch.setattr(service_mod, "make_client", make)
     return events
-
-
-@contextlib.asynccontextmanager
-async def running(svc: MeterService) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(svc.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def clients(events: list[Event]) -> list[str]:

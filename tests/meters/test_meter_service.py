@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import structlog
@@ -14,18 +13,7 @@ from sitesim.meter import MeterSimulator, RtuBus, SocatPair
 
 from gateway.meters.service import MeterService
 from gateway.model import MeterReading
-from tests.meters.conftest import make_site, rtu_meter, tcp_meter, wait_for
-
-
-@contextlib.asynccontextmanager
-async def running(svc: MeterService) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(svc.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+from tests.meters.conftest import make_site, rtu_meter, running, tcp_meter, wait_for
 
 
 async def test_two_meters_on_one_rtu_bus_are_polled_one_at_a_time_with_the_gap() -> None:
@@ -99,7 +87,7 @@ async def test_fault_leads_to_invalid_or_stale_and_recovers(fault: str, transpor
     sim.set_currents(30, 31, 32)
     pair: SocatPair | None = None
     bus: RtuBus | None = None
-    opts = dict(poll_interval_s=0.2, timeout_s=0.3, stale_after_s=1.2, frozen_polls=4, retries=1)
+    opts: dict[str, Any] = dict(poll_interval_s=0.2, timeout_s=0.3, stale_after_s=1.2, frozen_polls=4, retries=1)
     if transport == "tcp":
         entry = tcp_meter("m", await sim.start_tcp(), device_id=4, circuit="sub", **opts)
     else:

@@ -15,12 +15,7 @@ from gateway.meters.driver import Bounds, MeterDriver
 from gateway.meters.regmap import load_map
 from gateway.meters.service import ensure_connected, make_client
 from gateway.model import MeterReading
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from hil.support import free_port as _free_port
 
 
 def _f32(v: float) -> list[int]:

@@ -6,40 +6,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ocpp.routing import on
+from ocpp.charge_point import camel_to_snake_case
 from ocpp.v16 import ChargePoint as CP16
 from ocpp.v16 import call_result as cr16
 from ocpp.v201 import ChargePoint as CP201
 from ocpp.v201 import call_result as cr201
+from sitesim.cms import SimCms, on
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
 from gateway.config import Site, site_from_text
 from gateway.ocpp_proxy.controller import OcppController
+from hil.support import eventually
+from hil.support import free_port as free_port
 
-
-async def wait_for(cond: Callable[[], Any], limit_s: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + limit_s
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+wait_for = eventually  # the name the OCPP tests know
 
 
 def site_text(state_dir: Path, cms_port: int | None, *, ocpp_extra: str = "", chargers: str | None = None) -> str:
@@ -105,187 +92,84 @@ min_power_w = 5000
 """
 
 
-# ---------------------------------------------------------------- CMS (ocpp library, central system side)
-class Cms16(CP16):
-    def __init__(self, cid: str, conn: Any, cms: Cms) -> None:
-        super().__init__(cid, conn, response_timeout=10)
-        self.cms = cms
-        self.next_tx = 1000
-
-    async def route_message(self, raw_msg: str) -> None:
-        self.cms.raw.append((self.id, raw_msg))
-        await super().route_message(raw_msg)
-
-    @on("BootNotification")
-    def boot(self, **kw: Any) -> Any:
-        self.cms.got(self.id, "BootNotification", kw)
-        return cr16.BootNotification(current_time="2024-01-01T00:00:00Z", interval=300, status="Accepted")
-
-    @on("Heartbeat")
-    def hb(self, **kw: Any) -> Any:
-        self.cms.got(self.id, "Heartbeat", kw)
-        return cr16.Heartbeat(current_time="2024-01-01T00:00:00Z")
-
-    @on("Authorize")
-    def auth(self, id_tag: str) -> Any:
-        self.cms.got(self.id, "Authorize", {"id_tag": id_tag})
-        return cr16.Authorize(id_tag_info={"status": "Accepted" if id_tag.startswith("OK") else "Invalid"})
-
-    @on("StartTransaction")
-    def start_tx(self, **kw: Any) -> Any:
-        self.next_tx += 1
-        kw["assigned"] = self.next_tx
-        self.cms.got(self.id, "StartTransaction", kw)
-        return cr16.StartTransaction(transaction_id=self.next_tx, id_tag_info={"status": "Accepted"})
-
-    @on("StopTransaction")
-    def stop_tx(self, **kw: Any) -> Any:
-        self.cms.got(self.id, "StopTransaction", kw)
-        return cr16.StopTransaction()
-
-    @on("MeterValues")
-    def mv(self, **kw: Any) -> Any:
-        self.cms.got(self.id, "MeterValues", kw)
-        return cr16.MeterValues()
-
-    @on("StatusNotification")
-    def status(self, **kw: Any) -> Any:
-        self.cms.got(self.id, "StatusNotification", kw)
-        return cr16.StatusNotification()
-
-    @on("DataTransfer")
-    def dt(self, **kw: Any) -> Any:
-        self.cms.got(self.id, "DataTransfer", kw)
-        return cr16.DataTransfer(status="Accepted", data="pong")
+# ---------------------------------------------------------------- CMS (sitesim's, with the views these tests read)
+def _token_status(token: str, action: str) -> str:
+    """Authorize accepts the tokens that start with OK; a transaction's token is always accepted."""
+    return "Accepted" if action != "Authorize" or token.startswith("OK") else "Invalid"
 
 
-class Cms201(CP201):
-    def __init__(self, cid: str, conn: Any, cms: Cms) -> None:
-        super().__init__(cid, conn, response_timeout=10)
-        self.cms = cms
+class Cms(SimCms):
+    """sitesim's CMS on 127.0.0.1 (stopped and started again on the same port: an outage) with the views these
+    tests read: ``messages`` and ``of`` (each CALL received, its payload as the ``ocpp`` library's handler gets
+    it, snake_case; a 1.6 StartTransaction with the transaction id it was ``assigned``), ``raw`` (every frame
+    received), ``conns`` (the sockets), and each connection's ``paths``, ``headers`` and TLS client CN. The
+    port is taken when it is made, so that a test can start it later (a CMS down at first)."""
 
-    async def route_message(self, raw_msg: str) -> None:
-        self.cms.raw.append((self.id, raw_msg))
-        await super().route_message(raw_msg)
+    def __init__(self, port: int | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(
+            "127.0.0.1", port or free_port(), heartbeat_interval_s=300, first_transaction_id=1001,
+            response_timeout_s=10, ssl_context=ssl_context, token_status=_token_status, data_transfer_reply="pong",
+        )
 
-    @on("BootNotification")
-    def boot(self, **kw: Any) -> Any:
-        self.cms.got(self.id, "BootNotification", kw)
-        return cr201.BootNotification(current_time="2024-01-01T00:00:00Z", interval=300, status="Accepted")
+    @property
+    def raw(self) -> list[tuple[str, str]]:
+        return self.frames
 
-    @on("Heartbeat")
-    def hb(self, **kw: Any) -> Any:
-        self.cms.got(self.id, "Heartbeat", kw)
-        return cr201.Heartbeat(current_time="2024-01-01T00:00:00Z")
+    @property
+    def conns(self) -> Mapping[str, ServerConnection]:
+        return self.sockets
 
-    @on("Authorize")
-    def auth(self, id_token: dict[str, Any], **kw: Any) -> Any:
-        self.cms.got(self.id, "Authorize", {"id_token": id_token})
-        ok = str(id_token.get("id_token", "")).startswith("OK")
-        return cr201.Authorize(id_token_info={"status": "Accepted" if ok else "Invalid"})
+    @property
+    def paths(self) -> list[str]:
+        return [c.path for c in self.connections]
 
-    @on("TransactionEvent")
-    def tx(self, **kw: Any) -> Any:
-        self.cms.got(self.id, "TransactionEvent", kw)
-        if kw.get("id_token"):
-            return cr201.TransactionEvent(id_token_info={"status": "Accepted"})
-        return cr201.TransactionEvent()
+    @property
+    def headers(self) -> list[dict[str, str]]:
+        return [c.headers for c in self.connections]
 
-    @on("MeterValues")
-    def mv(self, **kw: Any) -> Any:
-        self.cms.got(self.id, "MeterValues", kw)
-        return cr201.MeterValues()
+    @property
+    def client_cns(self) -> list[str | None]:
+        return [c.client_cn for c in self.connections]
 
-    @on("StatusNotification")
-    def status(self, **kw: Any) -> Any:
-        self.cms.got(self.id, "StatusNotification", kw)
-        return cr201.StatusNotification()
-
-    @on("DataTransfer")
-    def dt(self, **kw: Any) -> Any:
-        self.cms.got(self.id, "DataTransfer", kw)
-        return cr201.DataTransfer(status="Accepted", data="pong")
-
-    @on("ReportChargingProfiles")
-    def rcp(self, **kw: Any) -> Any:
-        self.cms.got(self.id, "ReportChargingProfiles", kw)
-        return cr201.ReportChargingProfiles()
-
-
-class Cms:
-    """A CMS on 127.0.0.1 that can be stopped and restarted on the same port (an outage)."""
-
-    def __init__(self, port: int | None = None, ssl_context: Any = None) -> None:
-        self.port = port or free_port()
-        self.ssl_context = ssl_context
-        self.server: Server | None = None
-        self.peers: dict[str, CP16 | CP201] = {}
-        self.conns: dict[str, ServerConnection] = {}
-        self.messages: list[tuple[str, str, dict[str, Any]]] = []
-        self.raw: list[tuple[str, str]] = []
-        self.paths: list[str] = []
-        self.headers: list[dict[str, str]] = []
-        self.client_cns: list[str | None] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def got(self, cid: str, action: str, payload: dict[str, Any]) -> None:
-        self.messages.append((cid, action, payload))
+    @property
+    def messages(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(charger id, action, payload) of every CALL received, in the order they arrived."""
+        assigned = {tx.start_message_id: int(tx.id) for tx in self.transactions.values() if tx.start_message_id}
+        out: list[tuple[str, str, dict[str, Any]]] = []
+        for cid, frame in self.frames:
+            with contextlib.suppress(ValueError):
+                msg = json.loads(frame)
+                if isinstance(msg, list) and len(msg) == 4 and msg[0] == 2 and isinstance(msg[3], dict):
+                    payload: dict[str, Any] = camel_to_snake_case(msg[3])
+                    if msg[2] == "StartTransaction" and msg[1] in assigned:
+                        payload["assigned"] = assigned[msg[1]]
+                    out.append((cid, str(msg[2]), payload))
+        return out
 
     def of(self, cid: str, action: str) -> list[dict[str, Any]]:
         return [p for c, a, p in self.messages if c == cid and a == action]
 
-    async def _handler(self, ws: ServerConnection) -> None:
-        assert ws.request is not None
-        cid = ws.request.path.rstrip("/").rsplit("/", 1)[-1]
-        self.paths.append(ws.request.path)
-        self.headers.append(dict(ws.request.headers.raw_items()))
-        sslobj = ws.transport.get_extra_info("ssl_object")
-        cn = None
-        if sslobj is not None and sslobj.getpeercert():
-            for rdn in sslobj.getpeercert()["subject"]:
-                for k, v in rdn:
-                    if k == "commonName":
-                        cn = v
-        self.client_cns.append(cn)
-        peer: CP16 | CP201 = Cms16(cid, ws, self) if ws.subprotocol == "ocpp1.6" else Cms201(cid, ws, self)
-        self.peers[cid] = peer
-        self.conns[cid] = ws
-        try:
-            await peer.start()
-        except Exception:
-            pass
-        finally:
-            if self.peers.get(cid) is peer:
-                del self.peers[cid]
-                del self.conns[cid]
-
-    async def start(self) -> None:
-        self.server = await serve(
-            self._handler, "127.0.0.1", self.port, subprotocols=["ocpp1.6", "ocpp2.0.1"], ssl=self.ssl_context
-        )
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
-
 
 # ---------------------------------------------------------------- chargers (ocpp library, charging station side)
-class Charger16(CP16):
+class _Recording:
+    """What a library charger received: each CALL handled (``received``, ``of``), every raw frame (``raw_in``);
+    the profile purposes it rejects (``reject_purposes``)."""
+
     def __init__(self, cid: str, conn: Any) -> None:
-        super().__init__(cid, conn, response_timeout=10)
+        super().__init__(cid, conn, response_timeout=10)  # type: ignore[call-arg]  # the ChargePoint's
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.raw_in: list[str] = []
         self.reject_purposes: set[str] = set()
 
     async def route_message(self, raw_msg: str) -> None:
         self.raw_in.append(raw_msg)
-        await super().route_message(raw_msg)
+        await super().route_message(raw_msg)  # type: ignore[misc]  # the ChargePoint's
 
     def of(self, action: str) -> list[dict[str, Any]]:
         return [p for a, p in self.received if a == action]
 
+
+class Charger16(_Recording, CP16):  # type: ignore[misc]  # the ocpp library is untyped
     @on("SetChargingProfile")
     def scp(self, connector_id: int, cs_charging_profiles: dict[str, Any]) -> Any:
         self.received.append(("SetChargingProfile", {"connector_id": connector_id, **cs_charging_profiles}))
@@ -323,20 +207,7 @@ class Charger16(CP16):
         return cr16.DataTransfer(status="Accepted")
 
 
-class Charger201(CP201):
-    def __init__(self, cid: str, conn: Any) -> None:
-        super().__init__(cid, conn, response_timeout=10)
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        self.raw_in: list[str] = []
-        self.reject_purposes: set[str] = set()
-
-    async def route_message(self, raw_msg: str) -> None:
-        self.raw_in.append(raw_msg)
-        await super().route_message(raw_msg)
-
-    def of(self, action: str) -> list[dict[str, Any]]:
-        return [p for a, p in self.received if a == action]
-
+class Charger201(_Recording, CP201):  # type: ignore[misc]  # the ocpp library is untyped
     @on("SetChargingProfile")
     def scp(self, evse_id: int, charging_profile: dict[str, Any], **kw: Any) -> Any:
         self.received.append(("SetChargingProfile", {"evse_id": evse_id, **charging_profile}))
@@ -424,7 +295,8 @@ class Gateway:
 
     async def start(self) -> None:
         self.task = asyncio.create_task(self.ctrl.run())
-        await asyncio.wait_for(self.ctrl.wait_started(), 10)
+        async with asyncio.timeout(10):
+            await self.ctrl.wait_started()
 
     async def stop(self) -> None:
         if self.task is not None:

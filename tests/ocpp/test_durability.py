@@ -112,7 +112,7 @@ async def test_sigkill_loop_during_replay_no_message_counted_twice(tmp_path: Pat
                 gw = await Proc.spawn(cfg)
             ch = await RawCharger.open(gw.port, "CP201", "2.0.1")
             seen = len(cms.raw)
-            await wait_for(lambda seen=seen: len(cms.raw) >= seen + 30, 20, what="replay under way")  # type: ignore[misc]
+            await wait_for(lambda seen=seen: len(cms.raw) >= seen + 30, 20, what="replay under way")
             await gw.kill()
             kills += 1
             await ch.close()

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ocpp.routing import on
 from ocpp.v16 import call as c16
 from ocpp.v16 import call_result as cr16
 from ocpp.v201 import call as c201
 from ocpp.v201 import call_result as cr201
+from sitesim.cms import on
 from websockets.asyncio.client import connect
 
 from gateway.config import site_from_text

@@ -214,7 +214,7 @@ async def test_one_outstanding_call_per_direction(cms: Cms, make_gateway: Any) -
         await gw.ctrl.apply(Allocation(at=0.0, limits={"CP201": ChargerLimit(limit=20.0, line_a=20.0, reason="t")}))
         try:
             extra = await asyncio.wait_for(ws.recv(), 0.5)
-            raise AssertionError(f"a second CALL was sent while one was in flight: {extra}")
+            raise AssertionError(f"a second CALL was sent while one was in flight: {extra!r}")
         except TimeoutError:
             pass
         await ws.send(json.dumps([3, f[1], {"versionNumber": 3}]))

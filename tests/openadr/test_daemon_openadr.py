@@ -8,14 +8,13 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sitesim.ev import EvSpec
 
-from tests.daemon.conftest import Rig, rig_factory, wait_for  # noqa: F401  (the fixture)
+from tests.daemon.conftest import Rig, broker, rig_factory, wait_for  # noqa: F401  (the fixtures)
 from tests.mosquitto import Mosquitto, MosquittoSub
 from tests.openadr.vtn import PREFIX, VTN, free_port
 
@@ -23,18 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web.NotAppKeyWarning")
 TOPICS = "ems/test-site/"
 
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "mosquitto")
-    b.start()
-    yield b
-    b.stop()
-
-
-def _last(sub: MosquittoSub, topic: str) -> dict[str, Any] | None:
-    msgs = sub.on(topic)
-    return json.loads(msgs[-1]) if msgs and msgs[-1] else None
 
 
 def _limited(rig: Rig, reason: str) -> bool:
@@ -62,10 +49,10 @@ async def test_daemon_follows_an_event_and_reports_its_status(rig_factory: Any, 
         assert await wait_for(lambda: _limited(rig, f"capped:openadr:{eid}/L1"), 30)
         assert rig.daemon.events("openadr_event_applied", event_id=eid)
         # telemetry: the cap by its name on the budget topic, the event on event/openadr_event
-        assert await sub.until(lambda _m: f"openadr:{eid}" in ((_last(sub, TOPICS + "budget") or {}).get("caps")
+        assert await sub.until(lambda _m: f"openadr:{eid}" in ((sub.last_json(TOPICS + "budget") or {}).get("caps")
                                                                 or {}), 15)
         assert await sub.until(lambda _m: bool(sub.on(TOPICS + "event/openadr_event")), 15)
-        ev = _last(sub, TOPICS + "event/openadr_event")
+        ev = sub.last_json(TOPICS + "event/openadr_event")
         assert ev is not None and ev["event_id"] == eid and ev["opt"] == "optIn"
 
         proc = await asyncio.create_subprocess_exec(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -15,15 +13,13 @@ from openleadr.utils import find_by
 
 from gateway.budget.service import BudgetService
 from gateway.config import Site, site_from_dict
+from hil.support import eventually
+from hil.support import free_port as free_port
 from tests.factories import ac, site_dict
 
+until = eventually  # the name the OpenADR tests know
+
 PREFIX = "/OpenADR2/Simple/2.0b"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def site(port: int, **openadr: Any) -> Site:
@@ -80,15 +76,6 @@ class VTN:
 
     def cancel(self, ven_id: str, event_id: str) -> None:
         self.server.cancel_event(ven_id, event_id)
-
-
-async def until(cond: Callable[[], object], timeout_s: float = 15.0, what: str = "") -> None:
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not cond():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout_s:g} s: {what or cond}") from None
 
 
 def service(s: Site, state_dir: Path, wall: Callable[[], float] = time.time) -> BudgetService:

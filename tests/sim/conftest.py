@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 from sitesim.charger import SimCharger
 from sitesim.cms import SimCms
+
+from hil.support import eventually
+
+wait_until = eventually  # the name the simulator tests know
 
 
 class ShiftClock:
@@ -24,17 +27,6 @@ class ShiftClock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
-
-
-async def wait_until(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from gateway.model import (
     Snapshot,
 )
 from gateway.telemetry.config import MqttConfig
-from tests.mosquitto import Mosquitto
+from tests.mosquitto import Mosquitto, running_broker
 
 SITE_TOML = """
 [site]
@@ -64,12 +64,8 @@ failsafe_power_w = 10000
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A real mosquitto broker: ``listener PORT 127.0.0.1`` + ``allow_anonymous true``."""
-    broker = Mosquitto(tmp_path / "broker")
-    broker.start()
-    try:
+    with running_broker(tmp_path / "broker") as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
 @pytest.fixture

@@ -42,7 +42,8 @@ async def test_cap_applied_and_expires_on_its_own(mosquitto: Mosquitto, site: Si
             assert r["ok"] is True and r["id"] == "dr-1" and r["cap_a"] == 120.0
             assert tel.budget.remote_cap_a(tel_now()) == 120.0
             assert await sub.until(lambda ms: bool(sub.on(ROOT + "event/site_cap_set")))
-            state = json.loads((await asyncio.to_thread(read_retained, mosquitto, ROOT + "site_cap")) or b"{}")
+            raw = await asyncio.to_thread(read_retained, mosquitto, ROOT + "site_cap")
+            state = json.loads(raw or b"{}")
             assert state["active"] is True and state["cap_a"] == 120.0 and state["request_id"] == "dr-1"
             # nobody calls site_cap_a and the cloud stays silent: the cap still expires on time
             assert await sub.until(lambda ms: bool(sub.on(ROOT + "event/site_cap_expired")), timeout=20)

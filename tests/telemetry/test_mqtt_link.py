@@ -83,7 +83,8 @@ async def test_topics_and_payloads(mosquitto: Mosquitto, site: Site, tmp_path: P
             retained = {t for t, _, r in sub.snapshot() if r}
             assert not retained  # the subscriber was there first: live messages
             assert await asyncio.to_thread(read_retained, mosquitto, ROOT + "status") == b"online"
-            late = json.loads((await asyncio.to_thread(read_retained, mosquitto, ROOT + "charger/DC-1")) or b"{}")
+            raw = await asyncio.to_thread(read_retained, mosquitto, ROOT + "charger/DC-1")
+            late = json.loads(raw or b"{}")
             assert late["limit_w"] == 20000
             assert await asyncio.to_thread(read_retained, mosquitto, ROOT + "event/cms_link_down", timeout=1) is None
 

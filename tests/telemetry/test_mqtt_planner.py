@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ class _Projections:
 
     def __init__(self, svc: PlannerService) -> None:
         self.svc = svc
-        self.events: list[tuple[str, dict[str, Any]]] = [("session_at_risk", {"charger": "AC-1", "short_kwh": 3.5})]
+        self.events: list[tuple[str, Mapping[str, object]]] = [
+            ("session_at_risk", {"charger": "AC-1", "short_kwh": 3.5})]
 
     def command(self, payload: bytes, *, require_ts: bool) -> dict[str, object]:
         return self.svc.command(payload, require_ts=require_ts)
@@ -35,7 +37,7 @@ class _Projections:
     def telemetry(self) -> dict[str, Any]:
         return {"status": "optimal", "sessions": {"AC-1": {"projected_kwh": 26.5, "need_kwh": 30.0, "at_risk": True}}}
 
-    def take_events(self) -> list[tuple[str, dict[str, Any]]]:
+    def take_events(self) -> list[tuple[str, Mapping[str, object]]]:
         ev, self.events = self.events, []
         return ev
 

@@ -99,7 +99,8 @@ def check_screenshot(path: Path, *, min_bytes: int = 20_000) -> dict[str, Any]:
         w, h = rgb.size
         colours = rgb.getcolors(maxcolors=1_000_000) or []
         top = rgb.crop((0, 0, w, 30)).getcolors(maxcolors=100_000) or []
-    header = sum(n for n, c in top if abs(c[0] - 0x1F) < 8 and abs(c[1] - 0x3A) < 8 and abs(c[2] - 0x5F) < 8)
+    header = sum(n for n, c in top
+                 if isinstance(c, tuple) and abs(c[0] - 0x1F) < 8 and abs(c[1] - 0x3A) < 8 and abs(c[2] - 0x5F) < 8)
     assert w >= 800 and h >= 600, (w, h)
     assert len(colours) >= 50, f"only {len(colours)} colours: a blank page?"
     assert header > w * 10, "the header bar is not in the screenshot"

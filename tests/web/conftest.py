@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,10 @@ from gateway.config import site_from_dict
 from gateway.model import Snapshot
 from gateway.systemd import Notifier
 from gateway.web.users import User, hash_password, save_users
+from hil.support import free_port
 from tests.daemon.conftest import small_site, wait_for
+
+dead_port = free_port  # a port nothing listens on (free right now)
 
 PASSWORDS = {"viewer": "viewer-pass-1", "tech": "tech-pass-12"}
 
@@ -38,12 +40,6 @@ def write_users(path: Path) -> Path:
         "tech": User("tech", "technician", hash_password(PASSWORDS["tech"])),
     })
     return path
-
-
-def dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def plug_all(sim: SiteSim) -> None:

@@ -56,6 +56,7 @@ async def test_site_circuits_chargers_and_meters_are_the_loops_latest_values(web
         chargers = await _get(http, w.url + "/api/chargers")
         by_id = {c["id"]: c for c in chargers}
         cur = ctl.allocation
+        assert cur is not None
         for cid, c in by_id.items():
             assert c["reason"] in {cur.limits[cid].reason, alloc.limits[cid].reason}
         # a change of the building load shows in the service current within two seconds
