@@ -16,7 +16,10 @@ from tests.daemon.conftest import Rig, wait_for
 TICK_S = 0.5
 
 
-def plug_all(rig: Rig, ids: list[str] | None = None, *, response_s: float = 1.0) -> None:
+async def plug_all(rig: Rig, ids: list[str] | None = None, *, response_s: float = 1.0) -> None:
+    """EVs on the chargers, once each charger's link to the CMS is up: before that the gateway answers an
+    Authorize itself, and refuses a token it has never seen (on a busy machine the links come up late)."""
+    assert await wait_for(lambda: set(rig.sim.chargers) <= set(rig.sim.cms.boots), 30), rig.sim.cms.boots
     for i, (cid, ch) in enumerate(rig.sim.chargers.items()):
         if ids is None or cid in ids:
             ch.plug_in(EvSpec(capacity_kwh=500.0, soc_start=0.2, max_ac_a=32.0, ac_phases=3,
@@ -36,7 +39,7 @@ async def test_notify_protocol_reload_and_failsafe_on_sigterm(rig_factory: Any) 
     d, n = rig.daemon, rig.notify
     assert n.lines("READY=1"), n.drain()
     assert n.lines("STATUS=")
-    plug_all(rig)
+    await plug_all(rig)
     assert await wait_for(lambda: all(c.effective_limit().limit > 8.0 for c in rig.sim.chargers.values()), 20)
     # the watchdog is pinged from the control loop, every tick
     before = len(n.lines("WATCHDOG=1"))
@@ -87,7 +90,7 @@ async def test_load_step_brings_the_site_back_under_its_limit(rig_factory: Any) 
     rig: Rig = await rig_factory(base_load_a=20.0)
     for ch in rig.sim.chargers.values():
         ch.tick_s = 0.1
-    plug_all(rig, response_s=1.0)
+    await plug_all(rig, response_s=1.0)
     limit = 100.0
     # settle: the EVs take what the service can give (100 A - 2 A margin - 20 A)
     assert await wait_for(lambda: site_a(rig) > 85.0, 30), site_a(rig)
@@ -114,7 +117,7 @@ async def test_load_step_brings_the_site_back_under_its_limit(rig_factory: Any) 
 
 async def test_silent_meter_moves_its_subtree_to_failsafe(rig_factory: Any) -> None:
     rig: Rig = await rig_factory()
-    plug_all(rig)
+    await plug_all(rig)
     assert await wait_for(lambda: rig.sim.chargers["CP1"].effective_limit().limit > 8.0, 20)
     t0 = time.monotonic()
     rig.sim.meters["m-p1"].silence()
@@ -133,16 +136,21 @@ async def test_silent_meter_moves_its_subtree_to_failsafe(rig_factory: Any) -> N
 
 
 async def test_noncompliant_charger_is_flagged_and_the_others_lowered(rig_factory: Any) -> None:
-    rig: Rig = await rig_factory(base_load_a=5.0)
+    def allow_tokens(cfg: dict[str, Any]) -> None:
+        # the EVs' tokens are accepted even when the gateway answers for the CMS (its link still coming up on a
+        # busy machine, a StartTransaction answered from the queue): this test is about limits, not tokens
+        cfg["ocpp"]["offline_allow_list"] = [f"TAG{i}" for i in range(4)]
+
+    rig: Rig = await rig_factory(base_load_a=5.0, edit=allow_tokens)
     for ch in rig.sim.chargers.values():
         ch.tick_s = 0.1
-    plug_all(rig, ["CP1", "CP2", "CP3"], response_s=0.5)
-    assert await wait_for(lambda: panel_a(rig) > 55.0, 30), panel_a(rig)
+    await plug_all(rig, ["CP1", "CP2", "CP3"], response_s=0.5)
+    assert await wait_for(lambda: panel_a(rig) > 55.0, 60), panel_a(rig)
     rig.sim.chargers["CP1"].noncompliant = True  # it ignores its limit and takes its maximum, 32 A
-    ev = await rig.daemon.wait_log("charger_noncompliant", charger="CP1", timeout=20)
+    ev = await rig.daemon.wait_log("charger_noncompliant", charger="CP1", timeout=60)
     assert ev["charger"] == "CP1"
     # the others are lowered so that the panel stays within its 63 A
-    assert await wait_for(lambda: panel_a(rig) <= 63.5, 15), panel_a(rig)
+    assert await wait_for(lambda: panel_a(rig) <= 63.5, 30), panel_a(rig)
     await asyncio.sleep(2.0)
     assert panel_a(rig) <= 63.5
     for cid in ("CP2", "CP3"):
