@@ -64,8 +64,9 @@ def limits_received(rig: Rig, cid: str) -> list[float]:
 async def test_commission_all_steps_then_verify_after_a_firmware_update(tmp_path: Path) -> None:
     async with running() as rig:
         out_dir = tmp_path / "report"
+        # --hold-s only bounds the waits (every charger here follows); the shortest lease the daemon takes
         code, text = await cli("--socket", str(rig.socket), "--all", "--report", str(out_dir), "--hold-s", "20",
-                               "--lease-s", "4")
+                               "--lease-s", "2")
         assert code == 0, text
         assert "PASS" in text
         result = json.loads((out_dir / "report.json").read_text())
@@ -133,8 +134,12 @@ async def test_wiring_faults_and_a_charger_that_ignores_limits_are_found_and_nam
     async with running(faults=faults, can_export=True, noncompliant=("CP3",)) as rig:
         client = CtlClient(rig.socket)
         try:
+            # CP3 never follows, so every wait on it runs to hold_s: 10 s is still several times what a charger
+            # that follows needs here (the EV's 1.5 s, a report a second); the panel's own load test is the
+            # first test's (its findings here are the phase step's and the service's)
             result, files = await commission(
-                client, Options(inventory=True, wiring=True, load_test=True, hold_s=20.0, recover_s=20.0),
+                client, Options(inventory=True, wiring=True, load_test=True, hold_s=10.0, recover_s=10.0,
+                                sub_circuits=False),
                 report_dir=tmp_path, pdf=False)
         finally:
             await client.close()
