@@ -161,3 +161,41 @@ def test_duplicates_at_the_cms_beyond_the_chargers_own_retries() -> None:
     assert card["messages_duplicated"] == 2 and card["messages_lost"] == 1
     assert card["messages_duplicated_same_id"] == 1 and card["messages_duplicated_same_event"] == 1
     assert "duplicated 2 (same id 1, same event 1)" in format_card(card)
+
+
+def test_overload_explained_by_an_ev_late_to_follow_is_the_rigs_not_self_inflicted() -> None:
+    t = np.round(np.arange(0.0, 20.0, 0.1), 6)  # no base-load step before 10 s wall
+    lim, draw = np.full(len(t), 30.0), np.full(len(t), 30.0)
+    lim[t >= 2.0] = 10.0  # lowered at 2 s wall; its EV's response is a sim tick and a sample: long overdue
+    draw[t >= 3.5] = 10.0
+
+    def card_of(over_a: float, **scenario: Any) -> dict[str, Any]:
+        cur = np.full(len(t), 90.0)
+        cur[(t >= 3.0) & (t < 3.5)] = 100.0 + over_a  # over for 5 samples
+        rec = recording(cur, t, **scenario)
+        j = rec.charger_ids.index("garage-1")
+        rec.charger_limit_a[:, j], rec.charger_draw_a[:, j] = lim, draw
+        return scorecard(rec)
+
+    card = card_of(2.0)
+    ph = card["overload"]["service"]["phases"]["L1"]  # the charger loads both legs; the current is on L1
+    assert ph["self_inflicted_a_s"] == 0.0 and card["self_inflicted_episodes"] == 0
+    assert ph["rig_late_a_s"] == pytest.approx(2.0 * 5 * 0.1 * 60, rel=1e-6) == card["rig_late_a_s"]
+    assert [e["kind"] for e in card["episodes"]] == ["rig-late"]
+    assert not [p for p in check(card, Path("/nonexistent")) if "overload" in p]
+    assert "late EVs" in format_card(card)
+
+    # more over than the late EV's excess: the rest is the gateway's
+    card = card_of(25.0)  # the EV is 20 A above its limit
+    assert card["self_inflicted_a_s"] == pytest.approx(5.0 * 5 * 0.1 * 60, rel=1e-6)
+    assert card["rig_late_a_s"] == pytest.approx(20.0 * 5 * 0.1 * 60, rel=1e-6)
+    assert [e["kind"] for e in card["episodes"]] == ["self-inflicted"]
+
+    # a charger scripted to ignore its limit is never an excuse
+    card = card_of(2.0, faults=[{"kind": "noncompliant", "at_s": 0, "target": "garage-1"}])
+    assert card["self_inflicted_a_s"] == pytest.approx(2.0 * 5 * 0.1 * 60, rel=1e-6) and card["rig_late_a_s"] == 0.0
+
+    # the EV followed within its response: the overload stays self-inflicted, all of it
+    draw[t >= 2.1] = 10.0
+    card = card_of(2.0)
+    assert card["self_inflicted_a_s"] == pytest.approx(2.0 * 5 * 0.1 * 60, rel=1e-6) and card["rig_late_a_s"] == 0.0
