@@ -97,6 +97,7 @@ def test_ideal_bound_respects_the_panel_and_the_battery() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("heavy")  # one at a time with the package build and the solar run (pytest-xdist)
 def test_garage_scenario_end_to_end(tmp_path: Path) -> None:
     from hil.__main__ import check, main
 

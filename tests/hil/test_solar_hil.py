@@ -20,6 +20,7 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "hil" / "scenarios"
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("heavy")  # one at a time with the package build and the garage run (pytest-xdist)
 def test_solar_scenario_short(tmp_path: Path) -> None:
     sc = load_scenario(SCENARIOS / "solar-garage.toml")
     sc = dataclasses.replace(sc, duration_s=900.0)  # 45 s of wall time: garage-1 and garage-2 in the sun
