@@ -82,6 +82,7 @@ def test_the_ideal_bound_under_the_levels_loses_what_the_levels_take() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("heavy")  # one at a time with the package build and the other HIL runs (pytest-xdist)
 def test_dr_busy_hour_short_on_the_rig(tmp_path: Path) -> None:
     sc = load_scenario(SHORT)
     got = run_with_and_without(sc, tmp_path)
