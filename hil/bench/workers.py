@@ -27,6 +27,7 @@ from typing import Any
 from gateway import electrical, logs
 from gateway.config import ChargerConfig, Site, site_from_dict
 from hil.rig.procs import METER_NICE, own_session
+from hil.support import wait_until_sync
 
 P = 3  # the benchmark sites are three-phase
 
@@ -281,9 +282,7 @@ class Peers:
             if lo < hi:
                 self._spawn(charger_worker, self.raw, lo, hi, url, self.shared, self.ev)
                 spawned += 1
-        deadline = time.monotonic() + 120
-        while self.shared.ready.value < spawned and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until_sync(lambda: self.shared.ready.value >= spawned, 120, 0.05)
         if go:
             self.go()
 
