@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import itertools
 
 from gateway import logs
-from hil.bench.bench_loop import bench_gateway, bench_site, default_workers, pct, proc_cpu_s, start_ready, stop_gateway
+from hil.bench.bench_loop import bench_gateway, bench_site, default_workers, pct, start_ready, stop_gateway
 from hil.bench.workers import Peers
-from hil.support import free_port
+from hil.support import free_port, proc_cpu_s
 
 
 def _ts(e: dict[str, object]) -> float:

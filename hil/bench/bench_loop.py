@@ -37,20 +37,8 @@ from gateway import logs
 from hil.bench.sites import tree_site_dict
 from hil.bench.workers import Peers
 from hil.launch import GatewayProcess
-from hil.support import free_port, wait_until
+from hil.support import free_port, proc_cpu_s, proc_rss_mb, wait_until
 from hil.tomlw import dumps
-
-
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def pct(xs: list[float], p: float) -> float:

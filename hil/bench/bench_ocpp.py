@@ -35,6 +35,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from hil.support import proc_cpu_s, proc_rss_mb
+
 NOW = "2024-01-01T00:00:00Z"
 BENCH_FILE = str(Path(__file__).resolve())
 
@@ -155,15 +159,9 @@ async def spawn_gateway(cfg: Path) -> tuple[asyncio.subprocess.Process, int]:
     return proc, port
 
 
-def proc_stats(pid: int) -> tuple[float, int]:
+def proc_stats(pid: int) -> tuple[float, float]:
     """(CPU seconds user+system, RSS bytes) of a process."""
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    cpu = (int(parts[11]) + int(parts[12])) / tick
-    with open(f"/proc/{pid}/status") as f:
-        rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    return cpu, rss
+    return proc_cpu_s(pid), proc_rss_mb(pid) * 2**20
 
 
 def pct(xs: list[float], p: float) -> float:
