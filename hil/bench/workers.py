@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway import electrical, logs
-from gateway.config import ChargerConfig, Site, site_from_dict
+from gateway.config import Site, site_from_dict
 from hil.rig.procs import METER_NICE, own_session
 from hil.support import wait_until_sync
 
@@ -45,21 +45,6 @@ class Shared:
         self.ready = ctx.Value("i", 0)  # charger workers with their chargers built, waiting for `go`
         self.go = ctx.Event()  # the chargers connect (all at once)
         self.stop = ctx.Event()
-
-
-def _line_a(cfg: ChargerConfig, sim: Any) -> list[float]:
-    out = [0.0] * P
-    for c in range(1, cfg.connectors + 1):
-        d = sim.draw_a(c)
-        if len(cfg.line_phases) == 2:
-            m = max(d) if d else 0.0
-            for p in cfg.line_phases:
-                out[p] += m
-        else:
-            for i, p in enumerate(cfg.phase_map):
-                if i < len(d):
-                    out[p] += d[i]
-    return out
 
 
 def _limit_profile(call: Any, profile_id: int) -> bool:
@@ -97,6 +82,7 @@ def charger_worker(raw: dict[str, Any], first: int, last: int, url: str, shared:
 async def _chargers(raw: dict[str, Any], first: int, last: int, url: str, shared: Shared, ev: dict[str, Any]) -> None:
     from sitesim.charger import SimCharger
     from sitesim.ev import EvSpec
+    from sitesim.site import charger_line_a
 
     site = site_from_dict(raw)
     cfgs = list(site.chargers.values())[first:last]
@@ -126,7 +112,7 @@ async def _chargers(raw: dict[str, Any], first: int, last: int, url: str, shared
                     plugged[k] = True
                     s.plug_in(EvSpec(capacity_kwh=200.0, soc_start=0.1, max_ac_a=32.0, ac_phases=cfg.phases,
                                      response_delay_s=float(ev.get("response_delay_s", 1.0)), id_tag=f"B{i}"))
-                for p, a in enumerate(_line_a(cfg, s)):
+                for p, a in enumerate(charger_line_a(site, cfg, s)):
                     shared.draws[i * P + p] = a
                 if not shared.controlled_at[i]:
                     calls = s.calls_received
