@@ -8,6 +8,7 @@ One home for what the tests and the rig each wrote again::
     v = await eventually(lambda: x.value, 15, what="a value")   # the truthy value, or AssertionError
     async with running_task(svc.run()) as task: ...             # a task for the block, cancelled after it
     proc_cpu_s(pid), proc_rss_mb(pid)                           # a process's CPU seconds and RSS (Linux /proc)
+    stop_process(popen)                                         # SIGTERM, SIGKILL if it outlives the timeout
 
 The product (``gateway/``) never imports this module.
 """
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
@@ -99,6 +101,17 @@ async def running_task(coro: Coroutine[Any, Any, _T]) -> AsyncIterator[asyncio.T
             await task
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
+    """End a child process: SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; its exit status."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=timeout_s)
+
+
 def proc_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) process ``pid`` has used so far (``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -114,4 +127,4 @@ def proc_rss_mb(pid: int) -> float:
 
 
 __all__ = ["HOST", "Poll", "eventually", "free_port", "port_open", "proc_cpu_s", "proc_rss_mb", "running_task",
-           "wait_until", "wait_until_sync"]
+           "stop_process", "wait_until", "wait_until_sync"]
