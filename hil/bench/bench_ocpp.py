@@ -37,7 +37,7 @@ from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from hil.support import proc_cpu_s, proc_rss_mb
+from hil.support import proc_cpu_s, proc_rss_mb, wait_until
 
 NOW = "2024-01-01T00:00:00Z"
 BENCH_FILE = str(Path(__file__).resolve())
@@ -350,13 +350,7 @@ async def outage_run(n: int, window_s: float, mode: str, cms_up: bool) -> dict[s
         before = cms.received
         server = await serve(cms.handler, "127.0.0.1", cms.port, subprotocols=["ocpp1.6"], compression=None)  # type: ignore[list-item]
         t0 = time.perf_counter()
-        t_first = None
-        deadline = time.monotonic() + 300
-        while cms.received - before < queued and time.monotonic() < deadline:
-            if t_first is None and cms.received > before:
-                t_first = time.perf_counter()
-            await asyncio.sleep(0.002)
-        t_end = time.perf_counter()
+        t_first, t_end = await replayed(cms, before, queued)
         t_first = t_first or t_end
         out["replay_start_s"] = t_first - t0  # CMS listening -> first replayed message (reconnect backoff)
         out["replay_s"] = max(t_end - t_first, 1e-6)
@@ -369,6 +363,18 @@ async def outage_run(n: int, window_s: float, mode: str, cms_up: bool) -> dict[s
     server.close()
     tmp.cleanup()
     return out
+
+
+async def replayed(cms: Cms, before: int, total: int, limit_s: float = 300.0) -> tuple[float | None, float]:
+    """Poll every 2 ms until the CMS has received ``total`` messages more than ``before`` (or ``limit_s``):
+    the perf_counter() of the first of them (None: none came) and of the end."""
+    t_first = None
+    deadline = time.monotonic() + limit_s
+    while cms.received - before < total and time.monotonic() < deadline:
+        if t_first is None and cms.received > before:
+            t_first = time.perf_counter()
+        await asyncio.sleep(0.002)
+    return t_first, time.perf_counter()
 
 
 async def burst_run(n: int, per: int, mode: str) -> dict[str, float]:
@@ -426,13 +432,7 @@ async def burst_run(n: int, per: int, mode: str) -> dict[str, float]:
     t_queue = time.perf_counter() - t0
     server = await serve(cms.handler, "127.0.0.1", cms.port, subprotocols=["ocpp1.6"], compression=None)  # type: ignore[list-item]
     before = cms.received
-    t_first = None
-    deadline = time.monotonic() + 300
-    while cms.received - before < per_total and time.monotonic() < deadline:
-        if t_first is None and cms.received > before:
-            t_first = time.perf_counter()
-        await asyncio.sleep(0.002)
-    t_end = time.perf_counter()
+    t_first, t_end = await replayed(cms, before, per_total)
     for c in chargers:
         await c.ws.close()
     proc.terminate()
@@ -533,9 +533,7 @@ async def main() -> None:
         ok = await asyncio.gather(*(boot(c) for c in chargers))
         t_all = time.perf_counter() - t0
         # replies may be local while an upstream is still connecting: wait for the CMS to have them all
-        deadline = time.monotonic() + 60
-        while len(cms.boots) < n and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: len(cms.boots) >= n, 60, 0.1)
         t_cms = time.perf_counter() - t0
         print(f"boot storm, {n} chargers at once")
         print(f"  connected {t_conn:.2f} s, all BootNotifications accepted {t_all:.2f} s ({sum(ok)}/{n})")
