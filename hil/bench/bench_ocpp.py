@@ -128,7 +128,14 @@ class Charger:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[mid] = fut
         await self.ws.send(json.dumps([2, mid, action, payload]))
-        return await asyncio.wait_for(fut, 60)
+        async with asyncio.timeout(60):
+            return await fut
+
+
+async def readline(stream: asyncio.StreamReader, timeout_s: float = 60.0) -> str:
+    """The next line of a child's output ('' at its end); TimeoutError after ``timeout_s``."""
+    async with asyncio.timeout(timeout_s):
+        return (await stream.readline()).decode()
 
 
 async def spawn_gateway(cfg: Path) -> tuple[asyncio.subprocess.Process, int]:
@@ -143,7 +150,7 @@ async def spawn_gateway(cfg: Path) -> tuple[asyncio.subprocess.Process, int]:
     )
     assert proc.stdout is not None
     while True:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        line = await readline(proc.stdout)
         if not line:
             raise RuntimeError("the gateway exited")
         if line.startswith("ocpp_proxy_listening"):
@@ -322,7 +329,8 @@ async def outage_run(n: int, window_s: float, mode: str, cms_up: bool) -> dict[s
 
     port_fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     reader = asyncio.create_task(read())
-    port = await asyncio.wait_for(port_fut, 60)
+    async with asyncio.timeout(60):
+        port = await port_fut
     ids = [f"B{i:04d}" for i in range(n)]
     chargers = await connect_chargers(port, ids, 50)
     stop = False
@@ -339,7 +347,8 @@ async def outage_run(n: int, window_s: float, mode: str, cms_up: bool) -> dict[s
             await asyncio.sleep(10.0)
 
     tasks = [asyncio.create_task(meter(c, 10.0 * k / n)) for k, c in enumerate(chargers)]
-    await asyncio.wait_for(got_probe.wait(), window_s + 60)
+    async with asyncio.timeout(window_s + 60):
+        await got_probe.wait()
     stop = True
     for t in tasks:
         t.cancel()
@@ -400,7 +409,7 @@ async def burst_run(n: int, per: int, mode: str) -> dict[str, float]:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None
-    while not (line := (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()).startswith("ocpp_proxy_"):
+    while not (line := await readline(proc.stdout)).startswith("ocpp_proxy_"):
         pass
     port = int(line.split("port=")[1].split()[0])
 
