@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sitesim.site import pointed_config
+
 from gateway import electrical, logs
 from gateway.config import Site, site_from_dict
 from hil.rig.procs import METER_NICE, own_session
@@ -239,22 +241,12 @@ class Peers:
         self.procs.append(p)
 
     def gateway_config(self, ocpp_port: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        d = copy.deepcopy(self.raw)
-        d.setdefault("site", {})["state_dir"] = self.state_dir
-        for m in d.get("meters", []):
-            for k in ("device", "baud_rate", "parity", "stop_bits", "bus_gap_s"):
-                m.pop(k, None)
-            m.update(transport="tcp", host="127.0.0.1", port=self.ports[m["id"]])
-        ocpp = d.setdefault("ocpp", {})
-        ocpp.update(listen_host="127.0.0.1", listen_port=ocpp_port)
-        if self.use_cms:
-            ocpp.update(cms_url=f"ws://127.0.0.1:{self.ports['cms']}", cms_security_profile=1)
-        d.pop("mqtt", None)
-        for k, v in (extra or {}).items():
-            if isinstance(v, dict):
-                d.setdefault(k, {}).update(v)
-            else:
-                d[k] = v
+        """The site pointed at the workers (the rig's ``pointed_config``); without the CMS, no upstream."""
+        d = pointed_config(self.raw, meter_ports=self.ports, meter_devices={}, cms_port=self.ports.get("cms", 0),
+                           state_dir=self.state_dir, ocpp_port=ocpp_port, extra=extra)
+        if not self.use_cms:
+            for k in ("cms_url", "cms_security_profile"):
+                d["ocpp"].pop(k, None)
         return d
 
     def connect(self, ocpp_port: int, *, go: bool = True) -> None:
