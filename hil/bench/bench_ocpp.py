@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -290,6 +290,18 @@ async def gateway_child(cfg: str, mode: str, window_s: float) -> None:
     await task
 
 
+async def teardown(chargers: list[Charger], proc: asyncio.subprocess.Process, reader: asyncio.Task[Any],
+                   server: Server, tmp: tempfile.TemporaryDirectory[str]) -> None:
+    """The end of an outage run: the chargers disconnect, the gateway child ends, the CMS closes."""
+    for c in chargers:
+        await c.ws.close()
+    proc.terminate()
+    await proc.wait()
+    reader.cancel()
+    server.close()
+    tmp.cleanup()
+
+
 async def outage_run(n: int, window_s: float, mode: str, cms_up: bool) -> dict[str, Any]:
     cms = Cms()
     server = await serve(cms.handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"], compression=None)  # type: ignore[list-item]
@@ -364,13 +376,7 @@ async def outage_run(n: int, window_s: float, mode: str, cms_up: bool) -> dict[s
         out["replay_start_s"] = t_first - t0  # CMS listening -> first replayed message (reconnect backoff)
         out["replay_s"] = max(t_end - t_first, 1e-6)
         out["replayed"] = cms.received - before
-    for c in chargers:
-        await c.ws.close()
-    proc.terminate()
-    await proc.wait()
-    reader.cancel()
-    server.close()
-    tmp.cleanup()
+    await teardown(chargers, proc, reader, server, tmp)
     return out
 
 
@@ -442,13 +448,7 @@ async def burst_run(n: int, per: int, mode: str) -> dict[str, float]:
     server = await serve(cms.handler, "127.0.0.1", cms.port, subprotocols=["ocpp1.6"], compression=None)  # type: ignore[list-item]
     before = cms.received
     t_first, t_end = await replayed(cms, before, per_total)
-    for c in chargers:
-        await c.ws.close()
-    proc.terminate()
-    await proc.wait()
-    drainer.cancel()
-    server.close()
-    tmp.cleanup()
+    await teardown(chargers, proc, drainer, server, tmp)
     return {
         "queue_per_s": per_total / t_queue,
         "replay_per_s": (cms.received - before) / max(1e-6, t_end - (t_first or t_end)),
