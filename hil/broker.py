@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from hil.support import HOST, free_port, port_open, wait_until_sync
+from hil.support import HOST, free_port, port_open, stop_process, wait_until_sync
 
 
 class Mosquitto:
@@ -82,12 +82,7 @@ class Mosquitto:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
         self.proc = None

@@ -11,6 +11,8 @@ gateway's writes, and so its loop); a task tails the file and keeps each JSON ob
 ``_ts``, the epoch seconds of its own ``timestamp``, and ``_t``, the same relative to ``t0()`` (the rig's
 scenario time 0). stderr goes into the same file unless ``stderr_path`` is given (then ``stderr`` holds it
 once the process ended). ``start()`` again after an exit appends to the same log (a restart).
+``events`` keeps only those events' lines (the others are not parsed: a benchmark's reader stays cheap next
+to a busy gateway's debug log); ``python_args`` go before ``-m gateway`` (``("-m", "cProfile", "-o", FILE)``).
 
 The product never imports this module.
 """
@@ -23,7 +25,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from signal import SIGKILL, SIGTERM
@@ -48,6 +50,8 @@ class GatewayProcess:
         env: Mapping[str, str] | None = None,
         stderr_path: Path | None = None,
         own_session: bool = False,
+        events: Collection[str] | None = None,
+        python_args: Sequence[str] = (),
     ) -> None:
         self.config = config
         self.log_path = log_path
@@ -55,6 +59,9 @@ class GatewayProcess:
         self.env = dict(env or {})
         self.stderr_path = stderr_path
         self.own_session = own_session  # its own session: its own autogroup, CPU not shared with the caller's
+        self.python_args = tuple(python_args)
+        # the byte strings one of which a kept line contains (None: every line is kept)
+        self._keys = None if events is None else tuple(f'"event": "{e}"'.encode() for e in events)
         self.proc: asyncio.subprocess.Process | None = None
         self.logs: list[dict[str, Any]] = []
         self.stderr = b""
@@ -77,11 +84,17 @@ class GatewayProcess:
                 err = files.enter_context(self.stderr_path.open("wb"))
             offset = out.tell()
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gateway", "run", "--config", str(self.config), "--log-format", "json",
+                sys.executable, *self.python_args,
+                "-m", "gateway", "run", "--config", str(self.config), "--log-format", "json",
                 stdout=out, stderr=err, env=env, start_new_session=self.own_session,
             )
         self.starts += 1
         self._reader = asyncio.create_task(self._read(self.proc, offset))
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -138,6 +151,8 @@ class GatewayProcess:
                 self.stderr = self.stderr_path.read_bytes()
 
     def _parse(self, line: bytes) -> None:
+        if self._keys is not None and not any(k in line for k in self._keys):
+            return
         try:
             d = json.loads(line)
         except ValueError:

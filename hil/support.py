@@ -7,6 +7,8 @@ One home for what the tests and the rig each wrote again::
     ok = wait_until_sync(lambda: x.ready, 20)       # the same from a thread / a synchronous fixture
     v = await eventually(lambda: x.value, 15, what="a value")   # the truthy value, or AssertionError
     async with running_task(svc.run()) as task: ...             # a task for the block, cancelled after it
+    proc_cpu_s(pid), proc_rss_mb(pid)                           # a process's CPU seconds and RSS (Linux /proc)
+    stop_process(popen)                                         # SIGTERM, SIGKILL if it outlives the timeout
 
 The product (``gateway/``) never imports this module.
 """
@@ -15,9 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 HOST = "127.0.0.1"
@@ -96,4 +101,30 @@ async def running_task(coro: Coroutine[Any, Any, _T]) -> AsyncIterator[asyncio.T
             await task
 
 
-__all__ = ["HOST", "Poll", "eventually", "free_port", "port_open", "running_task", "wait_until", "wait_until_sync"]
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
+    """End a child process: SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; its exit status."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=timeout_s)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    """Process ``pid``'s resident memory in MiB (``/proc/PID/status``; NaN when it reports none)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+__all__ = ["HOST", "Poll", "eventually", "free_port", "port_open", "proc_cpu_s", "proc_rss_mb", "running_task",
+           "stop_process", "wait_until", "wait_until_sync"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from hil.broker import HOST, Mosquitto
-from hil.support import free_port, wait_until, wait_until_sync
+from hil.support import free_port, stop_process, wait_until, wait_until_sync
 
 __all__ = ["HOST", "Mosquitto", "MosquittoSub", "free_port", "mosquitto_pub", "read_retained", "running_broker"]
 
@@ -104,13 +104,7 @@ class MosquittoSub:
     def stop(self) -> None:
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.proc.stdout is not None:

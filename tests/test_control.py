@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Callable, Mapping
 
 from gateway.control import ControlLoop
 from gateway.model import Allocation, ChargerSnapshot, MeterReading
+from hil.support import running_task
 from tests.factories import ac, charging, make_site
 
 
@@ -69,15 +69,10 @@ async def test_a_wake_during_apply_preempts_the_tick_and_the_loop_ticks_again_at
     holder.append(loop)
     seen: list[tuple[float, int]] = []
     loop.subscribe(lambda snap, alloc: seen.append((snap.taken_at, len(alloc.limits))))
-    task = asyncio.create_task(loop.run())
-    try:
+    async with running_task(loop.run()):
         async with asyncio.timeout(5):  # half the 10 s tick: the re-tick did not wait for it
             while len(loop.records) < 2:
                 await loop.ticked.wait()
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     first, second = loop.records[0], loop.records[1]
     assert first.preempted and first.trigger == "tick"
     assert not second.preempted and second.trigger == "overload:m-main"
@@ -91,15 +86,10 @@ async def test_readings_that_overload_at_every_poll_do_not_starve_the_increases(
     chargers = _WakingChargers(holder, always=True)
     loop = ControlLoop(site, _Meters(), chargers)
     holder.append(loop)
-    task = asyncio.create_task(loop.run())
-    try:
+    async with running_task(loop.run()):
         async with asyncio.timeout(5):
             while len(loop.records) < 6:
                 await loop.ticked.wait()
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     flags = [r.preempted for r in loop.records]
     # a tick after a preempted one writes its increases: never two preemptions in a row
     assert any(flags) and not any(a and b for a, b in itertools.pairwise(flags))

@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import itertools
 
 from gateway import logs
-from hil.bench.bench_loop import Gateway, bench_site, default_workers, free_port, pct, proc_cpu_s
+from hil.bench.bench_loop import bench_gateway, bench_site, default_workers, pct, start_ready, stop_gateway
 from hil.bench.workers import Peers
+from hil.support import free_port, proc_cpu_s
 
 
 def _ts(e: dict[str, object]) -> float:
@@ -37,9 +38,9 @@ async def storm(n: int, workers: int, cms: bool, limit_s: float, code: str | Non
     peers = Peers(raw, workers=workers, cms=cms)
     peers.start()
     port = free_port()
-    gw = Gateway(peers.gateway_config(port), {"gateway_ready", "tick"}, code=code)
+    gw = bench_gateway(peers.gateway_config(port), {"gateway_ready", "tick"}, code=code)
     try:
-        await gw.start()
+        await start_ready(gw)
         await asyncio.sleep(3.0)  # the loop ticking with every charger offline
         await asyncio.to_thread(peers.connect, port, go=False)  # built, waiting: then all at once
         mark = len(gw.logs)
@@ -78,7 +79,7 @@ async def storm(n: int, workers: int, cms: bool, limit_s: float, code: str | Non
             "cpu_pct": cpu,
         }
     finally:
-        await gw.stop()
+        await stop_gateway(gw)
         peers.stop()
 
 

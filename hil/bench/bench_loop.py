@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
-import socket
+import shutil
 import sys
 import tempfile
 import time
@@ -38,25 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from gateway import logs
 from hil.bench.sites import tree_site_dict
 from hil.bench.workers import Peers
+from hil.launch import GatewayProcess
+from hil.support import free_port, proc_cpu_s, proc_rss_mb, wait_until
 from hil.tomlw import dumps
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -77,71 +59,34 @@ def bench_site(n: int) -> dict[str, Any]:
     return raw
 
 
-class Gateway:
-    """``python -m gateway run`` on a config, its JSON log lines collected (the events asked for)."""
-
-    def __init__(self, cfg: dict[str, Any], events: set[str], level: str = "debug", code: str | None = None) -> None:
-        self.code = code  # another checkout's gateway/ (a baseline); default: this one
-        self.tmp = Path(tempfile.mkdtemp(prefix="ems-bench-loop-"))
-        self.path = self.tmp / "gateway.toml"
-        cfg.setdefault("logging", {})["level"] = level
-        self.path.write_text(dumps(cfg))
-        self.events = events
-        self.logs: list[dict[str, Any]] = []
-        self.proc: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        prof = os.environ.get("BENCH_PROFILE")  # a cProfile of the gateway, written when it stops
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, *(["-m", "cProfile", "-o", prof] if prof else []),
-            "-m", "gateway", "run", "--config", str(self.path), "--log-format", "json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **({"PYTHONPATH": self.code} if self.code else {})},
-            limit=1 << 20,
-            start_new_session=True,  # a session (autogroup) of its own, as a systemd unit has its own cgroup
-        )
-        self._reader = asyncio.create_task(self._read())
-        t0 = time.monotonic()
-        while not self.seen("gateway_ready"):
-            if time.monotonic() - t0 > 120 or self.proc.returncode is not None:
-                raise RuntimeError("the gateway did not become ready")
-            await asyncio.sleep(0.1)
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        keys = [f'"event": "{e}"'.encode() for e in self.events]
-        while line := await self.proc.stdout.readline():
-            if any(k in line for k in keys):
-                with contextlib.suppress(ValueError):
-                    self.logs.append(json.loads(line))
-
-    def seen(self, event: str) -> bool:
-        return any(e.get("event") == event for e in self.logs)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def stop(self) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.terminate()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(30):
-                    await self.proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
+def bench_gateway(cfg: dict[str, Any], events: set[str], level: str = "debug",
+                  code: str | None = None) -> GatewayProcess:
+    """``python -m gateway run`` on ``cfg`` in a session (autogroup) of its own, as a systemd unit has its own
+    cgroup; only ``events``' JSON log lines are kept. ``code``: another checkout's gateway/ (a baseline);
+    BENCH_PROFILE=file: a cProfile of the gateway, written when it stops."""
+    tmp = Path(tempfile.mkdtemp(prefix="ems-bench-loop-"))
+    path = tmp / "gateway.toml"
+    cfg.setdefault("logging", {})["level"] = level
+    path.write_text(dumps(cfg))
+    prof = os.environ.get("BENCH_PROFILE")
+    return GatewayProcess(path, tmp / "gateway.log", env={"PYTHONPATH": code} if code else None,
+                          own_session=True, events=events, python_args=("-m", "cProfile", "-o", prof) if prof else ())
 
 
-async def wait_until(cond: Any, limit_s: float, step_s: float = 0.2) -> bool:
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > limit_s:
-            return False
-        await asyncio.sleep(step_s)
-    return True
+async def start_ready(gw: GatewayProcess, timeout_s: float = 120.0) -> None:
+    """Start ``gw`` and wait for its ``gateway_ready`` (RuntimeError if it exits or ``timeout_s`` passes)."""
+    await gw.start()
+    assert gw.proc is not None
+    proc = gw.proc
+    await wait_until(lambda: gw.ready_count() or proc.returncode is not None, timeout_s, 0.1)
+    if not gw.ready_count():
+        raise RuntimeError("the gateway did not become ready")
+
+
+async def stop_gateway(gw: GatewayProcess) -> None:
+    """Stop ``gw`` (SIGTERM, SIGKILL after 30 s) and remove its config and log."""
+    await gw.stop()
+    shutil.rmtree(gw.config.parent, ignore_errors=True)
 
 
 async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: bool,
@@ -151,13 +96,13 @@ async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: boo
     peers = Peers(raw, workers=workers, cms=cms)
     peers.start()
     port = free_port()
-    gw = Gateway(peers.gateway_config(port), {"reallocated", "gateway_ready", "tick", "failsafe_entered",
-                                              "meter_stale", "meter_read_failed", "gc_settled", "gc_refreshed"},
-                 code=code)
+    gw = bench_gateway(peers.gateway_config(port), {"reallocated", "gateway_ready", "tick", "failsafe_entered",
+                                                    "meter_stale", "meter_read_failed", "gc_settled", "gc_refreshed"},
+                       code=code)
     try:
-        await gw.start()
+        await start_ready(gw)
         await asyncio.to_thread(peers.connect, port)
-        await wait_until(lambda: peers.online() >= n, 180)
+        await wait_until(lambda: peers.online() >= n, 180, 0.2)
         peers.plug_in()
         # sessions start and limits settle: the service close to its limit, so a step overloads it
         await wait_until(lambda: peers.service_a() >= 0.85 * limit, 90, 0.5)
@@ -212,7 +157,7 @@ async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: boo
                                                  "actuation_ms", "changed", "preempted")}, file=sys.stderr)
         return result
     finally:
-        await gw.stop()
+        await stop_gateway(gw)
         peers.stop()
 
 

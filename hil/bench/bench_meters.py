@@ -21,7 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import contextlib
 import itertools
 
 from sitesim.meter import MeterSimulator, RtuBus, SocatPair
@@ -32,6 +31,7 @@ from gateway.meters.driver import Bounds, MeterDriver
 from gateway.meters.regmap import load_map, plan_blocks
 from gateway.meters.service import MeterService, ensure_connected, make_client
 from gateway.model import MeterReading
+from hil.support import running_task
 
 TCP_MAPS = ["eastron_sdm630", "janitza_umg604", "carlo_gavazzi_em24", "carlo_gavazzi_em340", "schneider_iem3000",
             "sunspec_int", "sunspec_float", "carlo_gavazzi_em24_e1", "eastron_sdm630", "janitza_umg604"]
@@ -106,11 +106,8 @@ async def bench_rtu(seconds: float = 12.0) -> None:
             stamps.append((time.perf_counter(), mid))
 
         svc = MeterService(site, on_reading=on_reading)
-        task = asyncio.create_task(svc.run())
-        await asyncio.sleep(seconds)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        async with running_task(svc.run()):
+            await asyncio.sleep(seconds)
         await bus.stop()
     # cycles: from one reading of m0 to the next reading of m0, once the bus is busy
     t_m0 = [t for t, mid in stamps if mid == "m0"][2:]

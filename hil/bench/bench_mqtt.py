@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,7 @@ from gateway.model import (  # noqa: E402
 from gateway.telemetry.config import MqttConfig  # noqa: E402
 from gateway.telemetry.mqtt import Telemetry  # noqa: E402
 from hil.broker import Mosquitto  # noqa: E402
+from hil.support import running_task, wait_until  # noqa: E402
 
 
 def big_site(n: int) -> Site:
@@ -58,42 +58,29 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def wait(pred: object, timeout: float = 60.0) -> bool:
-    assert callable(pred)
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.005)
-    return True
-
-
 async def throughput(broker: Mosquitto, site: Site, tmp: Path, n: int) -> None:
     cfg = MqttConfig(host="127.0.0.1", port=broker.port, queue_max=max(n, 10), charger_min_interval_s=0)
     tel = Telemetry(cfg, site, state_dir=tmp / "tp")
-    task = asyncio.create_task(tel.run())
     try:
-        await wait(lambda: tel.connected)
-        t0 = time.perf_counter()
-        for i in range(n):
-            tel.event("bench", n=i)
-        t_call = time.perf_counter() - t0
-        await wait(lambda: tel.stats().acked >= n)
-        dt = time.perf_counter() - t0
-        print(f"events : {n} persisted+acked in {dt:.2f} s = {n / dt:,.0f} msg/s "
-              f"(event() call {t_call / n * 1e6:.1f} us each)")
-        a0 = tel.stats().acked
-        t0 = time.perf_counter()
-        for i in range(n):
-            tel.outbox.put_value(f"bench/v/{i}", b'{"limit_a":16.0}')
-        tel.link.wake()
-        await wait(lambda: tel.stats().acked >= a0 + n)
-        dt = time.perf_counter() - t0
-        print(f"values : {n} retained QoS 1 acked in {dt:.2f} s = {n / dt:,.0f} msg/s")
+        async with running_task(tel.run()):
+            await wait_until(lambda: tel.connected, 60.0, 0.005)
+            t0 = time.perf_counter()
+            for i in range(n):
+                tel.event("bench", n=i)
+            t_call = time.perf_counter() - t0
+            await wait_until(lambda: tel.stats().acked >= n, 60.0, 0.005)  # 5 ms: the throughput's resolution
+            dt = time.perf_counter() - t0
+            print(f"events : {n} persisted+acked in {dt:.2f} s = {n / dt:,.0f} msg/s "
+                  f"(event() call {t_call / n * 1e6:.1f} us each)")
+            a0 = tel.stats().acked
+            t0 = time.perf_counter()
+            for i in range(n):
+                tel.outbox.put_value(f"bench/v/{i}", b'{"limit_a":16.0}')
+            tel.link.wake()
+            await wait_until(lambda: tel.stats().acked >= a0 + n, 60.0, 0.005)  # 5 ms: the throughput's resolution
+            dt = time.perf_counter() - t0
+            print(f"values : {n} retained QoS 1 acked in {dt:.2f} s = {n / dt:,.0f} msg/s")
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         tel.close()
 
 
@@ -113,37 +100,34 @@ def make_tick(site: Site, t: float, k: int, chs: dict[str, ChargerSnapshot],
 async def ticks(broker: Mosquitto, site: Site, tmp: Path, n_ticks: int, label: str, period: float) -> list[float]:
     cfg = MqttConfig(host="127.0.0.1", port=broker.port, charger_min_interval_s=5, heartbeat_s=60)
     tel = Telemetry(cfg, site, state_dir=tmp / label)
-    task = asyncio.create_task(tel.run())
     chs = {c: ChargerSnapshot(c, True, ChargerState.CHARGING, draw_a=(10.0,) * 3) for c in site.chargers}
     lims = {c: ChargerLimit(16.0, 16.0, "fair-share") for c in site.chargers}
     costs: list[float] = []
     late: list[float] = []
     try:
-        if broker.running:
-            await wait(lambda: tel.connected)
-        nxt = time.monotonic()
-        for k in range(n_ticks):
-            nxt += period
-            snap, alloc = make_tick(site, time.monotonic(), k, chs, lims)  # the loop's own work
-            t0 = time.perf_counter()
-            tel.publish_tick(snap, alloc)
-            if k % 10 == 0:
-                tel.event("bench_tick", k=k)
-            costs.append(time.perf_counter() - t0)
-            await asyncio.sleep(max(0.0, nxt - time.monotonic()))
-            late.append(time.monotonic() - nxt)
-        st = tel.stats()
-        first = costs.pop(0)  # the first tick publishes every charger: reported on its own
-        late.pop(0)
-        print(f"ticks  : broker {label:4}: first tick {first * 1e3:.1f} ms; then publish_tick+event "
-              f"p50 {statistics.median(costs) * 1e3:.3f} ms, "
-              f"p99 {pct(costs, 0.99) * 1e3:.3f} ms, max {max(costs) * 1e3:.3f} ms; tick lateness "
-              f"p50 {statistics.median(late) * 1e3:.2f} ms, p99 {pct(late, 0.99) * 1e3:.2f} ms; "
-              f"acked {st.acked}, queued values {st.queued_values}, events {st.queued_events}")
+        async with running_task(tel.run()):
+            if broker.running:
+                await wait_until(lambda: tel.connected, 60.0, 0.005)
+            nxt = time.monotonic()
+            for k in range(n_ticks):
+                nxt += period
+                snap, alloc = make_tick(site, time.monotonic(), k, chs, lims)  # the loop's own work
+                t0 = time.perf_counter()
+                tel.publish_tick(snap, alloc)
+                if k % 10 == 0:
+                    tel.event("bench_tick", k=k)
+                costs.append(time.perf_counter() - t0)
+                await asyncio.sleep(max(0.0, nxt - time.monotonic()))
+                late.append(time.monotonic() - nxt)
+            st = tel.stats()
+            first = costs.pop(0)  # the first tick publishes every charger: reported on its own
+            late.pop(0)
+            print(f"ticks  : broker {label:4}: first tick {first * 1e3:.1f} ms; then publish_tick+event "
+                  f"p50 {statistics.median(costs) * 1e3:.3f} ms, "
+                  f"p99 {pct(costs, 0.99) * 1e3:.3f} ms, max {max(costs) * 1e3:.3f} ms; tick lateness "
+                  f"p50 {statistics.median(late) * 1e3:.2f} ms, p99 {pct(late, 0.99) * 1e3:.2f} ms; "
+                  f"acked {st.acked}, queued values {st.queued_values}, events {st.queued_events}")
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         tel.close()
     return costs
 

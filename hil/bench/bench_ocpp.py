@@ -32,8 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from hil.support import proc_cpu_s, proc_rss_mb, wait_until
 
 NOW = "2024-01-01T00:00:00Z"
 BENCH_FILE = str(Path(__file__).resolve())
@@ -47,12 +51,12 @@ state_dir = "{state_dir}"
 [service]
 voltage_ll_v = 400
 phases = 3
-limit_a = 1000000
+limit_a = 100000
 worst_case_non_ev_a = 0
 [[circuits]]
 id = "p1"
 parent = "service"
-limit_a = 1000000
+limit_a = 100000
 [ocpp]
 listen_host = "127.0.0.1"
 listen_port = 0
@@ -124,7 +128,14 @@ class Charger:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[mid] = fut
         await self.ws.send(json.dumps([2, mid, action, payload]))
-        return await asyncio.wait_for(fut, 60)
+        async with asyncio.timeout(60):
+            return await fut
+
+
+async def readline(stream: asyncio.StreamReader, timeout_s: float = 60.0) -> str:
+    """The next line of a child's output ('' at its end); TimeoutError after ``timeout_s``."""
+    async with asyncio.timeout(timeout_s):
+        return (await stream.readline()).decode()
 
 
 async def spawn_gateway(cfg: Path) -> tuple[asyncio.subprocess.Process, int]:
@@ -139,7 +150,7 @@ async def spawn_gateway(cfg: Path) -> tuple[asyncio.subprocess.Process, int]:
     )
     assert proc.stdout is not None
     while True:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        line = await readline(proc.stdout)
         if not line:
             raise RuntimeError("the gateway exited")
         if line.startswith("ocpp_proxy_listening"):
@@ -155,15 +166,9 @@ async def spawn_gateway(cfg: Path) -> tuple[asyncio.subprocess.Process, int]:
     return proc, port
 
 
-def proc_stats(pid: int) -> tuple[float, int]:
+def proc_stats(pid: int) -> tuple[float, float]:
     """(CPU seconds user+system, RSS bytes) of a process."""
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    cpu = (int(parts[11]) + int(parts[12])) / tick
-    with open(f"/proc/{pid}/status") as f:
-        rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-    return cpu, rss
+    return proc_cpu_s(pid), proc_rss_mb(pid) * 2**20
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -285,6 +290,18 @@ async def gateway_child(cfg: str, mode: str, window_s: float) -> None:
     await task
 
 
+async def teardown(chargers: list[Charger], proc: asyncio.subprocess.Process, reader: asyncio.Task[Any],
+                   server: Server, tmp: tempfile.TemporaryDirectory[str]) -> None:
+    """The end of an outage run: the chargers disconnect, the gateway child ends, the CMS closes."""
+    for c in chargers:
+        await c.ws.close()
+    proc.terminate()
+    await proc.wait()
+    reader.cancel()
+    server.close()
+    tmp.cleanup()
+
+
 async def outage_run(n: int, window_s: float, mode: str, cms_up: bool) -> dict[str, Any]:
     cms = Cms()
     server = await serve(cms.handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"], compression=None)  # type: ignore[list-item]
@@ -324,7 +341,8 @@ async def outage_run(n: int, window_s: float, mode: str, cms_up: bool) -> dict[s
 
     port_fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     reader = asyncio.create_task(read())
-    port = await asyncio.wait_for(port_fut, 60)
+    async with asyncio.timeout(60):
+        port = await port_fut
     ids = [f"B{i:04d}" for i in range(n)]
     chargers = await connect_chargers(port, ids, 50)
     stop = False
@@ -341,7 +359,8 @@ async def outage_run(n: int, window_s: float, mode: str, cms_up: bool) -> dict[s
             await asyncio.sleep(10.0)
 
     tasks = [asyncio.create_task(meter(c, 10.0 * k / n)) for k, c in enumerate(chargers)]
-    await asyncio.wait_for(got_probe.wait(), window_s + 60)
+    async with asyncio.timeout(window_s + 60):
+        await got_probe.wait()
     stop = True
     for t in tasks:
         t.cancel()
@@ -352,25 +371,25 @@ async def outage_run(n: int, window_s: float, mode: str, cms_up: bool) -> dict[s
         before = cms.received
         server = await serve(cms.handler, "127.0.0.1", cms.port, subprotocols=["ocpp1.6"], compression=None)  # type: ignore[list-item]
         t0 = time.perf_counter()
-        t_first = None
-        deadline = time.monotonic() + 300
-        while cms.received - before < queued and time.monotonic() < deadline:
-            if t_first is None and cms.received > before:
-                t_first = time.perf_counter()
-            await asyncio.sleep(0.002)
-        t_end = time.perf_counter()
+        t_first, t_end = await replayed(cms, before, queued)
         t_first = t_first or t_end
         out["replay_start_s"] = t_first - t0  # CMS listening -> first replayed message (reconnect backoff)
         out["replay_s"] = max(t_end - t_first, 1e-6)
         out["replayed"] = cms.received - before
-    for c in chargers:
-        await c.ws.close()
-    proc.terminate()
-    await proc.wait()
-    reader.cancel()
-    server.close()
-    tmp.cleanup()
+    await teardown(chargers, proc, reader, server, tmp)
     return out
+
+
+async def replayed(cms: Cms, before: int, total: int, limit_s: float = 300.0) -> tuple[float | None, float]:
+    """Poll every 2 ms until the CMS has received ``total`` messages more than ``before`` (or ``limit_s``):
+    the perf_counter() of the first of them (None: none came) and of the end."""
+    t_first = None
+    deadline = time.monotonic() + limit_s
+    while cms.received - before < total and time.monotonic() < deadline:
+        if t_first is None and cms.received > before:
+            t_first = time.perf_counter()
+        await asyncio.sleep(0.002)
+    return t_first, time.perf_counter()
 
 
 async def burst_run(n: int, per: int, mode: str) -> dict[str, float]:
@@ -396,7 +415,7 @@ async def burst_run(n: int, per: int, mode: str) -> dict[str, float]:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None
-    while not (line := (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()).startswith("ocpp_proxy_"):
+    while not (line := await readline(proc.stdout)).startswith("ocpp_proxy_"):
         pass
     port = int(line.split("port=")[1].split()[0])
 
@@ -428,20 +447,8 @@ async def burst_run(n: int, per: int, mode: str) -> dict[str, float]:
     t_queue = time.perf_counter() - t0
     server = await serve(cms.handler, "127.0.0.1", cms.port, subprotocols=["ocpp1.6"], compression=None)  # type: ignore[list-item]
     before = cms.received
-    t_first = None
-    deadline = time.monotonic() + 300
-    while cms.received - before < per_total and time.monotonic() < deadline:
-        if t_first is None and cms.received > before:
-            t_first = time.perf_counter()
-        await asyncio.sleep(0.002)
-    t_end = time.perf_counter()
-    for c in chargers:
-        await c.ws.close()
-    proc.terminate()
-    await proc.wait()
-    drainer.cancel()
-    server.close()
-    tmp.cleanup()
+    t_first, t_end = await replayed(cms, before, per_total)
+    await teardown(chargers, proc, drainer, server, tmp)
     return {
         "queue_per_s": per_total / t_queue,
         "replay_per_s": (cms.received - before) / max(1e-6, t_end - (t_first or t_end)),
@@ -535,9 +542,7 @@ async def main() -> None:
         ok = await asyncio.gather(*(boot(c) for c in chargers))
         t_all = time.perf_counter() - t0
         # replies may be local while an upstream is still connecting: wait for the CMS to have them all
-        deadline = time.monotonic() + 60
-        while len(cms.boots) < n and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await wait_until(lambda: len(cms.boots) >= n, 60, 0.1)
         t_cms = time.perf_counter() - t0
         print(f"boot storm, {n} chargers at once")
         print(f"  connected {t_conn:.2f} s, all BootNotifications accepted {t_all:.2f} s ({sum(ok)}/{n})")

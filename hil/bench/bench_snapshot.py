@@ -26,12 +26,12 @@ state_dir = "{state_dir}"
 [service]
 voltage_ll_v = 400
 phases = 3
-limit_a = 1000000
+limit_a = 100000
 worst_case_non_ev_a = 0
 [[circuits]]
 id = "p1"
 parent = "service"
-limit_a = 1000000
+limit_a = 100000
 [ocpp]
 listen_host = "127.0.0.1"
 listen_port = 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import os
 import random
 import statistics
 import sys
@@ -35,6 +34,7 @@ from gateway.allocation import allocate
 from gateway.control import TickRecord
 from gateway.web.config import WebConfig
 from hil.bench.sites import busy_snapshot, tree_site
+from hil.support import proc_cpu_s
 
 
 class Holder:
@@ -112,11 +112,6 @@ def _child(n: int, tick_s: float, conn: Connection) -> None:
     asyncio.run(main())
 
 
-def cpu_s(pid: int) -> float:
-    parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def page_load(url: str, runs: int = 5) -> tuple[float, int]:
     import aiohttp
 
@@ -156,12 +151,12 @@ def chromium_driver() -> Any:
 async def measure(pid: int, conn: Connection, seconds: float, label: str, run: Any = None) -> None:
     conn.send("lag")
     conn.recv()
-    c0, t0 = cpu_s(pid), time.monotonic()
+    c0, t0 = proc_cpu_s(pid), time.monotonic()
     if run is not None:
         await run()
     else:
         await asyncio.sleep(seconds)
-    c1, t1 = cpu_s(pid), time.monotonic()
+    c1, t1 = proc_cpu_s(pid), time.monotonic()
     conn.send("lag")
     med, p99, mx, clients = conn.recv()
     print(f"  {label:<34} CPU {1000 * (c1 - c0) / (t1 - t0):7.1f} ms/s   loop lag median {med * 1000:5.2f} ms, "

@@ -24,9 +24,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sitesim.site import pointed_config
+
 from gateway import electrical, logs
-from gateway.config import ChargerConfig, Site, site_from_dict
+from gateway.config import Site, site_from_dict
 from hil.rig.procs import METER_NICE, own_session
+from hil.support import wait_until_sync
 
 P = 3  # the benchmark sites are three-phase
 
@@ -44,21 +47,6 @@ class Shared:
         self.ready = ctx.Value("i", 0)  # charger workers with their chargers built, waiting for `go`
         self.go = ctx.Event()  # the chargers connect (all at once)
         self.stop = ctx.Event()
-
-
-def _line_a(cfg: ChargerConfig, sim: Any) -> list[float]:
-    out = [0.0] * P
-    for c in range(1, cfg.connectors + 1):
-        d = sim.draw_a(c)
-        if len(cfg.line_phases) == 2:
-            m = max(d) if d else 0.0
-            for p in cfg.line_phases:
-                out[p] += m
-        else:
-            for i, p in enumerate(cfg.phase_map):
-                if i < len(d):
-                    out[p] += d[i]
-    return out
 
 
 def _limit_profile(call: Any, profile_id: int) -> bool:
@@ -96,6 +84,7 @@ def charger_worker(raw: dict[str, Any], first: int, last: int, url: str, shared:
 async def _chargers(raw: dict[str, Any], first: int, last: int, url: str, shared: Shared, ev: dict[str, Any]) -> None:
     from sitesim.charger import SimCharger
     from sitesim.ev import EvSpec
+    from sitesim.site import charger_line_a
 
     site = site_from_dict(raw)
     cfgs = list(site.chargers.values())[first:last]
@@ -125,7 +114,7 @@ async def _chargers(raw: dict[str, Any], first: int, last: int, url: str, shared
                     plugged[k] = True
                     s.plug_in(EvSpec(capacity_kwh=200.0, soc_start=0.1, max_ac_a=32.0, ac_phases=cfg.phases,
                                      response_delay_s=float(ev.get("response_delay_s", 1.0)), id_tag=f"B{i}"))
-                for p, a in enumerate(_line_a(cfg, s)):
+                for p, a in enumerate(charger_line_a(site, cfg, s)):
                     shared.draws[i * P + p] = a
                 if not shared.controlled_at[i]:
                     calls = s.calls_received
@@ -252,22 +241,12 @@ class Peers:
         self.procs.append(p)
 
     def gateway_config(self, ocpp_port: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        d = copy.deepcopy(self.raw)
-        d.setdefault("site", {})["state_dir"] = self.state_dir
-        for m in d.get("meters", []):
-            for k in ("device", "baud_rate", "parity", "stop_bits", "bus_gap_s"):
-                m.pop(k, None)
-            m.update(transport="tcp", host="127.0.0.1", port=self.ports[m["id"]])
-        ocpp = d.setdefault("ocpp", {})
-        ocpp.update(listen_host="127.0.0.1", listen_port=ocpp_port)
-        if self.use_cms:
-            ocpp.update(cms_url=f"ws://127.0.0.1:{self.ports['cms']}", cms_security_profile=1)
-        d.pop("mqtt", None)
-        for k, v in (extra or {}).items():
-            if isinstance(v, dict):
-                d.setdefault(k, {}).update(v)
-            else:
-                d[k] = v
+        """The site pointed at the workers (the rig's ``pointed_config``); without the CMS, no upstream."""
+        d = pointed_config(self.raw, meter_ports=self.ports, meter_devices={}, cms_port=self.ports.get("cms", 0),
+                           state_dir=self.state_dir, ocpp_port=ocpp_port, extra=extra)
+        if not self.use_cms:
+            for k in ("cms_url", "cms_security_profile"):
+                d["ocpp"].pop(k, None)
         return d
 
     def connect(self, ocpp_port: int, *, go: bool = True) -> None:
@@ -281,9 +260,7 @@ class Peers:
             if lo < hi:
                 self._spawn(charger_worker, self.raw, lo, hi, url, self.shared, self.ev)
                 spawned += 1
-        deadline = time.monotonic() + 120
-        while self.shared.ready.value < spawned and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until_sync(lambda: self.shared.ready.value >= spawned, 120, 0.05)
         if go:
             self.go()
 

@@ -57,12 +57,10 @@ from hil.rig.procs import (
     worker_count,
 )
 from hil.scenario import Arrival, Scenario
-from hil.support import free_port, wait_until
+from hil.support import free_port, proc_cpu_s, proc_rss_mb, wait_until
 from hil.tomlw import dumps
 
 log = structlog.get_logger(__name__)
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -159,13 +157,10 @@ class ProcStats:
         if self.pid is None:
             return
         try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            self.cpu_s_now = (int(fields[11]) + int(fields[12])) / CLK_TCK
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        self.rss_mb.append(int(line.split()[1]) / 1024.0)
+            self.cpu_s_now = proc_cpu_s(self.pid)
+            rss = proc_rss_mb(self.pid)
+            if not math.isnan(rss):
+                self.rss_mb.append(rss)
         except (OSError, IndexError, ValueError):
             pass
 

@@ -16,7 +16,8 @@ async def _run(cfg: Path, meter: str) -> tuple[int, str]:
         sys.executable, "-m", "gateway", "read-meter", "--config", str(cfg), meter,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    async with asyncio.timeout(30):
+        out, _ = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode()
 

@@ -15,6 +15,7 @@ from gateway.meters.config import MeterConfig
 from gateway.meters.driver import Bounds, MeterDriver, read_block
 from gateway.meters.regmap import Block, load_map
 from gateway.meters.service import MeterService, make_client
+from hil.support import running_task
 from tests.meters.conftest import make_site, tcp_meter, wait_for
 
 
@@ -115,16 +116,13 @@ async def test_a_meter_going_stale_wakes_the_control_loop_at_once() -> None:
     loop = asyncio.get_running_loop()
     site = make_site(tcp_meter("m", port, circuit="sub", poll_interval_s=0.1, stale_after_s=0.6, timeout_s=0.2))
     svc = MeterService(site, on_stale=lambda mid: stale.append((mid, loop.time())))
-    task = asyncio.create_task(svc.run())
     try:
-        await wait_for(lambda: svc.status()["m"] == "ok")
-        sim.silence()
-        silenced = loop.time()
-        await wait_for(lambda: bool(stale), 5.0)
-        assert stale[0][0] == "m" and svc.status()["m"] == "stale"
-        assert stale[0][1] - silenced < 0.6 + 0.2 * 2 + 0.6  # stale_after_s, a poll's timeouts, the watcher
+        async with running_task(svc.run()):
+            await wait_for(lambda: svc.status()["m"] == "ok")
+            sim.silence()
+            silenced = loop.time()
+            await wait_for(lambda: bool(stale), 5.0)
+            assert stale[0][0] == "m" and svc.status()["m"] == "stale"
+            assert stale[0][1] - silenced < 0.6 + 0.2 * 2 + 0.6  # stale_after_s, a poll's timeouts, the watcher
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await sim.stop()

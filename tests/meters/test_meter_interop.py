@@ -151,7 +151,8 @@ def _mbpoll_values(out: str) -> list[float]:
 async def _mbpoll(args: Sequence[str]) -> str:
     proc = await asyncio.create_subprocess_exec("mbpoll", *args, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    async with asyncio.timeout(20):
+        out, _ = await proc.communicate()
     assert proc.returncode == 0, out.decode(errors="replace")
     return out.decode()
 

@@ -3,9 +3,7 @@ we did not write (modbus-tk), with a register image laid out here by hand from t
 
 from __future__ import annotations
 
-import asyncio
 import math
-import socket
 import struct
 
 import pytest
@@ -15,7 +13,7 @@ from gateway.meters.driver import Bounds, MeterDriver
 from gateway.meters.regmap import load_map
 from gateway.meters.service import ensure_connected, make_client
 from gateway.model import MeterReading
-from hil.support import free_port as _free_port
+from hil.support import free_port, port_open, wait_until
 
 
 def _f32(v: float) -> list[int]:
@@ -60,14 +58,10 @@ async def _read(map_name: str, base: int, image: list[int], phase_map: list[str]
     from modbus_tk import defines as cst
     from modbus_tk import modbus_tcp
 
-    port = _free_port()
+    port = free_port()
     server = modbus_tcp.TcpServer(port=port, address="127.0.0.1")
     server.start()  # listens from its own thread: wait until it accepts
-    for _ in range(200):
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: port_open(port), 2.0, 0.01)
     try:
         slave = server.add_slave(1)
         slave.add_block("hr", cst.HOLDING_REGISTERS, base, len(image))

@@ -25,6 +25,7 @@ from openleadr.utils import certificate_fingerprint
 
 from gateway.budget.openadr_ven import Ven2b
 from gateway.config import site_from_dict
+from hil.support import running_task
 from tests.factories import ac, site_dict
 from tests.openadr.vtn import PREFIX, free_port, service, until
 
@@ -111,22 +112,19 @@ async def run_tls(tmp_path: Path, *, wrong_fingerprint: bool) -> tuple[Any, list
         s = site_from_dict(d)
         assert s.budget.openadr is not None
         svc = service(s, tmp_path / "state")
-        task = asyncio.create_task(Ven2b(s.budget.openadr, svc.openadr).run())
         try:
-            if wrong_fingerprint:
-                await asyncio.sleep(2.0)
-            else:
-                await until(lambda: svc.openadr.ven.registered)
-                eid = server.add_event(ven_id="ven-tls", signal_name="SIMPLE", signal_type="level",
-                                       intervals=[{"dtstart": dt.datetime.now(dt.UTC), "signal_payload": 2,
-                                                   "duration": dt.timedelta(minutes=5)}],
-                                       callback=lambda ven_id, event_id, opt_type: None)
-                await until(lambda: eid in svc.openadr.events)
-            return svc.openadr.status(time.time()), seen
+            async with running_task(Ven2b(s.budget.openadr, svc.openadr).run()):
+                if wrong_fingerprint:
+                    await asyncio.sleep(2.0)
+                else:
+                    await until(lambda: svc.openadr.ven.registered)
+                    eid = server.add_event(ven_id="ven-tls", signal_name="SIMPLE", signal_type="level",
+                                           intervals=[{"dtstart": dt.datetime.now(dt.UTC), "signal_payload": 2,
+                                                       "duration": dt.timedelta(minutes=5)}],
+                                           callback=lambda ven_id, event_id, opt_type: None)
+                    await until(lambda: eid in svc.openadr.events)
+                return svc.openadr.status(time.time()), seen
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             svc.close()
             await server.stop()
 

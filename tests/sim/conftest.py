@@ -56,4 +56,5 @@ async def run_charger() -> AsyncIterator[Callable[[SimCharger], asyncio.Task[Non
         t.cancel()
     for t in tasks:
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(t, 15.0)
+            async with asyncio.timeout(15.0):
+                await t

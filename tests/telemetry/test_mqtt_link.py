@@ -13,6 +13,7 @@ import pytest
 from gateway.config import Site
 from gateway.model import MeterReading
 from gateway.telemetry.mqtt import Telemetry
+from hil.support import running_task
 from tests.mosquitto import Mosquitto, MosquittoSub, read_retained
 from tests.telemetry.conftest import async_wait, mqtt_cfg, tick
 
@@ -21,13 +22,11 @@ ROOT = "ems/t-site/"
 
 @contextlib.asynccontextmanager
 async def running(tel: Telemetry) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(tel.run())
+    """``tel`` running for the block, closed after it."""
     try:
-        yield task
+        async with running_task(tel.run()) as task:
+            yield task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         tel.close()
 
 

@@ -5,7 +5,6 @@ action, a technician's cap shown as the budget source; screenshots checked for s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 
 from hil.browser import new_driver
+from hil.support import running_task
 from tests.daemon.conftest import wait_for
 from tests.web.browser import Browser, check_screenshot, chromium_or_skip
 from tests.web.conftest import PASSWORDS, Web, remote_cap_a
@@ -157,28 +157,25 @@ async def test_the_page_with_1000_chargers(browser: Browser, tmp_path: Path) -> 
     holder.snapshot, holder.allocation = snap, alloc
     svc = WebService(WebConfig(port=0, users_file=str(tmp_path / "none")), site, holder, state_dir=tmp_path,
                      clock=lambda: 1000.5)
-    task = asyncio.create_task(svc.run())
     try:
-        async with asyncio.timeout(10):
-            await svc.started.wait()
-        b = browser
-        t0 = time.monotonic()
-        await b.get(f"http://127.0.0.1:{svc.port}/")
-        rows = await b.until(lambda: b.d.execute_script(
-            "const n = document.querySelectorAll('#chargers tbody tr').length; return n === 1000 ? n : 0;"), 20)
-        print(f"1000 chargers: every row shown {time.monotonic() - t0:.2f} s after the request")
-        assert rows == 1000
-        cid = "CP0500"
-        lim = alloc.limits[cid]
-        cells = await b.js(f"return [...document.querySelector('#chargers tr[data-id=\"{cid}\"]').cells]"
-                           ".map(c => c.textContent)")
-        assert cells[0] == cid and cells[3] == f"{lim.limit:.1f} A" and cells[5] == lim.reason
-        await b.type("#charger-filter", "CP099")
-        assert await b.until(lambda: b.d.execute_script(
-            "return document.querySelectorAll('#chargers tbody tr').length === 10"), 5)
-        print("screenshot", check_screenshot(await b.screenshot(tmp_path / "thousand.png")))
+        async with running_task(svc.run()):
+            async with asyncio.timeout(10):
+                await svc.started.wait()
+            b = browser
+            t0 = time.monotonic()
+            await b.get(f"http://127.0.0.1:{svc.port}/")
+            rows = await b.until(lambda: b.d.execute_script(
+                "const n = document.querySelectorAll('#chargers tbody tr').length; return n === 1000 ? n : 0;"), 20)
+            print(f"1000 chargers: every row shown {time.monotonic() - t0:.2f} s after the request")
+            assert rows == 1000
+            cid = "CP0500"
+            lim = alloc.limits[cid]
+            cells = await b.js(f"return [...document.querySelector('#chargers tr[data-id=\"{cid}\"]').cells]"
+                               ".map(c => c.textContent)")
+            assert cells[0] == cid and cells[3] == f"{lim.limit:.1f} A" and cells[5] == lim.reason
+            await b.type("#charger-filter", "CP099")
+            assert await b.until(lambda: b.d.execute_script(
+                "return document.querySelectorAll('#chargers tbody tr').length === 10"), 5)
+            print("screenshot", check_screenshot(await b.screenshot(tmp_path / "thousand.png")))
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         svc.close()

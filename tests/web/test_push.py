@@ -20,6 +20,7 @@ from gateway.web.config import WebConfig, WebPushConfig
 from gateway.web.server import WebService
 from hil.bench.bench_web import Holder
 from hil.bench.sites import busy_snapshot, tree_site
+from hil.support import running_task
 from tests.daemon.conftest import small_site, wait_for
 
 
@@ -55,15 +56,12 @@ class Receiver:
 
 @contextlib.asynccontextmanager
 async def running(svc: WebService) -> Any:
-    task = asyncio.create_task(svc.run())
     try:
-        async with asyncio.timeout(10):
-            await svc.started.wait()
-        yield svc
+        async with running_task(svc.run()):
+            async with asyncio.timeout(10):
+                await svc.started.wait()
+            yield svc
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         svc.close()
 
 
