@@ -20,6 +20,7 @@ from gateway.ocpp_proxy.config import OcppConfig
 from gateway.ocpp_proxy.ports import SessionEvents
 from gateway.ocpp_proxy.state import ChargerTracker
 from gateway.ocpp_proxy.store import Store
+from gateway.ocpp_proxy.typed import payload_of
 
 # the CMS's CALLs handled here (they are validated first)
 PROFILE_CALLS = frozenset({"SetChargingProfile", "ClearChargingProfile", "GetCompositeSchedule"})
@@ -134,8 +135,8 @@ class CmsProfiles:
         unit = str(p.get("chargingRateUnit") or self.cfg.unit)
         value = self._convert(limit, self.cfg.unit, unit)
         if self.version == "1.6":
-            return policy.composite_16(int(p.get("connectorId", 0)), duration, unit, value, _now())
-        return policy.composite_201(int(p.get("evseId", 0)), duration, unit, value, _now())
+            return payload_of(policy.composite_16(int(p.get("connectorId", 0)), duration, unit, value, _now()))
+        return payload_of(policy.composite_201(int(p.get("evseId", 0)), duration, unit, value, _now()))
 
     def relayed(self, action: str, p: dict[str, Any]) -> None:
         """A CMS profile CALL the charger accepted: what its composite schedule is made of (in memory)."""

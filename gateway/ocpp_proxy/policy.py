@@ -15,9 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ocpp.v16 import call as call16
+from ocpp.v16 import call_result as result16
 from ocpp.v16 import datatypes as dt16
 from ocpp.v16 import enums as enums16
 from ocpp.v201 import call as call201
+from ocpp.v201 import call_result as result201
 from ocpp.v201 import datatypes as dt201
 from ocpp.v201 import enums as enums201
 
@@ -184,33 +186,34 @@ def convert(
     return electrical.ac_power_w(service, line_phases, value)
 
 
-def composite_16(connector_id: int, duration: int, unit: str, limit: float | None, now: datetime) -> dict[str, Any]:
-    """A GetCompositeSchedule answer (1.6) that shows the CMS its own limit."""
+def composite_16(connector_id: int, duration: int, unit: str, limit: float | None, now: datetime) -> Any:
+    """A GetCompositeSchedule answer (``ocpp.v16.call_result``) that shows the CMS its own limit."""
     if limit is None:
-        return {"status": "Rejected"}
-    return {
-        "status": "Accepted",
-        "connectorId": connector_id,
-        "scheduleStart": iso(now),
-        "chargingSchedule": {
-            "duration": duration,
-            "startSchedule": iso(now),
-            "chargingRateUnit": unit,
-            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": round_limit(limit)}],
-        },
-    }
+        return result16.GetCompositeSchedule(status=enums16.GetCompositeScheduleStatus.rejected)
+    return result16.GetCompositeSchedule(
+        status=enums16.GetCompositeScheduleStatus.accepted,
+        connector_id=connector_id,
+        schedule_start=iso(now),
+        charging_schedule=dt16.ChargingSchedule(
+            charging_rate_unit=enums16.ChargingRateUnitType(unit),
+            charging_schedule_period=[dt16.ChargingSchedulePeriod(start_period=0, limit=round_limit(limit))],
+            duration=duration,
+            start_schedule=iso(now),
+        ),
+    )
 
 
-def composite_201(evse_id: int, duration: int, unit: str, limit: float | None, now: datetime) -> dict[str, Any]:
+def composite_201(evse_id: int, duration: int, unit: str, limit: float | None, now: datetime) -> Any:
+    """The same answer in 2.0.1 (``ocpp.v201.call_result``)."""
     if limit is None:
-        return {"status": "Rejected"}
-    return {
-        "status": "Accepted",
-        "schedule": {
-            "evseId": evse_id,
-            "duration": duration,
-            "scheduleStart": iso(now),
-            "chargingRateUnit": unit,
-            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": round_limit(limit)}],
-        },
-    }
+        return result201.GetCompositeSchedule(status=enums201.GenericStatusEnumType.rejected)
+    return result201.GetCompositeSchedule(
+        status=enums201.GenericStatusEnumType.accepted,
+        schedule=dt201.CompositeScheduleType(
+            evse_id=evse_id,
+            duration=duration,
+            schedule_start=iso(now),
+            charging_rate_unit=enums201.ChargingRateUnitEnumType(unit),
+            charging_schedule_period=[dt201.ChargingSchedulePeriodType(start_period=0, limit=round_limit(limit))],
+        ),
+    )

@@ -35,11 +35,12 @@ from gateway.ocpp_proxy.offline import Backlog, OfflineResponder
 from gateway.ocpp_proxy.ports import Clock, SessionEvents
 from gateway.ocpp_proxy.profile_reports import ProfileReports
 from gateway.ocpp_proxy.pump import RelayPump
-from gateway.ocpp_proxy.relay import CallFailed
+from gateway.ocpp_proxy.relay import CallFailed, OutCall
 from gateway.ocpp_proxy.replay import Replay
 from gateway.ocpp_proxy.state import ChargerTracker
 from gateway.ocpp_proxy.store import Store
 from gateway.ocpp_proxy.txids import TxIds
+from gateway.ocpp_proxy.typed import Call
 from gateway.ocpp_proxy.upstream import UpstreamTarget
 
 log = structlog.get_logger(__name__)
@@ -196,11 +197,19 @@ class ChargerSession:
     async def resume_limit(self) -> None:
         await self.actuator.resume_limit()
 
+    async def ask(self, call: Call) -> dict[str, Any] | None:
+        """One CALL of the gateway's own to the charger (an ``ocpp`` call dataclass): its result's payload, None
+        if it failed."""
+        return await self._result(self.charger.own_call(call))
+
     async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """One CALL of the gateway's own to the charger (commissioning read-backs, their payload as JSON already):
-        its result, None if it failed."""
+        """The same for a read-back whose payload is JSON already (handed over the control socket)."""
+        return await self._result(self.charger.own_dict_call(action, payload))
+
+    @staticmethod
+    async def _result(out: OutCall) -> dict[str, Any] | None:
         try:
-            ans = await self.charger.own_dict_call(action, payload).result
+            ans = await out.result
         except CallFailed:
             return None
         return ans.payload if ans.kind == CALLRESULT else None
