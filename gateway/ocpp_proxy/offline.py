@@ -1,5 +1,7 @@
 """The offline responder: what the charger hears while the CMS is unreachable (or replaying).
 
+Its answers are the ``ocpp`` library's call_result dataclasses (an empty answer is ``{}``).
+
 Transaction-related CALLs are written to the durable queue before they are acknowledged; tokens are
 judged from the allow list and the cache of the CMS's answers; notifications are acknowledged.
 """
@@ -12,6 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from ocpp.v16 import call_result as result16
+from ocpp.v16 import datatypes as dt16
+from ocpp.v16 import enums as enums16
+from ocpp.v201 import call_result as result201
+from ocpp.v201 import datatypes as dt201
+from ocpp.v201 import enums as enums201
 from structlog.typing import FilteringBoundLogger
 
 from gateway.errors import StoreError
@@ -21,6 +29,7 @@ from gateway.ocpp_proxy.frames import Frame, error_text, result_text
 from gateway.ocpp_proxy.ports import SessionEvents
 from gateway.ocpp_proxy.state import ChargerTracker
 from gateway.ocpp_proxy.store import QueueFull, Store
+from gateway.ocpp_proxy.typed import payload_of
 
 T = TypeVar("T")
 
@@ -98,44 +107,54 @@ class OfflineResponder:
             return "Accepted"
         return "Accepted" if status == "Accepted" else "Invalid"
 
+    def _token_info(self, token: Any) -> Any:
+        """What the charger is told of a token (its version's IdTagInfo / IdTokenInfoType)."""
+        status = self.token_status(token)
+        if self.version == "1.6":
+            return dt16.IdTagInfo(status=enums16.AuthorizationStatus(status))
+        return dt201.IdTokenInfoType(status=enums201.AuthorizationStatusEnumType(status))
+
     async def answer(self, frame: Frame) -> None:
         action, p, mid = frame.action or "", frame.payload, frame.message_id
         now = policy.iso(datetime.now(UTC))
         keep = self._keep_rows  # nothing to replay to without a CMS
-        answer: dict[str, Any] | None
+        v16 = self.version == "1.6"
+        result = result16 if v16 else result201
+        answer: Any  # an ocpp call_result dataclass, {} (an empty answer) or None (none to give)
         try:
             if action == "BootNotification":
                 self.backlog.boot = p if keep else None
-                answer = {"status": "Accepted", "currentTime": now, "interval": self.ocpp.heartbeat_interval_s}
+                answer = result.BootNotification(current_time=now, interval=self.ocpp.heartbeat_interval_s,
+                                                 status="Accepted")
             elif action == "Heartbeat":
-                answer = {"currentTime": now}
+                answer = result.Heartbeat(current_time=now)
             elif action == "Authorize":
-                if self.version == "1.6":
-                    answer = {"idTagInfo": {"status": self.token_status(p.get("idTag"))}}
+                if v16:
+                    answer = result16.Authorize(id_tag_info=self._token_info(p.get("idTag")))
                 else:
-                    tok = (p.get("idToken") or {}).get("idToken")
-                    answer = {"idTokenInfo": {"status": self.token_status(tok)}}
-            elif action == "StartTransaction" and self.version == "1.6":
-                status = self.token_status(p.get("idTag"))
+                    token = (p.get("idToken") or {}).get("idToken")
+                    answer = result201.Authorize(id_token_info=self._token_info(token))
+            elif action == "StartTransaction" and v16:
+                info = self._token_info(p.get("idTag"))
                 if keep:
                     local_id = await self._writing(self.store.enqueue_start_16(self.id, mid, frame.raw))
                 else:
                     local_id = -int(time.time() * 1000) % 2_000_000_000 or 1
                 self.tracker.on_start_16(p, local_id)
                 self.events.changed(self.id)
-                answer = {"idTagInfo": {"status": status}, "transactionId": local_id}
+                answer = result16.StartTransaction(transaction_id=local_id, id_tag_info=info)
             elif action in QUEUED:
                 if keep:
                     await self._enqueue(frame)
                 answer = {}
                 if action == "StopTransaction" and p.get("idTag") is not None:
-                    answer = {"idTagInfo": {"status": self.token_status(p.get("idTag"))}}
+                    answer = result16.StopTransaction(id_tag_info=self._token_info(p.get("idTag")))
                 if action == "TransactionEvent" and isinstance(p.get("idToken"), dict):
-                    answer = {"idTokenInfo": {"status": self.token_status(p["idToken"].get("idToken"))}}
+                    answer = result201.TransactionEvent(id_token_info=self._token_info(p["idToken"].get("idToken")))
             elif action == "DataTransfer":
-                answer = {"status": "Rejected"}
+                answer = result.DataTransfer(status="Rejected")
             elif action in NOTIFICATIONS:
-                answer = {} if action != "SignCertificate" else {"status": "Rejected"}
+                answer = {} if action != "SignCertificate" else result.SignCertificate(status="Rejected")
             else:
                 answer = None
         except StoreError as exc:
@@ -148,7 +167,7 @@ class OfflineResponder:
         else:
             if action in QUEUED:
                 self.log.info("queued_offline", action=action)
-            await self._send(result_text(mid, answer))
+            await self._send(result_text(mid, answer if isinstance(answer, dict) else payload_of(answer)))
 
     async def _writing(self, write: Awaitable[T]) -> T:
         self.backlog.writing += 1

@@ -1,16 +1,28 @@
-"""The gateway's own CALLs and answers, built as the ``ocpp`` library's dataclasses, are valid OCPP frames."""
+"""The gateway's own CALLs and answers (profiles, composite schedules, offline answers), built as the ``ocpp``
+library's dataclasses, are valid OCPP frames."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import time
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 
+from gateway.config import load_site
 from gateway.ocpp_proxy import policy
 from gateway.ocpp_proxy.frames import CALL, CALLRESULT, call_text, parse_frame, validate
+from gateway.ocpp_proxy.offline import Backlog, OfflineResponder
+from gateway.ocpp_proxy.ports import EventHooks
+from gateway.ocpp_proxy.state import ChargerTracker, draw_bounds
+from gateway.ocpp_proxy.store import QueueLimits, Store
 from gateway.ocpp_proxy.typed import action_of, payload_of
+
+from .conftest import site_text
 
 START = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
 
@@ -49,3 +61,65 @@ def test_composite_schedule_answers_pass_the_schema(version: str) -> None:
             assert sched["chargingSchedulePeriod"][0]["limit"] == policy.round_limit(limit)
             assert sched["duration"] == 300 and sched["chargingRateUnit"] == unit
         assert json.loads(json.dumps(payload)) == payload  # serialisable as it is
+
+
+TS = "2026-03-01T12:00:00.000Z"
+TOKEN_16 = "T-unknown"
+TOKEN_201 = {"idToken": "T-unknown", "type": "ISO14443"}
+CALLS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "1.6": [
+        ("BootNotification", {"chargePointVendor": "v", "chargePointModel": "m"}),
+        ("Heartbeat", {}),
+        ("Authorize", {"idTag": TOKEN_16}),
+        ("StartTransaction", {"connectorId": 1, "idTag": TOKEN_16, "meterStart": 0, "timestamp": TS}),
+        ("MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": TS, "sampledValue": [{"value": "1"}]}]}),
+        ("StopTransaction", {"transactionId": -1, "idTag": TOKEN_16, "meterStop": 10, "timestamp": TS}),
+        ("StatusNotification", {"connectorId": 1, "errorCode": "NoError", "status": "Available"}),
+        ("DataTransfer", {"vendorId": "x"}),
+        ("FirmwareStatusNotification", {"status": "Idle"}),
+    ],
+    "2.0.1": [
+        ("BootNotification", {"chargingStation": {"model": "m", "vendorName": "v"}, "reason": "PowerUp"}),
+        ("Heartbeat", {}),
+        ("Authorize", {"idToken": TOKEN_201}),
+        ("TransactionEvent", {"eventType": "Started", "timestamp": TS, "triggerReason": "Authorized", "seqNo": 0,
+                              "transactionInfo": {"transactionId": "t1"}, "idToken": TOKEN_201}),
+        ("StatusNotification", {"timestamp": TS, "connectorStatus": "Available", "evseId": 1, "connectorId": 1}),
+        ("DataTransfer", {"vendorId": "x"}),
+        ("SignCertificate", {"csr": "x"}),
+    ],
+}
+
+
+@pytest.mark.parametrize(("cid", "version"), [("CP16", "1.6"), ("CP201", "2.0.1")])
+async def test_offline_answers_pass_the_schema(tmp_path: Path, cid: str, version: str) -> None:
+    """While the CMS is away the gateway answers the charger itself: each answer is a valid CALLRESULT."""
+    path = tmp_path / "site.toml"
+    path.write_text(site_text(tmp_path / "state", 1))
+    site = load_site(path)
+    cfg = site.chargers[cid]
+    store = Store(str(tmp_path / "ocpp.sqlite"), QueueLimits())
+    events: list[tuple[str, dict[str, object]]] = []
+    sent: list[str] = []
+
+    async def send(text: str) -> None:
+        sent.append(text)
+
+    tracker = ChargerTracker(cfg, site.service.phases, time.monotonic, bounds=draw_bounds(site, cfg))
+    hooks = EventHooks(lambda n, f: events.append((n, f)), lambda _c: None, lambda _c, _p: None)
+    responder = OfflineResponder(cid, version, site.ocpp, store, tracker, hooks, structlog.get_logger(),
+                                 send=send, keep=True, backlog=Backlog())
+    try:
+        for i, (action, payload) in enumerate(CALLS[version]):
+            assert validate(version, CALL, action, payload) is None, (action, "the test's own CALL")
+            await responder.answer(parse_frame(call_text(f"m{i}", action, payload), version, 65536))
+            answer = parse_frame(sent[-1], version, 65536)
+            assert answer.kind == CALLRESULT and answer.message_id == f"m{i}", sent[-1]
+            assert validate(version, CALLRESULT, action, answer.payload) is None, (action, answer.payload)
+            info = answer.payload.get("idTagInfo") or answer.payload.get("idTokenInfo")
+            if action in ("Authorize", "StartTransaction"):
+                assert info == {"status": "Invalid"}, "an unknown token offline (offline_accept_unknown is off)"
+        assert store.pending(cid), "the transaction messages were queued for replay"
+        assert not events, "no queue refused anything"
+    finally:
+        store.close()
