@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
+from ocpp.v16 import call as call16
+from ocpp.v201 import call as call201
 
 from gateway import __version__
 from gateway.config import PHASES, Site
@@ -253,9 +255,11 @@ class CtlHandler:
 
     @staticmethod
     async def _composite(s: Any, unit: str) -> float | None:
-        payload: dict[str, Any] = {"duration": 300, "chargingRateUnit": unit}
-        payload["connectorId" if s.version == "1.6" else "evseId"] = 0
-        res = await s.call("GetCompositeSchedule", payload)
+        if s.version == "1.6":
+            req: Any = call16.GetCompositeSchedule(connector_id=0, duration=300, charging_rate_unit=unit)
+        else:
+            req = call201.GetCompositeSchedule(duration=300, evse_id=0, charging_rate_unit=unit)
+        res = await s.ask(req)
         if not isinstance(res, dict) or res.get("status") != "Accepted":
             return None
         sched = res.get("chargingSchedule") or res.get("schedule") or {}

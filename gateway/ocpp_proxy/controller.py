@@ -17,9 +17,12 @@ from websockets.typing import Subprotocol
 from gateway.config import ChargerConfig, Site
 from gateway.errors import StoreError
 from gateway.model import Allocation, ChargerSnapshot
+from gateway.ocpp_proxy.actuator import DUE_DECREASE, DUE_NOT
 from gateway.ocpp_proxy.frames import SUBPROTOCOLS
+from gateway.ocpp_proxy.limits import LimitState
+from gateway.ocpp_proxy.ports import EventHooks
 from gateway.ocpp_proxy.server import check_request, credential_strength, identity_of, is_tls, server_ssl_context
-from gateway.ocpp_proxy.session import DUE_DECREASE, DUE_NOT, ChargerSession, LimitState
+from gateway.ocpp_proxy.session import ChargerSession
 from gateway.ocpp_proxy.state import ChargerTracker, draw_bounds
 from gateway.ocpp_proxy.store import QueueLimits, Store
 from gateway.ocpp_proxy.upstream import UpstreamTarget, target_for
@@ -63,6 +66,8 @@ class OcppController:
         self._cms_contexts: dict[int, ssl.SSLContext] = {}
         # per charger, what its last BootNotification said (vendor, model, serial, firmware), for commissioning
         self.boots: dict[str, dict[str, str]] = {}
+        # what a session may tell its controller (it never holds the controller itself)
+        self._session_events = EventHooks(self._event, self.changed, self.booted)
         for ch in site.chargers.values():
             self.tracker(ch.id)
 
@@ -88,6 +93,9 @@ class OcppController:
         return target_for(self.site.ocpp, cfg, self._cms_contexts)
 
     def event(self, name: str, **fields: object) -> None:
+        self._event(name, fields)
+
+    def _event(self, name: str, fields: dict[str, object]) -> None:
         if self._on_event is not None:
             try:
                 self._on_event(name, fields)
@@ -168,7 +176,18 @@ class OcppController:
             await old.close()
         self._strength[cid] = strength
         self.limit_state(cid).connected()  # online now, but not controlled until its profiles are accepted
-        session = ChargerSession(self, cfg, ws)
+        session = ChargerSession(
+            cfg,
+            ws,
+            ocpp=self.site.ocpp,
+            store=self.store,
+            tracker=self.tracker(cid),
+            limit=self.limit_state(cid),
+            target=self.upstream_target(cfg),
+            events=self._session_events,
+            clock=self.clock,
+            service=lambda: self.site.service,
+        )
         self.sessions[cid] = session
         try:
             await session.run()

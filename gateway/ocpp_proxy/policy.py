@@ -14,6 +14,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ocpp.v16 import call as call16
+from ocpp.v16 import call_result as result16
+from ocpp.v16 import datatypes as dt16
+from ocpp.v16 import enums as enums16
+from ocpp.v201 import call as call201
+from ocpp.v201 import call_result as result201
+from ocpp.v201 import datatypes as dt201
+from ocpp.v201 import enums as enums201
+
 from gateway import electrical
 
 MODES = ("max", "txdefault")
@@ -48,7 +57,7 @@ def round_limit(limit: float) -> float:
     return math.floor(max(limit, 0.0) * 10.0 + 1e-6) / 10.0
 
 
-def set_profile_payload(
+def set_profile(
     version: str,
     mode: str,
     *,
@@ -59,41 +68,51 @@ def set_profile_payload(
     start: datetime,
     duration_s: int | None,
     connectors: int = 1,
-) -> dict[str, Any]:
-    """A SetChargingProfile request for a station-wide single-period profile.
+) -> Any:
+    """A SetChargingProfile call (``ocpp.v16.call`` or ``ocpp.v201.call``) for a station-wide single-period
+    profile.
 
     A TxDefaultProfile on connector/EVSE 0 is the default of *each* connector (OCPP 1.6 §3.13.2, 2.0.1
     K01): the station's limit is shared out, each connector getting limit / connectors, so that the
     station as a whole never draws more than its limit."""
     per = limit / connectors if mode == "txdefault" and connectors > 1 else limit
-    period = {"startPeriod": 0, "limit": round_limit(per)}
-    schedule: dict[str, Any] = {
-        "startSchedule": iso(start),
-        "chargingRateUnit": unit,
-        "chargingSchedulePeriod": [period],
-    }
-    if duration_s is not None:
-        schedule["duration"] = duration_s
+    kind = "Absolute"
     if version == "1.6":
-        prof: dict[str, Any] = {
-            "chargingProfileId": profile_id,
-            "stackLevel": stack_level,
-            "chargingProfilePurpose": purpose(version, mode),
-            "chargingProfileKind": "Absolute",
-            "chargingSchedule": schedule,
-        }
-        return {"connectorId": 0, "csChargingProfiles": prof}
-    schedule = {"id": profile_id, **schedule}
-    return {
-        "evseId": 0,
-        "chargingProfile": {
-            "id": profile_id,
-            "stackLevel": stack_level,
-            "chargingProfilePurpose": purpose(version, mode),
-            "chargingProfileKind": "Absolute",
-            "chargingSchedule": [schedule],
-        },
-    }
+        return call16.SetChargingProfile(
+            connector_id=0,
+            cs_charging_profiles=dt16.ChargingProfile(
+                charging_profile_id=profile_id,
+                stack_level=stack_level,
+                charging_profile_purpose=enums16.ChargingProfilePurposeType(purpose(version, mode)),
+                charging_profile_kind=enums16.ChargingProfileKindType(kind),
+                charging_schedule=dt16.ChargingSchedule(
+                    charging_rate_unit=enums16.ChargingRateUnitType(unit),
+                    charging_schedule_period=[dt16.ChargingSchedulePeriod(start_period=0, limit=round_limit(per))],
+                    duration=duration_s,
+                    start_schedule=iso(start),
+                ),
+            ),
+        )
+    return call201.SetChargingProfile(
+        evse_id=0,
+        charging_profile=dt201.ChargingProfileType(
+            id=profile_id,
+            stack_level=stack_level,
+            charging_profile_purpose=enums201.ChargingProfilePurposeEnumType(purpose(version, mode)),
+            charging_profile_kind=enums201.ChargingProfileKindEnumType(kind),
+            charging_schedule=[
+                dt201.ChargingScheduleType(
+                    id=profile_id,
+                    charging_rate_unit=enums201.ChargingRateUnitEnumType(unit),
+                    charging_schedule_period=[
+                        dt201.ChargingSchedulePeriodType(start_period=0, limit=round_limit(per))
+                    ],
+                    start_schedule=iso(start),
+                    duration=duration_s,
+                )
+            ],
+        ),
+    )
 
 
 def profile_of(version: str, set_payload: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
@@ -167,33 +186,34 @@ def convert(
     return electrical.ac_power_w(service, line_phases, value)
 
 
-def composite_16(connector_id: int, duration: int, unit: str, limit: float | None, now: datetime) -> dict[str, Any]:
-    """A GetCompositeSchedule answer (1.6) that shows the CMS its own limit."""
+def composite_16(connector_id: int, duration: int, unit: str, limit: float | None, now: datetime) -> Any:
+    """A GetCompositeSchedule answer (``ocpp.v16.call_result``) that shows the CMS its own limit."""
     if limit is None:
-        return {"status": "Rejected"}
-    return {
-        "status": "Accepted",
-        "connectorId": connector_id,
-        "scheduleStart": iso(now),
-        "chargingSchedule": {
-            "duration": duration,
-            "startSchedule": iso(now),
-            "chargingRateUnit": unit,
-            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": round_limit(limit)}],
-        },
-    }
+        return result16.GetCompositeSchedule(status=enums16.GetCompositeScheduleStatus.rejected)
+    return result16.GetCompositeSchedule(
+        status=enums16.GetCompositeScheduleStatus.accepted,
+        connector_id=connector_id,
+        schedule_start=iso(now),
+        charging_schedule=dt16.ChargingSchedule(
+            charging_rate_unit=enums16.ChargingRateUnitType(unit),
+            charging_schedule_period=[dt16.ChargingSchedulePeriod(start_period=0, limit=round_limit(limit))],
+            duration=duration,
+            start_schedule=iso(now),
+        ),
+    )
 
 
-def composite_201(evse_id: int, duration: int, unit: str, limit: float | None, now: datetime) -> dict[str, Any]:
+def composite_201(evse_id: int, duration: int, unit: str, limit: float | None, now: datetime) -> Any:
+    """The same answer in 2.0.1 (``ocpp.v201.call_result``)."""
     if limit is None:
-        return {"status": "Rejected"}
-    return {
-        "status": "Accepted",
-        "schedule": {
-            "evseId": evse_id,
-            "duration": duration,
-            "scheduleStart": iso(now),
-            "chargingRateUnit": unit,
-            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": round_limit(limit)}],
-        },
-    }
+        return result201.GetCompositeSchedule(status=enums201.GenericStatusEnumType.rejected)
+    return result201.GetCompositeSchedule(
+        status=enums201.GenericStatusEnumType.accepted,
+        schedule=dt201.CompositeScheduleType(
+            evse_id=evse_id,
+            duration=duration,
+            schedule_start=iso(now),
+            charging_rate_unit=enums201.ChargingRateUnitEnumType(unit),
+            charging_schedule_period=[dt201.ChargingSchedulePeriodType(start_period=0, limit=round_limit(limit))],
+        ),
+    )

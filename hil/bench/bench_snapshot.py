@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from gateway.config import site_from_text
 from gateway.ocpp_proxy.controller import OcppController
-from gateway.ocpp_proxy.session import ACCEPTED
+from gateway.ocpp_proxy.limits import ACCEPTED
 
 
 def site_toml(state_dir: str, n: int) -> str:

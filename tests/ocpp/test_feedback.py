@@ -20,7 +20,7 @@ from websockets.asyncio.client import connect
 
 from gateway.config import site_from_text
 from gateway.model import Actuation, ChargerSnapshot, ChargerState
-from gateway.ocpp_proxy.session import ACCEPTED, REJECTED, UNANSWERED, LimitState
+from gateway.ocpp_proxy.limits import ACCEPTED, REJECTED, UNANSWERED, LimitState
 from gateway.ocpp_proxy.state import PLAUSIBLE_MARGIN_A, PLAUSIBLE_TOLERANCE, ChargerTracker, draw_bounds
 
 from .conftest import CHARGERS, Charger16, Charger201, Cms, Gateway, Running, site_text, wait_for

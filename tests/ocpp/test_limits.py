@@ -11,6 +11,7 @@ from ocpp.v201 import call as c201
 
 from gateway.model import Allocation, ChargerLimit
 from gateway.ocpp_proxy import policy
+from gateway.ocpp_proxy.typed import payload_of
 
 from .conftest import Cms, connect_charger, wait_for
 
@@ -302,7 +303,7 @@ def test_txdefault_profile_shares_the_station_limit_among_its_connectors(version
 
     common: dict[str, Any] = {"profile_id": 1, "stack_level": 1, "unit": "A", "limit": 32.0,
                               "start": datetime(2026, 1, 1, tzinfo=UTC), "duration_s": 60, "connectors": 2}
-    assert limit_in(policy.set_profile_payload(version, "txdefault", **common)) == 16.0
-    assert limit_in(policy.set_profile_payload(version, "max", **common)) == 32.0
+    assert limit_in(payload_of(policy.set_profile(version, "txdefault", **common))) == 16.0
+    assert limit_in(payload_of(policy.set_profile(version, "max", **common))) == 32.0
     three = {**common, "limit": 13.3, "connectors": 3}
-    assert limit_in(policy.set_profile_payload(version, "txdefault", **three)) == 4.4  # floor(13.3 / 3, 0.1)
+    assert limit_in(payload_of(policy.set_profile(version, "txdefault", **three))) == 4.4  # floor(13.3 / 3, 0.1)

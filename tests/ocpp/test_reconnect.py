@@ -13,8 +13,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from gateway.backoff import Backoff
+from gateway.ocpp_proxy.cms_link import refusal
 from gateway.ocpp_proxy.config import OcppConfig
-from gateway.ocpp_proxy.session import refusal
 
 from .conftest import connect_charger, free_port, wait_for
 
