@@ -36,9 +36,6 @@ FORBIDDEN: dict[str, frozenset[str]] = {
 # them out) that are known, each a set of modules: every such cycle must lie within one of these. Delete an entry
 # when its cycle is gone (test_each_known_type_cycle_is_still_there says so).
 KNOWN_TYPE_CYCLES: tuple[frozenset[str], ...] = (
-    # ChargerSession holds its OcppController (session.py imports it for the annotation): the `session` branch
-    # (issue 19) splits the session into parts that receive what they need, and this entry goes at its merge
-    frozenset({"gateway.ocpp_proxy.controller", "gateway.ocpp_proxy.session"}),
     # gateway.config parses [budget] and [planner] with their modules, which annotate with its ServiceConfig / Site
     frozenset({"gateway.config", "gateway.budget.config", "gateway.budget.openadr_config", "gateway.budget.remote",
                "gateway.budget.solar_config", "gateway.planner.config", "gateway.planner.needs"}),
