@@ -93,7 +93,7 @@ def rig_row(rec: Recording, name: str, *, start_wall: float) -> dict[str, Any]:
             "plan_median_ms": round(statistics.median(ms), 1) if ms else None,
             "plan_max_ms": round(max(ms), 1) if ms else None,
             "overload_a_s": card.get("self_inflicted_a_s"), "plans": len(plans),
-            "plans_not_optimal": sum(1 for e in plans if e.get("status") != "optimal"),
+            "plans_not_optimal": sum(1 for e in plans if e.get("status") not in ("optimal", "no-sessions")),
             "plans_with_sessions_at_risk": at_risk,
             "planner_failed": sum(1 for e in rec.gateway_logs if e.get("event") == "planner_failed"),
             "messages_lost": card.get("messages_lost"), "gateway_cpu_pct": rec.process.get("cpu_pct"),
