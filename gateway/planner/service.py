@@ -84,12 +84,16 @@ class PlannerService:
             n = conf if n is None else n.fill(conf)
             if n is not None and n.energy_wh is None and n.target_soc is not None and n.soc is not None \
                     and n.capacity_wh:
-                n = Needs(max(0.0, n.target_soc - n.soc) * n.capacity_wh, n.departure_wall, n.source)
+                n = Needs(max(0.0, n.target_soc - n.soc) * n.capacity_wh, n.departure_wall, n.source,
+                          ev_max_a=n.ev_max_a, ac_phases=n.ac_phases)
             if n is None or not n.complete:
                 out.append(PlanSession(cid, None, None, weight))
                 continue
             need = max(0.0, (n.energy_wh or 0.0) - cs.session.energy_wh)
-            out.append(PlanSession(cid, need, (n.departure_wall or 0.0) - offset, weight, source=n.source))
+            # the EV's own maximum where it says (ISO 15118): a plan that counts on 32 A from a 16 A on-board
+            # charger holds room it cannot use and pauses others for it
+            out.append(PlanSession(cid, need, (n.departure_wall or 0.0) - offset, weight, ev_max_a=n.ev_max_a,
+                                   ac_phases=n.ac_phases, source=n.source))
         for cid in [c for c in self._started if c not in live]:  # its session ended: so did its needs
             self._started.pop(cid, None)
             self.commanded.pop(cid, None)

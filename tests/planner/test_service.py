@@ -62,3 +62,24 @@ def test_disabled_or_unknown_gives_no_targets() -> None:
         assert all(s.need_wh is None for s in ss)  # nothing known: today's behaviour
     finally:
         svc.close()
+
+
+def test_the_evs_own_maximum_reaches_the_plan() -> None:
+    """An ISO 15118 EV's EVMaxCurrent (16 A) and phases: the planned session carries them."""
+    from gateway.model import Snapshot
+    from gateway.planner.config import PlannerSettings
+    from gateway.planner.needs import Needs as _Needs
+    from gateway.planner.service import PlannerService
+    from tests.factories import ac, charging, make_site
+
+    site = make_site(chargers=[ac("A", phases=3)])
+    snap = Snapshot(taken_at=100.0, meters={}, chargers={"A": charging("A")})
+    started = snap.chargers["A"].session
+    assert started is not None
+    svc = PlannerService(site, PlannerSettings(enabled=True), wall=lambda: 1000.0,
+                         needs_of=lambda _cid: _Needs(10_000.0, 5000.0, "iso15118", ev_max_a=16.0, ac_phases=3))
+    try:
+        (s,) = svc.sessions(snap, 100.0)
+        assert s.ev_max_a == 16.0 and s.ac_phases == 3 and s.need_wh is not None and s.need_wh > 0
+    finally:
+        svc.close()
