@@ -120,7 +120,8 @@ def planner_compare(args: argparse.Namespace) -> int:
     start = args.start_wall if args.start_wall is not None else (
         WORKPLACE_START_WALL if "workplace" in sc.name else DEPOT_START_WALL)
     out = Path(args.out or f"hil/out/{sc.name}-compare")
-    rows = compare_on_rig(sc, out, start_wall=start, acn=not args.no_acn, ideal=not args.no_ideal)
+    rows = compare_on_rig(sc, out, start_wall=start, acn=not args.no_acn, ideal=not args.no_ideal,
+                          maxmin=not args.no_maxmin)
     print(table(f"{sc.name}: {sc.description} (rig at {sc.time_scale:g}x)", rows))
     (out / "planner-compare.json").write_text(json.dumps(rows, indent=1, default=str))
     print(f"figures: {out / 'planner-compare.json'}")
@@ -160,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="the epoch of scenario time 0 for the tariff (default: the planner scenarios' 17:00/07:00)")
     pc.add_argument("--no-acn", action="store_true", help="skip acnportal's algorithms")
     pc.add_argument("--no-ideal", action="store_true", help="skip the LP ideal")
+    pc.add_argument("--no-maxmin", action="store_true", help="skip the rig run without the planner")
     pc.set_defaults(func=planner_compare)
     args = p.parse_args(argv)
     try:

@@ -100,8 +100,8 @@ def rig_row(rec: Recording, name: str, *, start_wall: float) -> dict[str, Any]:
             "wall_s": round(rec.wall_elapsed_s, 1)}
 
 
-def compare_on_rig(sc: Scenario, out: Path, *, start_wall: float, acn: bool = True,
-                   ideal: bool = True) -> list[dict[str, Any]]:
+def compare_on_rig(sc: Scenario, out: Path, *, start_wall: float, acn: bool = True, ideal: bool = True,
+                   maxmin: bool = True) -> list[dict[str, Any]]:
     from hil.planner_acn import run_acn
     from hil.planner_ideal import ideal_deadlines
     from hil.report import write_report
@@ -110,6 +110,8 @@ def compare_on_rig(sc: Scenario, out: Path, *, start_wall: float, acn: bool = Tr
 
     rows: list[dict[str, Any]] = []
     for planner, name in ((False, "ems-gateway (rig)"), (True, "ems-gateway + planner (rig)")):
+        if not planner and not maxmin:
+            continue
         v = rig_variant(sc, planner=planner)
         d = out / ("planner" if planner else "maxmin")
         rec = run_scenario(v, d)

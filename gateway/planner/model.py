@@ -118,7 +118,7 @@ class PlannerConfig:
     # tie-break among equally good plans: a slot's delay costs each session this much more per slot of its own
     # laxity lost (least laxity first); 0: only the horizon's "sooner is slightly preferred"
     laxity_weight: float = 1.0
-    # stability: a share now that differs from the last plan's costs this (per Wh, relative to the tie-breaks
+    # stability: a share now below the last plan's costs this (per Wh, relative to the tie-breaks
     # above; far below the shortfall's and a tariff's price steps): an LP has many equally good splits of the
     # room, and every switch between them waits for EVs to follow decreases before increases are granted
     stickiness: float = 20.0

@@ -300,9 +300,10 @@ def _solve(
 
 
 def _stick(lp: _Lp, x0: int, prev: float, cost: float) -> None:
-    """x0 - prev = up - down, both >= 0 at ``cost`` each per A: the share now keeps to the last plan's unless
-    something better than a tie-break moves it."""
-    up, down = lp.var(cost, math.inf), lp.var(cost, math.inf)
+    """x0 - prev = up - down, both >= 0, ``down`` at ``cost`` per A: the share now does not fall below the last
+    plan's unless something better than a tie-break moves it (a rise is free: room nobody had is never held back,
+    and a swap between two sessions costs the one that gives way)."""
+    up, down = lp.var(0.0, math.inf), lp.var(cost, math.inf)
     assert lp.eq is not None
     lp.eq.row([x0, up, down], [1.0, -1.0, 1.0], prev)
 
