@@ -121,4 +121,4 @@ class PlannerConfig:
     # stability: a share now below the last plan's costs this (per Wh, relative to the tie-breaks
     # above; far below the shortfall's and a tariff's price steps): an LP has many equally good splits of the
     # room, and every switch between them waits for EVs to follow decreases before increases are granted
-    stickiness: float = 20.0
+    stickiness: float = 100.0
