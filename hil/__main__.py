@@ -5,6 +5,8 @@
     python -m hil ideal hil/scenarios/ref-20-dc.toml        # only the ideal allocator's bound
     python -m hil demand hil/scenarios/demand/garage-demand.toml --out hil/out/demand   # three ways (hil/demand.py)
     python -m hil dr hil/scenarios/dr-busy-hour.toml --out hil/out/dr   # with and without the DR events (hil/dr.py)
+    python -m hil planner-compare hil/scenarios/planner-depot.toml   # with and without the planner, acnportal
+                                                                     # EDF/LLF, the LP ideal (hil/planner_rig.py)
 
 ``run`` plays the scenario against the real ``ems-gateway run`` process and writes scorecard.json,
 site_current.png, chargers.png, report.html and recording.npz into --out; ``--baseline static``
@@ -128,6 +130,27 @@ def dr(args: argparse.Namespace) -> int:
     return 0
 
 
+def planner_compare(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hil.planner_rig import compare_on_rig, table
+    from hil.planner_scenarios import DEPOT_START_WALL, WORKPLACE_START_WALL
+    from hil.scenario import load_scenario
+
+    sc = load_scenario(args.scenario)
+    if args.time_scale is not None:
+        sc = dataclasses.replace(sc, time_scale=args.time_scale)
+    start = args.start_wall if args.start_wall is not None else (
+        WORKPLACE_START_WALL if "workplace" in sc.name else DEPOT_START_WALL)
+    out = Path(args.out or f"hil/out/{sc.name}-compare")
+    rows = compare_on_rig(sc, out, start_wall=start, acn=not args.no_acn, ideal=not args.no_ideal,
+                          maxmin=not args.no_maxmin)
+    print(table(f"{sc.name}: {sc.description} (rig at {sc.time_scale:g}x)", rows))
+    (out / "planner-compare.json").write_text(json.dumps(rows, indent=1, default=str))
+    print(f"figures: {out / 'planner-compare.json'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hil", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,6 +184,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="exit 1 when an event's response misses its bound, the service went back above a level "
                         "(load steps aside), or the run's own checks fail")
     e.set_defaults(func=dr)
+    pc = sub.add_parser("planner-compare", help="the rig with and without the planner, acnportal EDF/LLF and the "
+                        "LP ideal on the same sessions (issue 15)")
+    pc.add_argument("scenario")
+    pc.add_argument("--out", help="output directory (default hil/out/<scenario name>-compare)")
+    pc.add_argument("--time-scale", type=float, default=None, help="override the scenario's time scale")
+    pc.add_argument("--start-wall", type=float, default=None,
+                    help="the epoch of scenario time 0 for the tariff (default: the planner scenarios' 17:00/07:00)")
+    pc.add_argument("--no-acn", action="store_true", help="skip acnportal's algorithms")
+    pc.add_argument("--no-ideal", action="store_true", help="skip the LP ideal")
+    pc.add_argument("--no-maxmin", action="store_true", help="skip the rig run without the planner")
+    pc.set_defaults(func=planner_compare)
     args = p.parse_args(argv)
     try:
         return int(args.func(args))

@@ -86,6 +86,7 @@ class Arrival:
     response_delay_s: float = 8.0
     id_tag: str = ""
     connector: int = 1
+    iso15118: bool = False  # the EV tells its departure and energy (NotifyEVChargingNeeds, OCPP 2.0.1 chargers)
 
     @property
     def requested_wh(self) -> float:
@@ -107,6 +108,7 @@ class GatewayOverrides:
     meters: Mapping[str, Any] = field(default_factory=dict)  # applied to every meter
     mqtt: bool = True  # run a mosquitto broker and point the gateway's telemetry at it
     budget: Mapping[str, Any] = field(default_factory=dict)  # [gateway.budget]: merged into the config's [budget]
+    planner: Mapping[str, Any] = field(default_factory=dict)  # [gateway.planner]: merged into the config's [planner]
 
 
 @dataclass(frozen=True)
@@ -264,6 +266,7 @@ def _arrival(t: Table, chargers: set[str], duration_s: float) -> Arrival:
         response_delay_s=t.float("response_delay_s", 8.0, min=0),
         id_tag=t.str("id_tag", "HIL"),
         connector=t.int("connector", 1, min=1),
+        iso15118=t.bool("iso15118", False),
     )
     t.done()
     if a.charger not in chargers:
@@ -355,8 +358,11 @@ def scenario_from_dict(data: Mapping[str, Any], *, base_dir: Path = Path("."), s
         bud = gt_.raw("budget")
         if bud is not None and not isinstance(bud, dict):
             raise gt_.error("budget", "expected a table (checked against the site config when the run starts)")
+        pla = gt_.raw("planner")
+        if pla is not None and not isinstance(pla, dict):
+            raise gt_.error("planner", "expected a table (checked against the site config when the run starts)")
         gw = GatewayOverrides(control=dict(ctl or {}), ocpp=dict(ocp or {}), meters=mt, mqtt=gt_.bool("mqtt", True),
-                              budget=dict(bud or {}))
+                              budget=dict(bud or {}), planner=dict(pla or {}))
         gt_.done()
 
     charger_ids = {str(c["id"]) for c in raw.get("chargers", [])}

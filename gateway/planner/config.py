@@ -93,10 +93,10 @@ def parse_planner(
     if t is None:
         return PlannerSettings(timezone=timezone)
     solver = PlannerConfig(
-        slot_s=t.float("slot_s", 900.0, min=60, max=3600),
+        slot_s=t.float("slot_s", 900.0, min=0.5, max=3600),  # below a minute: a rig on compressed time
         time_limit_s=t.float("time_limit_s", 0.8, gt=0, max=30),
     )
-    replan = t.float("replan_s", 900.0, min=1, max=3600)
+    replan = t.float("replan_s", 900.0, min=0.5, max=3600)
     age = t.float("max_plan_age_s", 1200.0, gt=0, max=7200)
     if age < replan:
         raise t.error("max_plan_age_s", f"must be at least replan_s ({replan:g} s): every plan would be too old")

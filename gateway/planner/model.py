@@ -102,6 +102,7 @@ class PlannerState:
 
     at_risk: frozenset[str] = frozenset()
     events: tuple[tuple[str, Mapping[str, object]], ...] = ()  # this plan's events (session_at_risk)
+    targets: Mapping[str, float] = field(default_factory=dict)  # the last plan's share now per charger (line A)
 
 
 @dataclass(frozen=True)
@@ -114,3 +115,10 @@ class PlannerConfig:
     # lose some to ramps, response delays, floors and hysteresis), and plans each need this much higher
     future_room_fraction: float = 0.92
     need_margin: float = 0.02
+    # tie-break among equally good plans: a slot's delay costs each session this much more per slot of its own
+    # laxity lost (least laxity first); 0: only the horizon's "sooner is slightly preferred"
+    laxity_weight: float = 1.0
+    # stability: a share now below the last plan's costs this (per Wh, relative to the tie-breaks
+    # above; far below the shortfall's and a tariff's price steps): an LP has many equally good splits of the
+    # room, and every switch between them waits for EVs to follow decreases before increases are granted
+    stickiness: float = 100.0

@@ -47,6 +47,9 @@ class Needs:
     target_soc: float | None = None
     capacity_wh: float | None = None
     soc: float | None = None
+    # what the EV says it can take (ISO 15118 AC: EVMaxCurrent per phase, the phases of requestedEnergyTransfer)
+    ev_max_a: float | None = None
+    ac_phases: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -63,6 +66,8 @@ class Needs:
             departure_wall=self.departure_wall if self.departure_wall is not None else other.departure_wall,
             capacity_wh=self.capacity_wh if self.capacity_wh is not None else other.capacity_wh,
             soc=self.soc if self.soc is not None else other.soc,
+            ev_max_a=self.ev_max_a if self.ev_max_a is not None else other.ev_max_a,
+            ac_phases=self.ac_phases if self.ac_phases is not None else other.ac_phases,
             source=src,
         )
 
@@ -160,10 +165,12 @@ def from_notify_ev_charging_needs(payload: Mapping[str, Any]) -> Needs | None:
             departure = d.timestamp() if d.tzinfo is not None else None
         except ValueError:
             departure = None
-    energy = capacity = soc = target = None
+    energy = capacity = soc = target = ev_max = None
     ac, dc = cn.get("acChargingParameters"), cn.get("dcChargingParameters")
     if isinstance(ac, Mapping):
         energy = _finite(ac.get("energyAmount"))
+        ev_max = _finite(ac.get("evMaxCurrent"))
+        ev_max = ev_max if ev_max is not None and 0.0 < ev_max <= 1000.0 else None
     if isinstance(dc, Mapping):
         energy = _finite(dc.get("energyAmount")) if energy is None else energy
         capacity = _finite(dc.get("evEnergyCapacity"))
@@ -177,7 +184,9 @@ def from_notify_ev_charging_needs(payload: Mapping[str, Any]) -> Needs | None:
         energy = None
     if departure is None and energy is None:
         return None
-    return Needs(energy, departure, "iso15118", target, capacity, soc)
+    phases = {"AC_single_phase": 1, "AC_two_phase": 2, "AC_three_phase": 3}.get(str(cn.get("requestedEnergyTransfer")))
+    return Needs(energy, departure, "iso15118", target, capacity, soc, ev_max if isinstance(ac, Mapping) else None,
+                 phases)
 
 
 def _finite(v: object) -> float | None:

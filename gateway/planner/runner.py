@@ -11,10 +11,11 @@ pass a process pool as ``executor``).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import structlog
 
 from gateway.config import Site
 from gateway.model import ChargerTarget
@@ -22,7 +23,7 @@ from gateway.planner.config import PlannerSettings
 from gateway.planner.model import BudgetView, Forecast, Plan, PlannerConfig, PlannerState, PlanSession
 from gateway.planner.solve import plan
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 PlanFn = Callable[
     [Sequence[PlanSession], Site, BudgetView, Forecast, PlannerState | None, float, PlannerConfig | None],
@@ -92,12 +93,14 @@ class PlannerWorker:
         try:
             p, st, dt = f.result()
         except Exception as exc:  # a planner bug must not take the loop down: max-min fairness
-            log.exception("planner_failed: %s", exc)
+            log.exception("planner_failed", error=str(exc))
             self.stats.failed += 1
             self.plan = None
             return
         self.stats.plans += 1
         self.stats.durations_s = [*self.stats.durations_s[-99:], dt]
+        log.info("plan_done", status=p.status, duration_ms=round(dt * 1000.0, 1), sessions=len(p.projections),
+                 at_risk=sum(1 for pr in p.projections.values() if pr.at_risk))
         if not p.ok:
             self.stats.failed += 1
             self.plan = None

@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gateway import electrical
 from gateway.budget.remote import CommandRejected
 from gateway.config import Site
-from gateway.model import Allocation, ChargerTarget, Snapshot
+from gateway.model import Allocation, ChargerSnapshot, ChargerTarget, Snapshot
 from gateway.planner.config import PlannerSettings, configured_needs
 from gateway.planner.model import BudgetView, Forecast, PlanSession, PriceSlot
 from gateway.planner.needs import Needs, parse_needs_command
@@ -37,6 +38,9 @@ class PlannerService:
         self.worker = worker or PlannerWorker(site, settings)
         self.commanded: dict[str, Needs] = {}  # from cmd/session_needs, per charger, until its session ends
         self._started: dict[str, float] = {}  # session start per charger (its needs are the session's)
+        # energy delivered per session, integrated from the measured draw tick by tick (Session.energy_wh is not
+        # filled in by the OCPP layer): (Wh, last time)
+        self._delivered: dict[str, tuple[float, float]] = {}
 
     def command(self, payload: bytes, *, require_ts: bool) -> dict[str, object]:
         """``cmd/session_needs``: validated like the remote cap; the reply body."""
@@ -74,8 +78,10 @@ class PlannerService:
             prev = self._started.get(cid)
             if prev != cs.session.started_at:  # a new session: the old one's commanded needs go
                 self._started[cid] = cs.session.started_at
+                self._delivered[cid] = (0.0, now)
                 if prev is not None:
                     self.commanded.pop(cid, None)
+            delivered = self._integrate(cid, cs, now)
             n = self.commanded.get(cid)
             tracked = self.needs_of(cid)
             n = tracked if n is None else n.fill(tracked)
@@ -84,16 +90,32 @@ class PlannerService:
             n = conf if n is None else n.fill(conf)
             if n is not None and n.energy_wh is None and n.target_soc is not None and n.soc is not None \
                     and n.capacity_wh:
-                n = Needs(max(0.0, n.target_soc - n.soc) * n.capacity_wh, n.departure_wall, n.source)
+                n = Needs(max(0.0, n.target_soc - n.soc) * n.capacity_wh, n.departure_wall, n.source,
+                          ev_max_a=n.ev_max_a, ac_phases=n.ac_phases)
             if n is None or not n.complete:
                 out.append(PlanSession(cid, None, None, weight))
                 continue
-            need = max(0.0, (n.energy_wh or 0.0) - cs.session.energy_wh)
-            out.append(PlanSession(cid, need, (n.departure_wall or 0.0) - offset, weight, source=n.source))
+            need = max(0.0, (n.energy_wh or 0.0) - max(cs.session.energy_wh, delivered))
+            # the EV's own maximum where it says (ISO 15118): a plan that counts on 32 A from a 16 A on-board
+            # charger holds room it cannot use and pauses others for it
+            out.append(PlanSession(cid, need, (n.departure_wall or 0.0) - offset, weight, ev_max_a=n.ev_max_a,
+                                   ac_phases=n.ac_phases, source=n.source))
         for cid in [c for c in self._started if c not in live]:  # its session ended: so did its needs
             self._started.pop(cid, None)
             self.commanded.pop(cid, None)
+            self._delivered.pop(cid, None)
         return out
+
+    def _integrate(self, cid: str, cs: ChargerSnapshot, now: float) -> float:
+        """The session's energy so far: the measured power (or line current at the nominal voltage) over time."""
+        wh, last = self._delivered.get(cid, (0.0, now))
+        w = cs.draw_w
+        if w is None and cs.draw_a is not None:
+            w = sum(cs.draw_a) * electrical.line_to_neutral_v(self.site.service)
+        if w is not None and w == w and now > last:
+            wh += max(w, 0.0) * (now - last) / 3600.0
+        self._delivered[cid] = (wh, now)
+        return wh
 
     def budget_view(self, snapshot: Snapshot, now: float) -> BudgetView:
         b = self.site.budget

@@ -243,12 +243,17 @@ def _solve(
         wh = w * frac * step / 3600.0
         hi = _max_a(site, ch, s)
         t_pref = np.arange(L) / max(T, 1)
+        if cfg.laxity_weight > 0:
+            t_pref = t_pref + cfg.laxity_weight * np.arange(L) / _laxity_slots(s, now, dep, w, hi, step)
         costs = wh * (price[:L] / 1000.0 + eps * t_pref)
         upper = np.full(L, hi)
         if s.expected:
             upper[0] = 0.0  # not here yet: it needs room later, never now
         x0 = lp.block(costs, upper)
         cols = np.arange(x0, x0 + L)
+        prev = state.targets.get(s.charger_id)
+        if prev is not None and cfg.stickiness > 0 and not s.expected:
+            _stick(lp, x0, min(prev, hi), cfg.stickiness * eps * float(wh[0]))
         need = float(s.need_wh or 0.0) * (1.0 + cfg.need_margin)
         u = lp.var(shortfall_cost * max(s.weight, 1e-3) * ref / max(need, 1.0), need)
         short_vars.append(u)
@@ -292,6 +297,22 @@ def _solve(
     if res.status == 1:
         return Plan(at=now, status="time-limit", slot_s=step), state
     return _result(planned, blocks, short_vars, res.x, price, site, view, forecast, state, now, edges, cfg)
+
+
+def _stick(lp: _Lp, x0: int, prev: float, cost: float) -> None:
+    """x0 - prev = up - down, both >= 0, ``down`` at ``cost`` per A: the share now does not fall below the last
+    plan's unless something better than a tie-break moves it (a rise is free: room nobody had is never held back,
+    and a swap between two sessions costs the one that gives way)."""
+    up, down = lp.var(0.0, math.inf), lp.var(cost, math.inf)
+    assert lp.eq is not None
+    lp.eq.row([x0, up, down], [1.0, -1.0, 1.0], prev)
+
+
+def _laxity_slots(s: PlanSession, now: float, dep: float, w_per_a: float, hi: float, step: float) -> float:
+    """The session's laxity in slots (at least one): the time to its departure less the time its need takes at
+    its maximum. A delay costs a session with little laxity more (least laxity first among equal plans)."""
+    need_s = (s.need_wh or 0.0) * 3600.0 / max(w_per_a * hi, 1e-9)
+    return max(1.0, (dep - now - need_s) / step)
 
 
 def _taper_rows(lp: _Lp, s: PlanSession, cols: npt.NDArray[np.intp], wh: Arr, hi: float) -> None:
@@ -355,14 +376,15 @@ def _result(
                                                site.circuits[svc].worst_case_non_ev_a))) * v_ln for k in range(T)])
     plan_ = Plan(at=now, status="optimal", targets=targets, projections=proj, slot_s=cfg.slot_s,
                  horizon_end=float(edges[-1]), cost=cost, peak_kw=float(np.max(ev_w + base)) / 1000.0)
-    return plan_, _next_state(state, proj)
+    return plan_, _next_state(state, proj, {cid: t.target_a for cid, t in targets.items()})
 
 
-def _next_state(state: PlannerState, proj: Mapping[str, Projection]) -> PlannerState:
+def _next_state(state: PlannerState, proj: Mapping[str, Projection],
+                targets: Mapping[str, float] | None = None) -> PlannerState:
     risky = {cid for cid, p in proj.items() if p.at_risk}
     events = tuple(
         ("session_at_risk", {"charger": cid, "projected_kwh": round((proj[cid].projected_wh) / 1000.0, 2),
                              "need_kwh": round(proj[cid].need_wh / 1000.0, 2), "departure_at": proj[cid].departure_at})
         for cid in sorted(risky - state.at_risk)
     )
-    return PlannerState(at_risk=frozenset(risky), events=events)
+    return PlannerState(at_risk=frozenset(risky), events=events, targets=dict(targets or {}))

@@ -223,6 +223,8 @@ class Rig:
                                  "logging": {"level": "info", "format": "json"}}
         if sc.gateway.budget:
             extra["budget"] = dict(sc.gateway.budget)
+        if sc.gateway.planner:
+            extra["planner"] = dict(sc.gateway.planner)
         d = pointed_config(sc.site, meter_ports=self.meter_ports, meter_devices=self.meter_devices,
                            cms_port=self.cms.port, state_dir=self.state_dir, ocpp_port=ocpp_port, extra=extra)
         for m in d.get("meters", []):
@@ -291,7 +293,7 @@ class Rig:
             max_ac_a=a.max_current_a, ac_phases=a.ac_phases, max_dc_w=a.max_power_w,
             curve=ChargingCurve(a.taper_start_soc, a.end_fraction), response_delay_s=delay / k,
             arrival_at=self.t0 + a.at_s / k, departure_at=self.t0 + min(a.departure_s, self.sc.duration_s) / k,
-            id_tag=a.id_tag or "HIL", name=f"{a.charger}@{a.at_s:g}",
+            id_tag=a.id_tag or "HIL", name=f"{a.charger}@{a.at_s:g}", iso15118=a.iso15118,
         )
 
     # -- scenario actions ---------------------------------------------------------------------------

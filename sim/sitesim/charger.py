@@ -932,8 +932,29 @@ class SimCharger:
                 self._start_tx(c, token or "", None, None, authorized=False)
                 if token is not None:
                     self._authorize_then_start(c, token)
+            if ev.iso15118:
+                self._notify_ev_charging_needs(c, ev)
         self._wake.set()
         return c.model
+
+    def _notify_ev_charging_needs(self, c: _Connector, ev: EvSpec) -> None:
+        """OCPP 2.0.1 NotifyEVChargingNeeds: what an ISO 15118 EV says of its departure and energy (queued after
+        the transaction's first event)."""
+        ac = self.kind != "dc"
+        needs: dict[str, Any] = {"requestedEnergyTransfer": "AC_three_phase" if ac and ev.ac_phases == 3 else
+                                 "AC_single_phase" if ac else "DC"}
+        if ev.departure_at is not None:
+            needs["departureTime"] = iso(ev.departure_at)
+        energy = round(ev.energy_wanted_wh)
+        if ac:
+            needs["acChargingParameters"] = {"energyAmount": energy, "evMinCurrent": 6,
+                                             "evMaxCurrent": int(ev.max_ac_a), "evMaxVoltage": 400}
+        else:
+            needs["dcChargingParameters"] = {"evMaxCurrent": 500, "evMaxVoltage": 900, "energyAmount": energy,
+                                             "evEnergyCapacity": round(ev.capacity_kwh * 1000.0),
+                                             "stateOfCharge": round(ev.soc_start * 100),
+                                             "fullSoC": round(ev.soc_target * 100)}
+        self._enqueue(_Out(lambda: call201.NotifyEVChargingNeeds(charging_needs=needs, evse_id=c.id)))
 
     def schedule(self, ev: EvSpec, connector: int = 1) -> None:
         """Plug ``ev`` in when the clock reaches ``ev.arrival_at`` (checked every tick)."""

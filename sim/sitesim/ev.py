@@ -64,6 +64,14 @@ class EvSpec:
     departure_at: float | None = None
     id_tag: str | None = None  # the driver's token; None: wait for a remote start
     name: str = "ev"
+    # the EV speaks ISO 15118: on an OCPP 2.0.1 charger it sends NotifyEVChargingNeeds (its departure time and
+    # the energy to its target) once its transaction starts
+    iso15118: bool = False
+
+    @property
+    def energy_wanted_wh(self) -> float:
+        """The energy from ``soc_start`` to ``soc_target``."""
+        return max(0.0, self.soc_target - self.soc_start) * self.capacity_kwh * 1000.0
 
     def __post_init__(self) -> None:
         if self.capacity_kwh <= 0:

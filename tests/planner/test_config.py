@@ -20,7 +20,7 @@ def _parse(d: dict[str, Any]) -> Any:
 
 
 @pytest.mark.parametrize(("d", "path", "reason"), [
-    ({"slot_s": 10}, "planner.slot_s", ""),
+    ({"slot_s": 0.2}, "planner.slot_s", ""),
     ({"replan_s": 600, "max_plan_age_s": 60}, "planner.max_plan_age_s", "at least replan_s"),
     ({"defaults": {"trucks": {"energy_kwh": 5}}}, "planner.defaults.trucks", "unknown priority class"),
     ({"defaults": {"fleet": {"departure": "5am"}}}, "planner.defaults.fleet.departure", "HH:MM"),

@@ -88,7 +88,8 @@ def test_notify_ev_charging_needs_ac_and_dc() -> None:
     ac = {"evseId": 1, "chargingNeeds": {"requestedEnergyTransfer": "AC_three_phase", "departureTime": DEP,
                                          "acChargingParameters": {"energyAmount": 42000, "evMinCurrent": 6,
                                                                   "evMaxCurrent": 16, "evMaxVoltage": 400}}}
-    assert from_notify_ev_charging_needs(ac) == Needs(42_000.0, DEP_WALL, "iso15118")
+    # the EV's own maximum (16 A per phase on three phases) goes with its needs: the plan counts on no more
+    assert from_notify_ev_charging_needs(ac) == Needs(42_000.0, DEP_WALL, "iso15118", ev_max_a=16.0, ac_phases=3)
     dc = {"evseId": 1, "chargingNeeds": {"requestedEnergyTransfer": "DC",
                                          "dcChargingParameters": {"evMaxCurrent": 300, "evMaxVoltage": 800,
                                                                   "evEnergyCapacity": 80000, "stateOfCharge": 25,

@@ -62,3 +62,52 @@ def test_disabled_or_unknown_gives_no_targets() -> None:
         assert all(s.need_wh is None for s in ss)  # nothing known: today's behaviour
     finally:
         svc.close()
+
+
+def test_the_evs_own_maximum_reaches_the_plan() -> None:
+    """An ISO 15118 EV's EVMaxCurrent (16 A) and phases: the planned session carries them."""
+    from gateway.model import Snapshot
+    from gateway.planner.config import PlannerSettings
+    from gateway.planner.needs import Needs as _Needs
+    from gateway.planner.service import PlannerService
+    from tests.factories import ac, charging, make_site
+
+    site = make_site(chargers=[ac("A", phases=3)])
+    snap = Snapshot(taken_at=100.0, meters={}, chargers={"A": charging("A")})
+    started = snap.chargers["A"].session
+    assert started is not None
+    svc = PlannerService(site, PlannerSettings(enabled=True), wall=lambda: 1000.0,
+                         needs_of=lambda _cid: _Needs(10_000.0, 5000.0, "iso15118", ev_max_a=16.0, ac_phases=3))
+    try:
+        (s,) = svc.sessions(snap, 100.0)
+        assert s.ev_max_a == 16.0 and s.ac_phases == 3 and s.need_wh is not None and s.need_wh > 0
+    finally:
+        svc.close()
+
+
+def test_the_need_falls_with_the_energy_measured() -> None:
+    """The session's energy is the measured power over time (the OCPP layer leaves Session.energy_wh at 0): 11 kW
+    for an hour takes 11 kWh off a 20 kWh need; nothing more while it draws nothing."""
+    import dataclasses
+
+    import pytest
+
+    from gateway.model import ChargerState, Snapshot
+    from gateway.planner.config import PlannerSettings
+    from gateway.planner.needs import Needs as _Needs
+    from gateway.planner.service import PlannerService
+    from tests.factories import ac, charging, make_site
+
+    site = make_site(chargers=[ac("A", phases=3)])
+    cs = dataclasses.replace(charging("A"), draw_w=11_000.0)
+    svc = PlannerService(site, PlannerSettings(enabled=True), wall=lambda: 1000.0,
+                         needs_of=lambda _cid: _Needs(20_000.0, 90_000.0, "iso15118"))
+    try:
+        (s0,) = svc.sessions(Snapshot(taken_at=0.0, meters={}, chargers={"A": cs}), 0.0)
+        (s1,) = svc.sessions(Snapshot(taken_at=3600.0, meters={}, chargers={"A": cs}), 3600.0)
+        assert s0.need_wh == 20_000.0 and s1.need_wh == pytest.approx(9_000.0)
+        idle = dataclasses.replace(cs, state=ChargerState.SUSPENDED_EVSE, draw_w=0.0)
+        (s2,) = svc.sessions(Snapshot(taken_at=7200.0, meters={}, chargers={"A": idle}), 7200.0)
+        assert s2.need_wh == pytest.approx(9_000.0)
+    finally:
+        svc.close()

@@ -150,3 +150,29 @@ def test_a_real_time_limit_is_passed_to_highs(monkeypatch: pytest.MonkeyPatch) -
          PlannerConfig(time_limit_s=0.25))
     assert seen["time_limit"] == 0.25
     assert solve_mod.DEADLINE == "plan:deadline"
+
+
+def test_among_equally_good_plans_the_least_laxity_goes_first() -> None:
+    # room for one session at a time (32 A); both complete either way. C1 needs more of its stay (less laxity):
+    # it gets the room now, C0 (plenty of laxity) waits
+    site = _site(limit_a=32.0, n=2)
+    sessions = [PlanSession("C0", 10e3, 8 * H), PlanSession("C1", 30e3, 8 * H)]
+    p, _ = plan(sessions, site, BudgetView(), _flat(site), None, 0.0)
+    assert not any(pr.at_risk for pr in p.projections.values())
+    assert p.targets["C1"].target_a > p.targets["C0"].target_a + 10.0
+
+
+def test_the_share_now_keeps_to_the_last_plan_between_equally_good_splits() -> None:
+    # two identical sessions and room for one now: whichever the last plan chose keeps the room (no switching)
+    site = _site(limit_a=32.0, n=2)
+    sessions = [PlanSession("C0", 10e3, 8 * H), PlanSession("C1", 10e3, 8 * H)]
+    for chosen in ("C0", "C1"):
+        other = "C1" if chosen == "C0" else "C0"
+        prev = PlannerState(targets={chosen: 32.0, other: 0.0})
+        p, st = plan(sessions, site, BudgetView(), _flat(site), prev, 0.0)
+        assert p.targets[chosen].target_a > 30.0 and p.targets[other].target_a < 2.0
+        assert st.targets[chosen] == pytest.approx(p.targets[chosen].target_a)
+    # a need that grows urgent still moves it: C1 now leaves in 1 h and needs all of 32 A
+    urgent = [PlanSession("C0", 10e3, 8 * H), PlanSession("C1", 20e3, 1 * H)]
+    p, _ = plan(urgent, site, BudgetView(), _flat(site), PlannerState(targets={"C0": 32.0, "C1": 0.0}), 0.0)
+    assert p.targets["C1"].target_a > 25.0
