@@ -207,10 +207,12 @@ class Store:
             results = [(job, None, err) for job in batch]
             log.error("ocpp_store_commit_failed", error=str(exc), writes=len(batch))
         for job, out, failure in results:
-            if failure is None:
-                job.fut.set_result(out)
-            else:
-                job.fut.set_exception(_store_error(failure))
+            # the waiter may have been cancelled meanwhile (shutdown): the write is kept, nobody wants the answer
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                if failure is None:
+                    job.fut.set_result(out)
+                else:
+                    job.fut.set_exception(_store_error(failure))
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
         """Run ``fn`` in the writer thread, inside the next group commit."""
