@@ -122,6 +122,10 @@ class Store:
         self.limits = limits or QueueLimits()
         self._cms_cache: dict[str, dict[int, dict[str, Any]]] = {}
         self._caps: dict[str, dict[str, Any]] = {}
+        # verdicts written behind and not yet committed: read before the table (a token the CMS accepted just
+        # before it went away is known offline at once)
+        self._tokens: dict[str, tuple[str, float, float | None]] = {}
+        self._tokens_lock = threading.Lock()  # the writer thread drops an entry only if it is still the one it wrote
         self._tx: dict[str, dict[int, int]] = {}  # charger -> local id -> CMS id
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self.commits = 0  # commits made (a group commit counts once)
@@ -374,10 +378,13 @@ class Store:
         """Cache the CMS's verdict (``expires``: its idTagInfo expiryDate, epoch s); the oldest entries
         beyond ``max_entries`` are forgotten."""
 
+        row = (status, time.time(), expires)
+        with self._tokens_lock:
+            self._tokens[token] = row
+
         def fn(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT OR REPLACE INTO tokens (token, status, updated, expires) VALUES (?, ?, ?, ?)",
-                (token, status, time.time(), expires),
+                "INSERT OR REPLACE INTO tokens (token, status, updated, expires) VALUES (?, ?, ?, ?)", (token, *row)
             )
             excess = int(db.execute("SELECT COUNT(*) FROM tokens").fetchone()[0]) - max_entries
             if excess > 0:
@@ -385,11 +392,19 @@ class Store:
                     "DELETE FROM tokens WHERE token IN (SELECT token FROM tokens ORDER BY updated LIMIT ?)", (excess,)
                 )
 
+        def committed(_: concurrent.futures.Future[Any]) -> None:
+            with self._tokens_lock:
+                if self._tokens.get(token) is row:
+                    del self._tokens[token]
+
         self._behind("token", fn)
+        self.submit(lambda db: None).add_done_callback(committed)  # committed with fn or after it
 
     def token_status(self, token: str, *, now: float | None = None, max_age_s: float | None = None) -> str | None:
         """The cached verdict, or None when unknown, older than ``max_age_s`` or past the CMS's expiry."""
-        row = self._db.execute("SELECT status, updated, expires FROM tokens WHERE token = ?", (token,)).fetchone()
+        row = self._tokens.get(token) or self._db.execute(
+            "SELECT status, updated, expires FROM tokens WHERE token = ?", (token,)
+        ).fetchone()
         if row is None:
             return None
         now = time.time() if now is None else now

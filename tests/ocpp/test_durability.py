@@ -8,7 +8,10 @@ import os
 import resource
 import signal
 import sys
+import threading
 from pathlib import Path
+
+from gateway.ocpp_proxy.store import Store
 
 from .conftest import Cms, site_text, wait_for
 from .test_exact import T0, RawCharger
@@ -224,3 +227,21 @@ async def test_a_store_that_cannot_be_opened_falls_back_to_memory_and_still_mana
     finally:
         await ch.close()
         await gw.stop()
+
+
+def test_a_token_verdict_is_known_before_its_write_is_committed(tmp_path: Path) -> None:
+    """The CMS accepts a token and goes away a moment later: the offline answer must already know it, though
+    the cache is written behind (the writer thread is held here so that nothing is committed yet)."""
+    store = Store(tmp_path / "s.db")
+    gate = threading.Event()
+    try:
+        store.submit(lambda db: gate.wait(5))  # the writer is busy: what follows waits in its queue
+        store.remember_token("OK-1", "Accepted")
+        assert store.token_status("OK-1") == "Accepted"
+        gate.set()
+        store.flush()
+        assert store.token_status("OK-1") == "Accepted"  # from the table now
+        assert not store._tokens  # the overlay is emptied once committed
+    finally:
+        gate.set()
+        store.close()
