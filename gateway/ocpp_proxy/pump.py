@@ -34,6 +34,9 @@ from gateway.ocpp_proxy.txids import TxIds
 
 # charger -> CMS messages the gateway inspects (validated against the schema)
 INSPECTED = QUEUED | {"BootNotification", "Authorize", "Heartbeat"}
+# a transaction message that arrives while the backlog is replayed waits this long for the replay to end, then
+# is queued and answered locally (as while the CMS is away); charger CALL timeouts are tens of seconds
+REPLAY_WAIT_S = 5.0
 # answered locally when the CMS does not answer them in time
 ANSWERED_LOCALLY = QUEUED | {"BootNotification", "Heartbeat", "Authorize"}
 
@@ -108,6 +111,20 @@ class RelayPump:
             self.observer.request(action, frame.payload)
         if action == "NotifyEVChargingNeeds":  # the EV's departure and energy for the planner: observed, relayed raw
             self.observer.ev_needs(frame.payload)
+        if self.cms.online and action in QUEUED and self.replay.draining:
+            # the CMS is there, only the backlog goes first: the CMS answers this one once the backlog is out
+            # (a token it knows is not refused from a cache that does not), unless the replay takes long
+            self._spawn(self._after_replay(frame))
+            return
+        await self._route_call(frame)
+
+    async def _after_replay(self, frame: Frame) -> None:
+        # the charger waits for this answer before its next CALL (one outstanding per direction): order is kept
+        await self.replay.drained(REPLAY_WAIT_S)
+        await self._route_call(frame)
+
+    async def _route_call(self, frame: Frame) -> None:
+        action = frame.action or ""
         live = self.cms.online and (action not in QUEUED or not self.replay.draining)
         if not live:
             await self.offline.answer(frame)

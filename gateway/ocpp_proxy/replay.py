@@ -41,7 +41,29 @@ class Replay:
         self.backlog = backlog
         self.events = events
         self.log = log
-        self.draining = False  # transaction messages go to the queue until the replay is done
+        self._drained = asyncio.Event()  # set while no replay is under way
+        self._drained.set()
+
+    @property
+    def draining(self) -> bool:
+        """A replay is under way: transaction messages go to the queue (after it) until it is done."""
+        return not self._drained.is_set()
+
+    @draining.setter
+    def draining(self, on: bool) -> None:
+        if on:
+            self._drained.clear()
+        else:
+            self._drained.set()
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait, at most ``timeout_s``, until no replay is under way; whether it is over."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._drained.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def drain(self) -> None:
         """Replay the durable queue in order; only then relay transaction messages live.
