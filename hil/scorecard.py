@@ -39,7 +39,7 @@ import numpy as np
 from gateway.config import PHASES
 from hil.rig.runner import Recording
 from hil.scorecard_budget import budget_card, format_budget
-from hil.scorecard_dr import dr_card, format_dr
+from hil.scorecard_dr import chargers_response_wall_s, dr_card, format_dr
 
 SATISFIED = 0.99
 
@@ -53,17 +53,9 @@ def jain(xs: list[float]) -> float | None:
 
 def allowed_window_s(rec: Recording) -> float:
     """One tick + the chargers' response + 0.5 s (wall seconds)."""
-    sc, site, k = rec.scenario, rec.site, rec.scenario.time_scale
+    sc, site = rec.scenario, rec.site
     tick = float(sc.gateway.control.get("tick_s", site.control.tick_s))
-    delay = 0.0
-    for s in rec.sessions:
-        b = sc.behaviour_of(s.arrival.charger)
-        delay = max(delay, (b.response_delay_s if b.response_delay_s is not None else s.arrival.response_delay_s) / k)
-    ramp = 0.0
-    for chid, cfg in site.chargers.items():
-        b = sc.behaviour_of(chid)
-        if b.ramp_down_per_s:
-            ramp = max(ramp, cfg.max_limit / (b.ramp_down_per_s * k))
+    delay, ramp = chargers_response_wall_s(rec)
     return tick + delay + ramp + sc.charger_tick_wall_s + 0.5
 
 

@@ -50,9 +50,10 @@ def service_line_a(rec: Recording) -> np.ndarray:
     return np.asarray(rec.circuit_a[:, root, :].max(axis=1), dtype=float)
 
 
-def _charger_response_wall_s(rec: Recording) -> dict[str, float]:
+def chargers_response_wall_s(rec: Recording) -> tuple[float, float]:
+    """The slowest simulated EV's response delay and the slowest charger's ramp from its maximum to zero
+    (wall seconds)."""
     sc, site, k = rec.scenario, rec.site, rec.scenario.time_scale
-    ev_resp = float(sc.gateway.control.get("ev_response_s", site.control.ev_response_s))
     delay = 0.0
     for s in rec.sessions:
         b = sc.behaviour_of(s.arrival.charger)
@@ -62,6 +63,13 @@ def _charger_response_wall_s(rec: Recording) -> dict[str, float]:
         b = sc.behaviour_of(chid)
         if b.ramp_down_per_s:
             ramp = max(ramp, cfg.max_limit / (b.ramp_down_per_s * k))
+    return delay, ramp
+
+
+def _charger_response_wall_s(rec: Recording) -> dict[str, float]:
+    sc, site = rec.scenario, rec.site
+    ev_resp = float(sc.gateway.control.get("ev_response_s", site.control.ev_response_s))
+    delay, ramp = chargers_response_wall_s(rec)
     return {"ev_response_wall_s": max(ev_resp, delay), "ramp_wall_s": ramp,
             "charger_tick_wall_s": sc.charger_tick_wall_s}
 
