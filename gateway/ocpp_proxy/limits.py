@@ -134,7 +134,8 @@ class LimitState:
         )
         act = Actuation(
             controlled=controlled,
-            failsafe_installed=self.failsafe_ok,
+            # offline, the fail-safe profile an earlier connection (or life) installed is still on it
+            failsafe_installed=self.failsafe_ok or (not online and self.failsafe_ever),
             accepted_limit=self.accepted,
             accepted_at=self.accepted_at,
             pending_limit=self.pending,
