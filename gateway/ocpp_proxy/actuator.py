@@ -115,8 +115,8 @@ class LimitActuator:
         from the profile's start (when it was built), whenever the charger answers."""
         ls = self.limit
         queued_at = self._clock()
-        ls.queued(out.message_id, limit, queued_at)
         lease_until = built_at + self.ocpp.lease_s
+        ls.queued(out.message_id, limit, queued_at, lease_until)
 
         def answered(o: OutCall, ans: Frame | None) -> None:
             if ans is not None:

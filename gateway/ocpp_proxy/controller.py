@@ -19,6 +19,7 @@ from gateway.errors import StoreError
 from gateway.model import Allocation, ChargerSnapshot
 from gateway.ocpp_proxy.actuator import DUE_DECREASE, DUE_NOT
 from gateway.ocpp_proxy.frames import SUBPROTOCOLS
+from gateway.ocpp_proxy.leases import LeaseKeeper
 from gateway.ocpp_proxy.limits import LimitState
 from gateway.ocpp_proxy.ports import EventHooks
 from gateway.ocpp_proxy.server import check_request, credential_strength, identity_of, is_tls, server_ssl_context
@@ -70,6 +71,10 @@ class OcppController:
         self._session_events = EventHooks(self._event, self.changed, self.booted)
         for ch in site.chargers.values():
             self.tracker(ch.id)
+        # what the chargers may still hold from the earlier life (persisted on every change)
+        self.leases = LeaseKeeper(self.store, clock, lease_s=site.ocpp.lease_s,
+                                  ev_response_s=site.control.ev_response_s)
+        self.leases.restore_all(site.chargers, self.limit_state)
 
     # ------------------------------------------------------------------ plumbing for sessions
     def tracker(self, charger_id: str) -> ChargerTracker:
@@ -87,6 +92,7 @@ class OcppController:
         ls = self._limits.get(charger_id)
         if ls is None:
             ls = self._limits[charger_id] = LimitState()
+            ls.on_bound = lambda st: self.leases.changed(charger_id, st)
         return ls
 
     def upstream_target(self, cfg: ChargerConfig) -> UpstreamTarget | None:

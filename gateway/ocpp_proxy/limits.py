@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.model import Actuation
 
 # how a limit profile's CALL ended (for the actuation feedback)
@@ -35,6 +37,31 @@ class LimitState:
         self.unsure: tuple[float, float] | None = None  # (limit, queued at) of a CALL written, never answered
         self._act: Actuation | None = None
         self._act_online = False
+        # the highest limit the charger may hold from us and until when (clock()), over what was sent and
+        # what was accepted and has not lapsed; on_bound is told every change (the controller persists it)
+        self.bound: tuple[float, float] | None = None
+        self.failsafe_ever = False  # a fail-safe profile was accepted (in this life or an earlier one)
+        self.on_bound: Callable[[LimitState], None] | None = None
+
+    def restore(self, limit: float, lease_until: float, failsafe: bool, now: float) -> None:
+        """An earlier life's bound (or a charger's maximum when none is known): the charger may hold
+        ``limit`` until ``lease_until``; it counts as accepted now, so a limit accepted later is a decrease
+        the EV follows."""
+        self.accepted, self.accepted_at, self.lease_until = limit, now, lease_until
+        self.bound = (limit, lease_until)
+        self.failsafe_ever = failsafe
+        self._act = None
+
+    def _widen(self, limit: float, until: float, now: float) -> None:
+        b = self.bound
+        nb = (limit, until) if b is None or now >= b[1] else (max(b[0], limit), max(b[1], until))
+        self._set_bound(nb)
+
+    def _set_bound(self, nb: tuple[float, float]) -> None:
+        if nb != self.bound:
+            self.bound = nb
+            if self.on_bound is not None:
+                self.on_bound(self)
 
     def connected(self) -> None:
         """A new socket: nothing is known to be installed on it yet."""
@@ -54,10 +81,18 @@ class LimitState:
     def failsafe_answered(self, ok: bool) -> None:
         self.failsafe_ok = ok
         self._act = None
+        if ok and not self.failsafe_ever:
+            self.failsafe_ever = True
+            if self.on_bound is not None:
+                self.on_bound(self)
 
-    def queued(self, message_id: str, limit: float, now: float) -> None:
+    def queued(self, message_id: str, limit: float, now: float, lease_until: float | None = None) -> None:
+        """A limit CALL is about to be written; with ``lease_until`` (its lease end) it widens the bound
+        before the frame leaves."""
         self.pending, self.pending_since, self.pending_id = limit, now, message_id
         self._act = None
+        if lease_until is not None:
+            self._widen(limit, lease_until, now)
 
     def answered(
         self, message_id: str, limit: float, queued_at: float, lease_until: float, outcome: int, now: float
@@ -68,6 +103,8 @@ class LimitState:
             self.accepted, self.accepted_at, self.lease_until = limit, now, lease_until
             self.confirmed = True
             self.unsure = None
+            if message_id == self.pending_id:  # nothing later is in flight: the charger holds this one
+                self._set_bound((limit, lease_until))
         else:
             self.rejected_at = now
             if outcome == UNANSWERED:
@@ -97,7 +134,8 @@ class LimitState:
         )
         act = Actuation(
             controlled=controlled,
-            failsafe_installed=self.failsafe_ok,
+            # offline, the fail-safe profile an earlier connection (or life) installed is still on it
+            failsafe_installed=self.failsafe_ok or (not online and self.failsafe_ever),
             accepted_limit=self.accepted,
             accepted_at=self.accepted_at,
             pending_limit=self.pending,

@@ -1,4 +1,5 @@
-"""The durable store: the offline queue, 1.6 transaction-id map, token cache, learned capabilities.
+"""The durable store: the offline queue, 1.6 transaction-id map, token cache, learned capabilities, and
+the limit leases the chargers may still hold (read by the next life after a restart).
 
 SQLite in WAL mode with ``synchronous=FULL``. Every write goes to ONE writer thread that commits
 whatever has accumulated in one transaction (group commit: one disk sync for all the messages of
@@ -62,6 +63,12 @@ CREATE TABLE IF NOT EXISTS cms_profiles (
     profile_id INTEGER NOT NULL,
     data TEXT NOT NULL,
     PRIMARY KEY (charger, profile_id)
+);
+CREATE TABLE IF NOT EXISTS leases (
+    charger TEXT PRIMARY KEY,
+    limit_value REAL NOT NULL,
+    lease_until_wall REAL NOT NULL,
+    failsafe INTEGER NOT NULL
 );
 """
 # columns added since the first schema (older stores are migrated in place)
@@ -453,6 +460,39 @@ class Store:
         self._cms_cache[charger].pop(profile_id, None)
         q = "DELETE FROM cms_profiles WHERE charger = ? AND profile_id = ?"
         self._behind("cms_profile", lambda db: db.execute(q, (charger, profile_id)))
+
+    # -- the limit leases the chargers may hold (for the next life) ----------------------------
+    def leases(self) -> dict[str, Lease]:
+        """Per charger, the highest limit it may hold from the gateway and when that lapses (epoch s)."""
+        rows = self._db.execute("SELECT charger, limit_value, lease_until_wall, failsafe FROM leases").fetchall()
+        return {str(c): Lease(float(lim), float(until), bool(fs)) for c, lim, until, fs in rows}
+
+    def put_lease(self, charger: str, lease: Lease) -> concurrent.futures.Future[None]:
+        """Written behind (the writer thread's next group commit); the future tells when it is on disk."""
+        q = "INSERT OR REPLACE INTO leases (charger, limit_value, lease_until_wall, failsafe) VALUES (?, ?, ?, ?)"
+        args = (charger, lease.limit, lease.until_wall, int(lease.failsafe))
+
+        def fn(db: sqlite3.Connection) -> None:
+            db.execute(q, args)
+
+        fut = self.submit(fn)
+
+        def done(f: concurrent.futures.Future[None]) -> None:
+            if f.exception() is not None:
+                log.error("ocpp_store_write_failed", what="lease", error=str(f.exception()))
+
+        fut.add_done_callback(done)
+        return fut
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The highest limit (charger unit) a charger may hold from the gateway, until ``until_wall`` (epoch s),
+    and whether it ever accepted the gateway's fail-safe profile."""
+
+    limit: float
+    until_wall: float
+    failsafe: bool
 
 
 def _is_full(exc: sqlite3.Error) -> bool:

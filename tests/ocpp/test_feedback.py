@@ -168,12 +168,15 @@ async def test_controlled_only_after_capabilities_failsafe_and_limit_accepted(
         # the socket is open and the capabilities are being asked: online, not controlled
         await wait_for(lambda: ch.cp.of(caps), what="capabilities asked")
         snap = gw.ctrl.snapshot()[cid]
-        assert snap.online and snap.actuation == Actuation()
+        # a first start: nothing known of an earlier life, so it may hold its maximum for a lease
+        top = gw.ctrl.site.chargers[cid].max_limit
+        assert snap.online and snap.actuation == Actuation(accepted_limit=top, accepted_at=clock.t,
+                                                           lease_until=clock.t + LEASE_S)
         ch.cp.gates[caps].set()
         await wait_for(lambda: ready(gw, cid), what="profiles installed")
         a = act(gw, cid)
         assert a.failsafe_installed and not a.controlled, "no limit profile accepted yet"
-        assert a.accepted_limit is None and a.pending_limit is None and a.rejected_at is None
+        assert a.accepted_limit == top and a.pending_limit is None and a.rejected_at is None
         await gw.ctrl.apply(alloc(**{cid: 20.0}))
         await wait_for(lambda: act(gw, cid).accepted_limit == 20.0, what="limit accepted")
         a = act(gw, cid)
@@ -203,7 +206,8 @@ async def test_rejected_limit_is_reported_and_never_counts_as_accepted(make_gate
             lambda: len(limit_profiles(ch.cp)) == 2 and act(gw, "CP16").pending_limit is None, what="both rejected"
         )
         a = act(gw, "CP16")
-        assert a.rejected_at == clock.t and a.accepted_limit is None and a.lease_until is None
+        top = gw.ctrl.site.chargers["CP16"].max_limit  # the first start's bound: never replaced by a rejection
+        assert a.rejected_at == clock.t and a.accepted_limit == top and a.lease_until == clock.t + LEASE_S
         assert a.failsafe_installed and not a.controlled
     finally:
         await ch.close()
