@@ -45,7 +45,7 @@ from gateway.allocation.headroom import Headroom, headroom
 from gateway.allocation.minimums import pause
 from gateway.allocation.plan import FloatArray, Plan, plan_of
 from gateway.allocation.state import AllocatorState, ChargerMemory, CircuitMemory, MemoryView
-from gateway.allocation.targets import fill_toward, plan_pauses, plan_reasons, with_hold_caps
+from gateway.allocation.targets import fill_toward, with_hold_caps
 from gateway.allocation.trust import Trust, meter_problem, mode_of, trust
 from gateway.config import Site
 from gateway.model import Allocation, CircuitStatus, Snapshot
@@ -63,14 +63,12 @@ def allocate(
     c = classify(snapshot, site, plan, state, t.failsafe_reason, now, t.aging, t.readings)
     h = headroom(site, plan, c, t.readings, state.circuits, snapshot.caps, now)
     room = h.cap - h.non_ev - plan.per_constraint(c.fixed)
-    # the planner's low targets pause first, unless there is room left for them (targets.py)
-    paused = plan_pauses(plan, c, room, snapshot, site.control.rotation_period_s, now, pause)
+    paused = pause(plan, c, room, site.control.rotation_period_s, now)
     grow = c.is_active.copy()
     grow[list(paused)] = False
     # the planner's targets first where it has any (targets.py), else the filling alone
     x, frozen_by = fill_toward(plan, grow, c.lo, c.hi, c.weight, room, snapshot, c.hi_reason, fill)
     propose(site, plan, c, x, frozen_by, paused, h.binding_name)
-    plan_reasons(plan, c, snapshot, paused)
     gate(plan, c, h.cap, h.non_ev)
     limits, memory, may = remember(site, plan, c, now, state)
     allocation = Allocation(

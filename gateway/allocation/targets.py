@@ -1,12 +1,9 @@
 """The planner's shares (Snapshot.targets) in the allocator: one hook, inside the same safety rules.
 
-* A held target (``hold``: deferred to a cheaper period) is a cap on the charger like a budget's
+* A held target (``hold``: deferred to a cheaper period), and any target below half the charger's minimum (the
+  plan gives the room to sessions that need it more), is a cap on the charger like a budget's
   (Snapshot.charger_caps, the lower of the two): it lowers the charger's upper bound; below half its minimum
   the session pauses with the plan's reason, between half and the minimum it gets the minimum.
-* A (non-held) target below half the charger's minimum (the plan gives the room to sessions that need it more)
-  pauses the session first (``plan_pauses``), with the plan's reason, unless the room holds every active
-  session's minimum and every deadline target besides its own minimum: then it runs on what is left over,
-  like a session without a plan (the same minimum-or-0 rule, the same room).
 * The other targets (``plan:deadline``) order the filling: first every growing session fills up to its
   target (sessions without one stay at their minimum), by the same max-min filling within the same room; then
   every growing session shares what is left by max-min fairness, from there up to its usual cap.
@@ -24,13 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from gateway.allocation.classify import Classes
-from gateway.allocation.plan import EPS_A, TOL_A, FloatArray, Plan
+from gateway.allocation.plan import TOL_A, FloatArray, Plan
 from gateway.config import Site
 from gateway.model import ChargerCap, Snapshot
 
 FillFn = Callable[[Plan, np.ndarray, FloatArray, FloatArray, FloatArray, FloatArray], tuple[FloatArray, Any]]
-PauseFn = Callable[[Plan, Classes, FloatArray, float, float], dict[int, int]]
 
 
 def with_hold_caps(snapshot: Snapshot, site: Site) -> Snapshot:
@@ -44,68 +39,13 @@ def with_hold_caps(snapshot: Snapshot, site: Site) -> Snapshot:
             continue
         lo = site.to_line_a(ch, ch.min_limit)
         lim = t.target_a if t.target_a == t.target_a else 0.0  # NaN: 0 (lowers, never raises)
-        if not t.hold:
-            continue  # a deadline share: filled first (fill_toward); a low one pauses first (plan_pauses)
+        if not t.hold and lim >= lo / 2:
+            continue  # a deadline share: filled first (fill_toward), not a cap
         lim = 0.0 if lim < lo / 2 else max(lim, lo)
         old = caps.get(cid)
         if old is None or lim < old.limit_a:
             caps[cid] = ChargerCap(lim, t.reason)
     return dataclasses.replace(snapshot, charger_caps=caps)
-
-
-def plan_pauses(
-    plan: Plan, c: Classes, room: FloatArray, snapshot: Snapshot, period_s: float, now: float, pause: PauseFn,
-) -> dict[int, int]:
-    """The sessions to pause (``pause``'s result), the plan's low targets first: each active session whose
-    (non-held) target is below half its minimum pauses while the room does not hold every other active session's
-    minimum, every deadline target and its own minimum (the lowest target first); then ``pause`` over the rest.
-    Its reason is the plan's (``plan_reasons``)."""
-    targets = snapshot.targets
-    if not targets:
-        return pause(plan, c, room, period_s, now)
-    low: list[tuple[float, int, int]] = []
-    want = np.where(c.is_active, c.lo, 0.0)
-    for i in c.active.tolist():
-        t = targets.get(plan.ids[i])
-        if t is None or t.hold:
-            continue
-        tgt = t.target_a if t.target_a == t.target_a else 0.0
-        if tgt < c.lo[i] / 2:
-            low.append((tgt, int(plan.id_rank[i]), i))
-        else:
-            want[i] = float(np.clip(tgt, c.lo[i], max(c.hi[i], c.lo[i])))
-    if not low:
-        return pause(plan, c, room, period_s, now)
-    need = plan.per_constraint(want)
-    first: dict[int, int] = {}
-    for _, _, i in sorted(low):
-        over = [k for k in plan.members[i] if need[k] > room[k] + EPS_A]
-        if not over:
-            continue
-        first[i] = over[0]
-        for k in plan.members[i]:
-            need[k] -= want[i]
-    if not first:
-        return pause(plan, c, room, period_s, now)
-    active = c.is_active
-    c.is_active = active.copy()
-    c.is_active[list(first)] = False
-    try:
-        rest = pause(plan, c, room, period_s, now)
-    finally:
-        c.is_active = active
-    rest.update(first)
-    return rest
-
-
-def plan_reasons(plan: Plan, c: Classes, snapshot: Snapshot, paused: dict[int, int]) -> None:
-    """A session paused for its low plan target says the plan's reason (in ``c``)."""
-    if not snapshot.targets:
-        return
-    for i in paused:
-        t = snapshot.targets.get(plan.ids[i])
-        if t is not None and not t.hold and not (t.target_a == t.target_a and t.target_a >= c.lo[i] / 2):
-            c.reason[i] = t.reason
 
 
 def fill_toward(

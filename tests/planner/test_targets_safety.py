@@ -102,19 +102,3 @@ def test_a_target_above_the_safe_cap_is_not_granted() -> None:
     alloc = _twice({x: ChargerTarget(1000.0, "plan:deadline") for x in "ABC"})
     assert sum(alloc.limits[x].limit for x in "ABC") <= 48.0 + 1e-6
     assert all(alloc.limits[x].limit <= 32.0 for x in "ABC")
-
-
-def test_a_low_target_runs_on_room_left_over_and_pauses_first_without() -> None:
-    """A (non-held) target below half the minimum: the session pauses first, with the plan's reason, while the
-    others' deadline targets and minimums take the room; when they leave room for its minimum it runs on it."""
-    alloc = _twice({"A": ChargerTarget(26.0, "plan:deadline"), "B": ChargerTarget(10.0, "plan:deadline"),
-                    "C": ChargerTarget(1.0, "plan:deadline")})
-    a, b, c = (alloc.limits[x] for x in "ABC")
-    assert a.limit >= 26.0 - 0.1 and b.limit >= 10.0 - 0.1 and c.limit >= 6.0, "26 + 10 + 6 <= 48: C runs"
-    assert a.limit + b.limit + c.limit <= 48.0 + 1e-6
-    alloc = _twice({"A": ChargerTarget(30.0, "plan:deadline"), "B": ChargerTarget(14.0, "plan:deadline"),
-                    "C": ChargerTarget(1.0, "plan:deadline")})
-    a, b, c = (alloc.limits[x] for x in "ABC")
-    assert c.limit == 0.0 and c.reason == "plan:deadline", "30 + 14 + 6 > 48: C pauses for the plan"
-    # C's minimum from the first tick stays held while it follows the decrease (safety over time)
-    assert a.limit + b.limit + c.may_draw_a <= 48.0 + 1e-6 and b.limit >= 14.0 - 0.1
