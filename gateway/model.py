@@ -57,7 +57,8 @@ class Session:
     id_token: str | None = None
     priority: str | None = None  # overrides the charger's class when set
     departure_at: float | None = None  # monotonic, if the driver or fleet told us
-    energy_wh: float = 0.0
+    energy_wh: float = 0.0  # imported in this session, from the charger's energy register (0 until it reports)
+    energy_at: float | None = None  # monotonic time of the register reading energy_wh is from (None: none yet)
 
 
 @dataclass(frozen=True)

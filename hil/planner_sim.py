@@ -252,7 +252,8 @@ def _measure(
             per_circuit[c] = [x + d for x, d in zip(per_circuit[c], draw, strict=True)]
         chargers[cid] = ChargerSnapshot(
             id=cid, online=True, state=_STATES.get(m.state, ChargerState.CHARGING), draw_a=tuple(draw), draw_at=t,
-            session=Session(started_at=lv.a.at_s, departure_at=lv.a.departure_s, energy_wh=m.energy_wh),
+            session=Session(started_at=lv.a.at_s, departure_at=lv.a.departure_s, energy_wh=m.energy_wh,
+                            energy_at=t),  # the harness meters the session exactly, every tick
         )
     return chargers, {c: tuple(v) for c, v in per_circuit.items()}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -120,6 +120,9 @@ class ChargerTracker:
         self.charging: dict[int, ChargerState] = {}  # 2.0.1 TransactionEvent chargingState per EVSE
         self.session: Session | None = None  # the station's: the last started, else the earliest ongoing
         self.conn_sessions: dict[int, Session] = {}
+        # per connector: the energy register (Wh) at its transaction's start (1.6 meterStart, else the first
+        # reading in the transaction); a session's energy is the register minus this
+        self.meter_start: dict[int, float] = {}
         self.draws: dict[int, _Draw] = {}  # per connector (0: the station's own meter)
         self.ended_at: dict[int, float] = {}  # per connector: when its last session ended
         self.stopped: set[int] = set()  # session ended, EV maybe still plugged in (Finishing): not drawing
@@ -213,6 +216,7 @@ class ChargerTracker:
     def _session_ended(self, conn: int | None) -> None:
         if conn is not None and conn != 0:
             self.draws.pop(conn, None)
+            self.meter_start.pop(conn, None)
             self.ended_at[conn] = self.clock()  # a report from before (buffered) does not bring it back
             self.stopped.add(conn)
         if not self._active():
@@ -264,11 +268,21 @@ class ChargerTracker:
 
     def on_start_16(self, p: dict[str, Any], transaction_id: int | None) -> None:
         conn = int(p.get("connectorId", 1))
-        self.session = Session(
-            started_at=self.clock(),
-            transaction_id=None if transaction_id is None else str(transaction_id),
-            id_token=str(p.get("idTag")) if p.get("idTag") is not None else None,
-        )
+        prev = self.conn_sessions.get(conn)
+        if transaction_id is not None and prev is not None and prev.transaction_id is None:
+            # the CMS's answer to the StartTransaction already seen: the same session, now with its id
+            self.session = replace(prev, transaction_id=str(transaction_id))
+        else:
+            self.session = Session(
+                started_at=self.clock(),
+                transaction_id=None if transaction_id is None else str(transaction_id),
+                id_token=str(p.get("idTag")) if p.get("idTag") is not None else None,
+            )
+            start = p.get("meterStart")
+            if isinstance(start, int | float) and not isinstance(start, bool) and math.isfinite(start):
+                self.meter_start[conn] = float(start)  # Wh by the 1.6 schema
+            else:
+                self.meter_start.pop(conn, None)
         if transaction_id is not None:
             self._map_tx(str(transaction_id), conn)
         self.conn_sessions[conn] = self.session
@@ -345,6 +359,7 @@ class ChargerTracker:
             self._session_started(evse)
         token = (p.get("idToken") or {}).get("idToken")
         if event == "Started" or (self.session is None and event == "Updated"):
+            self.meter_start.pop(evse, None)  # the transaction's first register reading is its start
             self.session = Session(
                 started_at=self.clock(),
                 transaction_id=str(tx.get("transactionId")),
@@ -352,7 +367,7 @@ class ChargerTracker:
             )
             self.conn_sessions[evse] = self.session
         elif event == "Updated" and self.session is not None and token is not None and self.session.id_token is None:
-            self.session = Session(self.session.started_at, self.session.transaction_id, str(token))
+            self.session = replace(self.session, id_token=str(token))
             self.conn_sessions[evse] = self.session
         if event == "Ended":
             self._transaction_ended(evse)
@@ -407,8 +422,18 @@ class ChargerTracker:
         power: float | None = None
         phase_power = 0.0
         have_phase_power = False
+        register: float | None = None
+        phase_register = 0.0
+        have_phase_register = False
         for measurand, phase, value, unit in samples:
-            if measurand == "Current.Import":
+            if measurand == "Energy.Active.Import.Register":
+                wh = value * _MULT.get(unit, 1.0)  # Wh by default, kWh by unit
+                if phase is None:
+                    register = wh
+                elif _phase_index(phase) is not None:
+                    phase_register += wh
+                    have_phase_register = True
+            elif measurand == "Current.Import":
                 idx = _phase_index(phase)
                 if idx is None:
                     unphased_current = value
@@ -425,6 +450,10 @@ class ChargerTracker:
             power = phase_power
         if at < self.ended_at.get(conn, -math.inf):
             return
+        if register is None and have_phase_register:
+            register = phase_register
+        if register is not None:
+            self._session_energy(conn, register, at)
         rec = self.draws.get(conn) or _Draw()
         touched = False
         draw = self._map_currents(currents, unphased_current)
@@ -445,6 +474,23 @@ class ChargerTracker:
         if touched:
             self.draws[conn] = rec
             self._gen += 1
+
+    def _session_energy(self, conn: int, register_wh: float, at: float) -> None:
+        """A connector's energy register reading: its session's energy (register minus the transaction's start;
+        an older, buffered reading does not replace a newer one; a register that went back counts from there)."""
+        s = self.conn_sessions.get(conn)
+        if s is None or not math.isfinite(register_wh) or register_wh < 0:
+            return
+        if s.energy_at is not None and at < s.energy_at:
+            return
+        start = self.meter_start.setdefault(conn, register_wh)
+        if register_wh < start:  # a meter reset or a relative register: count from this reading
+            start = self.meter_start[conn] = 0.0 if s.energy_at is None else register_wh - s.energy_wh
+        new = replace(s, energy_wh=max(0.0, register_wh - start), energy_at=at)
+        self.conn_sessions[conn] = new
+        if self.session is s:
+            self.session = new
+        self._gen += 1
 
     def _total(self) -> None:
         """The station's draw: its own meter (connector 0) where it reports one at least as recent as the

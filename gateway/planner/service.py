@@ -38,9 +38,10 @@ class PlannerService:
         self.worker = worker or PlannerWorker(site, settings)
         self.commanded: dict[str, Needs] = {}  # from cmd/session_needs, per charger, until its session ends
         self._started: dict[str, float] = {}  # session start per charger (its needs are the session's)
-        # energy delivered per session, integrated from the measured draw tick by tick (Session.energy_wh is not
-        # filled in by the OCPP layer): (Wh, last time)
-        self._delivered: dict[str, tuple[float, float]] = {}
+        # energy delivered per session: the charger's last energy report (Session.energy_wh at energy_at) plus the
+        # measured draw integrated tick by tick since that report, or since the start before any report:
+        # (Wh, last time, the report it counts from)
+        self._delivered: dict[str, tuple[float, float, float | None]] = {}
 
     def command(self, payload: bytes, *, require_ts: bool) -> dict[str, object]:
         """``cmd/session_needs``: validated like the remote cap; the reply body."""
@@ -78,7 +79,7 @@ class PlannerService:
             prev = self._started.get(cid)
             if prev != cs.session.started_at:  # a new session: the old one's commanded needs go
                 self._started[cid] = cs.session.started_at
-                self._delivered[cid] = (0.0, now)
+                self._delivered[cid] = (0.0, now, None)
                 if prev is not None:
                     self.commanded.pop(cid, None)
             delivered = self._integrate(cid, cs, now)
@@ -95,7 +96,7 @@ class PlannerService:
             if n is None or not n.complete:
                 out.append(PlanSession(cid, None, None, weight))
                 continue
-            need = max(0.0, (n.energy_wh or 0.0) - max(cs.session.energy_wh, delivered))
+            need = max(0.0, (n.energy_wh or 0.0) - delivered)
             # the EV's own maximum where it says (ISO 15118): a plan that counts on 32 A from a 16 A on-board
             # charger holds room it cannot use and pauses others for it
             out.append(PlanSession(cid, need, (n.departure_wall or 0.0) - offset, weight, ev_max_a=n.ev_max_a,
@@ -107,14 +108,18 @@ class PlannerService:
         return out
 
     def _integrate(self, cid: str, cs: ChargerSnapshot, now: float) -> float:
-        """The session's energy so far: the measured power (or line current at the nominal voltage) over time."""
-        wh, last = self._delivered.get(cid, (0.0, now))
+        """The session's energy so far: the charger's last energy report, plus the measured power (or line current
+        at the nominal voltage) over the time since it (since the start while it has reported none)."""
+        wh, last, rep = self._delivered.get(cid, (0.0, now, None))
+        s = cs.session
+        if s is not None and s.energy_at is not None and s.energy_at != rep:  # a new report: count from it
+            wh, last, rep = s.energy_wh, min(s.energy_at, now), s.energy_at
         w = cs.draw_w
         if w is None and cs.draw_a is not None:
             w = sum(cs.draw_a) * electrical.line_to_neutral_v(self.site.service)
         if w is not None and w == w and now > last:
             wh += max(w, 0.0) * (now - last) / 3600.0
-        self._delivered[cid] = (wh, now)
+        self._delivered[cid] = (wh, now, rep)
         return wh
 
     def budget_view(self, snapshot: Snapshot, now: float) -> BudgetView:

@@ -22,7 +22,8 @@ def _site() -> Site:
 def _snap(now: float) -> Snapshot:
     def cs(cid: str, token: str | None) -> ChargerSnapshot:
         return ChargerSnapshot(id=cid, online=True, state=ChargerState.CHARGING,
-                               session=Session(started_at=900.0, id_token=token, energy_wh=5000.0))
+                               session=Session(started_at=900.0, id_token=token, energy_wh=5000.0,
+                                               energy_at=1000.0))
 
     return Snapshot(taken_at=now, meters={}, chargers={"A": cs("A", None), "B": cs("B", "T1"),
                                                        "C": ChargerSnapshot(id="C", online=True)})
@@ -86,7 +87,7 @@ def test_the_evs_own_maximum_reaches_the_plan() -> None:
 
 
 def test_the_need_falls_with_the_energy_measured() -> None:
-    """The session's energy is the measured power over time (the OCPP layer leaves Session.energy_wh at 0): 11 kW
+    """Before the charger reports its energy register, the session's energy is the measured power over time: 11 kW
     for an hour takes 11 kWh off a 20 kWh need; nothing more while it draws nothing."""
     import dataclasses
 
@@ -109,5 +110,41 @@ def test_the_need_falls_with_the_energy_measured() -> None:
         idle = dataclasses.replace(cs, state=ChargerState.SUSPENDED_EVSE, draw_w=0.0)
         (s2,) = svc.sessions(Snapshot(taken_at=7200.0, meters={}, chargers={"A": idle}), 7200.0)
         assert s2.need_wh == pytest.approx(9_000.0)
+    finally:
+        svc.close()
+
+
+def test_the_reported_energy_counts_and_the_integral_only_since_it() -> None:
+    """The charger's energy report (Session.energy_wh at energy_at) replaces the integral of the measured power,
+    which then counts only from the report's time: a taper the 11 kW reading missed does not run the estimate
+    ahead of the energy the EV really got."""
+    import dataclasses
+
+    import pytest
+
+    from gateway.model import Snapshot
+    from gateway.planner.config import PlannerSettings
+    from gateway.planner.needs import Needs as _Needs
+    from gateway.planner.service import PlannerService
+    from tests.factories import ac, charging, make_site
+
+    site = make_site(chargers=[ac("A", phases=3)])
+    cs = dataclasses.replace(charging("A"), draw_w=11_000.0)
+    assert cs.session is not None
+    svc = PlannerService(site, PlannerSettings(enabled=True), wall=lambda: 1000.0,
+                         needs_of=lambda _cid: _Needs(30_000.0, 90_000.0, "iso15118"))
+    try:
+        def need(c: object, now: float) -> float:
+            (s,) = svc.sessions(Snapshot(taken_at=now, meters={}, chargers={"A": c}), now)  # type: ignore[dict-item]
+            assert s.need_wh is not None
+            return s.need_wh
+
+        assert need(cs, 0.0) == 30_000.0
+        assert need(cs, 3600.0) == pytest.approx(19_000.0)  # no report yet: 11 kWh integrated
+        # the charger reports 8 kWh as of 3000 s (the EV tapered): 8 kWh plus 11 kW over the 600 s since
+        rep = dataclasses.replace(cs, session=dataclasses.replace(cs.session, energy_wh=8_000.0, energy_at=3000.0))
+        assert need(rep, 3600.0) == pytest.approx(30_000.0 - 8_000.0 - 11_000.0 * 600 / 3600)
+        # the same report again, an hour on: the integral goes on from the last tick, not from the report twice
+        assert need(rep, 7200.0) == pytest.approx(30_000.0 - 8_000.0 - 11_000.0 * 4200 / 3600)
     finally:
         svc.close()
