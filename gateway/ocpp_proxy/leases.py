@@ -3,9 +3,11 @@
 A charger keeps the limit profile the previous life installed until its lease lapses (``lease_s`` after it
 was built), then its persistent fail-safe profile. Per charger, the highest limit it may hold and when that
 lapses (wall clock) are written to the store whenever they change (written behind, never awaited by the
-control loop); a decrease is written only ``ev_response_s`` after it landed (the EV may draw the earlier
-limit meanwhile). The next life restores each charger's :class:`LimitState` from it before the first
-allocation; a charger without a record (a first start, an upgrade) may hold its maximum for a lease.
+control loop, and batched: one store job for all the chargers whose bound changed in a loop iteration, so
+a tick that changes 1000 limits costs one write); a decrease is written only ``ev_response_s`` after it
+landed (the EV may draw the earlier limit meanwhile). The next life restores each charger's
+:class:`LimitState` from it before the first allocation; a charger without a record (a first start, an
+upgrade) may hold its maximum for a lease.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ class LeaseKeeper:
         self.lease_s = lease_s
         self.ev_response_s = ev_response_s
         self._written: dict[str, Lease] = {}
-        self._later: dict[str, asyncio.TimerHandle] = {}
+        self._due: dict[str, tuple[float, Lease]] = {}  # not yet written: (when, what); a newer bound replaces
+        self._flush_at: float | None = None
+        self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
 
     def restore_all(self, chargers: Mapping[str, ChargerConfig], state: Callable[[str], LimitState]) -> None:
         """At start: every configured charger's bound from the store (its maximum for a lease without)."""
@@ -55,23 +59,37 @@ class LeaseKeeper:
         if ls.bound is None:
             return
         limit, until = ls.bound
-        lease = Lease(limit, until - self.clock() + self.wall(), ls.failsafe_ever)
+        now = self.clock()
+        lease = Lease(limit, until - now + self.wall(), ls.failsafe_ever)
         old = self._written.get(cid)
-        pending = self._later.pop(cid, None)
-        if pending is not None:
-            pending.cancel()
         decrease = old is not None and lease.limit < old.limit - 1e-9 and old.until_wall > self.wall()
-        if decrease and self.ev_response_s > 0:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None:
-                self._later[cid] = loop.call_later(self.ev_response_s, self._write, cid, lease)
-                return
-        self._write(cid, lease)
+        self._due[cid] = (now + self.ev_response_s if decrease else now, lease)
+        self._schedule(now)
 
-    def _write(self, cid: str, lease: Lease) -> None:
-        self._later.pop(cid, None)
-        self._written[cid] = lease
-        self.store.put_lease(cid, lease)
+    def _schedule(self, now: float) -> None:
+        if not self._due:
+            return
+        at = min(due for due, _ in self._due.values())
+        if self._handle is not None and self._flush_at is not None and self._flush_at <= at:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test, shutdown): write at once
+            self.flush(force=True)
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._flush_at = at
+        self._handle = loop.call_soon(self.flush) if at <= now else loop.call_later(at - now, self.flush)
+
+    def flush(self, *, force: bool = False) -> None:
+        """Write every bound that is due (all of them with ``force``) in one store job."""
+        self._handle = self._flush_at = None
+        now = self.clock()
+        ready = {cid: lease for cid, (due, lease) in self._due.items() if force or due <= now}
+        for cid, lease in ready.items():
+            del self._due[cid]
+            self._written[cid] = lease
+        if ready:
+            self.store.put_leases(ready)
+        self._schedule(now)

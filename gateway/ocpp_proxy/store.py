@@ -28,7 +28,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -467,13 +467,14 @@ class Store:
         rows = self._db.execute("SELECT charger, limit_value, lease_until_wall, failsafe FROM leases").fetchall()
         return {str(c): Lease(float(lim), float(until), bool(fs)) for c, lim, until, fs in rows}
 
-    def put_lease(self, charger: str, lease: Lease) -> concurrent.futures.Future[None]:
-        """Written behind (the writer thread's next group commit); the future tells when it is on disk."""
+    def put_leases(self, leases: Mapping[str, Lease]) -> concurrent.futures.Future[None]:
+        """Written behind, all in one job of the writer thread's next group commit; the future tells when
+        they are on disk."""
         q = "INSERT OR REPLACE INTO leases (charger, limit_value, lease_until_wall, failsafe) VALUES (?, ?, ?, ?)"
-        args = (charger, lease.limit, lease.until_wall, int(lease.failsafe))
+        rows = [(cid, x.limit, x.until_wall, int(x.failsafe)) for cid, x in leases.items()]
 
         def fn(db: sqlite3.Connection) -> None:
-            db.execute(q, args)
+            db.executemany(q, rows)
 
         fut = self.submit(fn)
 
@@ -483,6 +484,9 @@ class Store:
 
         fut.add_done_callback(done)
         return fut
+
+    def put_lease(self, charger: str, lease: Lease) -> concurrent.futures.Future[None]:
+        return self.put_leases({charger: lease})
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ async def test_the_bound_is_written_on_send_and_a_decrease_only_after_the_respon
         clock.t += 5.0  # the first start's bound (its maximum until 620) is not persisted: this one is
         wall = time.time()
         ls.queued("m1", 32.0, clock.t, clock.t + LEASE_S)  # sent: the bound before any answer
+        await asyncio.sleep(0)  # written in one batch at the end of the loop iteration
         ctrl.store.flush()
         got = ctrl.store.leases()["A"]
         assert got.limit == 32.0 and abs(got.until_wall - (wall + LEASE_S)) < 2.0 and not got.failsafe
@@ -71,12 +72,14 @@ async def test_the_bound_is_written_on_send_and_a_decrease_only_after_the_respon
         clock.t += 30.0
         wall = time.time()  # (the fake clock moved, the wall clock did not)
         ls.queued("m2", 16.0, clock.t, clock.t + LEASE_S)  # a decrease sent: 32 A still bounds it, a lease longer
+        await asyncio.sleep(0)
         ctrl.store.flush()
         got = ctrl.store.leases()["A"]
         assert got.limit == 32.0 and got.failsafe and abs(got.until_wall - (wall + LEASE_S)) < 2.0
         ls.answered("m2", 16.0, clock.t, clock.t + LEASE_S, ACCEPTED, clock.t)  # landed: the EV follows it
         ctrl.store.flush()
         assert ctrl.store.leases()["A"].limit == 32.0, "the EV may draw 32 A for a response yet"
+        clock.t += 0.3  # the EV's response is over
         await asyncio.sleep(0.4)
         ctrl.store.flush()
         assert ctrl.store.leases()["A"].limit == 16.0

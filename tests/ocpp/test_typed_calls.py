@@ -20,7 +20,7 @@ from gateway.ocpp_proxy.offline import Backlog, OfflineResponder
 from gateway.ocpp_proxy.ports import EventHooks
 from gateway.ocpp_proxy.state import ChargerTracker, draw_bounds
 from gateway.ocpp_proxy.store import QueueLimits, Store
-from gateway.ocpp_proxy.typed import action_of, payload_of
+from gateway.ocpp_proxy.typed import action_of, library_payload_of, payload_of
 
 from .conftest import site_text
 
@@ -36,6 +36,8 @@ def test_limit_and_failsafe_profiles_pass_the_schema_and_carry_their_values(vers
                                   duration_s=duration, connectors=connectors)
         assert action_of(call) == "SetChargingProfile"
         payload = payload_of(call)
+        # the one-pass serialiser writes what the library's own would, byte for byte
+        assert json.dumps(payload) == json.dumps(library_payload_of(call))
         assert validate(version, CALL, "SetChargingProfile", payload) is None, payload
         # what the charger parses from the frame on the wire
         frame = parse_frame(call_text("m1", "SetChargingProfile", payload), version, 65536)
@@ -53,7 +55,9 @@ def test_limit_and_failsafe_profiles_pass_the_schema_and_carry_their_values(vers
 def test_composite_schedule_answers_pass_the_schema(version: str) -> None:
     build = policy.composite_16 if version == "1.6" else policy.composite_201
     for unit, limit in itertools.product(["A", "W"], [None, 0.0, 16.0, 11000.0]):
-        payload = payload_of(build(2, 300, unit, limit, START))
+        answer = build(2, 300, unit, limit, START)
+        payload = payload_of(answer)
+        assert json.dumps(payload) == json.dumps(library_payload_of(answer))
         assert validate(version, CALLRESULT, "GetCompositeSchedule", payload) is None, payload
         assert payload["status"] == ("Rejected" if limit is None else "Accepted")
         if limit is not None:
