@@ -63,13 +63,12 @@ class LeaseKeeper:
         lease = Lease(limit, until - now + self.wall(), ls.failsafe_ever)
         old = self._written.get(cid)
         decrease = old is not None and lease.limit < old.limit - 1e-9 and old.until_wall > self.wall()
-        self._due[cid] = (now + self.ev_response_s if decrease else now, lease)
-        self._schedule(now)
+        due = now + self.ev_response_s if decrease else now
+        self._due[cid] = (due, lease)
+        self._schedule(due, now)
 
-    def _schedule(self, now: float) -> None:
-        if not self._due:
-            return
-        at = min(due for due, _ in self._due.values())
+    def _schedule(self, at: float, now: float) -> None:
+        """Flush by ``at`` (a flush already due by then covers it: O(1) per change)."""
         if self._handle is not None and self._flush_at is not None and self._flush_at <= at:
             return
         try:
@@ -92,4 +91,5 @@ class LeaseKeeper:
             self._written[cid] = lease
         if ready:
             self.store.put_leases(ready)
-        self._schedule(now)
+        if self._due:
+            self._schedule(min(due for due, _ in self._due.values()), now)
