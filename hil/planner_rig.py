@@ -15,7 +15,8 @@ scenario time), and for the planner run the daemon's own plan times (its ``plan_
 and the rig's safety figures (self-inflicted overload A*s from the scorecard).
 
 Compressed time: the daemon runs on the wall clock, so the scenario's [gateway.*] overrides shorten its timers
-by the time scale k (tick 0.2 s, the planner's slot and re-plan 900/k s, ramps x k). What cannot be compressed:
+by the time scale k (tick 0.2 s, the planner's slot and re-plan 900/k s, ramps x k; energies, as the EVs tell
+them and the planner's assumed taper, are scenario energies / k). What cannot be compressed:
 the site's tariff periods are local clock times (HH:MM) that the daemon reads off the wall clock, so under the
 rig the planner sees the price of the hour the run happens in, flat (no ``plan:cheap-period`` deferral); the
 cost column still prices every run's energy on the scenario clock.
@@ -49,8 +50,9 @@ def rig_variant(sc: Scenario, *, planner: bool) -> Scenario:
     ocpp = {"lease_s": 20, "renew_before_s": 6, **sc.gateway.ocpp}
     meters = {"poll_interval_s": 0.25, "timeout_s": 0.15, "stale_after_s": 1.5, **sc.gateway.meters}
     slot = 900.0 / k
+    # energies on the rig are scenario energies / k (real currents, compressed time): so is the assumed taper
     pl = {"enabled": planner, "slot_s": slot, "replan_s": slot, "max_plan_age_s": 1200.0 / k,
-          "min_dwell_s": 0.0, **sc.gateway.planner}
+          "min_dwell_s": 0.0, "assumed_taper_kwh": 15.0 / k, **sc.gateway.planner}
     pl["enabled"] = planner
     gw = GatewayOverrides(control=control, ocpp=ocpp, meters=meters, mqtt=sc.gateway.mqtt, budget=sc.gateway.budget,
                           planner=pl)

@@ -5,7 +5,8 @@ Every ``tick_s`` the harness measures (EV draws per site phase, the base load, m
 builds the Snapshot, takes the latest plan's targets, allocates and sends each EV its limit (the EV follows
 after its response delay). The planner runs every ``replan_s`` and on every arrival and departure, inline: in
 simulated time it is never late (the daemon runs it in a worker thread, gateway.planner.runner). Needs are
-known (``needs="known"``: the departure and energy the EV would report over ISO 15118) or unknown.
+known (``needs="known"``: the departure and energy, and the battery's curve), told as an AC EV tells them over
+ISO 15118 (``"iso15118"``: departure, energy and its maximum, no curve: what the rig's EVs tell) or unknown.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ class _Live:
 
 
 def simulate(
-    scenario: Scenario, *, use_planner: bool, needs: Literal["known", "unknown"] = "known", tick_s: float = 10.0,
+    scenario: Scenario, *, use_planner: bool, needs: Literal["known", "iso15118", "unknown"] = "known",
+    tick_s: float = 10.0,
     replan_s: float = 900.0, start_wall: float = 0.0, planner_cfg: PlannerConfig | None = None,
     name: str | None = None, expect: tuple[float, float] | None = None,
 ) -> RunResult:
@@ -266,9 +268,10 @@ def _plan_session(site: Site, cid: str, lv: _Live, t: float, needs: str) -> Plan
     a, m = lv.a, lv.model
     ch = site.chargers[cid]
     w = site.priorities[ch.priority].weight
-    if needs != "known":
+    if needs == "unknown":
         return PlanSession(cid, None, None, weight=w)
     need = max(0.0, a.requested_wh - m.energy_wh)
+    # "iso15118": what an AC EV tells (energy, departure, its maximum), not its battery's curve
+    taper = Taper(a.capacity_kwh * 1000.0, m.soc, a.taper_start_soc, a.end_fraction) if needs == "known" else None
     return PlanSession(cid, need, a.departure_s, weight=w, ev_max_a=a.max_current_a if ch.kind == "ac" else None,
-                       ac_phases=a.ac_phases, taper=Taper(a.capacity_kwh * 1000.0, m.soc, a.taper_start_soc,
-                                                          a.end_fraction), source="iso15118")
+                       ac_phases=a.ac_phases, taper=taper, source="iso15118", delivered_wh=m.energy_wh)

@@ -7,6 +7,8 @@
     max_plan_age_s = 1200      # an older plan is dropped: max-min fairness until the next one
     time_limit_s = 0.8         # HiGHS's limit per plan
     min_dwell_s = 3600         # a default departure is at least this far after the arrival
+    assumed_taper_kwh = 15     # an EV that tells no battery curve (AC): its last 15 kWh planned at a rate
+    assumed_taper_end_pct = 20 #   falling to 20 % of its maximum (0 kWh: planned at full rate to the end)
 
     [planner.defaults.fleet]   # per priority class
     departure = "05:00"        # local time (the site's [budget] timezone)
@@ -95,6 +97,8 @@ def parse_planner(
     solver = PlannerConfig(
         slot_s=t.float("slot_s", 900.0, min=0.5, max=3600),  # below a minute: a rig on compressed time
         time_limit_s=t.float("time_limit_s", 0.8, gt=0, max=30),
+        assumed_taper_wh=t.float("assumed_taper_kwh", 15.0, min=0, max=200) * 1000.0,
+        assumed_taper_end_fraction=t.float("assumed_taper_end_pct", 20.0, min=1, max=100) / 100.0,
     )
     replan = t.float("replan_s", 900.0, min=0.5, max=3600)
     age = t.float("max_plan_age_s", 1200.0, gt=0, max=7200)

@@ -31,6 +31,7 @@ class PlanSession:
     taper: Taper | None = None
     reserve_a: float | None = None  # unknown needs: line A held for it over the horizon (None: the charger's minimum)
     source: str = ""  # where the needs came from (telemetry)
+    delivered_wh: float = 0.0  # the session's energy so far (with need_wh: what it wants in all)
     # an expected session (a free charger of a class that expects its vehicles back, e.g. a fleet depot): in
     # the plan it holds room for a vehicle not here yet (no energy is deferred onto room it will need), it gets
     # no target and no projection
@@ -122,3 +123,11 @@ class PlannerConfig:
     # above; far below the shortfall's and a tariff's price steps): an LP has many equally good splits of the
     # room, and every switch between them waits for EVs to follow decreases before increases are granted
     stickiness: float = 100.0
+    # an EV that does not tell its battery (ISO 15118 AC: energy and departure only) is planned with a taper
+    # all the same: the last assumed_taper_wh of its session (at most assumed_taper_share of what it wants in
+    # all: a small top-up is not assumed to end at a full battery) at a rate falling linearly to
+    # assumed_taper_end_fraction of its maximum (a plan that counts on the full rate to the last Wh leaves it
+    # short at departure); 0: none
+    assumed_taper_wh: float = 15000.0
+    assumed_taper_share: float = 0.25
+    assumed_taper_end_fraction: float = 0.2

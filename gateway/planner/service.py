@@ -100,7 +100,7 @@ class PlannerService:
             # the EV's own maximum where it says (ISO 15118): a plan that counts on 32 A from a 16 A on-board
             # charger holds room it cannot use and pauses others for it
             out.append(PlanSession(cid, need, (n.departure_wall or 0.0) - offset, weight, ev_max_a=n.ev_max_a,
-                                   ac_phases=n.ac_phases, source=n.source))
+                                   ac_phases=n.ac_phases, source=n.source, delivered_wh=delivered))
         for cid in [c for c in self._started if c not in live]:  # its session ended: so did its needs
             self._started.pop(cid, None)
             self.commanded.pop(cid, None)

@@ -35,6 +35,7 @@ from gateway.planner.model import (
     PlannerState,
     PlanSession,
     Projection,
+    Taper,
 )
 
 Arr = npt.NDArray[np.float64]
@@ -260,8 +261,9 @@ def _solve(
         # delivered + shortfall >= need ; delivered <= need
         lp.row(np.append(cols, u), np.append(-wh, -1.0), -need)
         lp.row(cols, wh, need)
-        if s.taper is not None:
-            _taper_rows(lp, s, cols, wh, hi)
+        tp = s.taper if s.taper is not None else assumed_taper(s, cfg)
+        if tp is not None:
+            _taper_rows(lp, tp, float(s.need_wh or 0.0), cols, wh, hi)
         ks = np.arange(L, dtype=np.intp)
         for c in site.path_to_root[ch.circuit]:
             for p in ch.line_phases:
@@ -315,13 +317,25 @@ def _laxity_slots(s: PlanSession, now: float, dep: float, w_per_a: float, hi: fl
     return max(1.0, (dep - now - need_s) / step)
 
 
-def _taper_rows(lp: _Lp, s: PlanSession, cols: npt.NDArray[np.intp], wh: Arr, hi: float) -> None:
+def assumed_taper(s: PlanSession, cfg: PlannerConfig) -> Taper | None:
+    """The taper planned for an EV that does not tell its battery: the session fills a battery whose last
+    ``assumed_taper_wh`` (at most ``assumed_taper_share`` of what the session wants in all) come at a falling
+    rate (a taper from 80 % SoC). The battery follows from the session's total (delivered + still needed), so
+    one session keeps one battery while its need shrinks."""
+    if cfg.assumed_taper_wh <= 0 or cfg.assumed_taper_share <= 0 or not s.need_wh or s.need_wh <= 0:
+        return None
+    s0 = 0.8
+    total = s.need_wh + max(s.delivered_wh, 0.0)
+    cap = min(cfg.assumed_taper_wh, cfg.assumed_taper_share * total) / (1.0 - s0)
+    cap = max(cap, total)  # a share above 20 %: the session starts from an empty battery
+    return Taper(cap, 1.0 - s.need_wh / cap, s0, cfg.assumed_taper_end_fraction)
+
+
+def _taper_rows(lp: _Lp, tp: Taper, need_wh: float, cols: npt.NDArray[np.intp], wh: Arr, hi: float) -> None:
     """x_k + hi * slope / cap * E_after(k) <= hi * (1 - slope * (soc - s0)), with E_after = E_before + wh_k x_k
     and E_before a chain of cumulative-energy variables (a few non-zeros per row, as in hil.ideal)."""
-    tp = s.taper
-    assert tp is not None
     s0, e = tp.taper_start_soc, tp.end_fraction
-    if s0 >= 1.0 or tp.capacity_wh <= 0 or tp.soc + (s.need_wh or 0.0) / tp.capacity_wh <= s0:
+    if s0 >= 1.0 or tp.capacity_wh <= 0 or tp.soc + need_wh / tp.capacity_wh <= s0:
         return  # it never reaches the taper
     slope = (1.0 - e) / (1.0 - s0)
     a = hi * slope / tp.capacity_wh

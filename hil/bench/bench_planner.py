@@ -99,6 +99,9 @@ def main() -> None:
     ap.add_argument("--scenario", choices=("depot", "workplace", "caltech", "all"), default="all")
     ap.add_argument("--n", type=int, default=80, help="vans in the depot")
     ap.add_argument("--tick", type=float, default=30.0, help="the simulated control tick (s); caltech: 10")
+    ap.add_argument("--needs", choices=("known", "iso15118"), default="known",
+                    help="known: the planner is told each EV's battery curve; iso15118: only what an AC EV tells "
+                         "(energy, departure, maximum), as on the rig")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not adaptive_available():
@@ -106,7 +109,8 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {}
     if args.scenario in ("depot", "all"):
         s = depot(args.n)
-        results["depot"] = compare(s, start_wall=DEPOT_START_WALL, expect=(12 * 3600.0, 60.0), tick_s=args.tick)
+        results["depot"] = compare(s, start_wall=DEPOT_START_WALL, expect=(12 * 3600.0, 60.0), tick_s=args.tick,
+                                   needs=args.needs)
         print(table(f"depot: {s.description}", results["depot"]))
     if args.scenario in ("workplace", "all"):
         s = workplace()
@@ -118,7 +122,7 @@ def main() -> None:
         from acnportal.acnsim.network.sites import caltech_acn
 
         s = caltech()
-        rows = compare(s, start_wall=WORKPLACE_START_WALL, tick_s=min(args.tick, 10.0),
+        rows = compare(s, start_wall=WORKPLACE_START_WALL, tick_s=min(args.tick, 10.0), needs=args.needs,
                        acn_network=lambda: caltech_acn(basic_evse=True))
         # acnportal's algorithms once more on the gateway's model of the same site (per-line sums, not phasors)
         for algo in ("acnportal EDF", "acnportal LLF"):

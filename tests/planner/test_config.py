@@ -28,11 +28,19 @@ def _parse(d: dict[str, Any]) -> Any:
     ({"chargers": {"NOPE": {"energy_kwh": 5}}}, "planner.chargers.NOPE", "unknown charger"),
     ({"vehicles": [{"id_token": "T", "target_soc_pct": 90}]}, "planner.vehicles[0].target_soc_pct", "capacity_kwh"),
     ({"vehicles": [{"id_token": "T"}, {"id_token": "T"}]}, "planner.vehicles[1].id_token", "duplicate"),
+    ({"assumed_taper_kwh": -1}, "planner.assumed_taper_kwh", ""),
+    ({"assumed_taper_end_pct": 0}, "planner.assumed_taper_end_pct", ""),
 ])
 def test_refused_with_the_key_path(d: dict[str, Any], path: str, reason: str) -> None:
     with pytest.raises(ConfigError) as ei:
         _parse(d)
     assert ei.value.path == path and reason in str(ei.value)
+
+
+def test_the_assumed_taper_is_configured_in_kwh_and_percent() -> None:
+    assert _parse({}).solver.assumed_taper_wh == 15000.0
+    s = _parse({"assumed_taper_kwh": 0, "assumed_taper_end_pct": 35})
+    assert s.solver.assumed_taper_wh == 0.0 and s.solver.assumed_taper_end_fraction == 0.35
 
 
 def test_vehicle_then_charger_then_class() -> None:

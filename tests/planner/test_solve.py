@@ -165,14 +165,57 @@ def test_among_equally_good_plans_the_least_laxity_goes_first() -> None:
 def test_the_share_now_keeps_to_the_last_plan_between_equally_good_splits() -> None:
     # two identical sessions and room for one now: whichever the last plan chose keeps the room (no switching)
     site = _site(limit_a=32.0, n=2)
+    flat = PlannerConfig(assumed_taper_wh=0.0)  # at the full rate: the room is the only bound
     sessions = [PlanSession("C0", 10e3, 8 * H), PlanSession("C1", 10e3, 8 * H)]
     for chosen in ("C0", "C1"):
         other = "C1" if chosen == "C0" else "C0"
         prev = PlannerState(targets={chosen: 32.0, other: 0.0})
-        p, st = plan(sessions, site, BudgetView(), _flat(site), prev, 0.0)
+        p, st = plan(sessions, site, BudgetView(), _flat(site), prev, 0.0, flat)
         assert p.targets[chosen].target_a > 30.0 and p.targets[other].target_a < 2.0
         assert st.targets[chosen] == pytest.approx(p.targets[chosen].target_a)
     # a need that grows urgent still moves it: C1 now leaves in 1 h and needs all of 32 A
     urgent = [PlanSession("C0", 10e3, 8 * H), PlanSession("C1", 20e3, 1 * H)]
-    p, _ = plan(urgent, site, BudgetView(), _flat(site), PlannerState(targets={"C0": 32.0, "C1": 0.0}), 0.0)
+    p, _ = plan(urgent, site, BudgetView(), _flat(site), PlannerState(targets={"C0": 32.0, "C1": 0.0}), 0.0,
+                flat)
     assert p.targets["C1"].target_a > 25.0
+
+
+def test_an_ev_that_tells_no_battery_curve_is_planned_with_a_taper() -> None:
+    # 20 kWh in 1 h on 32 A three-phase (22 kW): at the full rate to the last Wh it would just make it; an EV
+    # slows down as it fills, so the plan says it is at risk (assumed: the last 5 kWh at a falling rate)
+    site = _site(limit_a=200.0, n=1)
+    sessions = [PlanSession("C0", 20e3, 1 * H)]
+    flat, _ = plan(sessions, site, BudgetView(), _flat(site), None, 0.0, PlannerConfig(assumed_taper_wh=0.0))
+    assert not flat.projections["C0"].at_risk
+    p, _ = plan(sessions, site, BudgetView(), _flat(site), None, 0.0)
+    assert p.projections["C0"].at_risk and p.projections["C0"].projected_wh < 0.99 * 20e3
+    # a curve the EV told wins over the assumption: a small battery already past its taper start
+    told = [PlanSession("C0", 2e3, 1 * H, taper=Taper(20e3, 0.9, 0.8, 0.1))]
+    p, _ = plan(told, site, BudgetView(), _flat(site), None, 0.0)
+    assert p.targets["C0"].target_a <= 32.0 * (1.0 - 4.5 * 0.1) + 1e-6  # 0.1 + 0.9 * (1 - 0.5) = 55 %
+
+
+def test_the_assumed_taper_keeps_one_battery_while_the_need_shrinks() -> None:
+    cfg = PlannerConfig()
+    full = solve_mod.assumed_taper(PlanSession("C0", 60e3, H), cfg)
+    later = solve_mod.assumed_taper(PlanSession("C0", 20e3, H, delivered_wh=40e3), cfg)
+    assert full is not None and later is not None
+    assert full.capacity_wh == later.capacity_wh == pytest.approx(75e3)  # 15 kWh from 80 %: a 75 kWh battery
+    assert full.soc == pytest.approx(0.2) and later.soc == pytest.approx(1.0 - 20 / 75)
+    # a top-up of 4 kWh: its last kWh (a quarter) at the falling rate, not 15 kWh of a full battery's tail
+    small = solve_mod.assumed_taper(PlanSession("C0", 4e3, H), cfg)
+    assert small is not None and small.capacity_wh == pytest.approx(5e3) and small.soc == pytest.approx(0.2)
+    big = solve_mod.assumed_taper(PlanSession("C0", 90e3, H), cfg)  # beyond 75 kWh: from an empty battery
+    assert big is not None and big.capacity_wh == pytest.approx(90e3) and big.soc == pytest.approx(0.0)
+    assert solve_mod.assumed_taper(PlanSession("C0", 20e3, H), PlannerConfig(assumed_taper_wh=0.0)) is None
+    assert solve_mod.assumed_taper(PlanSession("C0", None, H), cfg) is None
+
+
+def test_a_fast_session_with_plenty_of_laxity_does_not_wait_until_its_tail_cannot_fit() -> None:
+    # room for 32 A; C0 (32 A capable) needs 30 kWh by 6 h, C1 10 kWh by 6 h. At the full rate C0 needs 1.4 h:
+    # least laxity first at full rate would let it wait 4 h; its tail at a falling rate needs much more
+    site = _site(limit_a=32.0, n=2)
+    sessions = [PlanSession("C0", 30e3, 6 * H), PlanSession("C1", 10e3, 6 * H)]
+    p, _ = plan(sessions, site, BudgetView(), _flat(site), None, 0.0)
+    assert not any(pr.at_risk for pr in p.projections.values())
+    assert p.targets["C0"].target_a > 6.0
