@@ -7,8 +7,8 @@
     max_plan_age_s = 1200      # an older plan is dropped: max-min fairness until the next one
     time_limit_s = 0.8         # HiGHS's limit per plan
     min_dwell_s = 3600         # a default departure is at least this far after the arrival
-    assumed_taper_kwh = 15     # an EV that tells no battery curve (AC): its last 15 kWh planned at a rate
-    assumed_taper_end_pct = 20 #   falling to 20 % of its maximum (0 kWh: planned at full rate to the end)
+    assumed_taper_kwh = 15     # an EV that tells no battery curve (AC): the last 15 kWh of its session (at most
+    assumed_taper_end_pct = 20 #   a quarter of it) planned at a rate falling to 20 % of its maximum (0: none)
 
     [planner.defaults.fleet]   # per priority class
     departure = "05:00"        # local time (the site's [budget] timezone)

@@ -3,8 +3,9 @@
 Variables: each planned session's line current (A per loaded phase) in each slot until its departure, its
 shortfall (Wh) and, with a demand target, the plan's excess over it (W). Constraints: every circuit and phase
 in every slot (limit - margin - the forecast non-EV load - the reserve of sessions with unknown needs; on the
-service also the budget caps now and a tariff period's cap), each session's maximum (charger, EV) and, where
-known, its taper (linear in the energy received, as in hil.ideal), its energy at most its need.
+service also the budget caps now and a tariff period's cap), each session's maximum (charger, EV), its taper
+(linear in the energy received, as in hil.ideal; where the EV tells none, an assumed one: ``assumed_taper``),
+its energy at most its need.
 
 The objective is lexicographic by weights: shortfall first (per Wh, weighted by the inverse of the session's
 need times its priority weight, so a Wh that completes a small session counts more: as many sessions as
