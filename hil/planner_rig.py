@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from gateway import electrical
+from hil import planner_table
 from hil.planner_sim import COMPLETE_FRACTION, DEMAND_INTERVAL_S, _price_at, base_load_at_subtree, price_slots
 from hil.rig.runner import Recording
 from hil.scenario import GatewayOverrides, Scenario
@@ -125,32 +126,13 @@ def compare_on_rig(sc: Scenario, out: Path, *, start_wall: float, acn: bool = Tr
             r = run_acn(sc, algo, start_wall=start_wall).row()
             rows.append({k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} | {"overload_a_s": None})
     if ideal:
-        lp = ideal_deadlines(sc, 900, start_wall)
-        n = lp["sessions"]
-        rows.append({"run": "LP ideal (deadlines)", "complete": lp["complete"], "sessions": n,
-                     "complete_pct": round(100.0 * lp["complete"] / n, 1) if n else 0.0,
-                     "energy_kwh": lp.get("energy_kwh"), "cost": float(lp.get("cost", 0.0)), "peak_kw": None,
-                     "plan_median_ms": None, "plan_max_ms": None, "overload_a_s": None})
+        rows.append(planner_table.ideal_row(ideal_deadlines(sc, 900, start_wall), overload_a_s=None))
     return rows
 
 
 def table(title: str, rows: list[dict[str, Any]]) -> str:
-    out = [title, "  ".join(f"{c:>14}" if i else f"{c:<30}" for i, c in enumerate(COLS))]
-    for r in rows:
-        out.append("  ".join((f"{_fmt(r.get(c)):>14}" if i else f"{r[c]:<30}") for i, c in enumerate(COLS)))
-    for r in rows:
-        if r.get("plans"):
-            out.append(f"{r['run']}: {r['plans']} plans, {r['plans_not_optimal']} not optimal, "
-                       f"{r['planner_failed']} failed; gateway CPU {r['gateway_cpu_pct']} %, {r['wall_s']} s wall")
-    ideal = next((r for r in rows if r["run"].startswith("LP ideal")), None)
-    planner = next((r for r in rows if r["run"].startswith("ems-gateway + planner")), None)
-    if ideal and planner and ideal["complete"]:
-        acn_best = max((r["complete"] for r in rows if r["run"].startswith("acnportal")), default=None)
-        out.append(f"planner on the rig: {100.0 * planner['complete'] / ideal['complete']:.1f} % of the sessions the "
-                   f"LP ideal completes (target >= 98 %); ahead of every acnportal algorithm: "
-                   f"{acn_best is None or planner['complete'] > acn_best}")
-    return "\n".join(out)
-
-
-def _fmt(v: Any) -> str:
-    return "-" if v is None else str(v)
+    return planner_table.table(
+        title, rows, COLS,
+        lambda r: (f"{r['run']}: {r['plans']} plans, {r['plans_not_optimal']} not optimal, "
+                   f"{r['planner_failed']} failed; gateway CPU {r['gateway_cpu_pct']} %, {r['wall_s']} s wall"),
+        lambda run: run.startswith("ems-gateway + planner"), "planner on the rig")

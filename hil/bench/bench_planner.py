@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from gateway.planner import PlannerConfig
+from hil import planner_table
 from hil.planner_acn import adaptive_available, run_acn
 from hil.planner_ideal import ideal_deadlines
 from hil.planner_scenarios import DEPOT_START_WALL, WORKPLACE_START_WALL, caltech, depot, workplace
@@ -62,36 +63,18 @@ def compare(scenario: Scenario, *, start_wall: float, needs: str = "known", expe
     if ideal:
         t0 = time.perf_counter()
         lp = ideal_deadlines(scenario, 900, start_wall)
-        n = lp["sessions"]
-        rows.append({"run": "LP ideal (deadlines)", "complete": lp["complete"], "sessions": n,
-                     "complete_pct": round(100.0 * lp["complete"] / n, 1) if n else 0.0,
-                     "energy_kwh": lp.get("energy_kwh"), "cost": float(lp.get("cost", 0.0)), "peak_kw": None,
-                     "plan_median_ms": round(1000 * (time.perf_counter() - t0), 1), "plan_max_ms": None,
-                     "violations": None})
+        rows.append(planner_table.ideal_row(lp, plan_median_ms=round(1000 * (time.perf_counter() - t0), 1),
+                                            violations=None))
     return rows
 
 
 def table(title: str, rows: list[dict[str, Any]]) -> str:
-    out = [title, "  ".join(f"{c:>14}" if i else f"{c:<30}" for i, c in enumerate(COLS))]
-    for r in rows:
-        out.append("  ".join((f"{_fmt(r.get(c)):>14}" if i else f"{r[c]:<30}") for i, c in enumerate(COLS)))
-    for r in rows:
-        if r.get("plans"):
-            out.append(f"{r['run']}: {r['plans']} plans, {r['plans_failed']} failed, {r['plans_over_0.8s']} took over "
-                       f"0.8 s (the daemon's default HiGHS limit: those would have fallen back to max-min), "
-                       f"{r['at_risk_events']} at-risk events")
-    ideal = next((r for r in rows if r["run"].startswith("LP ideal")), None)
-    planner = next((r for r in rows if r["run"] == "ems-gateway + planner"), None)
-    if ideal and planner and ideal["complete"]:
-        acn_best = max((r["complete"] for r in rows if r["run"].startswith("acnportal")), default=None)
-        share = 100.0 * planner["complete"] / ideal["complete"]
-        out.append(f"planner: {share:.1f} % of the sessions the LP ideal completes (target >= 98 %); "
-                   f"ahead of every acnportal algorithm: {acn_best is None or planner['complete'] > acn_best}")
-    return "\n".join(out)
-
-
-def _fmt(v: Any) -> str:
-    return "-" if v is None else str(v)
+    return planner_table.table(
+        title, rows, COLS,
+        lambda r: (f"{r['run']}: {r['plans']} plans, {r['plans_failed']} failed, {r['plans_over_0.8s']} took over "
+                   f"0.8 s (the daemon's default HiGHS limit: those would have fallen back to max-min), "
+                   f"{r['at_risk_events']} at-risk events"),
+        lambda run: run == "ems-gateway + planner", "planner")
 
 
 def main() -> None:
