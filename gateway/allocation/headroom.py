@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from gateway.allocation.classify import Classes
 from gateway.allocation.plan import FloatArray, Plan
-from gateway.allocation.state import CircuitMemory
+from gateway.allocation.state import CircuitMemory, CircuitMemoryView, CircuitRows
 from gateway.config import PHASES, Site
 from gateway.model import BudgetCap, MeterReading
 
@@ -56,21 +56,19 @@ def headroom(
     np.minimum.at(oldest_k, plan.mem_k[sel], c.draw_at[plan.mem_c[sel]])
     non_ev = plan.worst_non_ev.copy()
     rows = [(j, cid, r) for j, cid in plan.metered_circuits if (r := readings.get(cid)) is not None]
-    memory: dict[str, CircuitMemory] = {}
+    memory: Mapping[str, CircuitMemory] = {}
     measured: dict[str, tuple[float, ...]] = {}
     if rows and P:
+        ids = tuple(cid for _, cid, _ in rows)
         js = np.array([j for j, _, _ in rows], dtype=np.intp)
         cur = np.array([r.current_a[:P] for _, _, r in rows], dtype=np.float64).reshape(len(rows), P)
-        seen = np.array([plan.measured_phases[cid] for _, cid, _ in rows], dtype=bool).reshape(len(rows), P)
+        seen = np.array([plan.measured_phases[cid] for cid in ids], dtype=bool).reshape(len(rows), P)
         est, peak, held = _estimates(cur, ev_draw_k.reshape(-1, P)[js], seen, plan.worst_non_ev.reshape(-1, P)[js],
-                                     [before.get(cid) for _, cid, _ in rows], responding_k.reshape(-1, P)[js],
+                                     _prior(before, ids, P), responding_k.reshape(-1, P)[js],
                                      oldest_k.reshape(-1, P)[js], now)
         non_ev.reshape(-1, P)[js] = est
-        for (_, cid, _), e, pk, hd, cu in zip(rows, est.tolist(), peak.tolist(), held.tolist(), cur.tolist(),
-                                              strict=True):
-            memory[cid] = CircuitMemory(tuple(e), tuple(pk), tuple(None if math.isnan(h) else h for h in hd),
-                                        tuple(cu))
-            measured[cid] = tuple(cu)
+        memory = CircuitMemoryView(CircuitRows(ids, est, peak, held, cur))
+        measured = dict(zip(ids, map(tuple, cur.tolist()), strict=True))
     elif rows:  # no phases: nothing to estimate
         memory = {cid: CircuitMemory((), (), (), ()) for _, cid, _ in rows}
         measured = {cid: () for _, cid, _ in rows}
@@ -78,23 +76,39 @@ def headroom(
     return Headroom(cap, non_ev, names, memory, measured)
 
 
+Prior = tuple[npt.NDArray[np.bool_], FloatArray, FloatArray, FloatArray, FloatArray]
+
+
+def _prior(before: Mapping[str, CircuitMemory], ids: tuple[str, ...], P: int) -> Prior:
+    """Per circuit in ``ids`` (rows) and phase, from the last memory: whether it has a usable one (a circuit
+    without starts from this reading), and its non-EV estimate, peak, since when a drop waits (NaN: none)
+    and last reading. The last tick's arrays themselves when they cover the same circuits."""
+    if isinstance(before, CircuitMemoryView) and before.rows.ids == ids and before.rows.non_ev_a.shape[1] == P:
+        r = before.rows
+        return np.ones(len(ids), dtype=bool), r.non_ev_a, r.peak_a, r.since, r.measured_a
+    M = len(ids)
+    got = [before.get(cid) for cid in ids]
+    ok = np.array([b is not None and len(b.non_ev_a) == P and len(b.peak_a) == P and len(b.measured_a) == P
+                   for b in got], dtype=bool).reshape(M)
+    mems = [b if b is not None and k else _BLANK[P] for b, k in zip(got, ok.tolist(), strict=True)]
+    return (ok, np.array([b.non_ev_a for b in mems], dtype=np.float64).reshape(M, P),
+            np.array([b.peak_a for b in mems], dtype=np.float64).reshape(M, P),
+            np.array([[math.nan if h is None else h for h in b.held_since[:P]] for b in mems],
+                     dtype=np.float64).reshape(M, P),
+            np.array([b.measured_a for b in mems], dtype=np.float64).reshape(M, P))
+
+
 def _estimates(
-    cur: FloatArray, ev_draw: FloatArray, seen: npt.NDArray[np.bool_], worst: FloatArray,
-    before: list[CircuitMemory | None], responding: FloatArray, oldest: FloatArray, now: float,
+    cur: FloatArray, ev_draw: FloatArray, seen: npt.NDArray[np.bool_], worst: FloatArray, prior: Prior,
+    responding: FloatArray, oldest: FloatArray, now: float,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Per metered circuit (rows) and phase: the non-EV estimate, the peak reading and since when a drop waits
-    (NaN: none), from the last memory (a circuit without a usable one starts from this reading)."""
+    (NaN: none), from the last memory (``prior``)."""
     M, P = cur.shape
-    ok = np.array([b is not None and len(b.non_ev_a) == P and len(b.peak_a) == P and len(b.measured_a) == P
-                   for b in before], dtype=bool).reshape(M)
+    ok, prev, peak_before, since, last = prior
     raw = np.maximum(cur - ev_draw, 0.0)
     if ok.any():
-        mems = [b if b is not None and k else _BLANK[P] for b, k in zip(before, ok.tolist(), strict=True)]
-        prev = np.array([b.non_ev_a for b in mems], dtype=np.float64).reshape(M, P)
-        peak = np.maximum(np.array([b.peak_a for b in mems], dtype=np.float64).reshape(M, P), cur)
-        since = np.array([[math.nan if h is None else h for h in b.held_since[:P]] for b in mems],
-                         dtype=np.float64).reshape(M, P)
-        last = np.array([b.measured_a for b in mems], dtype=np.float64).reshape(M, P)
+        peak = np.maximum(peak_before, cur)
         waiting = ~np.isnan(since)
         # the current dropped (further): the reports subtracted must be newer than this
         since = np.where((cur < peak - _DROP_A) & (~waiting | (cur < last - _DROP_A)), now, since)

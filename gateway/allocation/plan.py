@@ -58,6 +58,8 @@ class Plan:
     circuit_index: Mapping[str, int]  # circuit id -> its index
     members: tuple[tuple[int, ...], ...]  # per charger: the constraints it loads, in membership order
     id_rank: IntArray  # per charger: its id's place among the ids sorted (a tie-break as the ids would be)
+    circuit_states: Mapping[str, str]  # circuit -> "ok" (metered) or "unmetered": its state with every meter trusted
+    meter_order: tuple[tuple[str, str, float, float], ...]  # (meter, circuit, stale after s, poll s), deepest first
 
     @property
     def n_constraints(self) -> int:
@@ -158,6 +160,10 @@ def _build(site: Site) -> Plan:
         circuit_index=cidx,
         members=tuple(tuple(mem_k[a:b]) for a, b in zip(starts.tolist(), ends, strict=True)),
         id_rank=np.argsort(np.array(sorted(range(len(ids)), key=ids.__getitem__), dtype=np.intp)).astype(np.intp),
+        circuit_states={cid: ("ok" if site.circuits[cid].meter else "unmetered") for cid in circuit_ids},
+        # deepest meters first, so a charger's fail-safe reason names the nearest untrusted meter
+        meter_order=tuple((mid, m.circuit, m.stale_after_s, m.poll_interval_s) for mid, m in
+                          sorted(site.meters.items(), key=lambda kv: -len(site.path_to_root[kv[1].circuit]))),
     )
 
 

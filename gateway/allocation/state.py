@@ -231,6 +231,48 @@ class CircuitMemory:
 
 
 @dataclass(frozen=True)
+class CircuitRows:
+    """The metered circuits' memory as arrays, one row per circuit in ``ids`` (those read this tick, in the
+    plan's order), one column per phase; NaN in ``since``: no drop waits."""
+
+    ids: tuple[str, ...]
+    non_ev_a: FloatArray
+    peak_a: FloatArray
+    since: FloatArray
+    measured_a: FloatArray
+
+
+class CircuitMemoryView(Mapping[str, CircuitMemory]):
+    """``CircuitRows`` read as one CircuitMemory per circuit id (each made once, on first access); the next
+    tick reads the arrays themselves."""
+
+    def __init__(self, rows: CircuitRows) -> None:
+        self.rows = rows
+        self._index: dict[str, int] | None = None
+        self._made: dict[str, CircuitMemory] = {}
+
+    def __getitem__(self, cid: str) -> CircuitMemory:
+        made = self._made.get(cid)
+        if made is None:
+            if self._index is None:
+                self._index = {c: i for i, c in enumerate(self.rows.ids)}
+            i, r = self._index[cid], self.rows
+            made = self._made[cid] = CircuitMemory(
+                tuple(r.non_ev_a[i].tolist()), tuple(r.peak_a[i].tolist()),
+                tuple(None if math.isnan(h) else h for h in r.since[i].tolist()), tuple(r.measured_a[i].tolist()))
+        return made
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.rows.ids)
+
+    def __len__(self) -> int:
+        return len(self.rows.ids)
+
+    def __contains__(self, cid: object) -> bool:
+        return cid in self.rows.ids
+
+
+@dataclass(frozen=True)
 class AllocatorState:
     at: float | None = None  # when the allocator last ran
     chargers: Mapping[str, ChargerMemory] = field(default_factory=dict)

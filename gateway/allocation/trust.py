@@ -39,26 +39,26 @@ def trust(site: Site, plan: Plan, meters: Mapping[str, MeterReading | None], now
     P = plan.n_phases
     failsafe_reason: dict[int, str] = {}
     aging: dict[int, str] = {}
-    state = {cid: ("ok" if site.circuits[cid].meter else "unmetered") for cid in plan.circuit_ids}
+    state = dict(plan.circuit_states)
     bad: list[str] = []
     usable: dict[str, MeterReading] = {}
-    # deepest meters first, so a charger's fail-safe reason names the nearest untrusted meter
-    for mid, m in sorted(site.meters.items(), key=lambda kv: -len(site.path_to_root[kv[1].circuit])):
+    late = site.control.tick_s
+    for mid, circuit, stale_after_s, poll_s in plan.meter_order:  # deepest first: the nearest meter is named
         reading = meters.get(mid)
-        problem = meter_problem(reading, m.stale_after_s, now)
+        problem = meter_problem(reading, stale_after_s, now)
         if problem is None and reading is not None and len(reading.current_a) >= P:
-            usable[m.circuit] = reading
-            if now - reading.at > m.poll_interval_s + site.control.tick_s:
-                for i in plan.subtree_chargers[m.circuit].tolist():
+            usable[circuit] = reading
+            if now - reading.at > poll_s + late:
+                for i in plan.subtree_chargers[circuit].tolist():
                     aging.setdefault(i, mid)
             continue
         problem = problem or "invalid"
         bad.append(mid)
-        state[m.circuit] = f"{problem}:{mid}"
-        for sub in plan.subtree_circuits[m.circuit]:
-            if sub != m.circuit and not state[sub].startswith(("stale:", "invalid:")):
+        state[circuit] = f"{problem}:{mid}"
+        for sub in plan.subtree_circuits[circuit]:
+            if sub != circuit and not state[sub].startswith(("stale:", "invalid:")):
                 state[sub] = f"failsafe:{mid}"
-        for i in plan.subtree_chargers[m.circuit].tolist():
+        for i in plan.subtree_chargers[circuit].tolist():
             failsafe_reason.setdefault(i, f"failsafe:{mid}-{problem}")
     return Trust(usable, failsafe_reason, state, tuple(bad), aging)
 
