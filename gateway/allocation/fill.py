@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -40,10 +41,14 @@ def fill(
         kk = np.flatnonzero(over)
         compact = np.zeros(K, dtype=np.intp)
         compact[kk] = np.arange(kk.size)
-        usage = _usage(g_c[keep], compact[g_k[keep]], weight, lo, hi, usage_fixed[kk], kk.size)
+        o_c, o_k = g_c[keep], compact[g_k[keep]]
+        usage = _usage(o_c, o_k, weight, lo, hi, usage_fixed[kk], kk.size)
         limit_o = limit[kk]
         excess = (float(np.max(u0[kk] - limit_o)), float(np.max(u_hi[kk] - limit_o)))  # at 0 and t_hi_all
-        t_lo, t_up = _bisect(usage, limit_o, t_hi_all, float(np.max(weight[grow])), excess)
+        wmax = float(np.max(weight[grow]))
+        crossing = _crossing(o_c, o_k, weight, lo, hi, usage_fixed[kk], limit_o)
+        known = _exact_bracket(usage, crossing, limit_o, t_hi_all, u_hi[kk], TOL_A / wmax)
+        t_lo, t_up = _bisect(usage, limit_o, t_hi_all, wmax, excess, known)
         sat = np.zeros(K, dtype=bool)
         sat[kk] = usage(t_up) > limit_o
         xt = np.clip(weight * t_lo, lo, hi)
@@ -65,7 +70,8 @@ def fill(
 
 
 def _bisect(
-    usage: Callable[[float], FloatArray], limit: FloatArray, t_hi: float, wmax: float, excess: tuple[float, float]
+    usage: Callable[[float], FloatArray], limit: FloatArray, t_hi: float, wmax: float, excess: tuple[float, float],
+    known: tuple[float, float] | None = None,
 ) -> tuple[float, float]:
     """The bisection of [0, t_hi] for the highest level at which every constraint is within its limit (0 is,
     t_hi is not: ``excess``, the largest usage - limit at both), until the bracket is narrower than
@@ -73,10 +79,10 @@ def _bisect(
 
     Usage grows with the level exactly (in floating point too), so a level known to fit decides every midpoint
     below it, and one known not to fit every midpoint above it. A few regula falsi steps on the largest excess
-    first find such a pair close around the crossing (usage is piecewise linear: a handful of evaluations);
-    the bisection then evaluates only the midpoints that fall between them. The result is that of the plain
-    bisection, midpoint for midpoint."""
-    fits, fails = _bracket(usage, limit, t_hi, excess, TOL_A / wmax)
+    first find such a pair close around the crossing (usage is piecewise linear: a handful of evaluations),
+    unless ``known`` is such a pair already (``_exact_bracket``); the bisection then evaluates only the
+    midpoints that fall between them. The result is that of the plain bisection, midpoint for midpoint."""
+    fits, fails = known if known is not None else _bracket(usage, limit, t_hi, excess, TOL_A / wmax)
     t_lo, t_up = 0.0, t_hi
     while (t_up - t_lo) * wmax > TOL_A:
         t_mid = 0.5 * (t_lo + t_up)
@@ -119,6 +125,62 @@ def _bracket(
                 ga *= 0.5
             side = 1
     return a, b
+
+
+_EXACT_TRIES = 4
+
+
+def _exact_bracket(
+    usage: Callable[[float], FloatArray], crossing: Callable[[int], float], limit: FloatArray, t_hi: float,
+    u_hi: FloatArray, tol: float,
+) -> tuple[float, float] | None:
+    """A level that fits and one above it that does not, evaluated, ``tol / 128`` apart around the first
+    crossing, found from the constraints' exact crossings: the crossing of the constraint furthest over at a
+    level that does not fit lies below that level and bounds the first one from above; just below it, either
+    everything fits (the pair is found) or another constraint is over and crosses earlier. None when a few
+    such steps do not find the pair (floating point, a crossing at 0): the regula falsi finds one then."""
+    delta = tol / 256
+    t, u = t_hi, u_hi
+    for _ in range(_EXACT_TRIES):
+        tk = crossing(int(np.argmax(u - limit)))
+        if not delta < tk < t:
+            return None
+        below = tk - delta
+        u = usage(below)
+        if bool((u <= limit).all()):
+            above = tk + delta
+            if above >= t_hi:
+                return below, t_hi
+            return (below, above) if bool((usage(above) > limit).any()) else None
+        t = below
+    return None
+
+
+def _crossing(
+    g_c: IntArray, g_k: IntArray, weight: FloatArray, lo: FloatArray, hi: FloatArray, base: FloatArray,
+    limit: FloatArray,
+) -> Callable[[int], float]:
+    """For a constraint, the level above which its load exceeds its limit (computed from its members'
+    breakpoints, as exactly as floating point allows: ``_exact_bracket`` checks it by evaluation); inf when
+    it never does."""
+
+    def crossing(k: int) -> float:
+        members = g_c[g_k == k]
+        w, top = weight[members], hi[members]
+        bottom = np.minimum(lo[members], top)  # clipped as the usage clips: the cap wins
+        times = np.concatenate((bottom / w, top / w))
+        order = np.argsort(times, kind="stable")
+        times = times[order]
+        slope = np.cumsum(np.concatenate((w, -w))[order])  # after each breakpoint
+        value = float(base[k]) + float(bottom.sum()) + np.concatenate(([0.0], np.cumsum(slope[:-1] * np.diff(times))))
+        j = int(np.searchsorted(value, limit[k], side="right"))  # the first breakpoint past the limit
+        if j == 0:
+            return 0.0
+        if j == len(value) or slope[j - 1] <= 0.0:
+            return math.inf
+        return float(times[j - 1] + (limit[k] - value[j - 1]) / slope[j - 1])
+
+    return crossing
 
 
 def _usage(
