@@ -39,7 +39,8 @@ def propose(
     """The active sessions' limits before the gate: pauses, floor to 0.1, hysteresis, reasons (in ``c``)."""
     run = c.is_active.copy()
     run[list(paused)] = False
-    _pause_reasons(c, paused, set(c.weight[run].tolist()), names)
+    if paused:
+        _pause_reasons(c, paused, set(c.weight[run].tolist()), names)
     if not run.any():
         return
     limit = np.maximum(c.lo_limit, floor_limits(x / plan.u2l))
