@@ -336,3 +336,33 @@ def test_finding_8_dc_ramp_is_gentle_on_a_small_site() -> None:
                               power_factor=ch.power_factor)
              for (_, a), (_, b) in itertools.pairwise(series) if a > 0]
     assert rises and max(rises) <= 0.1 * spec.service.limit_a * spec.tick_s + 1e-6, max(rises)
+
+
+def finding_20() -> WorldSpec:
+    """Two DC stations on a 63 A panel (single-phase 230 V): the two-connector one follows its own decrease
+    (its earlier limit still held as its reserve) while the other is lowered; found by the property test."""
+    ev = EvSpec
+    chargers = (ChargerSpec("ch0", "p0", "dc", "L1", 1000.0, 22000.0, 0.0, efficiency=0.92, priority="fleet",
+                            report_s=1.0, accept_delay_s=1.0),
+                ChargerSpec("ch2", "p0", "dc", "L1", 1000.0, 7400.0, 0.0, connectors=2, efficiency=0.92,
+                            priority="fleet", report_s=1.0, accept_delay_s=0.25, reject_share=0.3))
+    evs = {"ch0": (ev(1, 43.47, 235.29, 300.0, 22000.0, 7.43, 10000.0),),
+           "ch2": (ev(1, 54.43, 169.24, 300.0, 3700.0, 7.37, 2000.0),
+                   ev(1, 188.66, 287.77, 2000.0, 7400.0, 7.66, 2000.0),
+                   ev(2, 0.0, 90.98, 30000.0, 7400.0, 5.0, 10000.0),
+                   ev(2, 93.52, 285.37, 30000.0, 7400.0, 5.0, 10000.0))}
+    return WorldSpec(ServiceSpec("single-phase", 230.0, 200.0, 2.0), (CircuitSpec("p0", "service", 63.0, 1.0),),
+                     chargers, evs,
+                     base=(BaseStep(123.93, "p0", (8.9,)), BaseStep(87.3, "p0", (22.1,)),
+                           BaseStep(65.55, "p0", (12.6,))),
+                     ev_response_s=8.0, duration_s=200.0, priorities={"fleet": 3.0, "guest": 1.0}, seed=1)
+
+
+def test_finding_20_an_increase_within_a_followed_decrease_still_needs_freed_room() -> None:
+    """A station following its own decrease may still draw its earlier limit, but that room is not free for
+    good: a new limit below it that is higher than what it accepted takes room for as long as it holds, past
+    the end of that window, while the other station's decrease holds the same room. Before the gate counted
+    increases from the reserve without the followed decreases, the panel carried 62.9 A over 62 A for 3 s."""
+    w = World(finding_20()).run()
+    assert w.first_violation() is None, _report(w)
+    assert w.chargers["ch2"].conns[1].delivered_wh > 0.0 and w.chargers["ch0"].conns[0].delivered_wh > 0.0

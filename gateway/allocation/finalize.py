@@ -73,11 +73,18 @@ def _pause_reasons(c: Classes, paused: dict[int, int], running: set[float], name
 
 
 def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:
-    """Scale every increase beyond a charger's reserve to the capacity that no reserve holds (in ``c``)."""
+    """Scale every increase to the capacity that no reserve holds (in ``c``).
+
+    An increase is measured from the charger's reserve without the decreases it still follows (``base_a``),
+    not from its reserve with them: a decrease being followed frees its room only when its response window
+    ends, so a new limit below that earlier one still takes room for good. Measured from the reserve, a
+    station following its own decrease could take its old room back while another charger's decrease still
+    held the same room, and both could draw it (the safety world found a 1 A overload so)."""
     if not c.is_active.any():
         return
     held = np.where(c.is_active, c.reserve, c.fixed)
-    delta = np.where(c.is_active, np.maximum(c.line - c.reserve, 0.0), 0.0)
+    steady = c.views.base_a
+    delta = np.where(c.is_active, np.maximum(c.line - steady, 0.0), 0.0)
     if not (delta > EPS_A).any():
         return
     free = np.maximum(cap - non_ev - plan.per_constraint(held), 0.0)
@@ -85,7 +92,7 @@ def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:
     factor_k = np.where(want > EPS_A, np.minimum(1.0, free / np.maximum(want, EPS_A)), 1.0)
     factor = np.minimum(1.0, plan.lowest_per_charger(factor_k[plan.mem_k]))
     sel = (delta > EPS_A) & (factor < 1.0 - 1e-9)
-    granted = c.reserve + delta * factor
+    granted = steady + delta * factor
     limit = floor_limits(granted / plan.u2l)
     # its minimum does not fit in freed capacity yet: it waits (a decrease, always safe)
     limit = np.where((granted < c.lo - EPS_A) | (limit < c.lo_limit - 1e-9), 0.0, limit)

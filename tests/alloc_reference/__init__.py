@@ -1,6 +1,11 @@
 """A FROZEN REFERENCE: gateway/allocation as of commit cefe4dc, imports rewritten to this package.
 
-Do not edit (tests/test_allocation_equivalence.py compares the allocator with it). The original docstring:
+Do not edit (tests/test_allocation_equivalence.py compares the allocator with it), except to carry a change
+of behaviour made in the allocator too, each listed here:
+
+* finalize.gate: an increase counts from the reserve without the decreases still followed (2026-12-02).
+
+The original docstring:
 
 The headroom allocator: a pure function of frozen values, with its memory as explicit state.
 

@@ -64,7 +64,10 @@ def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:
     reserve = np.array(c.reserve, dtype=np.float64)
     held = np.where(is_active, reserve, np.array(c.fixed, dtype=np.float64))
     line = np.array(c.line, dtype=np.float64)
-    delta = np.where(is_active, np.maximum(line - reserve, 0.0), 0.0)
+    # an increase counts from the reserve without the decreases still followed (the fix carried over from
+    # gateway/allocation/finalize.py: gate)
+    steady = np.array([v.base_a for v in c.views], dtype=np.float64)
+    delta = np.where(is_active, np.maximum(line - steady, 0.0), 0.0)
     if not (delta > EPS_A).any():
         return
     free = np.maximum(cap - non_ev - plan.per_constraint(held), 0.0)
@@ -74,7 +77,7 @@ def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:
     np.minimum.at(factor, plan.mem_c, factor_k[plan.mem_k])
     for i in np.flatnonzero((delta > EPS_A) & (factor < 1.0 - 1e-9)).tolist():
         u2l = plan.unit_to_line[i]
-        granted = float(reserve[i] + delta[i] * factor[i])
+        granted = float(steady[i] + delta[i] * factor[i])
         limit = floor_limit(granted / u2l)
         if granted < c.lo[i] - EPS_A or limit < c.lo_limit[i] - 1e-9:
             limit = 0.0  # its minimum does not fit in freed capacity yet: it waits (a decrease, always safe)
