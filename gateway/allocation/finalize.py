@@ -40,7 +40,7 @@ def propose(
     run = c.is_active.copy()
     run[list(paused)] = False
     if paused:
-        _pause_reasons(c, paused, set(c.weight[run].tolist()), names)
+        _pause_reasons(c, paused, c.weight[run], names, plan)
     if not run.any():
         return
     limit = np.maximum(c.lo_limit, floor_limits(x / plan.u2l))
@@ -60,16 +60,19 @@ def propose(
     c.reason[run] = why[run]
 
 
-def _pause_reasons(c: Classes, paused: dict[int, int], running: set[float], names: tuple[str, ...]) -> None:
-    for i, k in paused.items():
-        w = c.weight[i]
-        if w in running:
-            why = "paused:rotation"
-        elif any(r > w for r in running):
-            why = "paused:priority"
-        else:
-            why = f"paused:{names[k]}"
-        c.limit[i], c.line[i], c.reason[i], c.waiting[i] = 0.0, 0.0, why, True
+def _pause_reasons(c: Classes, paused: dict[int, int], running: FloatArray, names: tuple[str, ...],
+                   plan: Plan) -> None:
+    """Each paused session's reason: its turn (an equal weight runs), its priority (a higher one runs), else
+    the constraint that made it pause."""
+    idx = np.fromiter(paused, np.intp, len(paused))
+    w = c.weight[idx]
+    reasons = plan.paused_reasons if names is plan.constraint_names else np.array(
+        ["paused:" + name for name in names], dtype=object)
+    why = reasons[np.fromiter(paused.values(), np.intp, len(paused))]
+    if running.size:
+        why = np.where(w < running.max(), "paused:priority", why)
+        why = np.where(np.isin(w, running), "paused:rotation", why)
+    c.limit[idx], c.line[idx], c.reason[idx], c.waiting[idx] = 0.0, 0.0, why, True
 
 
 def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:

@@ -23,22 +23,50 @@ def pause(plan: Plan, c: Classes, room: FloatArray, period_s: float, now: float)
         return paused
     order = _order(plan, c, period_s, now)
     # as Python floats from here (one session at a time); a need only falls, so the over-full constraints
-    # only get fewer
+    # only get fewer: a session none of whose constraints is over is passed at C speed (isdisjoint)
     need_l, room_l = need.tolist(), (room + EPS_A).tolist()
-    n_over = sum(1 for x, r in zip(need_l, room_l, strict=True) if x > r)
+    over = set(np.flatnonzero(need > room + EPS_A).tolist())  # need_l[k] > room_l[k], the same floats
+    # a constraint whose fixed loads alone overfill it stays over whatever pauses (its need falls to 0 at most)
+    full = {k for k in over if room_l[k] < -_FULL_A}
     members, lo_l = plan.members, lo.tolist()
-    for i in order:
-        over = [k for k in members[i] if need_l[k] > room_l[k]]
-        if not over:
+    for t, i in enumerate(order):
+        if over <= full:  # only those are left: the rest pause at once (_paused_beneath)
+            _paused_beneath(plan, full, order[t:], paused)
+            break
+        m = members[i]
+        if over.isdisjoint(m):
             continue
-        paused[i] = over[0]
-        for k in members[i]:
-            was_over = need_l[k] > room_l[k]
-            need_l[k] -= lo_l[i]
-            n_over -= was_over and not need_l[k] > room_l[k]
-        if not n_over:
+        li, first = lo_l[i], -1
+        for k in m:  # the first over (nearest circuit, lowest phase) names the pause
+            if first < 0 and k in over:
+                first = k
+            need_k = need_l[k] = need_l[k] - li
+            if not need_k > room_l[k]:
+                over.discard(k)
+        paused[i] = first
+        if not over:
             break
     return paused
+
+
+_FULL_A = 1e-6  # a room this far below 0 cannot be reached by a need falling to 0 (rounding stays far smaller)
+
+
+def _paused_beneath(plan: Plan, full: set[int], rest: list[int], paused: dict[int, int]) -> None:
+    """When only constraints overfilled by fixed loads are over (``full``: they stay over), each session left
+    in ``rest`` pauses if it loads one, named after the first one among its memberships (the loop's choice:
+    nothing else is over); into ``paused``, in order."""
+    is_full = np.zeros(plan.n_constraints, dtype=bool)
+    is_full[list(full)] = True
+    at = np.flatnonzero(is_full[plan.mem_k])  # memberships in a full constraint, in charger order
+    if not at.size:
+        return  # no charger loads one: nothing else pauses
+    ends = np.append(plan.mem_start[1:], len(plan.mem_k))
+    j = np.minimum(np.searchsorted(at, plan.mem_start), at.size - 1)
+    first = np.where((at[j] >= plan.mem_start) & (at[j] < ends), plan.mem_k[at[j]], -1)
+    rest_a = np.array(rest, dtype=np.intp)
+    hit = rest_a[first[rest_a] >= 0]
+    paused.update(zip(hit.tolist(), first[hit].tolist(), strict=True))
 
 
 def _order(plan: Plan, c: Classes, period_s: float, now: float) -> list[int]:
@@ -52,8 +80,8 @@ def _order(plan: Plan, c: Classes, period_s: float, now: float) -> list[int]:
     group = np.where(has_ps, np.where(since_ps < period_s, 0, 2), 1)
     k2 = np.where(has_ps, since_ps, np.where(np.isnan(rs), 0.0, -(now - rs)))
     sessions = c.inp.sessions
-    deps = [s.departure_at if s is not None else None for s in map(sessions.__getitem__, act.tolist())]
-    neg_dep = -np.array([_FAR if d is None else d for d in deps], dtype=np.float64)
+    neg_dep = -np.fromiter([_FAR if s is None or (d := s.departure_at) is None else d
+                            for s in map(sessions.__getitem__, act.tolist())], np.float64, act.size)
     keys = (plan.id_rank[act], neg_dep, k2, group, c.weight[act])  # the last is the first key
     order: list[int] = act[np.lexsort(keys)].tolist()
     return order

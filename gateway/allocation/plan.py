@@ -38,6 +38,7 @@ class Plan:
     metered_circuits: tuple[tuple[int, str], ...]  # (index, id) of every circuit with a meter, in order
     constraint_names: tuple[str, ...]  # "<circuit>/<phase>" per constraint
     capped_reasons: npt.NDArray[np.object_]  # "capped:<circuit>/<phase>" per constraint
+    paused_reasons: npt.NDArray[np.object_]  # "paused:<circuit>/<phase>" per constraint
     # per charger, as arrays: line A per unit of limit, its limits (charger unit), line A at its maximum and
     # fail-safe limit, its class's weight, whether it is AC, the site lines it loads, whether across two lines,
     # and W per line A for a reported power (nominal voltage; DC with its efficiency and power factor)
@@ -143,6 +144,7 @@ def _build(site: Site) -> Plan:
         metered_circuits=tuple((j, cid) for j, cid in enumerate(circuit_ids) if site.circuits[cid].meter is not None),
         constraint_names=tuple(f"{cid}/{PHASES[k]}" for cid in circuit_ids for k in range(P)),
         capped_reasons=np.array([f"capped:{cid}/{PHASES[k]}" for cid in circuit_ids for k in range(P)], dtype=object),
+        paused_reasons=np.array([f"paused:{cid}/{PHASES[k]}" for cid in circuit_ids for k in range(P)], dtype=object),
         u2l=u2l,
         min_limit=col([ch.min_limit for ch in chargers]),
         max_limit=col([ch.max_limit for ch in chargers]),
