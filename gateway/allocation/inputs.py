@@ -9,7 +9,6 @@ identity cannot be reused.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -164,7 +163,7 @@ def _floats(values: list[float | None], n: int) -> FloatArray:
         return np.fromiter(values, np.float64, n)
     if missing == n:
         return np.full(n, np.nan)
-    return np.fromiter([math.nan if v is None else v for v in values], np.float64, n)
+    return np.array(values, dtype=np.float64).reshape(n)  # None: NaN
 
 
 def _flags(values: Iterable[bool], n: int) -> BoolArray:
@@ -184,15 +183,17 @@ def _present(values: list[Any], n: int) -> BoolArray:
     return np.fromiter(map(is_not, values, repeat(None)), np.bool_, n)
 
 
-_BY_ID = {id(s): k for k, s in enumerate(STATES)}
+_IDS = np.array(sorted(id(s) for s in STATES), dtype=np.intp)  # the members are singletons: by identity
+_ID_CODE = np.array([_CODE[next(s for s in STATES if id(s) == i)] for i in _IDS.tolist()], dtype=np.intp)
 
 
 def _states(values: list[ChargerState], n: int) -> IntArray:
-    """Each state's index in STATES (the members are singletons: looked up by identity, which is faster)."""
-    try:
-        return np.fromiter(map(_BY_ID.__getitem__, map(id, values)), np.intp, n)
-    except KeyError:
-        return np.fromiter([_CODE[s] for s in values], np.intp, n)
+    """Each state's index in STATES (looked up by the members' identities, which is faster than hashing)."""
+    ids = np.fromiter(map(id, values), np.intp, n)
+    j = np.minimum(np.searchsorted(_IDS, ids), _IDS.size - 1)
+    if (_IDS[j] == ids).all():
+        return _ID_CODE[j]
+    return np.fromiter([_CODE[s] for s in values], np.intp, n)
 
 
 def measured(
@@ -232,6 +233,6 @@ def measured(
 def _rows(values: list[tuple[float, ...]], P: int) -> FloatArray:
     """(chargers, P) from per-charger tuples (a shorter one padded with 0, a longer one cut)."""
     n = len(values)
-    if (np.fromiter(map(len, values), np.intp, n) == P).all():
+    if not values or set(map(len, values)) == {P}:
         return np.fromiter(chain.from_iterable(values), np.float64, n * P).reshape(n, P)
     return np.array([(tuple(v) + (0.0,) * P)[:P] for v in values], dtype=np.float64).reshape(n, P)
