@@ -136,8 +136,7 @@ def _limits(plan: Plan, c: Classes, may: FloatArray, state: AllocatorState | Non
             limits = dict(state.limits)
             rows = zip(c.limit[changed].tolist(), c.line[changed].tolist(), c.reason[changed].tolist(),
                        may[changed].tolist(), strict=True)
-            for cid, row in zip([plan.ids[i] for i in changed.tolist()], rows, strict=True):
-                limits[cid] = _LIMIT(row)
+            limits.update(zip(plan.id_objects[changed].tolist(), map(_LIMIT, rows), strict=True))
             return limits
     rows = zip(c.limit.tolist(), c.line.tolist(), c.reason.tolist(), may.tolist(), strict=True)
     return dict(zip(plan.ids, map(_LIMIT, rows), strict=True))

@@ -44,6 +44,7 @@ class Inputs:
     has_raw: BoolArray
     sessions: list[Session | None]
     priority: list[str | None]  # the session's own class
+    departure_at: FloatArray  # the session's departure (NO_DEPARTURE: none told, or no session)
     has_act: BoolArray  # actuation feedback (the other actuation fields are False / NaN without)
     controlled: BoolArray
     failsafe_installed: BoolArray
@@ -60,8 +61,9 @@ class Inputs:
 
 # the per-charger arrays (all but the snapshots and the per-session lists)
 _ARRAYS = ("online", "noncompliant", "state", "active_connectors", "draw_at", "state_changed_at", "raw", "has_raw",
-           "has_act", "controlled", "failsafe_installed", "accepted_limit", "accepted_at", "pending_limit",
-           "rejected_at", "lease_until")
+           "departure_at", "has_act", "controlled", "failsafe_installed", "accepted_limit", "accepted_at",
+           "pending_limit", "rejected_at", "lease_until")
+NO_DEPARTURE = 1e18  # a session that told no departure leaves last
 _REREAD_SHARE = 0.5  # more changed snapshots than this share: every row is read again
 MIN_KEPT = 100  # fewer chargers than this: every row is read again (as fast as comparing and merging)
 
@@ -128,6 +130,8 @@ def _read(snaps: list[ChargerSnapshot], plan: Plan, rows: IntArray | None) -> In
         has_raw=has_raw,
         sessions=sessions,
         priority=[s.priority if s is not None else None for s in sessions],
+        departure_at=np.fromiter([NO_DEPARTURE if s is None or (d := s.departure_at) is None else d
+                                  for s in sessions], np.float64, n),
         has_act=has_act,
         controlled=act_flags("controlled"),
         failsafe_installed=act_flags("failsafe_installed"),

@@ -8,8 +8,6 @@ import numpy as np
 from gateway.allocation.classify import Classes
 from gateway.allocation.plan import EPS_A, FloatArray, Plan
 
-_FAR = 1e18
-
 
 def pause(plan: Plan, c: Classes, room: FloatArray, period_s: float, now: float) -> dict[int, int]:
     """The sessions to pause, each with the constraint that made it pause."""
@@ -79,9 +77,6 @@ def _order(plan: Plan, c: Classes, period_s: float, now: float) -> list[int]:
     since_ps = now - ps
     group = np.where(has_ps, np.where(since_ps < period_s, 0, 2), 1)
     k2 = np.where(has_ps, since_ps, np.where(np.isnan(rs), 0.0, -(now - rs)))
-    sessions = c.inp.sessions
-    neg_dep = -np.fromiter([_FAR if s is None or (d := s.departure_at) is None else d
-                            for s in map(sessions.__getitem__, act.tolist())], np.float64, act.size)
-    keys = (plan.id_rank[act], neg_dep, k2, group, c.weight[act])  # the last is the first key
+    keys = (plan.id_rank[act], -c.inp.departure_at[act], k2, group, c.weight[act])  # the last is the first key
     order: list[int] = act[np.lexsort(keys)].tolist()
     return order

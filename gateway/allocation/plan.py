@@ -21,6 +21,7 @@ TOL_A = 1e-4  # the filling's bisection stops when levels differ by less than th
 @dataclass(frozen=True)
 class Plan:
     ids: tuple[str, ...]
+    id_objects: npt.NDArray[np.object_]  # the same ids as an array (to pick some by index)
     chargers: tuple[ChargerConfig, ...]
     circuit_ids: tuple[str, ...]
     n_phases: int
@@ -123,6 +124,7 @@ def _build(site: Site) -> Plan:
 
     return Plan(
         ids=ids,
+        id_objects=np.array(ids, dtype=object).reshape(len(ids)),
         chargers=chargers,
         circuit_ids=circuit_ids,
         n_phases=P,
