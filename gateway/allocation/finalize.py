@@ -17,7 +17,7 @@ from gateway.allocation.classify import Classes
 from gateway.allocation.inputs import MIN_KEPT
 from gateway.allocation.plan import EPS_A, TOL_A, FloatArray, IntArray, Plan
 from gateway.allocation.reserve import fresh_reserves
-from gateway.allocation.state import AllocatorState, Memory
+from gateway.allocation.state import AllocatorState, BoolArray, Memory
 from gateway.config import Site
 from gateway.model import ChargerLimit
 
@@ -76,32 +76,60 @@ def _pause_reasons(c: Classes, paused: dict[int, int], running: FloatArray, name
 
 
 def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:
-    """Scale every increase to the capacity that no reserve holds (in ``c``).
-
-    An increase is measured from the charger's reserve without the decreases it still follows (``base_a``),
-    not from its reserve with them: a decrease being followed frees its room only when its response window
-    ends, so a new limit below that earlier one still takes room for good. Measured from the reserve, a
-    station following its own decrease could take its old room back while another charger's decrease still
-    held the same room, and both could draw it (the safety world found a 1 A overload so)."""
+    """Scale every increase to the capacity that no reserve holds (in ``c``): an increase beyond a charger's
+    reserve out of the room left once every reserve is held (``_beyond_reserves``), and, where the reserves
+    already overfill a constraint, an increase within a decrease still followed only so far as lets that
+    overfill lapse with the decreases (``_within_followed``)."""
     if not c.is_active.any():
         return
     held = np.where(c.is_active, c.reserve, c.fixed)
-    steady = c.views.base_a
-    delta = np.where(c.is_active, np.maximum(c.line - steady, 0.0), 0.0)
-    if not (delta > EPS_A).any():
+    free = cap - non_ev - plan.per_constraint(held)  # below 0: reserves overfill it (decreases still followed)
+    granted, sel = _beyond_reserves(plan, c, np.maximum(free, 0.0))
+    if (free < -EPS_A).any():
+        granted, sel = _within_followed(plan, c, free, granted, sel)
+    if not sel.any():
         return
-    free = np.maximum(cap - non_ev - plan.per_constraint(held), 0.0)
-    want = plan.per_constraint(delta)
-    factor_k = np.where(want > EPS_A, np.minimum(1.0, free / np.maximum(want, EPS_A)), 1.0)
-    factor = np.minimum(1.0, plan.lowest_per_charger(factor_k[plan.mem_k]))
-    sel = (delta > EPS_A) & (factor < 1.0 - 1e-9)
-    granted = steady + delta * factor
     limit = floor_limits(granted / plan.u2l)
     # its minimum does not fit in freed capacity yet: it waits (a decrease, always safe)
     limit = np.where((granted < c.lo - EPS_A) | (limit < c.lo_limit - 1e-9), 0.0, limit)
     c.limit, c.line = np.where(sel, limit, c.limit), np.where(sel, limit * plan.u2l, c.line)
     c.reason[sel] = "hold:in-flight"
     c.waiting |= sel & (limit == 0.0)
+
+
+def _beyond_reserves(plan: Plan, c: Classes, free: FloatArray) -> tuple[FloatArray, BoolArray]:
+    """Each increase beyond its charger's reserve scaled to the free room of every constraint it loads:
+    (the line each is granted, which were scaled)."""
+    delta = np.where(c.is_active, np.maximum(c.line - c.reserve, 0.0), 0.0)
+    if not (delta > EPS_A).any():
+        return c.line, np.zeros(len(plan.ids), dtype=bool)
+    want = plan.per_constraint(delta)
+    factor_k = np.where(want > EPS_A, np.minimum(1.0, free / np.maximum(want, EPS_A)), 1.0)
+    factor = np.minimum(1.0, plan.lowest_per_charger(factor_k[plan.mem_k]))
+    sel = (delta > EPS_A) & (factor < 1.0 - 1e-9)
+    return np.where(sel, c.reserve + delta * factor, c.line), sel
+
+
+def _within_followed(
+    plan: Plan, c: Classes, free: FloatArray, granted: FloatArray, sel: BoolArray
+) -> tuple[FloatArray, BoolArray]:
+    """Where the reserves overfill a constraint (``free`` < 0: after an external load step, decreases being
+    followed), an increase over what a charger accepted (``base_a``) but within its reserve (its earlier limit
+    while it follows a decrease) takes that room for good, past the end of its window, while the others'
+    reserves still hold theirs. So, per such constraint, the sum of the increases over the accepted limits may
+    use the room the followed decreases give back, less the overfill: sum(granted - base) <= sum(reserve -
+    base) + free; each is scaled down to fit (the safety world found a 1 A overload without this)."""
+    base = c.views.base_a
+    up = np.where(c.is_active, np.maximum(granted - base, 0.0), 0.0)
+    rising = up > EPS_A
+    if not rising.any():
+        return granted, sel
+    want = plan.per_constraint(up)
+    slack = free + plan.per_constraint(np.where(rising, c.reserve - base, 0.0))
+    factor_k = np.where((free < -EPS_A) & (want > EPS_A), np.clip(slack / np.maximum(want, EPS_A), 0.0, 1.0), 1.0)
+    factor = np.minimum(1.0, plan.lowest_per_charger(factor_k[plan.mem_k]))
+    more = rising & (factor < 1.0 - 1e-9)
+    return np.where(more, base + up * factor, granted), sel | more
 
 
 def remember(

@@ -3,7 +3,8 @@
 Do not edit (tests/test_allocation_equivalence.py compares the allocator with it), except to carry a change
 of behaviour made in the allocator too, each listed here:
 
-* finalize.gate: an increase counts from the reserve without the decreases still followed (2026-12-02).
+* finalize.gate: where the reserves overfill a constraint, the increases over the accepted limits are scaled
+  so that sum(granted - base) <= sum(reserve - base) + free (2026-12-02).
 
 The original docstring:
 

@@ -55,7 +55,9 @@ def propose(
 
 
 def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:
-    """Scale every increase beyond a charger's reserve to the capacity that no reserve holds (in ``c``)."""
+    """Scale every increase beyond a charger's reserve to the capacity that no reserve holds (in ``c``); where
+    the reserves overfill a constraint, scale the increases over the accepted limits so that sum(granted -
+    base) <= sum(reserve - base) + free (the fix carried over from gateway/allocation/finalize.py: gate)."""
     n = len(plan.ids)
     if not c.active:
         return
@@ -64,22 +66,35 @@ def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:
     reserve = np.array(c.reserve, dtype=np.float64)
     held = np.where(is_active, reserve, np.array(c.fixed, dtype=np.float64))
     line = np.array(c.line, dtype=np.float64)
-    # an increase counts from the reserve without the decreases still followed (the fix carried over from
-    # gateway/allocation/finalize.py: gate)
-    steady = np.array([v.base_a for v in c.views], dtype=np.float64)
-    delta = np.where(is_active, np.maximum(line - steady, 0.0), 0.0)
-    if not (delta > EPS_A).any():
-        return
-    free = np.maximum(cap - non_ev - plan.per_constraint(held), 0.0)
-    want = plan.per_constraint(delta)
-    factor_k = np.where(want > EPS_A, np.minimum(1.0, free / np.maximum(want, EPS_A)), 1.0)
-    factor = np.ones(n)
-    np.minimum.at(factor, plan.mem_c, factor_k[plan.mem_k])
-    for i in np.flatnonzero((delta > EPS_A) & (factor < 1.0 - 1e-9)).tolist():
+    free_raw = cap - non_ev - plan.per_constraint(held)
+    granted = line.copy()
+    scaled = np.zeros(n, dtype=bool)
+    delta = np.where(is_active, np.maximum(line - reserve, 0.0), 0.0)
+    if (delta > EPS_A).any():
+        free = np.maximum(free_raw, 0.0)
+        want = plan.per_constraint(delta)
+        factor_k = np.where(want > EPS_A, np.minimum(1.0, free / np.maximum(want, EPS_A)), 1.0)
+        factor = np.ones(n)
+        np.minimum.at(factor, plan.mem_c, factor_k[plan.mem_k])
+        for i in np.flatnonzero((delta > EPS_A) & (factor < 1.0 - 1e-9)).tolist():
+            granted[i], scaled[i] = float(reserve[i] + delta[i] * factor[i]), True
+    if (free_raw < -EPS_A).any():
+        base = np.array([v.base_a for v in c.views], dtype=np.float64)
+        up = np.where(is_active, np.maximum(granted - base, 0.0), 0.0)
+        rising = up > EPS_A
+        if rising.any():
+            want = plan.per_constraint(up)
+            slack = free_raw + plan.per_constraint(np.where(rising, reserve - base, 0.0))
+            factor_k = np.where((free_raw < -EPS_A) & (want > EPS_A),
+                                np.clip(slack / np.maximum(want, EPS_A), 0.0, 1.0), 1.0)
+            factor = np.ones(n)
+            np.minimum.at(factor, plan.mem_c, factor_k[plan.mem_k])
+            for i in np.flatnonzero(rising & (factor < 1.0 - 1e-9)).tolist():
+                granted[i], scaled[i] = float(base[i] + up[i] * factor[i]), True
+    for i in np.flatnonzero(scaled).tolist():
         u2l = plan.unit_to_line[i]
-        granted = float(steady[i] + delta[i] * factor[i])
-        limit = floor_limit(granted / u2l)
-        if granted < c.lo[i] - EPS_A or limit < c.lo_limit[i] - 1e-9:
+        limit = floor_limit(float(granted[i]) / u2l)
+        if granted[i] < c.lo[i] - EPS_A or limit < c.lo_limit[i] - 1e-9:
             limit = 0.0  # its minimum does not fit in freed capacity yet: it waits (a decrease, always safe)
         c.limit[i], c.line[i], c.reason[i] = limit, limit * u2l, "hold:in-flight"
 
