@@ -7,8 +7,10 @@ the current each charger beneath may legitimately draw at that instant (its new 
 decrease, its earlier limit for ``ev_response_s`` after it accepted the decrease; while a limit is pending
 or unconfirmed, the higher of the accepted and the pending one; offline or uncontrolled, its leased limit
 until the lease lapses and its fail-safe limit after that) plus the non-EV estimate stays within
-limit - margin. Increases come only out of capacity that no such reserve holds; decreases pass at once. The
-only overloads allowed follow an external load step, for at most a tick plus the chargers' response.
+limit - margin. Increases come only out of capacity that no such reserve holds; decreases pass at once. A
+decrease being followed holds its room only until its window ends, so where the reserves overfill a circuit
+an increase inside a charger's own earlier limit is gated too (``finalize.gate``). The only overloads
+allowed follow an external load step, for at most a tick plus the chargers' response.
 
 The steps, each a module:
 

@@ -42,6 +42,8 @@ async def test_cap_applied_and_expires_on_its_own(mosquitto: Mosquitto, site: Si
             assert r["ok"] is True and r["id"] == "dr-1" and r["cap_a"] == 120.0
             assert tel.budget.remote_cap_a(tel_now()) == 120.0
             assert await sub.until(lambda ms: bool(sub.on(ROOT + "event/site_cap_set")))
+            # the state topic is published after the event: wait for it, then read it back as retained
+            assert await sub.until(lambda ms: any(json.loads(p).get("active") for p in sub.on(ROOT + "site_cap")))
             raw = await asyncio.to_thread(read_retained, mosquitto, ROOT + "site_cap")
             state = json.loads(raw or b"{}")
             assert state["active"] is True and state["cap_a"] == 120.0 and state["request_id"] == "dr-1"
