@@ -38,7 +38,7 @@ tests/test_allocation_equivalence.py holds the results to those of the per-charg
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 from gateway.allocation.classify import classify
 from gateway.allocation.fill import fill
@@ -46,7 +46,7 @@ from gateway.allocation.finalize import gate, propose, remember
 from gateway.allocation.headroom import Headroom, headroom
 from gateway.allocation.minimums import pause
 from gateway.allocation.plan import FloatArray, Plan, plan_of
-from gateway.allocation.state import AllocatorState, ChargerMemory, CircuitMemory, MemoryView
+from gateway.allocation.state import AllocatorState, ChargerMemory, CircuitMemory, MemoryView, RowsView
 from gateway.allocation.targets import fill_toward, with_hold_caps
 from gateway.allocation.trust import Trust, meter_problem, mode_of, trust
 from gateway.config import Site
@@ -95,34 +95,20 @@ def _circuits(site: Site, plan: Plan, t: Trust, h: Headroom, may: FloatArray) ->
     return CircuitsView(plan, columns, h.measured, t.circuit_state)
 
 
-class CircuitsView(Mapping[str, CircuitStatus]):
+class CircuitsView(RowsView[CircuitStatus]):
     """Circuit id -> CircuitStatus, each made from the tick's columns on first access (then kept)."""
 
     def __init__(self, plan: Plan, columns: tuple[FloatArray, FloatArray, FloatArray, FloatArray],
                  measured: Mapping[str, tuple[float, ...]], state: Mapping[str, str]) -> None:
-        self._plan, self._columns, self._measured, self._state = plan, columns, measured, state
-        self._made: dict[str, CircuitStatus] = {}
+        super().__init__(plan.circuit_ids, plan.circuit_index)
+        self._P, self._columns, self._measured, self._state = plan.n_phases, columns, measured, state
 
-    def __getitem__(self, cid: str) -> CircuitStatus:
-        made = self._made.get(cid)
-        if made is None:
-            j = self._plan.circuit_index[cid]  # KeyError: not a circuit
-            P = self._plan.n_phases
-            limit, non_ev, head, allocated = self._columns
-            made = self._made[cid] = CircuitStatus(
-                float(limit[j]), self._measured.get(cid), tuple(non_ev[j * P:(j + 1) * P].tolist()),
-                tuple(head[j * P:(j + 1) * P].tolist()), tuple(allocated[j * P:(j + 1) * P].tolist()),
-                self._state[cid])
-        return made
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._plan.circuit_ids)
-
-    def __len__(self) -> int:
-        return len(self._plan.circuit_ids)
-
-    def __contains__(self, cid: object) -> bool:
-        return cid in self._plan.circuit_index
+    def _make(self, j: int) -> CircuitStatus:
+        cid, P = self._ids[j], self._P
+        limit, non_ev, head, allocated = self._columns
+        return CircuitStatus(
+            float(limit[j]), self._measured.get(cid), tuple(non_ev[j * P:(j + 1) * P].tolist()),
+            tuple(head[j * P:(j + 1) * P].tolist()), tuple(allocated[j * P:(j + 1) * P].tolist()), self._state[cid])
 
     def __repr__(self) -> str:
         return f"CircuitsView({dict(self.items())!r})"

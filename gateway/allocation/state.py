@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -189,34 +189,51 @@ def _set_row(m: Memory, i: int, mem: ChargerMemory) -> None:
     r.n[i] = len(kept)
 
 
-class MemoryView(Mapping[str, ChargerMemory]):
-    """``Memory`` read as one ChargerMemory per charger id (each made once, on first access)."""
+V = TypeVar("V")
 
-    def __init__(self, memory: Memory) -> None:
-        self.memory = memory
-        self._index: dict[str, int] | None = None  # made on first access: most states are never read so
-        self._rows: dict[str, ChargerMemory] = {}
+
+class RowsView(Mapping[str, V]):
+    """Ids to values, each made from its row on first access and then kept (``_make``); the ids' index is
+    made on first access too (most states are never read)."""
+
+    def __init__(self, ids: tuple[str, ...], index: Mapping[str, int] | None = None) -> None:
+        self._ids, self._index = ids, index
+        self._made: dict[str, V] = {}
 
     @property
-    def index(self) -> dict[str, int]:
+    def index(self) -> Mapping[str, int]:
         if self._index is None:
-            self._index = {cid: i for i, cid in enumerate(self.memory.ids)}
+            self._index = {cid: i for i, cid in enumerate(self._ids)}
         return self._index
 
-    def __getitem__(self, cid: str) -> ChargerMemory:
-        row = self._rows.get(cid)
-        if row is None:
-            row = self._rows[cid] = self.memory.row(self.index[cid])
-        return row
+    def _make(self, i: int) -> V:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> V:
+        made = self._made.get(key)
+        if made is None:
+            made = self._made[key] = self._make(self.index[key])  # KeyError: not one of the ids
+        return made
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.memory.ids)
+        return iter(self._ids)
 
     def __len__(self) -> int:
-        return len(self.memory.ids)
+        return len(self._ids)
 
-    def __contains__(self, cid: object) -> bool:
-        return cid in self.index
+    def __contains__(self, key: object) -> bool:
+        return key in self.index
+
+
+class MemoryView(RowsView[ChargerMemory]):
+    """``Memory`` read as one ChargerMemory per charger id."""
+
+    def __init__(self, memory: Memory) -> None:
+        super().__init__(memory.ids)
+        self.memory = memory
+
+    def _make(self, i: int) -> ChargerMemory:
+        return self.memory.row(i)
 
 
 @dataclass(frozen=True)
@@ -242,34 +259,18 @@ class CircuitRows:
     measured_a: FloatArray
 
 
-class CircuitMemoryView(Mapping[str, CircuitMemory]):
-    """``CircuitRows`` read as one CircuitMemory per circuit id (each made once, on first access); the next
-    tick reads the arrays themselves."""
+class CircuitMemoryView(RowsView[CircuitMemory]):
+    """``CircuitRows`` read as one CircuitMemory per circuit id; the next tick reads the arrays themselves."""
 
     def __init__(self, rows: CircuitRows) -> None:
+        super().__init__(rows.ids)
         self.rows = rows
-        self._index: dict[str, int] | None = None
-        self._made: dict[str, CircuitMemory] = {}
 
-    def __getitem__(self, cid: str) -> CircuitMemory:
-        made = self._made.get(cid)
-        if made is None:
-            if self._index is None:
-                self._index = {c: i for i, c in enumerate(self.rows.ids)}
-            i, r = self._index[cid], self.rows
-            made = self._made[cid] = CircuitMemory(
-                tuple(r.non_ev_a[i].tolist()), tuple(r.peak_a[i].tolist()),
-                tuple(None if math.isnan(h) else h for h in r.since[i].tolist()), tuple(r.measured_a[i].tolist()))
-        return made
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.rows.ids)
-
-    def __len__(self) -> int:
-        return len(self.rows.ids)
-
-    def __contains__(self, cid: object) -> bool:
-        return cid in self.rows.ids
+    def _make(self, i: int) -> CircuitMemory:
+        r = self.rows
+        return CircuitMemory(tuple(r.non_ev_a[i].tolist()), tuple(r.peak_a[i].tolist()),
+                             tuple(None if math.isnan(h) else h for h in r.since[i].tolist()),
+                             tuple(r.measured_a[i].tolist()))
 
 
 @dataclass(frozen=True)
