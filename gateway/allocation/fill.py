@@ -19,10 +19,11 @@ def fill(
     grow = grow.copy()
     frozen_by = np.full(n, -1, dtype=np.intp)
     usage_fixed = np.zeros(K)
+    level_hi = hi / weight  # the level at which each reaches its cap
+    gmask = grow[plan.mem_c]
+    g_c, g_k = plan.mem_c[gmask], plan.mem_k[gmask]  # the growing chargers' memberships, in order
     while grow.any():
-        gmask = grow[plan.mem_c]
-        g_c, g_k = plan.mem_c[gmask], plan.mem_k[gmask]
-        t_hi_all = float(np.max(np.where(grow, hi / weight, 0.0)))
+        t_hi_all = float(level_hi[grow].max(initial=0.0))
 
         # a constraint already full at t=0 (fixed loads alone; its members are paused) must not hold back
         # the others: it binds only its growing members, and it has none
@@ -45,27 +46,25 @@ def fill(
         usage = _usage(o_c, o_k, weight, lo, hi, usage_fixed[kk], kk.size)
         limit_o = limit[kk]
         excess = (float(np.max(u0[kk] - limit_o)), float(np.max(u_hi[kk] - limit_o)))  # at 0 and t_hi_all
-        wmax = float(np.max(weight[grow]))
+        wmax = float(weight[grow].max())
         crossing = _crossing(o_c, o_k, weight, lo, hi, usage_fixed[kk], limit_o)
         known = _exact_bracket(usage, crossing, limit_o, t_hi_all, u_hi[kk], TOL_A / wmax)
         t_lo, t_up = _bisect(usage, limit_o, t_hi_all, wmax, excess, known)
-        sat = np.zeros(K, dtype=bool)
-        sat[kk] = usage(t_up) > limit_o
-        xt = np.clip(weight * t_lo, lo, hi)
-        hit = np.zeros(n, dtype=bool)
-        hit_k = np.full(n, -1, dtype=np.intp)
-        sel = sat[g_k]
-        hit[g_c[sel]] = True
-        hit_k[g_c[sel][::-1]] = g_k[sel][::-1]  # the first (nearest circuit, lowest phase) wins
-        newly = np.flatnonzero(hit & grow)
-        if newly.size == 0:  # numerical corner: freeze everyone at the feasible level
+        # the members of a constraint full at t_up freeze at t_lo, named after their first such constraint
+        sel = (usage(t_up) > limit_o)[o_k]
+        hit_c = o_c[sel]
+        if hit_c.size == 0:  # numerical corner: freeze everyone at the feasible level
             newly = np.flatnonzero(grow)
-        x[newly], frozen_by[newly] = xt[newly], hit_k[newly]
+        else:
+            hit = np.zeros(n, dtype=bool)
+            hit[hit_c] = True
+            frozen_by[hit_c[::-1]] = kk[o_k[sel]][::-1]  # the first (nearest circuit, lowest phase) wins
+            newly = np.flatnonzero(hit)
+        x[newly] = np.minimum(np.maximum(weight[newly] * t_lo, lo[newly]), hi[newly])  # np.clip's arithmetic
         grow[newly] = False
-        fmask = np.zeros(n, dtype=bool)
-        fmask[newly] = True
-        fm = fmask[plan.mem_c]
-        usage_fixed = usage_fixed + np.bincount(plan.mem_k[fm], weights=x[plan.mem_c[fm]], minlength=K)
+        done = ~grow[g_c]  # the memberships of those frozen now, in order
+        usage_fixed = usage_fixed + np.bincount(g_k[done], weights=x[g_c[done]], minlength=K)
+        g_c, g_k = g_c[~done], g_k[~done]
     return x, frozen_by
 
 

@@ -71,12 +71,13 @@ def _order(plan: Plan, c: Classes, period_s: float, now: float) -> list[int]:
     """The active sessions in the order they pause: the lowest weight first; then those still waiting their turn
     (the latest paused first), those running (the longest running first), those that waited a whole period (the
     longest wait last: it resumes first); then the latest departure first, then by id."""
-    act = c.active
+    act = plan.by_id[c.is_active[plan.by_id]]  # by id: the last key, as a stable sort keeps it among equals
     ps, rs = c.paused_since[act], c.running_since[act]
     has_ps = ~np.isnan(ps)
     since_ps = now - ps
     group = np.where(has_ps, np.where(since_ps < period_s, 0, 2), 1)
     k2 = np.where(has_ps, since_ps, np.where(np.isnan(rs), 0.0, -(now - rs)))
-    keys = (plan.id_rank[act], -c.inp.departure_at[act], k2, group, c.weight[act])  # the last is the first key
-    order: list[int] = act[np.lexsort(keys)].tolist()
+    keys = [k for k in (-c.inp.departure_at[act], k2, group, c.weight[act])  # the last is the first key
+            if k.size and not (k == k[0]).all()]  # a key equal for all orders nothing (often: departures, weights)
+    order: list[int] = (act[np.lexsort(keys)] if keys else act).tolist()
     return order

@@ -60,6 +60,7 @@ class Plan:
     circuit_index: Mapping[str, int]  # circuit id -> its index
     members: tuple[tuple[int, ...], ...]  # per charger: the constraints it loads, in membership order
     id_rank: IntArray  # per charger: its id's place among the ids sorted (a tie-break as the ids would be)
+    by_id: IntArray  # the chargers in the order of their ids (``id_rank``'s inverse)
     circuit_states: Mapping[str, str]  # circuit -> "ok" (metered) or "unmetered": its state with every meter trusted
     meter_order: tuple[tuple[str, str, float, float], ...]  # (meter, circuit, stale after s, poll s), deepest first
 
@@ -118,6 +119,7 @@ def _build(site: Site) -> Plan:
     metered = [tuple(c for c in site.path_to_root[ch.circuit] if site.circuits[c].meter is not None) for ch in chargers]
     paths = {p: k for k, p in enumerate(dict.fromkeys(metered))}
     u2l = np.array([site.to_line_a(ch, 1.0) for ch in chargers], dtype=np.float64)
+    by_id = np.array(sorted(range(len(ids)), key=ids.__getitem__), dtype=np.intp).reshape(len(ids))
 
     def col(values: list[float]) -> FloatArray:
         return np.array(values, dtype=np.float64).reshape(len(chargers))
@@ -163,7 +165,8 @@ def _build(site: Site) -> Plan:
         index=index,
         circuit_index=cidx,
         members=tuple(tuple(mem_k[a:b]) for a, b in zip(starts.tolist(), ends, strict=True)),
-        id_rank=np.argsort(np.array(sorted(range(len(ids)), key=ids.__getitem__), dtype=np.intp)).astype(np.intp),
+        id_rank=np.argsort(by_id).astype(np.intp),
+        by_id=by_id,
         circuit_states={cid: ("ok" if site.circuits[cid].meter else "unmetered") for cid in circuit_ids},
         # deepest meters first, so a charger's fail-safe reason names the nearest untrusted meter
         meter_order=tuple((mid, m.circuit, m.stale_after_s, m.poll_interval_s) for mid, m in

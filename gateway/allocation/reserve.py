@@ -94,18 +94,16 @@ def reports(mem: Memory, inp: Inputs, base_a: FloatArray) -> Reports:
     r = mem.reports
     new = inp.has_raw & ~np.isnan(inp.draw_at) & ((r.n == 0) | (inp.draw_at > r.at[:, -1]))
     at, draw, low, n = r.at, r.draw, r.low, r.n  # shared with the last memory where unchanged (never written)
-    if new.all():  # each new report goes into the last slot, the oldest drops out
+    if new.any():  # each new report goes into the last slot, the oldest drops out
         at = np.concatenate([at[:, 1:], inp.draw_at[:, None]], axis=1)
         draw = np.concatenate([draw[:, 1:], inp.raw[:, None]], axis=1)
         low = np.concatenate([low[:, 1:], np.full((len(n), 1), np.inf)], axis=1)
-        n = np.minimum(n + 1, KEEP_REPORTS)
-    elif new.any():
-        i = np.flatnonzero(new)
-        at, draw, low = at.copy(), draw.copy(), low.copy()
-        at[i, :-1], at[i, -1] = r.at[i, 1:], inp.draw_at[i]
-        draw[i, :-1], draw[i, -1] = r.draw[i, 1:], inp.raw[i]
-        low[i, :-1], low[i, -1] = r.low[i, 1:], np.inf
-        n = np.where(new, np.minimum(n + 1, KEEP_REPORTS), n)
+        if new.all():
+            n = np.minimum(n + 1, KEEP_REPORTS)
+        else:  # the other rows as they were (whole-array selects: faster than writing the new rows)
+            m = new[:, None]
+            at, draw, low = np.where(m, at, r.at), np.where(m[:, :, None], draw, r.draw), np.where(m, low, r.low)
+            n = np.where(new, np.minimum(n + 1, KEEP_REPORTS), n)
     used = np.arange(KEEP_REPORTS) >= KEEP_REPORTS - n[:, None]
     return Reports(at, draw, np.where(used, np.minimum(low, base_a[:, None]), low), n)
 
