@@ -71,8 +71,20 @@ def _pause_reasons(c: Classes, paused: dict[int, int], running: FloatArray, name
     why = reasons[np.fromiter(paused.values(), np.intp, len(paused))]
     if running.size:
         why = np.where(w < running.max(), "paused:priority", why)
-        why = np.where(np.isin(w, running), "paused:rotation", why)
+        why = np.where(_among(w, running), "paused:rotation", why)
     c.limit[idx], c.line[idx], c.reason[idx], c.waiting[idx] = 0.0, 0.0, why, True
+
+
+def _among(values: FloatArray, pool: FloatArray) -> BoolArray:
+    """``np.isin(values, pool)`` for a pool of a few distinct values (the priority classes' weights), without
+    its sort."""
+    distinct = set(pool.tolist())
+    if len(distinct) > 8:
+        return np.isin(values, pool)
+    out = np.zeros(len(values), dtype=bool)
+    for v in distinct:
+        out |= values == v
+    return out
 
 
 def gate(plan: Plan, c: Classes, cap: FloatArray, non_ev: FloatArray) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 
 from gateway.allocation.classify import Classes
 from gateway.allocation.plan import EPS_A, FloatArray, Plan
+from gateway.allocation.state import BoolArray
 
 
 def pause(plan: Plan, c: Classes, room: FloatArray, period_s: float, now: float) -> dict[int, int]:
@@ -19,11 +20,16 @@ def pause(plan: Plan, c: Classes, room: FloatArray, period_s: float, now: float)
     paused: dict[int, int] = {}
     if not (need > room + EPS_A).any():
         return paused
-    order = _order(plan, c, period_s, now)
-    # as Python floats from here (one session at a time); a need only falls, so the over-full constraints
-    # only get fewer: a session none of whose constraints is over is passed at C speed (isdisjoint)
+    is_over = need > room + EPS_A
+    # a need only falls, so the over-full constraints only get fewer: a session that loads none of them now
+    # never pauses, and the others are taken in order
+    loads_over = np.zeros(len(plan.ids), dtype=bool)
+    loads_over[a_c[is_over[a_k]]] = True
+    order = _order(plan, c, period_s, now, loads_over)
+    # as Python floats from here (one session at a time); a session none of whose constraints is still over
+    # is passed at C speed (isdisjoint)
     need_l, room_l = need.tolist(), (room + EPS_A).tolist()
-    over = set(np.flatnonzero(need > room + EPS_A).tolist())  # need_l[k] > room_l[k], the same floats
+    over = set(np.flatnonzero(is_over).tolist())  # need_l[k] > room_l[k], the same floats
     # a constraint whose fixed loads alone overfill it stays over whatever pauses (its need falls to 0 at most)
     full = {k for k in over if room_l[k] < -_FULL_A}
     members, lo_l = plan.members, lo.tolist()
@@ -67,11 +73,11 @@ def _paused_beneath(plan: Plan, full: set[int], rest: list[int], paused: dict[in
     paused.update(zip(hit.tolist(), first[hit].tolist(), strict=True))
 
 
-def _order(plan: Plan, c: Classes, period_s: float, now: float) -> list[int]:
-    """The active sessions in the order they pause: the lowest weight first; then those still waiting their turn
-    (the latest paused first), those running (the longest running first), those that waited a whole period (the
-    longest wait last: it resumes first); then the latest departure first, then by id."""
-    act = plan.by_id[c.is_active[plan.by_id]]  # by id: the last key, as a stable sort keeps it among equals
+def _order(plan: Plan, c: Classes, period_s: float, now: float, among: BoolArray) -> list[int]:
+    """The active sessions ``among`` these in the order they pause: the lowest weight first; then those still
+    waiting their turn (the latest paused first), those running (the longest running first), those that waited
+    a whole period (the longest wait last: it resumes first); then the latest departure first, then by id."""
+    act = plan.by_id[among[plan.by_id]]  # by id: the last key, as a stable sort keeps it among equals
     ps, rs = c.paused_since[act], c.running_since[act]
     has_ps = ~np.isnan(ps)
     since_ps = now - ps
