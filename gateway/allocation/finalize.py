@@ -172,7 +172,7 @@ def _limits(plan: Plan, c: Classes, may: FloatArray, state: AllocatorState | Non
             and len(plan.ids) >= MIN_KEPT):
         changed = np.flatnonzero((c.limit != mem.limit) | (c.line != mem.line_a) | (may != state.may_a)
                                  | (c.reason != mem.reason))
-        if 2 * changed.size <= len(plan.ids):  # the last tick's, those that changed made anew
+        if 5 * changed.size <= 4 * len(plan.ids):  # the last tick's, those that changed made anew
             limits = dict(state.limits)
             rows = zip(c.limit[changed].tolist(), c.line[changed].tolist(), c.reason[changed].tolist(),
                        may[changed].tolist(), strict=True)

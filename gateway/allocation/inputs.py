@@ -104,7 +104,7 @@ _A0 = _COL["draw_a_0"]
 
 def _unpacked(snaps: list[ChargerSnapshot], plan: Plan, rows: FloatArray) -> Inputs:
     """The inputs from the chargers' packed rows (one row per plan charger, ROW_COLUMNS)."""
-    cols = rows.T.copy()  # one contiguous row per column
+    cols = rows.T  # a view: column j of the rows is cols[j]
 
     def col(name: str) -> FloatArray:
         out: FloatArray = cols[_COL[name]]
