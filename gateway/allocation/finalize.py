@@ -76,14 +76,15 @@ def _pause_reasons(c: Classes, paused: dict[int, int], running: FloatArray, name
 
 
 def _among(values: FloatArray, pool: FloatArray) -> BoolArray:
-    """``np.isin(values, pool)`` for a pool of a few distinct values (the priority classes' weights), without
+    """``np.isin(values, pool)`` for values of a few distinct figures (the priority classes' weights), without
     its sort."""
-    distinct = set(pool.tolist())
+    distinct = set(values.tolist())
     if len(distinct) > 8:
         return np.isin(values, pool)
     out = np.zeros(len(values), dtype=bool)
     for v in distinct:
-        out |= values == v
+        if (pool == v).any():
+            out |= values == v
     return out
 
 

@@ -46,7 +46,7 @@ def headroom(
     before: Mapping[str, CircuitMemory], caps: Sequence[BudgetCap], now: float,
 ) -> Headroom:
     P, K = plan.n_phases, plan.n_constraints
-    ev_draw = c.draw[plan.mem_c, plan.mem_p]  # each membership's draw
+    ev_draw = c.draw.take(plan.mem_cp)  # each membership's draw
     ev_draw_k = np.bincount(plan.mem_k, weights=ev_draw, minlength=K).astype(np.float64, copy=False)
     # per constraint: how many chargers there are still following a decrease, and the oldest measurement time
     # among the draws subtracted there

@@ -29,6 +29,7 @@ class Plan:
     mem_c: IntArray  # membership: charger index ...
     mem_k: IntArray  # ... loads constraint index (circuit * P + phase)
     mem_p: IntArray  # ... on this site phase
+    mem_cp: IntArray  # the (charger, phase) of each membership as a flat index into (chargers, phases)
     mem_start: IntArray  # each charger's first membership (they are in charger order)
     cap: FloatArray  # per constraint: limit - margin
     margin: FloatArray  # per circuit
@@ -134,6 +135,7 @@ def _build(site: Site) -> Plan:
         mem_c=np.array(mem_c, dtype=np.intp),
         mem_k=np.array(mem_k, dtype=np.intp),
         mem_p=np.array(mem_p, dtype=np.intp),
+        mem_cp=np.array(mem_c, dtype=np.intp) * P + np.array(mem_p, dtype=np.intp),
         mem_start=starts,
         cap=cap,
         margin=np.array([site.circuits[cid].margin_a for cid in circuit_ids], dtype=np.float64),
