@@ -8,8 +8,6 @@ entries as the service has phases; the layers that measure map device phases to 
 from __future__ import annotations
 
 import enum
-import math
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -101,46 +99,6 @@ class ChargerSnapshot:
     # None: the caller does not model actuation (unit tests of the allocator): a decided limit counts as
     # accepted at once. The daemon always fills it in.
     actuation: Actuation | None = None
-
-    def __post_init__(self) -> None:
-        # its figures packed once, where it is made (the OCPP layer makes one when something about the charger
-        # changes): the allocator reads a tick's chargers by joining these (``charger_row``), not field by field
-        object.__setattr__(self, "_row", charger_row(self))
-
-
-# A charger snapshot's figures as one row of float64, in this order (``charger_row``; NaN for None): the
-# allocator's inputs (gateway/allocation/inputs.py) are the columns of the rows of a tick's chargers.
-ROW_COLUMNS = ("online", "noncompliant", "state", "active_connectors", "draw_at", "state_changed_at",
-               "has_draw_a", "draw_a_0", "draw_a_1", "draw_a_2", "draw_w", "started_at", "departure_at",
-               "has_priority", "has_actuation", "controlled", "failsafe_installed", "accepted_limit", "accepted_at",
-               "pending_limit", "rejected_at", "lease_until")
-NO_DEPARTURE = 1e18  # a session that told no departure leaves last (and a charger without a session)
-_ROW = struct.Struct(f"<{len(ROW_COLUMNS)}d")
-_NAN = math.nan
-_STATE_CODE = {s: float(k) for k, s in enumerate(ChargerState)}  # its index in the enum's order
-
-
-def charger_row(cs: ChargerSnapshot) -> bytes | None:
-    """``cs``'s row (ROW_COLUMNS); None for a snapshot whose values do not pack (not numbers: the allocator
-    then reads that tick field by field, as it would any)."""
-    a, se, d = cs.actuation, cs.session, cs.draw_a
-    try:
-        draw = (0.0, 0.0, 0.0, 0.0) if d is None else (1.0, *(*d, 0.0, 0.0, 0.0)[:3])
-        session = (_NAN, NO_DEPARTURE, 0.0) if se is None else (
-            _num(se.started_at), NO_DEPARTURE if se.departure_at is None else se.departure_at,
-            1.0 if se.priority else 0.0)
-        act = (0.0, 0.0, 0.0, _NAN, _NAN, _NAN, _NAN, _NAN) if a is None else (
-            1.0, 1.0 if a.controlled else 0.0, 1.0 if a.failsafe_installed else 0.0, _num(a.accepted_limit),
-            _num(a.accepted_at), _num(a.pending_limit), _num(a.rejected_at), _num(a.lease_until))
-        return _ROW.pack(1.0 if cs.online else 0.0, 1.0 if cs.noncompliant else 0.0, _STATE_CODE[cs.state],
-                         cs.active_connectors, _num(cs.draw_at), _num(cs.state_changed_at), *draw, _num(cs.draw_w),
-                         *session, *act)
-    except (KeyError, TypeError, struct.error):
-        return None
-
-
-def _num(v: float | None) -> float:
-    return _NAN if v is None else v
 
 
 class BudgetCap(NamedTuple):

@@ -199,7 +199,7 @@ def _bounds(c: Classes, site: Site, plan: Plan, dt: float, now: float) -> None:
     c.hi, c.hi_reason = np.where(act, cap, 0.0), _HI_REASONS[np.where(act, why, _NONE)]
     # a session not yet allocated waits its turn
     waits = mem.paused_since if mem.has.all() else np.where(mem.has, mem.paused_since,
-                                                              np.minimum(now, inp.started_at))
+                                                              np.minimum(now, inp.started_at()))
     c.paused_since = np.where(act, waits, np.nan)
     c.running_since = np.where(act & mem.has, mem.running_since, np.nan)
 

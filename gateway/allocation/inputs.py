@@ -1,10 +1,10 @@
-"""The snapshot's chargers as arrays over the plan's chargers (NaN stands for None).
+"""The snapshot's chargers as arrays over the plan's chargers (one pass per field; NaN stands for None).
 
-Each ChargerSnapshot packs its figures into a row when it is made (``gateway.model.charger_row``: the OCPP
-layer makes one when something about a charger changes), so a tick's inputs are the columns of the joined
-rows: no pass per field over the chargers. A snapshot whose values do not pack (not numbers) makes that tick
-read field by field (``_read``), as before; from MIN_KEPT chargers on that reading keeps the last tick's rows
-(``AllocatorState.inputs``) and reads again only the chargers whose snapshot is another object than last time.
+The daemon hands the allocator the same ChargerSnapshot object for a charger until something about it changes
+(gateway/ocpp_proxy/state.py), so from MIN_KEPT chargers on the last tick's rows are kept
+(``AllocatorState.inputs``) and only the chargers whose snapshot is another object than last time are read
+again: a row is a function of its (frozen) snapshot alone, and the old snapshots are held with the rows, so an
+identity cannot be reused.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from gateway.allocation.narrow import row_max
 from gateway.allocation.plan import FloatArray, IntArray, Plan
 from gateway.allocation.state import BoolArray
-from gateway.model import NO_DEPARTURE, ROW_COLUMNS, ChargerSnapshot, ChargerState, Snapshot
+from gateway.model import ChargerSnapshot, ChargerState, Session, Snapshot
 
 STATES = tuple(ChargerState)
 _CODE = {s: k for k, s in enumerate(STATES)}
@@ -42,7 +42,7 @@ class Inputs:
     state_changed_at: FloatArray
     raw: FloatArray  # (chargers, phases): the reported draw in line A per site phase (``measured``)
     has_raw: BoolArray
-    started_at: FloatArray  # when the session started (NaN: none)
+    sessions: list[Session | None]
     priority: list[str | None]  # the session's own class
     departure_at: FloatArray  # the session's departure (NO_DEPARTURE: none told, or no session)
     has_act: BoolArray  # actuation feedback (the other actuation fields are False / NaN without)
@@ -54,11 +54,16 @@ class Inputs:
     rejected_at: FloatArray
     lease_until: FloatArray
 
+    def started_at(self) -> FloatArray:
+        """When each session started (NaN: none); only chargers without memory need it."""
+        return _floats([s.started_at if s is not None else None for s in self.sessions], len(self.sessions))
+
 
 # the per-charger arrays (all but the snapshots and the per-session lists)
 _ARRAYS = ("online", "noncompliant", "state", "active_connectors", "draw_at", "state_changed_at", "raw", "has_raw",
-           "started_at", "departure_at", "has_act", "controlled", "failsafe_installed", "accepted_limit", "accepted_at",
+           "departure_at", "has_act", "controlled", "failsafe_installed", "accepted_limit", "accepted_at",
            "pending_limit", "rejected_at", "lease_until")
+NO_DEPARTURE = 1e18  # a session that told no departure leaves last
 _REREAD_SHARE = 0.5  # more changed snapshots than this share: every row is read again
 MIN_KEPT = 100  # fewer chargers than this: every row is read again (as fast as comparing and merging)
 
@@ -66,12 +71,6 @@ MIN_KEPT = 100  # fewer chargers than this: every row is read again (as fast as 
 def inputs(snapshot: Snapshot, plan: Plan, before: Inputs | None = None) -> Inputs:
     """The snapshot's rows; with the last tick's (made for this plan), only the changed snapshots are read."""
     snaps = _in_plan_order(snapshot, plan)
-    try:
-        packed = b"".join(map(_PACKED, snaps))
-    except (TypeError, AttributeError):  # a snapshot whose values do not pack: field by field
-        pass
-    else:
-        return _unpacked(snaps, plan, np.frombuffer(packed, dtype=np.float64).reshape(len(snaps), len(ROW_COLUMNS)))
     n = len(snaps)
     if before is None or len(before.snaps) != n or n < MIN_KEPT:
         return _read(snaps, plan, None)
@@ -91,60 +90,10 @@ def _merged(before: Inputs, new: Inputs, rows: IntArray, snaps: list[ChargerSnap
         a = getattr(before, name).copy()
         a[rows] = getattr(new, name)
         values[name] = a
-    priority = before.priority.copy()
+    sessions, priority = before.sessions.copy(), before.priority.copy()
     for k, i in enumerate(rows.tolist()):
-        priority[i] = new.priority[k]
-    return Inputs(snaps=snaps, priority=priority, **values)
-
-
-_PACKED = attrgetter("_row")  # ChargerSnapshot's packed row (gateway.model.charger_row; None: it did not pack)
-_COL = {name: j for j, name in enumerate(ROW_COLUMNS)}
-_A0 = _COL["draw_a_0"]
-
-
-def _unpacked(snaps: list[ChargerSnapshot], plan: Plan, rows: FloatArray) -> Inputs:
-    """The inputs from the chargers' packed rows (one row per plan charger, ROW_COLUMNS)."""
-    cols = rows.T  # a view: column j of the rows is cols[j]
-
-    def col(name: str) -> FloatArray:
-        out: FloatArray = cols[_COL[name]]
-        return out
-
-    def flag(name: str) -> BoolArray:
-        out: BoolArray = cols[_COL[name]] != 0.0
-        return out
-
-    raw, has_raw = _measured_columns(plan, flag("has_draw_a"), cols[_A0:_A0 + plan.n_phases].T, col("draw_w"))
-    n = len(snaps)
-    return Inputs(
-        snaps=snaps, online=flag("online"), noncompliant=flag("noncompliant"), state=col("state").astype(np.intp),
-        active_connectors=col("active_connectors"), draw_at=col("draw_at"), state_changed_at=col("state_changed_at"),
-        raw=raw, has_raw=has_raw, started_at=col("started_at"),
-        priority=[s.session.priority if s.session is not None else None for s in snaps]
-        if flag("has_priority").any() else [None] * n,
-        departure_at=col("departure_at"), has_act=flag("has_actuation"), controlled=flag("controlled"),
-        failsafe_installed=flag("failsafe_installed"), accepted_limit=col("accepted_limit"),
-        accepted_at=col("accepted_at"), pending_limit=col("pending_limit"), rejected_at=col("rejected_at"),
-        lease_until=col("lease_until"),
-    )
-
-
-def _measured_columns(
-    plan: Plan, has_a: BoolArray, amps: FloatArray, watts: FloatArray
-) -> tuple[FloatArray, BoolArray]:
-    """``measured`` from the packed columns: the reported currents (chargers, phases; 0 past a shorter
-    report), whether there are some, and the reported power (NaN: none)."""
-    a = np.where(np.isfinite(amps) & (amps > 0) & plan.lines, amps, 0.0)
-    ll = plan.line_to_line
-    if ll.any():
-        a[ll] = np.where(plan.lines[ll], row_max(a[ll])[:, None], 0.0)
-    use_a = plan.is_ac & has_a
-    out = np.where(use_a[:, None], a, 0.0)
-    powered = ~use_a & np.isfinite(watts)
-    if powered.any():
-        line_a = np.maximum(watts[powered], 0.0) / plan.w_per_a[powered]
-        out[powered] = np.where(plan.lines[powered], line_a[:, None], 0.0)
-    return out, use_a | powered
+        sessions[i], priority[i] = new.sessions[k], new.priority[k]
+    return Inputs(snaps=snaps, sessions=sessions, priority=priority, **values)
 
 
 def _read(snaps: list[ChargerSnapshot], plan: Plan, rows: IntArray | None) -> Inputs:
@@ -179,7 +128,7 @@ def _read(snaps: list[ChargerSnapshot], plan: Plan, rows: IntArray | None) -> In
         state_changed_at=_floats(list(map(_CHANGED_AT, snaps)), n),
         raw=raw,
         has_raw=has_raw,
-        started_at=_floats([s.started_at if s is not None else None for s in sessions], n),
+        sessions=sessions,
         priority=[s.priority if s is not None else None for s in sessions],
         departure_at=np.fromiter([NO_DEPARTURE if s is None or (d := s.departure_at) is None else d
                                   for s in sessions], np.float64, n),
