@@ -213,7 +213,7 @@ async def main() -> None:
             ("f p99", 7, "framed_p99_ms", ".2f"), ("tick p99", 8, "tick_p99_ms", ".1f"),
             ("tick max", 8, "tick_max_ms", ".1f"), ("alloc p50", 9, "alloc_p50_ms", ".2f"),
             ("alloc p99", 9, "alloc_p99_ms", ".2f"), ("preempt", 7, "preempted", "d"), ("failsafe", 8, "failsafe", "d"),
-            ("settled%", 8, "settled_pct", ".0f"), ("CPU %", 6, "cpu_pct", ".1f"), ("RSS MB", 7, "rss_mb", ".1f"))
+            ("step at%", 8, "settled_pct", ".0f"), ("CPU %", 6, "cpu_pct", ".1f"), ("RSS MB", 7, "rss_mb", ".1f"))
     print(" ".join(f"{c:>{w}}" for c, w, _, _ in cols))
     for n in (int(x) for x in args.sizes.split(",")):
         r = await run_size(n, args.steps, n >= 1000, args.workers or default_workers(n), not args.no_cms,
