@@ -60,8 +60,7 @@ class Plan:
     index: Mapping[str, int]  # charger id -> its index
     circuit_index: Mapping[str, int]  # circuit id -> its index
     members: tuple[tuple[int, ...], ...]  # per charger: the constraints it loads, in membership order
-    id_rank: IntArray  # per charger: its id's place among the ids sorted (a tie-break as the ids would be)
-    by_id: IntArray  # the chargers in the order of their ids (``id_rank``'s inverse)
+    by_id: IntArray  # the chargers in the order of their ids (the pause order's last key, a tie-break)
     circuit_states: Mapping[str, str]  # circuit -> "ok" (metered) or "unmetered": its state with every meter trusted
     meter_order: tuple[tuple[str, str, float, float], ...]  # (meter, circuit, stale after s, poll s), deepest first
 
@@ -167,7 +166,6 @@ def _build(site: Site) -> Plan:
         index=index,
         circuit_index=cidx,
         members=tuple(tuple(mem_k[a:b]) for a, b in zip(starts.tolist(), ends, strict=True)),
-        id_rank=np.argsort(by_id).astype(np.intp),
         by_id=by_id,
         circuit_states={cid: ("ok" if site.circuits[cid].meter else "unmetered") for cid in circuit_ids},
         # deepest meters first, so a charger's fail-safe reason names the nearest untrusted meter
