@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from structlog.typing import FilteringBoundLogger
@@ -30,6 +31,39 @@ DUE_NOT, DUE_DECREASE, DUE_OTHER = 0, 1, 2
 
 def _accepted(ans: Frame) -> bool:
     return ans.kind == CALLRESULT and ans.payload.get("status") == "Accepted"
+
+
+@dataclass
+class HeldLimit:
+    """A limit frame waiting for its lease record's commit (``gate``): :meth:`release` writes it then, unless a
+    newer frame replaced it or the charger went away; :meth:`drop` forgets it (its limit counts as not sent)."""
+
+    actuator: LimitActuator
+    gen: int
+    call: Call
+    limit: float
+    built_at: float
+    gate: asyncio.Future[None]
+    before: tuple[float | None, float]  # the limit sent, and when, before this one
+
+    def release(self) -> None:
+        a, gate = self.actuator, self.gate
+        if self.gen != a._gen or not a._channel.connected:
+            return
+        if not gate.done():
+            gate.add_done_callback(lambda _: self.release())
+            return
+        if gate.cancelled() or gate.exception() is not None:  # not durable: it does not go, it is retried
+            a.limit.sent = None
+            a.limit.retry_at = a._clock() + 5.0
+            return
+        a._write_limit(self.call, self.limit, self.built_at)
+
+    def drop(self) -> None:
+        a = self.actuator
+        if self.gen == a._gen:
+            a._gen += 1
+            a.limit.sent, a.limit.sent_at = self.before
 
 
 class LimitActuator:
@@ -65,6 +99,7 @@ class LimitActuator:
         self._clock = clock
         self._spawn = spawn
         self.profiles_ready = asyncio.Event()
+        self._gen = 0  # counts limit profiles built: a held frame goes out only if none replaced it
 
     # ------------------------------------------------------------------ the profiles
     def _profile(self, mode: str, *, profile_id: int, stack_level: int, limit: float, start: datetime,
@@ -204,23 +239,47 @@ class LimitActuator:
         """The CMS's limit changed: the limit profile again (merged), as a task."""
         self._spawn(self.push_limit(force=True))
 
-    def submit_limit(self, now: float, *, force: bool = False) -> asyncio.Future[None] | None:
-        """Queue the limit profile if it is due. Returns the frame's `written` future when it goes out
-        now, None when nothing is due or it waits behind a CALL in flight (it follows that answer)."""
+    def submit_limit(
+        self, now: float, *, force: bool = False, held: list[HeldLimit] | None = None
+    ) -> asyncio.Future[None] | None:
+        """Queue the limit profile if it is due. Returns a future done when the frame went out (or when it
+        followed the CALL in flight, or was superseded); None when nothing is due or it goes out behind a CALL
+        in flight. A frame that raises the limit above what the store records, or lengthens the lease beyond
+        it, waits until its lease record is committed (see :mod:`~gateway.ocpp_proxy.leases`); a decrease
+        never does. With ``held``, such a frame is appended there for the caller to release (or drop) instead
+        of going out by itself once committed."""
         if not force and not self.needs_send(now):
             return None
         eff = self.effective_limit()
         if eff is None or not self.profiles_ready.is_set():
             return None
-        self.limit.sent = eff
-        self.limit.sent_at = now
-        self.limit.ok = False
-        out = self._own_call(self.limit_call(self.caps.mode, eff), "limit")
-        self._track_limit(out, eff, now, self._limit_answered)
+        st = self.limit
+        before = (st.sent, st.sent_at)
+        decrease = st.sent is not None and eff < st.sent - 1e-9
+        st.sent, st.sent_at, st.ok = eff, now, False
+        call = self.limit_call(self.caps.mode, eff)  # built first: its lease starts no later than its record's
+        self._gen += 1
+        if st.durable is not None:
+            lease_until = now + self.ocpp.lease_s
+            st.reserve(eff, lease_until, now)
+            gate = st.durable(eff, lease_until, decrease)
+            if gate is not None:
+                h = HeldLimit(self, self._gen, call, eff, now, gate, before)
+                if held is not None:
+                    held.append(h)
+                else:
+                    gate.add_done_callback(lambda _: h.release())
+                return gate
+        return self._write_limit(call, eff, now)
+
+    def _write_limit(self, call: Call, limit: float, built_at: float) -> asyncio.Future[None] | None:
+        out = self._own_call(call, "limit")
+        self._track_limit(out, limit, built_at, self._limit_answered)
         return out.written if self._channel.in_flight is out else None
 
     async def failsafe_now(self) -> bool:
         """Set the limit profile to the fail-safe limit and wait for the answer."""
+        self._gen += 1  # a held increase must not follow it
         self.limit.target = self.cfg.failsafe_limit
         self.limit.sent = self.cfg.failsafe_limit
         self.limit.sent_at = self._clock()
@@ -234,6 +293,7 @@ class LimitActuator:
         if limit is None:
             return False
         call = self.limit_call(self.caps.mode, limit, duration_s=int(lease_s))
+        self._gen += 1
         self.limit.sent_at = self._clock()  # a renewal now would end the test: it is due a lease from now
         try:
             ans = await self._own_call(call, None).result

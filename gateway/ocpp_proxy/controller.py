@@ -17,7 +17,7 @@ from websockets.typing import Subprotocol
 from gateway.config import ChargerConfig, Site
 from gateway.errors import StoreError
 from gateway.model import Allocation, ChargerSnapshot
-from gateway.ocpp_proxy.actuator import DUE_DECREASE, DUE_NOT
+from gateway.ocpp_proxy.actuator import DUE_DECREASE, DUE_NOT, HeldLimit
 from gateway.ocpp_proxy.frames import SUBPROTOCOLS
 from gateway.ocpp_proxy.leases import LeaseKeeper
 from gateway.ocpp_proxy.limits import LimitState
@@ -29,6 +29,7 @@ from gateway.ocpp_proxy.store import QueueLimits, Store
 from gateway.ocpp_proxy.upstream import UpstreamTarget, target_for
 
 log = structlog.get_logger(__name__)
+COMMIT_WAIT_S = 0.5  # apply() waits this long for the increases' lease records (then they go when committed)
 
 
 def _open_store(path: str, limits: QueueLimits) -> Store:
@@ -93,6 +94,8 @@ class OcppController:
         if ls is None:
             ls = self._limits[charger_id] = LimitState()
             ls.on_bound = lambda st: self.leases.changed(charger_id, st)
+            ls.durable = lambda limit, until, decrease: self.leases.durable(charger_id, ls, limit, until,
+                                                                            decrease=decrease)
         return ls
 
     def upstream_target(self, cfg: ChargerConfig) -> UpstreamTarget | None:
@@ -261,7 +264,8 @@ class OcppController:
         sockets (or wait behind a CALL in flight, or for a full write buffer), never awaited. Every decrease is
         written before any increase. With ``preempt``, the loop runs once between the two (readings that came in
         meanwhile land); if ``preempt()`` is then true, the increases are dropped, their targets left as they
-        were, and False is returned: the caller re-ticks at once."""
+        were, and False is returned: the caller re-ticks at once. An increase whose lease record is not yet on
+        disk waits for its commit (readings land meanwhile, and ``preempt()`` is asked again)."""
         chargers = self.site.chargers
         before: dict[str, float | None] = {}
         for cid, cl in allocation.limits.items():
@@ -288,8 +292,30 @@ class OcppController:
                         self.limit_state(s.id).target = before[s.id]
                 log.info("increases_preempted", decreases=len(decreases), dropped=len(others))
                 return False
+        held: list[HeldLimit] = []
         for s in others:
-            s.submit_limit(now, force=True)
+            s.submit_limit(now, force=True, held=held)
+        if not held:
+            return True
+        # the increases whose lease records are not on disk yet: written once committed, in this pass, unless
+        # a wake lands meanwhile (then dropped like the others); a slow disk must not hold the loop
+        try:
+            async with asyncio.timeout(COMMIT_WAIT_S):
+                await asyncio.wait({h.gate for h in held})
+        except TimeoutError:
+            log.warning("lease_commit_slow", held=len(held), waited_s=COMMIT_WAIT_S)
+            for h in held:
+                h.release()  # each goes out when its commit lands
+            return True
+        if preempt is not None and preempt():
+            for h in held:
+                h.drop()
+                if h.actuator.id in before:
+                    self.limit_state(h.actuator.id).target = before[h.actuator.id]
+            log.info("increases_preempted", decreases=len(decreases), dropped=len(held), waiting_for="lease")
+            return False
+        for h in held:
+            h.release()
         return True
 
     async def apply_failsafe(self) -> None:

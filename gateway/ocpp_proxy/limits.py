@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from gateway.model import Actuation
@@ -42,6 +43,9 @@ class LimitState:
         self.bound: tuple[float, float] | None = None
         self.failsafe_ever = False  # a fail-safe profile was accepted (in this life or an earlier one)
         self.on_bound: Callable[[LimitState], None] | None = None
+        # whether a frame giving (limit, until, is a decrease) may go out now (None) or once the returned future
+        # is done (its record committed: a restart then knows the charger may hold it); the lease keeper's
+        self.durable: Callable[[float, float, bool], asyncio.Future[None] | None] | None = None
 
     def restore(self, limit: float, lease_until: float, failsafe: bool, now: float) -> None:
         """An earlier life's bound (or a charger's maximum when none is known): the charger may hold
@@ -51,6 +55,10 @@ class LimitState:
         self.bound = (limit, lease_until)
         self.failsafe_ever = failsafe
         self._act = None
+
+    def reserve(self, limit: float, until: float, now: float) -> None:
+        """A limit CALL is built and will be written once its bound is durable: widen the bound now."""
+        self._widen(limit, until, now)
 
     def _widen(self, limit: float, until: float, now: float) -> None:
         b = self.bound

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway import electrical
 from gateway.config import ChargerConfig
-from gateway.ocpp_proxy.actuator import LimitActuator
+from gateway.ocpp_proxy.actuator import HeldLimit, LimitActuator
 from gateway.ocpp_proxy.capabilities import Capabilities
 from gateway.ocpp_proxy.charger_link import ChargerLink
 from gateway.ocpp_proxy.cms_link import CmsLink
@@ -185,8 +185,10 @@ class ChargerSession:
     def due(self, now: float) -> int:
         return self.actuator.due(now)
 
-    def submit_limit(self, now: float, *, force: bool = False) -> asyncio.Future[None] | None:
-        return self.actuator.submit_limit(now, force=force)
+    def submit_limit(
+        self, now: float, *, force: bool = False, held: list[HeldLimit] | None = None
+    ) -> asyncio.Future[None] | None:
+        return self.actuator.submit_limit(now, force=force, held=held)
 
     async def failsafe_now(self) -> bool:
         return await self.actuator.failsafe_now()

@@ -4,6 +4,11 @@ increases, and a wake that lands before the increases drops them (their targets 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
+from datetime import datetime
 from typing import Any
 
 from gateway.model import Allocation, ChargerLimit
@@ -114,6 +119,100 @@ async def test_without_a_wake_decreases_and_increases_go_out_in_the_same_apply(c
         for cid, limit in (("A", 10.0), ("B", 25.0), ("C", 8.0)):
             assert gw.ctrl.sessions[cid].limit.sent == limit
             await wait_for(lambda c=cid, v=limit: limits_of(chs[c])[-1:] == [v], what=f"{cid} limit")
+    finally:
+        for ch in chs.values():
+            await ch.close()
+
+
+def _on_disk(path: str, cid: str) -> tuple[float, float] | None:
+    """A charger's lease record as a restart would read it: (limit, until wall clock), from the file."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        row = db.execute("SELECT limit_value, lease_until_wall FROM leases WHERE charger = ?", (cid,)).fetchone()
+    return None if row is None else (float(row[0]), float(row[1]))
+
+
+Seen = list[tuple[float, float, tuple[float, float] | None]]
+
+
+def _watch_limits(ch: Running, path: str, cid: str, seen: Seen) -> None:
+    """At each limit profile the charger receives: (its limit, its lease end, the record on disk then)."""
+    route = ch.cp.route_message
+
+    async def checking(raw: str) -> None:
+        msg = json.loads(raw)
+        if msg[0] == 2 and msg[2] == "SetChargingProfile" and msg[3]["csChargingProfiles"]["stackLevel"] == 1:
+            sched = msg[3]["csChargingProfiles"]["chargingSchedule"]
+            start = datetime.fromisoformat(sched["startSchedule"].replace("Z", "+00:00")).timestamp()
+            limit = float(sched["chargingSchedulePeriod"][0]["limit"])
+            seen.append((limit, start + float(sched["duration"]), _on_disk(path, cid)))
+        await route(raw)
+
+    ch.cp.route_message = checking
+
+
+async def test_an_increase_goes_out_only_once_its_lease_is_on_disk(cms: Cms, make_gateway: Any) -> None:
+    """A gateway killed between an increase's frame and its lease record would restart believing the charger
+    holds less than it does; a decrease must not wait for the disk."""
+    gw = await make_gateway(cms.port, chargers=CHARGERS)
+    chs = await _three(gw)
+    try:
+        await _idle(gw)
+        await gw.ctrl.apply(alloc(A=10.0, B=10.0, C=10.0))
+        for cid in "ABC":
+            await wait_for(lambda c=cid: limits_of(chs[c])[-1:] == [10.0], what=f"{cid} at 10 A")
+        await _idle(gw)
+        await asyncio.sleep(0.2)  # the next frames' leases end later than the ones on disk
+        path = gw.ctrl.store.path
+        seen: dict[str, Seen] = {c: [] for c in "AB"}
+        for cid in "AB":
+            _watch_limits(chs[cid], path, cid, seen[cid])
+        release = threading.Event()
+        gw.ctrl.store.submit(lambda db: release.wait(30))  # the writer thread is stuck: nothing commits
+        try:
+            assert await gw.ctrl.apply(alloc(A=25.0, B=5.0, C=10.0)) is True
+            await wait_for(lambda: limits_of(chs["B"])[-1:] == [5.0], what="the decrease, while the disk is stuck")
+            await asyncio.sleep(0.5)
+            assert limits_of(chs["A"])[-1:] == [10.0], "the increase went out before its lease record was committed"
+        finally:
+            release.set()
+        await wait_for(lambda: limits_of(chs["A"])[-1:] == [25.0], what="the increase, once committed")
+        limit, until, disk = seen["A"][-1]
+        assert limit == 25.0 and disk is not None
+        assert disk[0] >= 25.0 and disk[1] >= until - 0.05, f"on disk {disk} when {limit} A until {until} arrived"
+        limit, until, disk = seen["B"][-1]
+        assert limit == 5.0 and disk is not None and disk[0] >= 10.0  # the record still covers the earlier limit
+    finally:
+        for ch in chs.values():
+            await ch.close()
+
+
+async def test_a_wake_while_an_increase_waits_for_its_lease_drops_it(cms: Cms, make_gateway: Any) -> None:
+    gw = await make_gateway(cms.port, chargers=CHARGERS)
+    chs = await _three(gw)
+    try:
+        await _idle(gw)
+        await gw.ctrl.apply(alloc(A=10.0, B=10.0, C=10.0))
+        for cid in "ABC":
+            await wait_for(lambda c=cid: limits_of(chs[c])[-1:] == [10.0], what=f"{cid} at 10 A")
+        await _idle(gw)
+        await asyncio.sleep(0.2)
+        release = threading.Event()
+        gw.ctrl.store.submit(lambda db: release.wait(30))
+        woke = asyncio.Event()
+        try:
+            applying = asyncio.create_task(gw.ctrl.apply(alloc(A=25.0, B=5.0, C=10.0), preempt=woke.is_set))
+            await wait_for(lambda: limits_of(chs["B"])[-1:] == [5.0], what="the decrease")
+            assert not applying.done(), "apply waits for the increase's lease record"
+            woke.set()  # an overload reading lands meanwhile
+        finally:
+            release.set()
+        assert await applying is False
+        a = gw.ctrl.sessions["A"].limit
+        assert a.sent == 10.0 and a.target == 10.0, "dropped: as if never sent"
+        await asyncio.sleep(0.3)
+        assert limits_of(chs["A"]) == [10.0]
+        assert await gw.ctrl.apply(alloc(A=25.0, B=5.0, C=10.0), preempt=lambda: False) is True
+        await wait_for(lambda: limits_of(chs["A"])[-1:] == [25.0], what="the increase, re-ticked")
     finally:
         for ch in chs.values():
             await ch.close()

@@ -4,12 +4,17 @@ restored by the next life, and kept reserved (offline too) until it lapses."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from gateway.allocation import AllocatorState, allocate
 from gateway.config import Site, site_from_dict
+from gateway.errors import StoreError
 from gateway.model import Allocation
 from gateway.ocpp_proxy.controller import OcppController
 from gateway.ocpp_proxy.leases import LeaseKeeper
@@ -135,3 +140,49 @@ def test_a_charger_without_a_record_may_hold_its_maximum_for_a_lease(tmp_path: P
         assert a.limits["A"].may_draw_a == 32.0
     finally:
         ctrl.store.close()
+
+
+async def test_a_frame_waits_for_its_record_and_a_failed_commit_holds_it(tmp_path: Path) -> None:
+    """``durable``: None once the record on disk covers a frame; else the commit that will, which fails when the
+    disk does (the frame must not go) and is tried again."""
+    clock = FakeClock(500.0)
+    ctrl = OcppController(_site(tmp_path), clock=clock)
+    store = ctrl.store
+    try:
+        ctrl.leases = keeper = LeaseKeeper(store, clock, lease_s=LEASE_S, ev_response_s=RESP_S,
+                                           wall=lambda: clock.t + 1.7e9)
+        ls = ctrl.limit_state("A")
+        clock.t += 5.0
+        until = clock.t + LEASE_S
+        ls.reserve(20.0, until, clock.t)
+        first = keeper.durable("A", ls, 20.0, until)
+        assert first is not None and not first.done(), "a bound never written: the frame waits for its commit"
+        await asyncio.wait_for(asyncio.shield(first), 5)
+        assert keeper.durable("A", ls, 20.0, until) is None, "committed: it covers the frame"
+        assert keeper.durable("A", ls, 20.0, until + 1.0) is not None, "a longer lease is not covered yet"
+        real = store.put_leases
+        calls = []
+
+        def broken(leases: Any) -> concurrent.futures.Future[None]:
+            calls.append(dict(leases))
+            fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+            fut.set_exception(StoreError("disk I/O error"))
+            return fut
+
+        store.put_leases = broken  # type: ignore[method-assign]
+        clock.t += 1.0
+        until = clock.t + LEASE_S
+        ls.reserve(32.0, until, clock.t)
+        held = keeper.durable("A", ls, 32.0, until)
+        assert held is not None
+        with pytest.raises(StoreError):
+            await held
+        assert calls and calls[0]["A"].limit == 32.0
+        assert keeper.durable("A", ls, 32.0, until) is not None, "still not covered: the frame waits again"
+        store.put_leases = real  # type: ignore[method-assign]
+        again = keeper.durable("A", ls, 32.0, until)
+        assert again is not None
+        await again
+        assert keeper.durable("A", ls, 32.0, until) is None and store.leases()["A"].limit == 32.0
+    finally:
+        store.close()
