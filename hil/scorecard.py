@@ -453,7 +453,8 @@ def message_fields(rec: Recording) -> dict[str, Any]:
     """Duplicated transaction messages at the CMS beside the lost ones (see :mod:`hil.rig.messages`)."""
     m = rec.messages
     return {"messages_duplicated": m.get("duplicates"), "messages_duplicated_same_id": m.get("duplicates_same_id"),
-            "messages_duplicated_same_event": m.get("duplicates_same_event")}
+            "messages_duplicated_same_event": m.get("duplicates_same_event"),
+            "messages_resent_after_kill": m.get("resent_after_kill")}
 
 
 def _meter_interval(rec: Recording) -> float | str:
@@ -510,7 +511,8 @@ def format_card(card: Mapping[str, Any]) -> str:
     lines.append(f"  messages: {m.get('tx_messages_sent')} transaction messages sent, "
                  f"{m.get('tx_messages_received_by_cms')} at the CMS, lost {m.get('lost')}, "
                  f"duplicated {m.get('duplicates')} (same id {m.get('duplicates_same_id')}, same event "
-                 f"{m.get('duplicates_same_event')}), unacknowledged at end {m.get('unacknowledged_at_end')}")
+                 f"{m.get('duplicates_same_event')}), resent after a gateway kill {m.get('resent_after_kill')}, "
+                 f"unacknowledged at end {m.get('unacknowledged_at_end')}")
     lines.extend(format_budget(card))
     lines.extend(format_dr(card))
     gp = card["gateway_process"]

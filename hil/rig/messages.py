@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 TX_ACTIONS = frozenset({"StartTransaction", "StopTransaction", "TransactionEvent", "MeterValues"})
@@ -43,22 +44,33 @@ class TxMessage:
     action: str
     key: str
     outcome: str = "received"
+    at: float = 0.0  # when the CMS received it (its clock)
 
 
 def tx_message(charger: str, unique_id: str, action: str, payload: Mapping[str, Any],
-               outcome: str = "received") -> TxMessage | None:
+               outcome: str = "received", at: float = 0.0) -> TxMessage | None:
     """The record of one CALL, or None when it is no transaction message."""
     if action not in TX_ACTIONS:
         return None
-    return TxMessage(charger, unique_id, action, semantic_key(action, payload), outcome)
+    return TxMessage(charger, unique_id, action, semantic_key(action, payload), outcome, at)
+
+
+def _after_kills(times: list[float], kills: list[float]) -> int:
+    """How many of a message's repeated copies (received at ``times``) follow a gateway kill since the copy
+    before them."""
+    ts = sorted(times)
+    return sum(1 for a, b in pairwise(ts) if any(a < k <= b for k in kills))
 
 
 def accounting(sent: Iterable[TxMessage], received: Iterable[TxMessage], unacknowledged: int = 0,
-               examples: int = 20) -> dict[str, Any]:
-    """Lost and duplicated transaction messages (see the module docstring)."""
+               examples: int = 20, kills: Iterable[float] = ()) -> dict[str, Any]:
+    """Lost and duplicated transaction messages (see the module docstring); ``kills``: when the gateway was
+    killed (the CMS's clock)."""
+    kill_at = sorted(kills)
     ids: dict[str, set[str]] = defaultdict(set)
     keys: dict[str, set[str]] = defaultdict(set)
     id_count: Counter[tuple[str, str]] = Counter()
+    id_times: dict[tuple[str, str], list[float]] = defaultdict(list)
     key_ids: dict[tuple[str, str], set[str]] = defaultdict(set)
     received_total = 0
     for r in received:
@@ -66,6 +78,7 @@ def accounting(sent: Iterable[TxMessage], received: Iterable[TxMessage], unackno
         ids[r.charger].add(r.unique_id)
         keys[r.charger].add(r.key)
         id_count[(r.charger, r.unique_id)] += 1
+        id_times[(r.charger, r.unique_id)].append(r.at)
         key_ids[(r.charger, r.key)].add(r.unique_id)
     sent_ok = lost = pending = 0
     attempts: Counter[tuple[str, str]] = Counter()
@@ -80,7 +93,8 @@ def accounting(sent: Iterable[TxMessage], received: Iterable[TxMessage], unackno
             lost += 1
             if len(lost_list) < examples:
                 lost_list.append({"charger": m.charger, "action": m.action, "unique_id": m.unique_id, "key": m.key})
-    same_id = sum(n - 1 for n in id_count.values() if n > 1)
+    resent = {k: _after_kills(id_times[k], kill_at) for k, n in id_count.items() if n > 1}
+    same_id = sum(n - 1 - resent[k] for k, n in id_count.items() if n > 1)
     same_event = 0
     cms_only = 0
     dup_list: list[dict[str, Any]] = []
@@ -95,8 +109,9 @@ def accounting(sent: Iterable[TxMessage], received: Iterable[TxMessage], unackno
             if len(dup_list) < examples:
                 dup_list.append({"charger": ch, "key": key, "cms_ids": len(uids), "charger_attempts": tries})
     dup_list += [{"charger": ch, "unique_id": uid, "times": n} for (ch, uid), n in id_count.items()
-                 if n > 1][: max(0, examples - len(dup_list))]
+                 if n - 1 > resent.get((ch, uid), 0)][: max(0, examples - len(dup_list))]
     return {"tx_messages_sent": sent_ok, "tx_messages_received_by_cms": received_total, "lost": lost,
             "duplicates": same_id + same_event, "duplicates_same_id": same_id, "duplicates_same_event": same_event,
-            "cms_only": cms_only, "unacknowledged_at_end": unacknowledged, "pending_at_end": pending,
+            "resent_after_kill": sum(resent.values()), "cms_only": cms_only,
+            "unacknowledged_at_end": unacknowledged, "pending_at_end": pending,
             "lost_examples": lost_list, "duplicate_examples": dup_list}

@@ -184,6 +184,7 @@ class Rig:
         self.k = scenario.time_scale
         self.t0 = math.inf  # wall epoch of scenario time 0 (set when every charger is online)
         self.events: list[tuple[float, str, str]] = []
+        self.kills: list[float] = []  # when the gateway was killed (the CMS's clock: its messages are stamped so)
         self.sessions: list[SessionRecord] = []
         self.stats = ProcStats()
         self.site = site_from_dict(scenario.site)
@@ -341,6 +342,7 @@ class Rig:
         elif kind == "gateway_restart" and self.gw is not None:
             if begin:
                 await self.gw.stop(signal.SIGKILL)
+                self.kills.append(self.cms.clock())
                 self.event("gateway_killed")
                 if restart_now:
                     await self._restart_gateway()
@@ -402,8 +404,8 @@ class Rig:
             sent += s
             unacked += int(u)
         received = [m for chid, got in self.cms.received.items() for r in got
-                    if (m := tx_message(chid, r.unique_id, r.action, r.payload)) is not None]
-        return accounting(sent, received, unacked)
+                    if (m := tx_message(chid, r.unique_id, r.action, r.payload, at=r.at)) is not None]
+        return accounting(sent, received, unacked, kills=self.kills)
 
     async def _drain(self, timeout_s: float) -> dict[str, Any]:
         """The accounting once every message is delivered (or after ``timeout_s``)."""

@@ -5,6 +5,7 @@ the CMS are counted beside lost ones, a charger's own retries apart."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,15 @@ def test_duplicates_at_the_cms_beyond_the_chargers_own_retries() -> None:
     assert card["messages_duplicated"] == 2 and card["messages_lost"] == 1
     assert card["messages_duplicated_same_id"] == 1 and card["messages_duplicated_same_event"] == 1
     assert "duplicated 2 (same id 1, same event 1)" in format_card(card)
+    # the same id again after a gateway kill (in flight when it died, replayed by the next life): counted apart
+    def at(m: TxMessage, t: float) -> TxMessage:
+        return replace(m, at=t)
+
+    resent = [at(received[2], 10.0), at(received[3], 30.0), at(received[2], 50.0)]  # m1 three times
+    acc = accounting(sent, resent, kills=[20.0])
+    assert acc["resent_after_kill"] == 1 and acc["duplicates_same_id"] == 1, "one copy per kill in between"
+    assert accounting(sent, resent[:2], kills=[20.0])["duplicates"] == 0
+    assert accounting(sent, resent[:2], kills=[40.0])["duplicates_same_id"] == 1, "no kill between the copies"
 
 
 def test_overload_explained_by_an_ev_late_to_follow_is_the_rigs_not_self_inflicted() -> None:
