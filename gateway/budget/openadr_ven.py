@@ -229,6 +229,8 @@ class Ven2b:
                     await client.sync_events()
                 before = self.store.ven.last_contact
                 for ev in self.store.reconsider(self._wall()):  # opted out since: tell the VTN
+                    # openleadr answers a re-distributed event with the opt it answered first: make that this one
+                    client.responded_events[ev.event_id] = "optOut"
                     await client.created_event(request_id=_request_id(), event_id=ev.event_id, opt_type="optOut",
                                                modification_number=ev.modification)
                 await client._poll()

@@ -23,7 +23,7 @@ from gateway.ocpp_proxy.frames import CALLRESULT, Frame
 from gateway.ocpp_proxy.limits import ACCEPTED, REJECTED, UNANSWERED, LimitState
 from gateway.ocpp_proxy.ports import Clock, SessionEvents, Spawn
 from gateway.ocpp_proxy.relay import CallChannel, CallFailed, OutCall
-from gateway.ocpp_proxy.typed import Call, OwnCall
+from gateway.ocpp_proxy.typed import Call, OwnCall, OwnJsonCall
 
 FAILSAFE_START = datetime(2020, 1, 1, tzinfo=UTC)
 DUE_NOT, DUE_DECREASE, DUE_OTHER = 0, 1, 2
@@ -40,7 +40,7 @@ class HeldLimit:
 
     actuator: LimitActuator
     gen: int
-    call: Call
+    call: tuple[str, str]  # action, payload JSON
     limit: float
     built_at: float
     gate: asyncio.Future[None]
@@ -80,6 +80,7 @@ class LimitActuator:
         log: FilteringBoundLogger,
         *,
         own_call: OwnCall,
+        own_json: OwnJsonCall,
         channel: CallChannel,
         cms_limit: Callable[[], float | None],
         clock: Clock,
@@ -94,6 +95,7 @@ class LimitActuator:
         self.events = events
         self.log = log
         self._own_call = own_call
+        self._own_json = own_json
         self._channel = channel
         self._cms_limit = cms_limit
         self._clock = clock
@@ -118,6 +120,14 @@ class LimitActuator:
         oc = self.ocpp
         return self._profile(mode, profile_id=oc.limit_profile_id, stack_level=oc.limit_stack_level, limit=limit,
                              start=datetime.now(UTC), duration_s=int(oc.lease_s) if duration_s is None else duration_s)
+
+    def limit_json(self, mode: str, limit: float) -> tuple[str, str]:
+        """:meth:`limit_call` as (action, payload JSON), from the cached shape (the hot path: a limit pass)."""
+        oc = self.ocpp
+        return policy.set_profile_json(
+            self.version, mode, profile_id=oc.limit_profile_id, stack_level=oc.limit_stack_level, unit=self.cfg.unit,
+            limit=limit, start_iso=policy.iso_now(), duration_s=int(oc.lease_s), connectors=self.cfg.connectors,
+        )
 
     async def _set_profile(
         self, call_for: Callable[[str], Call], key: str, wait: bool, limit: float | None = None
@@ -257,7 +267,7 @@ class LimitActuator:
         before = (st.sent, st.sent_at)
         decrease = st.sent is not None and eff < st.sent - 1e-9
         st.sent, st.sent_at, st.ok = eff, now, False
-        call = self.limit_call(self.caps.mode, eff)  # built first: its lease starts no later than its record's
+        call = self.limit_json(self.caps.mode, eff)  # built first: its lease starts no later than its record's
         self._gen += 1
         if st.durable is not None:
             lease_until = now + self.ocpp.lease_s
@@ -272,8 +282,8 @@ class LimitActuator:
                 return gate
         return self._write_limit(call, eff, now)
 
-    def _write_limit(self, call: Call, limit: float, built_at: float) -> asyncio.Future[None] | None:
-        out = self._own_call(call, "limit")
+    def _write_limit(self, call: tuple[str, str], limit: float, built_at: float) -> asyncio.Future[None] | None:
+        out = self._own_json(*call, "limit")
         self._track_limit(out, limit, built_at, self._limit_answered)
         return out.written if self._channel.in_flight is out else None
 

@@ -9,7 +9,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from gateway.ocpp_proxy.frames import call_text, new_message_id
+from gateway.ocpp_proxy.frames import CALL, call_text, new_message_id
 from gateway.ocpp_proxy.ports import Spawn
 from gateway.ocpp_proxy.relay import CallChannel, OutCall
 from gateway.ocpp_proxy.typed import Call, action_of, payload_of
@@ -34,6 +34,11 @@ class ChargerLink:
         """A CALL whose payload is JSON already (a commissioning read-back handed over the control socket)."""
         mid = new_message_id()
         return self.calls.submit(OutCall(mid, call_text(mid, action, payload), action, True, payload, key=key))
+
+    def own_json_call(self, action: str, payload_json: str, key: str | None = None) -> OutCall:
+        """A CALL whose payload is serialised already (:func:`~gateway.ocpp_proxy.policy.set_profile_json`)."""
+        mid = new_message_id()
+        return self.calls.submit(OutCall(mid, f'[{CALL},"{mid}","{action}",{payload_json}]', action, True, key=key))
 
     async def send(self, text: str, *, counted: bool = False) -> None:
         if not counted:

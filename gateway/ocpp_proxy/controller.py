@@ -30,6 +30,7 @@ from gateway.ocpp_proxy.upstream import UpstreamTarget, target_for
 
 log = structlog.get_logger(__name__)
 COMMIT_WAIT_S = 0.5  # apply() waits this long for the increases' lease records (then they go when committed)
+CHUNK = 100  # increases written between two looks at the readings (a reading waits behind at most these)
 
 
 def _open_store(path: str, limits: QueueLimits) -> Store:
@@ -262,10 +263,40 @@ class OcppController:
     async def apply(self, allocation: Allocation, preempt: Callable[[], bool] | None = None) -> bool:
         """Queue every due limit frame on its charger's socket, in one pass, and return: frames are written to the
         sockets (or wait behind a CALL in flight, or for a full write buffer), never awaited. Every decrease is
-        written before any increase. With ``preempt``, the loop runs once between the two (readings that came in
-        meanwhile land); if ``preempt()`` is then true, the increases are dropped, their targets left as they
-        were, and False is returned: the caller re-ticks at once. An increase whose lease record is not yet on
-        disk waits for its commit (readings land meanwhile, and ``preempt()`` is asked again)."""
+        written before any increase, all at once. With ``preempt``, the loop runs between the decreases and the
+        increases, and between every ``CHUNK`` increases (readings that came in meanwhile land); once
+        ``preempt()`` is true, the increases not yet written are dropped, their targets left as they were, and
+        False is returned: the caller re-ticks at once. An increase whose lease record is not yet on disk waits
+        for its commit (one for all of them) before it is written."""
+        before = self._set_targets(allocation)
+        now = self.clock()
+        decreases, others = self._due(now)
+        for s in decreases:
+            s.submit_limit(now, force=True)
+        held: list[HeldLimit] = []
+        for i in range(0, len(others), CHUNK):
+            if preempt is not None:
+                await asyncio.sleep(0)
+                if preempt():
+                    self._drop(others[i:], held, before, len(decreases))
+                    return False
+            for s in others[i:i + CHUNK]:
+                s.submit_limit(now, force=True, held=held)
+        if not held or not await self._committed(held):
+            return True
+        for i in range(0, len(held), CHUNK):
+            if preempt is not None:
+                if i:
+                    await asyncio.sleep(0)
+                if preempt():
+                    self._drop([], held[i:], before, len(decreases))
+                    return False
+            for h in held[i:i + CHUNK]:
+                h.release()
+        return True
+
+    def _set_targets(self, allocation: Allocation) -> dict[str, float | None]:
+        """Every charger's new target; returns the ones before (to restore for an increase dropped)."""
         chargers = self.site.chargers
         before: dict[str, float | None] = {}
         for cid, cl in allocation.limits.items():
@@ -273,7 +304,10 @@ class OcppController:
                 ls = self.limit_state(cid)
                 before[cid] = ls.target
                 ls.target = cl.limit
-        now = self.clock()
+        return before
+
+    def _due(self, now: float) -> tuple[list[ChargerSession], list[ChargerSession]]:
+        """The sessions whose limit frame is due: (decreases, the others)."""
         decreases: list[ChargerSession] = []
         others: list[ChargerSession] = []
         for s in self.sessions.values():
@@ -282,41 +316,30 @@ class OcppController:
                 decreases.append(s)
             elif d != DUE_NOT:
                 others.append(s)
-        for s in decreases:
-            s.submit_limit(now, force=True)
-        if others and preempt is not None:
-            await asyncio.sleep(0)
-            if preempt():
-                for s in others:
-                    if s.id in before:
-                        self.limit_state(s.id).target = before[s.id]
-                log.info("increases_preempted", decreases=len(decreases), dropped=len(others))
-                return False
-        held: list[HeldLimit] = []
-        for s in others:
-            s.submit_limit(now, force=True, held=held)
-        if not held:
-            return True
-        # the increases whose lease records are not on disk yet: written once committed, in this pass, unless
-        # a wake lands meanwhile (then dropped like the others); a slow disk must not hold the loop
+        return decreases, others
+
+    async def _committed(self, held: list[HeldLimit]) -> bool:
+        """Wait for the held increases' lease records; a slow disk must not hold the loop: False, and each goes
+        out by itself when its commit lands."""
         try:
             async with asyncio.timeout(COMMIT_WAIT_S):
                 await asyncio.wait({h.gate for h in held})
         except TimeoutError:
             log.warning("lease_commit_slow", held=len(held), waited_s=COMMIT_WAIT_S)
             for h in held:
-                h.release()  # each goes out when its commit lands
-            return True
-        if preempt is not None and preempt():
-            for h in held:
-                h.drop()
-                if h.actuator.id in before:
-                    self.limit_state(h.actuator.id).target = before[h.actuator.id]
-            log.info("increases_preempted", decreases=len(decreases), dropped=len(held), waiting_for="lease")
+                h.release()
             return False
-        for h in held:
-            h.release()
         return True
+
+    def _drop(self, unsent: list[ChargerSession], held: list[HeldLimit], before: dict[str, float | None],
+              decreases: int) -> None:
+        """A wake preempted the increases: those not written keep their earlier targets (and limits sent)."""
+        for h in held:
+            h.drop()
+        for cid in [s.id for s in unsent] + [h.actuator.id for h in held]:
+            if cid in before:
+                self.limit_state(cid).target = before[cid]
+        log.info("increases_preempted", decreases=decreases, dropped=len(unsent) + len(held))
 
     async def apply_failsafe(self) -> None:
         sessions = list(self.sessions.values())

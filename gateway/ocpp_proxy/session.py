@@ -87,8 +87,8 @@ class ChargerSession:
         )
         self.actuator = LimitActuator(
             cfg, ocpp, limit, self.caps, events, slog,
-            own_call=self.charger.own_call, channel=self.to_charger, cms_limit=self.profiles.cms_limit,
-            clock=clock, spawn=spawn,
+            own_call=self.charger.own_call, own_json=self.charger.own_json_call, channel=self.to_charger,
+            cms_limit=self.profiles.cms_limit, clock=clock, spawn=spawn,
         )
         self.profiles_ready = self.actuator.profiles_ready
         backlog = Backlog()

@@ -24,6 +24,12 @@ class OwnCall(Protocol):
     def __call__(self, call: Call, key: str | None = None) -> OutCall: ...
 
 
+class OwnJsonCall(Protocol):
+    """:class:`OwnCall` for a payload serialised already (a cached profile)."""
+
+    def __call__(self, action: str, payload_json: str, key: str | None = None) -> OutCall: ...
+
+
 def action_of(call: Call) -> str:
     return type(call).__name__
 

@@ -15,7 +15,7 @@ import structlog
 
 from gateway.config import load_site
 from gateway.ocpp_proxy import policy
-from gateway.ocpp_proxy.frames import CALL, CALLRESULT, call_text, parse_frame, validate
+from gateway.ocpp_proxy.frames import CALL, CALLRESULT, call_text, new_message_id, parse_frame, validate
 from gateway.ocpp_proxy.offline import Backlog, OfflineResponder
 from gateway.ocpp_proxy.ports import EventHooks
 from gateway.ocpp_proxy.state import ChargerTracker, draw_bounds
@@ -38,6 +38,10 @@ def test_limit_and_failsafe_profiles_pass_the_schema_and_carry_their_values(vers
         payload = payload_of(call)
         # the one-pass serialiser writes what the library's own would, byte for byte
         assert json.dumps(payload) == json.dumps(library_payload_of(call))
+        # the cached shape (a limit pass's frames) is the same JSON, with the start put in
+        cached = policy.set_profile_json(version, mode, profile_id=9, stack_level=4, unit=unit, limit=limit,
+                                         start_iso=policy.iso(START), duration_s=duration, connectors=connectors)
+        assert cached == ("SetChargingProfile", json.dumps(library_payload_of(call), separators=(",", ":")))
         assert validate(version, CALL, "SetChargingProfile", payload) is None, payload
         # what the charger parses from the frame on the wire
         frame = parse_frame(call_text("m1", "SetChargingProfile", payload), version, 65536)
@@ -49,6 +53,14 @@ def test_limit_and_failsafe_profiles_pass_the_schema_and_carry_their_values(vers
         assert policy.parse_iso(sched["startSchedule"]) == START
         share = limit / connectors if mode == "txdefault" else limit
         assert sched["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": policy.round_limit(share)}]
+
+
+def test_iso_now_is_the_wall_clock_to_the_millisecond() -> None:
+    before = time.time()
+    got = policy.parse_iso(policy.iso_now())
+    after = time.time()
+    assert got is not None and before - 0.001 <= got.timestamp() <= after
+    assert policy.iso_now().endswith("Z") and len(policy.iso_now()) == len("2026-03-01T12:00:00.250Z")
 
 
 @pytest.mark.parametrize("version", ["1.6", "2.0.1"])
@@ -127,3 +139,11 @@ async def test_offline_answers_pass_the_schema(tmp_path: Path, cid: str, version
         assert not events, "no queue refused anything"
     finally:
         store.close()
+
+
+def test_message_ids_are_unique_uuid_strings() -> None:
+    import uuid
+
+    ids = [new_message_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 36 and str(uuid.UUID(i)) == i for i in ids[:100] + ids[-100:])
