@@ -118,7 +118,6 @@ def set_profile(
     )
 
 
-
 _START_MARK = datetime(1999, 1, 1, tzinfo=UTC)  # stands for the start in a cached profile's JSON
 _TEMPLATES: dict[tuple[Any, ...], tuple[str, str, str]] = {}
 _ISO_NOW: tuple[int, str] = (-1, "")
@@ -162,6 +161,7 @@ def set_profile_json(
         t = _TEMPLATES[key] = (action_of(call), text, mark)
     action, text, mark = t
     return action, text.replace(mark, json.dumps(start_iso))
+
 
 def profile_of(version: str, set_payload: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
     """(connector/EVSE id, profile) from a SetChargingProfile request."""
