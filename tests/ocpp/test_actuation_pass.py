@@ -52,6 +52,14 @@ async def _three(gw: Any) -> dict[str, Running]:
     return chs
 
 
+async def _all_at(gw: Any, chs: dict[str, Running], limit: float) -> None:
+    """Every charger at ``limit``, answered."""
+    await gw.ctrl.apply(alloc(A=limit, B=limit, C=limit))
+    for cid in chs:
+        await wait_for(lambda c=cid: limits_of(chs[c])[-1:] == [limit], what=f"{cid} at {limit:g} A")
+    await _idle(gw)
+
+
 async def _idle(gw: Any) -> None:
     """Until no CALL is in flight to any charger (the last limits answered)."""
     await wait_for(lambda: all(s.to_charger.in_flight is None for s in gw.ctrl.sessions.values()), what="answers")
@@ -80,10 +88,7 @@ async def test_a_wake_before_the_increases_drops_them_and_keeps_the_decreases(cm
     chs = await _three(gw)
     try:
         await _idle(gw)
-        await gw.ctrl.apply(alloc(A=20.0, B=20.0, C=20.0))
-        for cid in "ABC":
-            await wait_for(lambda c=cid: limits_of(chs[c])[-1:] == [20.0], what=f"{cid} at 20 A")
-        await _idle(gw)
+        await _all_at(gw, chs, 20.0)
         # the wake lands at the first point the loop runs inside apply: after the decreases are written
         woke = asyncio.Event()
         asyncio.get_running_loop().call_soon(woke.set)
@@ -111,10 +116,7 @@ async def test_without_a_wake_decreases_and_increases_go_out_in_the_same_apply(c
     chs = await _three(gw)
     try:
         await _idle(gw)
-        await gw.ctrl.apply(alloc(A=20.0, B=20.0, C=20.0))
-        for cid in "ABC":
-            await wait_for(lambda c=cid: limits_of(chs[c])[-1:] == [20.0], what=f"{cid} at 20 A")
-        await _idle(gw)
+        await _all_at(gw, chs, 20.0)
         assert await gw.ctrl.apply(alloc(A=10.0, B=25.0, C=8.0), preempt=lambda: False) is True
         for cid, limit in (("A", 10.0), ("B", 25.0), ("C", 8.0)):
             assert gw.ctrl.sessions[cid].limit.sent == limit
@@ -157,10 +159,7 @@ async def test_an_increase_goes_out_only_once_its_lease_is_on_disk(cms: Cms, mak
     chs = await _three(gw)
     try:
         await _idle(gw)
-        await gw.ctrl.apply(alloc(A=10.0, B=10.0, C=10.0))
-        for cid in "ABC":
-            await wait_for(lambda c=cid: limits_of(chs[c])[-1:] == [10.0], what=f"{cid} at 10 A")
-        await _idle(gw)
+        await _all_at(gw, chs, 10.0)
         await asyncio.sleep(0.2)  # the next frames' leases end later than the ones on disk
         path = gw.ctrl.store.path
         seen: dict[str, Seen] = {c: [] for c in "AB"}
@@ -191,10 +190,7 @@ async def test_a_wake_while_an_increase_waits_for_its_lease_drops_it(cms: Cms, m
     chs = await _three(gw)
     try:
         await _idle(gw)
-        await gw.ctrl.apply(alloc(A=10.0, B=10.0, C=10.0))
-        for cid in "ABC":
-            await wait_for(lambda c=cid: limits_of(chs[c])[-1:] == [10.0], what=f"{cid} at 10 A")
-        await _idle(gw)
+        await _all_at(gw, chs, 10.0)
         await asyncio.sleep(0.2)
         release = threading.Event()
         gw.ctrl.store.submit(lambda db: release.wait(30))
