@@ -8,6 +8,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -126,6 +127,25 @@ async def test_without_a_wake_decreases_and_increases_go_out_in_the_same_apply(c
             await ch.close()
 
 
+async def _at_10_on_disk(gw: Any, chs: dict[str, Running]) -> None:
+    """Every charger at 10 A, answered, its lease on disk; then a moment, so that the next frames' leases end
+    later than the ones on disk."""
+    await _idle(gw)
+    await _all_at(gw, chs, 10.0)
+    await asyncio.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _writer_stuck(gw: Any) -> Iterator[None]:
+    """The store's writer thread stuck inside a job: nothing commits until the block ends."""
+    release = threading.Event()
+    gw.ctrl.store.submit(lambda db: release.wait(30))
+    try:
+        yield
+    finally:
+        release.set()
+
+
 def _on_disk(path: str, cid: str) -> tuple[float, float] | None:
     """A charger's lease record as a restart would read it: (limit, until wall clock), from the file."""
     with contextlib.closing(sqlite3.connect(path)) as db:
@@ -158,22 +178,16 @@ async def test_an_increase_goes_out_only_once_its_lease_is_on_disk(cms: Cms, mak
     gw = await make_gateway(cms.port, chargers=CHARGERS)
     chs = await _three(gw)
     try:
-        await _idle(gw)
-        await _all_at(gw, chs, 10.0)
-        await asyncio.sleep(0.2)  # the next frames' leases end later than the ones on disk
+        await _at_10_on_disk(gw, chs)
         path = gw.ctrl.store.path
         seen: dict[str, Seen] = {c: [] for c in "AB"}
         for cid in "AB":
             _watch_limits(chs[cid], path, cid, seen[cid])
-        release = threading.Event()
-        gw.ctrl.store.submit(lambda db: release.wait(30))  # the writer thread is stuck: nothing commits
-        try:
+        with _writer_stuck(gw):
             assert await gw.ctrl.apply(alloc(A=25.0, B=5.0, C=10.0)) is True
             await wait_for(lambda: limits_of(chs["B"])[-1:] == [5.0], what="the decrease, while the disk is stuck")
             await asyncio.sleep(0.5)
             assert limits_of(chs["A"])[-1:] == [10.0], "the increase went out before its lease record was committed"
-        finally:
-            release.set()
         await wait_for(lambda: limits_of(chs["A"])[-1:] == [25.0], what="the increase, once committed")
         limit, until, disk = seen["A"][-1]
         assert limit == 25.0 and disk is not None
@@ -189,19 +203,13 @@ async def test_a_wake_while_an_increase_waits_for_its_lease_drops_it(cms: Cms, m
     gw = await make_gateway(cms.port, chargers=CHARGERS)
     chs = await _three(gw)
     try:
-        await _idle(gw)
-        await _all_at(gw, chs, 10.0)
-        await asyncio.sleep(0.2)
-        release = threading.Event()
-        gw.ctrl.store.submit(lambda db: release.wait(30))
+        await _at_10_on_disk(gw, chs)
         woke = asyncio.Event()
-        try:
+        with _writer_stuck(gw):
             applying = asyncio.create_task(gw.ctrl.apply(alloc(A=25.0, B=5.0, C=10.0), preempt=woke.is_set))
             await wait_for(lambda: limits_of(chs["B"])[-1:] == [5.0], what="the decrease")
             assert not applying.done(), "apply waits for the increase's lease record"
             woke.set()  # an overload reading lands meanwhile
-        finally:
-            release.set()
         assert await applying is False
         a = gw.ctrl.sessions["A"].limit
         assert a.sent == 10.0 and a.target == 10.0, "dropped: as if never sent"
