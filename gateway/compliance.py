@@ -11,7 +11,11 @@ A flagged charger stays flagged while new reports confirm it (over the limit in 
 It is cleared by a report within that limit plus the tolerance, or when no report newer than the last
 confirmation has confirmed it within the grace period: one absurd report never flags a charger for good.
 
-Pure bookkeeping: the caller passes the charger snapshots, the allocation in force and the time.
+Pure bookkeeping: the caller passes the charger snapshots, the allocation in force and the time. The daemon
+passes the same (frozen) ChargerSnapshot object for a charger until something about it changes
+(gateway/ocpp_proxy/state.py): a charger with actuation feedback whose snapshot is the one of the last call is
+skipped, since recording and judging it again change nothing (its limit is recorded already, its report
+judged already). tests/test_compliance.py holds this to the monitor that reads every snapshot.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class ComplianceMonitor:
         self._seen: dict[str, float] = {}  # charger -> timestamp of the last report judged
         self._confirmed: dict[str, float] = {}  # flagged charger -> when its flag was last confirmed
         self.flagged: dict[str, float] = {}  # charger -> flagged at
+        self._last: dict[str, ChargerSnapshot] = {}  # charger -> the snapshot of the last call
 
     def update(
         self, chargers: Mapping[str, ChargerSnapshot], previous: Allocation | None, now: float
@@ -86,7 +91,10 @@ class ComplianceMonitor:
         """Judge the reports that are new since the last call. Returns (newly flagged, newly cleared)."""
         flagged: list[str] = []
         cleared: list[str] = []
+        last, self._last = self._last, dict(chargers)
         for cid, cs in chargers.items():
+            if cs is last.get(cid) and cs.actuation is not None:
+                continue  # nothing about it changed (without feedback, the decided limit may have)
             ch = self.site.chargers.get(cid)
             if ch is None:
                 continue
@@ -156,6 +164,7 @@ class ComplianceMonitor:
 
     def update_site(self, site: Site) -> None:
         self.site = site
+        self._last = {}  # every snapshot read again against the new site
         for store in (self.flagged, self._confirmed, self._history, self._seen):
             for cid in [c for c in store if c not in site.chargers]:
                 del store[cid]

@@ -6,8 +6,9 @@ limits the loop decided (or the charger accepted) and the draw reports the charg
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 from gateway.compliance import ComplianceMonitor, highest_limit_over, limit_in_force, record_limit
 from gateway.config import Site
@@ -196,3 +197,50 @@ def test_limit_history_lookups() -> None:
     assert highest_limit_over(h, -5.0, 19.0) is None  # before the first known limit: no verdict
     record_limit(h, 6.0, 30.0, keep_after=25.0)  # forget what no report needs, keep the one in force at 25
     assert h == [(20.0, 12.0), (30.0, 6.0)]
+
+
+class Rereads(ComplianceMonitor):
+    """The monitor with nothing kept from its last call: every snapshot is recorded and judged again."""
+
+    def update(
+        self, chargers: Mapping[str, ChargerSnapshot], previous: Allocation | None, now: float
+    ) -> tuple[list[str], list[str]]:
+        self._last = {}
+        return super().update(chargers, previous, now)
+
+
+def test_a_snapshot_kept_from_the_last_call_is_judged_as_a_new_copy_of_it_would_be() -> None:
+    # the daemon hands over the same snapshot object until something changes; the monitor skips those, and
+    # its verdicts must be those of a monitor that reads every snapshot at every call (and of one given a new
+    # copy of every snapshot, which has nothing to skip)
+    site = make_site(chargers=[ac(f"C{k}", phases=3) for k in range(30)])
+    rng = random.Random(7)
+    kept, rereads, copied = ComplianceMonitor(site), Rereads(site), ComplianceMonitor(site)
+    snaps: dict[str, ChargerSnapshot] = {}
+    over = {f"C{k}" for k in range(0, 30, 3)}  # these draw above their limits now and then
+    previous: Allocation | None = None
+    verdicts = {"flag": 0, "clear": 0}
+    for tick in range(400):
+        now = float(tick)
+        for k in range(30):
+            cid = f"C{k}"
+            if cid in snaps and rng.random() > 0.15:
+                continue  # unchanged: the same object
+            limit = rng.choice((6.0, 10.0, 16.0))
+            draw = limit + (rng.uniform(3.0, 8.0) if cid in over and rng.random() < 0.7 else -rng.uniform(0, 2))
+            act = None if k % 5 == 4 else Actuation(
+                controlled=True, accepted_limit=limit, accepted_at=now - rng.uniform(0, 20),
+                lease_until=now + rng.choice((-5.0, 60.0, 60.0, 60.0)))
+            snaps[cid] = ChargerSnapshot(id=cid, online=rng.random() > 0.05, state=ChargerState.CHARGING,
+                                         draw_a=(draw,) * 3, draw_at=now - rng.uniform(0, 2), actuation=act)
+        a = kept.update(dict(snaps), previous, now)
+        assert a == rereads.update(dict(snaps), previous, now), f"tick {tick}"
+        assert a == copied.update({cid: replace(cs) for cid, cs in snaps.items()}, previous, now), f"tick {tick}"
+        assert kept.flagged == rereads.flagged == copied.flagged
+        verdicts["flag"] += len(a[0])
+        verdicts["clear"] += len(a[1])
+        # the limits decided (what counts for a charger without feedback): now and then another one
+        decided = {cid: (lim if previous is not None and rng.random() > 0.2 and (lim := previous.limits.get(cid))
+                         else ChargerLimit(x := rng.choice((6.0, 16.0)), x, "share")) for cid in snaps}
+        previous = Allocation(at=now, limits=decided)
+    assert verdicts["flag"] >= 10 and verdicts["clear"] >= 10, verdicts  # the scenario exercises both
