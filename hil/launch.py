@@ -52,6 +52,7 @@ class GatewayProcess:
         own_session: bool = False,
         events: Collection[str] | None = None,
         python_args: Sequence[str] = (),
+        cpus: Collection[int] | None = None,
     ) -> None:
         self.config = config
         self.log_path = log_path
@@ -60,6 +61,7 @@ class GatewayProcess:
         self.stderr_path = stderr_path
         self.own_session = own_session  # its own session: its own autogroup, CPU not shared with the caller's
         self.python_args = tuple(python_args)
+        self.cpus = None if cpus is None else frozenset(cpus)  # the CPUs it may run on (None: any)
         # the byte strings one of which a kept line contains (None: every line is kept)
         self._keys = None if events is None else tuple(f'"event": "{e}"'.encode() for e in events)
         self.proc: asyncio.subprocess.Process | None = None
@@ -83,8 +85,10 @@ class GatewayProcess:
             if self.stderr_path is not None:
                 err = files.enter_context(self.stderr_path.open("wb"))
             offset = out.tell()
+            # taskset execs the interpreter: the same pid, on the CPUs given
+            pin = () if self.cpus is None else ("taskset", "-c", ",".join(map(str, sorted(self.cpus))))
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, *self.python_args,
+                *pin, sys.executable, *self.python_args,
                 "-m", "gateway", "run", "--config", str(self.config), "--log-format", "json",
                 stdout=out, stderr=err, env=env, start_new_session=self.own_session,
             )

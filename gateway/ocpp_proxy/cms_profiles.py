@@ -168,6 +168,8 @@ class CmsProfiles:
         return self._lowest_limit([*self.store.cms_profiles(self.id).values(), *self.installed.values()])
 
     def _lowest_limit(self, records: list[dict[str, Any]]) -> float | None:
+        if not records:  # the common case, asked for every charger on every tick: no clock read
+            return None
         now = _now()
         best: float | None = None
         for rec in records:

@@ -15,9 +15,12 @@ service to read 85 % of its limit, up to 30 s, and starts at the first such read
 
 The simulated chargers (real WebSocket OCPP clients), the meters (Modbus TCP) and the CMS run in worker
 processes (hil/bench/workers.py: a few processes with many chargers each), so the figures are the gateway's,
-not those of simulators starving in the benchmark's process.
+not those of simulators starving in the benchmark's process. On a machine with two CPUs or more the gateway
+runs on the first and the peers (and the benchmark) on the others, as the chargers of a real site run on
+chargers: writing 1000 frames on loopback otherwise wakes the simulated chargers on the gateway's own CPU,
+and they take it from the gateway in the middle of the pass (``--no-pin``: everything on every CPU).
 
-Run: python hil/bench/bench_loop.py [--sizes 20,200,1000] [--steps 12] [--workers N] [--no-cms]
+Run: python hil/bench/bench_loop.py [--sizes 20,200,1000] [--steps 12] [--workers N] [--no-cms] [--no-pin]
 (BENCH_PROFILE=file: a cProfile of the gateway; BENCH_DETAIL=1: every overload reallocation;
 BENCH_DUMP=prefix: every log event of the gateway into prefix.<n>.jsonl)
 """
@@ -64,7 +67,7 @@ def bench_site(n: int) -> dict[str, Any]:
 
 
 def bench_gateway(cfg: dict[str, Any], events: set[str], level: str = "debug",
-                  code: str | None = None) -> GatewayProcess:
+                  code: str | None = None, cpus: set[int] | None = None) -> GatewayProcess:
     """``python -m gateway run`` on ``cfg`` in a session (autogroup) of its own, as a systemd unit has its own
     cgroup; only ``events``' JSON log lines are kept. ``code``: another checkout's gateway/ (a baseline);
     BENCH_PROFILE=file: a cProfile of the gateway, written when it stops."""
@@ -74,7 +77,8 @@ def bench_gateway(cfg: dict[str, Any], events: set[str], level: str = "debug",
     path.write_text(dumps(cfg))
     prof = os.environ.get("BENCH_PROFILE")
     return GatewayProcess(path, tmp / "gateway.log", env={"PYTHONPATH": code} if code else None,
-                          own_session=True, events=events, python_args=("-m", "cProfile", "-o", prof) if prof else ())
+                          own_session=True, events=events, python_args=("-m", "cProfile", "-o", prof) if prof else (),
+                          cpus=cpus)
 
 
 async def start_ready(gw: GatewayProcess, timeout_s: float = 120.0) -> None:
@@ -108,18 +112,28 @@ async def _loaded(peers: Peers, limit: float, timeout_s: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """(the gateway's CPU, the others) for ``--pin``; None on a single core."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else None
+
+
 async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: bool,
-                   code: str | None = None) -> dict[str, Any]:
+                   code: str | None = None, pin: bool = False) -> dict[str, Any]:
     raw = bench_site(n)
     limit = raw["service"]["limit_a"]
     peers = Peers(raw, workers=workers, cms=cms)
+    split = split_cpus() if pin else None
+    mine = os.sched_getaffinity(0)
+    if split is not None:  # the peers (spawned from here) inherit the other CPUs
+        os.sched_setaffinity(0, split[1])
     peers.start()
     port = free_port()
     gw = bench_gateway(peers.gateway_config(port), {"reallocated", "gateway_ready", "tick", "failsafe_entered",
                                                     "meter_stale", "meter_read_failed", "meter_invalid", "gc_settled",
                                                     "gc_refreshed"}
                        | ({"limit_changed", "charger_noncompliant"} if os.environ.get("BENCH_DUMP") else set()),
-                       code=code)
+                       code=code, cpus=None if split is None else split[0])
     try:
         await start_ready(gw)
         await asyncio.to_thread(peers.connect, port)
@@ -192,6 +206,7 @@ async def run_size(n: int, steps: int, measure_cpu: bool, workers: int, cms: boo
     finally:
         await stop_gateway(gw)
         peers.stop()
+        os.sched_setaffinity(0, mine)
 
 
 async def main() -> None:
@@ -201,6 +216,8 @@ async def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="charger worker processes (default: 1 per 250, 1..4)")
     ap.add_argument("--no-cms", action="store_true", help="no CMS: the gateway answers the chargers itself")
     ap.add_argument("--gateway-code", default=None, help="run the gateway from this checkout (a baseline)")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="let the gateway share every CPU with the simulated peers (default: a CPU of its own)")
     args = ap.parse_args()
     logs.configure("warning", "console", stream=sys.stderr)
     print(f"overload reading -> last SetChargingProfile frame written (the daemon's own measurement); "
@@ -215,7 +232,7 @@ async def main() -> None:
     print(" ".join(f"{c:>{w}}" for c, w, _, _ in cols))
     for n in (int(x) for x in args.sizes.split(",")):
         r = await run_size(n, args.steps, n >= 1000, args.workers or default_workers(n), not args.no_cms,
-                           args.gateway_code)
+                           args.gateway_code, not args.no_pin)
         print(" ".join(format(r.get(k, float("nan")), f">{w}{f if k in r else '.1f'}") for _, w, k, f in cols),
               flush=True)
 
