@@ -468,6 +468,7 @@ class ControlLoop:
         if self.test_overrides:
             allocation = with_overrides(allocation, self.test_overrides, site, t0)
         t2 = self.clock()
+        c2 = time.thread_time()
         applied = True
         try:
             # frames are queued on their sockets, not answered, within this; a stuck socket must not stall the loop
@@ -479,6 +480,7 @@ class ControlLoop:
         except TimeoutError:
             log.error("actuation_timeout", timeout_s=max(site.control.tick_s, 1.0))
         t3 = self.clock()
+        c3 = time.thread_time()
         self._preempted = not applied
         for fn in self.subscribers:
             try:
@@ -506,7 +508,7 @@ class ControlLoop:
         # every tick's figures, at debug level (a no-op otherwise; the loop benchmarks read them)
         log.debug("tick", trigger=trigger, tick_ms=round((t5 - t0) * 1000, 3), snapshot_ms=round((t1 - t0) * 1000, 3),
                   allocation_ms=round((t2 - t1) * 1000, 3), actuation_ms=round((t3 - t2) * 1000, 3),
-                  publish_ms=round((t4 - t3) * 1000, 3), preempted=not applied)
+                  publish_ms=round((t4 - t3) * 1000, 3), preempted=not applied, actuation_cpu_ms=round((c3 - c2) * 1000, 3))
         self.notifier.watchdog()
         self.notifier.status(self.summary())
         self.ticked.set()

@@ -79,11 +79,11 @@ def _tariff(t: TariffConfig, memo: TariffMemo | None, now_wall: float) -> tuple[
 
 def measure(
     site: Site, readings: Mapping[str, MeterReading | None], chargers: Mapping[str, ChargerSnapshot], now: float,
-    factors: Mapping[str, EvFactor] | None = None,
+    factors: Mapping[str, EvFactor] | EvPower | None = None,
 ) -> Measure:
     """The service meter's import now, its register, and the non-EV load (import - the EVs' reported draw);
     unknown when the reading is invalid or older than the meter's stale_after_s. ``factors``: `ev_factors`
-    of the site, computed once (the daemon keeps them; computed here when not given)."""
+    of the site, computed once (computed here when not given), or the daemon's `EvPower`."""
     svc = site.service
     mid = site.circuits[site.root].meter
     rd = readings.get(mid) if mid is not None else None
@@ -99,7 +99,8 @@ def measure(
     reg = rd.energy_import_wh
     if reg is not None and not math.isfinite(reg):
         reg = None
-    return Measure(p, reg, max(p - ev_power_w(site, chargers, factors), 0.0))
+    ev_w = factors(chargers) if isinstance(factors, EvPower) else ev_power_w(site, chargers, factors)
+    return Measure(p, reg, max(p - ev_w, 0.0))
 
 
 class EvFactor(NamedTuple):
@@ -127,14 +128,45 @@ def ev_power_w(
     total = 0.0
     for cid, cs in chargers.items():
         f = fs.get(cid)
-        if f is None or not cs.state.has_session:
-            continue
-        d = cs.draw_a
-        if d is not None:
-            lines = [d[p] for p in f.line_phases if p < len(d)]
-            if lines:
-                total += sum(lines) / len(lines) * f.w_per_a
-                continue
-        if cs.draw_w is not None:
-            total += cs.draw_w * f.input_per_w
+        if f is not None:
+            total += charger_power_w(cs, f)
     return total
+
+
+def charger_power_w(cs: ChargerSnapshot, f: EvFactor) -> float:
+    """One charger's part of :func:`ev_power_w` (0 without a session or a report)."""
+    if not cs.state.has_session:
+        return 0.0
+    d = cs.draw_a
+    if d is not None:
+        lines = [d[p] for p in f.line_phases if p < len(d)]
+        if lines:
+            return sum(lines) / len(lines) * f.w_per_a
+    if cs.draw_w is not None:
+        return cs.draw_w * f.input_per_w
+    return 0.0
+
+
+class EvPower:
+    """:func:`ev_power_w` for a control loop: a charger whose snapshot is the very object of the last call
+    (the daemon keeps a snapshot until something about it changes) is not read again. The same sum, in the
+    same order."""
+
+    def __init__(self, site: Site) -> None:
+        self.factors = ev_factors(site)
+        self._last: dict[str, tuple[ChargerSnapshot, float]] = {}
+
+    def __call__(self, chargers: Mapping[str, ChargerSnapshot]) -> float:
+        fs, last, total = self.factors, self._last, 0.0
+        for cid, cs in chargers.items():
+            kept = last.get(cid)
+            if kept is not None and kept[0] is cs:
+                total += kept[1]
+                continue
+            f = fs.get(cid)
+            if f is None:
+                continue
+            w = charger_power_w(cs, f)
+            last[cid] = (cs, w)
+            total += w
+        return total

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import structlog
 
 from gateway.budget import Budget, BudgetState, DemandState
-from gateway.budget.compute import BudgetInputs, budget, ev_factors, measure
+from gateway.budget.compute import BudgetInputs, EvPower, budget, measure
 from gateway.budget.config import TariffConfig, tariff_from_json
 from gateway.budget.openadr import OpenADRStore
 from gateway.budget.remote import (
@@ -166,7 +166,7 @@ class BudgetService:
         state_dir: str | Path | None = None,
     ) -> None:
         self._site = site
-        self._factors = ev_factors(site)  # each charger's report -> W at the service
+        self._factors = EvPower(site)  # each charger's report -> W at the service
         self._clock = clock
         self._wall = wall_clock
         self._writer = StateWriter(Path(state_dir if state_dir is not None else site.state_dir) / "budget")
@@ -409,7 +409,7 @@ class BudgetService:
     def update_site(self, site: Site) -> None:
         old = self._site
         self._site = site
-        self._factors = ev_factors(site)
+        self._factors = EvPower(site)
         self.openadr.update_config(site.budget.openadr)
         cap = self._remote
         if cap is not None:

@@ -160,6 +160,8 @@ class CmsProfiles:
 
     def cms_limit(self) -> float | None:
         """The lowest limit the CMS's merged profiles set now, in the charger's unit."""
+        if not self.store.has_cms_profiles(self.id):  # the common case, asked for every charger on every tick
+            return None
         return self._lowest_limit(list(self.store.cms_profiles(self.id).values()))
 
     def cms_view_limit(self) -> float | None:
@@ -168,7 +170,7 @@ class CmsProfiles:
         return self._lowest_limit([*self.store.cms_profiles(self.id).values(), *self.installed.values()])
 
     def _lowest_limit(self, records: list[dict[str, Any]]) -> float | None:
-        if not records:  # the common case, asked for every charger on every tick: no clock read
+        if not records:
             return None
         now = _now()
         best: float | None = None

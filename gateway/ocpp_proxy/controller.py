@@ -255,9 +255,14 @@ class OcppController:
         """Every charger's state, draw and actuation feedback (unchanged ones cost two lookups)."""
         now = self.clock()
         out: dict[str, ChargerSnapshot] = {}
-        for cid in self.site.chargers:
-            tr = self.tracker(cid)
-            out[cid] = tr.snapshot(self.limit_state(cid).actuation(now, tr.online))
+        trackers, limits = self._trackers, self._limits
+        for cid, cfg in self.site.chargers.items():
+            tr, ls = trackers.get(cid), limits.get(cid)
+            if tr is None or tr.cfg is not cfg:  # new, or its config changed: made (or remade) there
+                tr = self.tracker(cid)
+            if ls is None:
+                ls = self.limit_state(cid)
+            out[cid] = tr.snapshot(ls.actuation(now, tr.online))
         return out
 
     async def apply(self, allocation: Allocation, preempt: Callable[[], bool] | None = None) -> bool:
@@ -311,7 +316,7 @@ class OcppController:
         decreases: list[ChargerSession] = []
         others: list[ChargerSession] = []
         for s in self.sessions.values():
-            d = s.due(now)
+            d = s.actuator.due(now)  # every session, every tick: no hop through the session
             if d == DUE_DECREASE:
                 decreases.append(s)
             elif d != DUE_NOT:

@@ -440,13 +440,20 @@ class Store:
     # -- the CMS's intercepted station-wide profiles ------------------------------------------
     def cms_profiles(self, charger: str) -> dict[int, dict[str, Any]]:
         """Read on every limit decision: served from memory, the table is its write-behind copy."""
+        return dict(self._cms_of(charger))
+
+    def has_cms_profiles(self, charger: str) -> bool:
+        """Whether the CMS's profiles hold any for ``charger`` (asked for every charger on every tick: no copy)."""
+        return bool(self._cms_of(charger))
+
+    def _cms_of(self, charger: str) -> dict[int, dict[str, Any]]:
         cached = self._cms_cache.get(charger)
         if cached is None:
             rows = self._db.execute(
                 "SELECT profile_id, data FROM cms_profiles WHERE charger = ? ORDER BY profile_id", (charger,)
             ).fetchall()
             cached = self._cms_cache[charger] = {int(i): json.loads(d) for i, d in rows}
-        return dict(cached)
+        return cached
 
     def put_cms_profile(self, charger: str, profile_id: int, data: dict[str, Any]) -> None:
         self.cms_profiles(charger)

@@ -5,17 +5,19 @@ ChargerCap lowering one charger's bound (pausing it below its minimum)."""
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from gateway.budget import BudgetState
-from gateway.budget.compute import BudgetInputs, budget, ev_power_w, measure
+from gateway.budget.compute import BudgetInputs, EvPower, budget, ev_power_w, measure
 from gateway.budget.demand import Measure
 from gateway.budget.remote import RemoteCap
 from gateway.config import Site, site_from_dict
-from gateway.model import BudgetCap, ChargerCap, MeterReading
+from gateway.model import BudgetCap, ChargerCap, ChargerSnapshot, MeterReading
 from tests.factories import ac, charging, dc, idle, site_dict, snap
 from tests.test_allocation import FAST, settle
 
@@ -51,6 +53,29 @@ def test_measure_without_power_registers_uses_the_current() -> None:
                                 MeterReading(current_a=(1.0,) * 3, at=0.0, total_power_w=1000.0)])
 def test_an_invalid_or_stale_reading_is_unknown(rd: MeterReading | None) -> None:
     assert measure(_site(), {"m-main": rd}, {}, 10.0) == Measure(None, None, None)
+
+
+def test_the_loops_ev_power_reads_only_new_snapshots_and_sums_as_ev_power_w_does() -> None:
+    """EvPower skips a charger whose snapshot is the object of the last call: over ticks with some snapshots
+    kept and others new (draws, sessions ending, chargers leaving), it gives ev_power_w's sum exactly."""
+    rng = random.Random(7)
+    site = _site()
+    ev = EvPower(site)
+    makers: dict[str, Callable[[], ChargerSnapshot]] = {
+        "A": lambda: charging("A", tuple(rng.uniform(0, 32) for _ in range(3))),
+        "B": lambda: charging("B", (0.0, rng.uniform(0, 32), 0.0)) if rng.random() < 0.8 else idle("B"),
+        "D": lambda: charging("D", None, draw_w=rng.uniform(0, 50_000)) if rng.random() < 0.8 else idle("D"),
+    }
+    chargers = {cid: make() for cid, make in makers.items()}
+    new_ones = 0
+    for _ in range(200):
+        for cid, make in makers.items():
+            if rng.random() < 0.3:
+                chargers[cid] = make()
+                new_ones += 1
+        shown = {k: v for k, v in chargers.items() if rng.random() < 0.95}  # a charger missing now and then
+        assert ev(shown) == ev_power_w(site, shown)
+    assert new_ones > 100
 
 
 def test_dc_draw_in_watts_counts_at_its_input() -> None:
