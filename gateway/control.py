@@ -508,7 +508,8 @@ class ControlLoop:
         # every tick's figures, at debug level (a no-op otherwise; the loop benchmarks read them)
         log.debug("tick", trigger=trigger, tick_ms=round((t5 - t0) * 1000, 3), snapshot_ms=round((t1 - t0) * 1000, 3),
                   allocation_ms=round((t2 - t1) * 1000, 3), actuation_ms=round((t3 - t2) * 1000, 3),
-                  publish_ms=round((t4 - t3) * 1000, 3), preempted=not applied, actuation_cpu_ms=round((c3 - c2) * 1000, 3))
+                  publish_ms=round((t4 - t3) * 1000, 3), preempted=not applied,
+                  actuation_cpu_ms=round((c3 - c2) * 1000, 3))  # the loop thread's CPU: wall - this = waits
         self.notifier.watchdog()
         self.notifier.status(self.summary())
         self.ticked.set()
