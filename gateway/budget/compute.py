@@ -79,11 +79,11 @@ def _tariff(t: TariffConfig, memo: TariffMemo | None, now_wall: float) -> tuple[
 
 def measure(
     site: Site, readings: Mapping[str, MeterReading | None], chargers: Mapping[str, ChargerSnapshot], now: float,
-    factors: Mapping[str, EvFactor] | EvPower | None = None,
+    ev_power: EvPower | None = None,
 ) -> Measure:
     """The service meter's import now, its register, and the non-EV load (import - the EVs' reported draw);
-    unknown when the reading is invalid or older than the meter's stale_after_s. ``factors``: `ev_factors`
-    of the site, computed once (computed here when not given), or the daemon's `EvPower`."""
+    unknown when the reading is invalid or older than the meter's stale_after_s. ``ev_power``: the daemon's
+    `EvPower`, kept from tick to tick (without it, `ev_power_w` reads every charger)."""
     svc = site.service
     mid = site.circuits[site.root].meter
     rd = readings.get(mid) if mid is not None else None
@@ -99,7 +99,7 @@ def measure(
     reg = rd.energy_import_wh
     if reg is not None and not math.isfinite(reg):
         reg = None
-    ev_w = factors(chargers) if isinstance(factors, EvPower) else ev_power_w(site, chargers, factors)
+    ev_w = ev_power(chargers) if ev_power is not None else ev_power_w(site, chargers)
     return Measure(p, reg, max(p - ev_w, 0.0))
 
 

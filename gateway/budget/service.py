@@ -166,7 +166,7 @@ class BudgetService:
         state_dir: str | Path | None = None,
     ) -> None:
         self._site = site
-        self._factors = EvPower(site)  # each charger's report -> W at the service
+        self._ev_power = EvPower(site)  # each charger's report -> W at the service
         self._clock = clock
         self._wall = wall_clock
         self._writer = StateWriter(Path(state_dir if state_dir is not None else site.state_dir) / "budget")
@@ -190,7 +190,7 @@ class BudgetService:
         site = self._site
         wall = self._wall()
         inputs = BudgetInputs(
-            service=site.service, measure=measure(site, readings, chargers, now, self._factors),
+            service=site.service, measure=measure(site, readings, chargers, now, self._ev_power),
             remote=self.remote_cap(now), tariff=self.tariff(), readings=readings, chargers=chargers,
         )
         before = self._state
@@ -409,7 +409,7 @@ class BudgetService:
     def update_site(self, site: Site) -> None:
         old = self._site
         self._site = site
-        self._factors = EvPower(site)
+        self._ev_power = EvPower(site)
         self.openadr.update_config(site.budget.openadr)
         cap = self._remote
         if cap is not None:
