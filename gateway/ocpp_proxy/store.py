@@ -447,6 +447,7 @@ class Store:
         return bool(self._cms_of(charger))
 
     def _cms_of(self, charger: str) -> dict[int, dict[str, Any]]:
+        """The cached profiles of ``charger`` (loaded from the table on first use); the store's own, not a copy."""
         cached = self._cms_cache.get(charger)
         if cached is None:
             rows = self._db.execute(
@@ -456,15 +457,13 @@ class Store:
         return cached
 
     def put_cms_profile(self, charger: str, profile_id: int, data: dict[str, Any]) -> None:
-        self.cms_profiles(charger)
-        self._cms_cache[charger][profile_id] = data
+        self._cms_of(charger)[profile_id] = data
         text = json.dumps(data)
         q = "INSERT OR REPLACE INTO cms_profiles (charger, profile_id, data) VALUES (?, ?, ?)"
         self._behind("cms_profile", lambda db: db.execute(q, (charger, profile_id, text)))
 
     def delete_cms_profile(self, charger: str, profile_id: int) -> None:
-        self.cms_profiles(charger)
-        self._cms_cache[charger].pop(profile_id, None)
+        self._cms_of(charger).pop(profile_id, None)
         q = "DELETE FROM cms_profiles WHERE charger = ? AND profile_id = ?"
         self._behind("cms_profile", lambda db: db.execute(q, (charger, profile_id)))
 

@@ -113,7 +113,7 @@ async def _loaded(peers: Peers, limit: float, timeout_s: float = 30.0) -> None:
 
 
 def split_cpus() -> tuple[set[int], set[int]] | None:
-    """(the gateway's CPU, the others) for ``--pin``; None on a single core."""
+    """(the gateway's CPU, the others), unless ``--no-pin``; None on a single core."""
     cpus = sorted(os.sched_getaffinity(0))
     return ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else None
 
