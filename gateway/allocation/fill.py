@@ -165,13 +165,20 @@ def _crossing(
 
     def crossing(k: int) -> float:
         members = g_c[g_k == k]
+        if not members.size:
+            return 0.0 if base[k] > limit[k] else math.inf
         w, top = weight[members], hi[members]
         bottom = np.minimum(lo[members], top)  # clipped as the usage clips: the cap wins
         times = np.concatenate((bottom / w, top / w))
-        order = np.argsort(times, kind="stable")
+        # ties in any order: the sums differ only in rounding, and _exact_bracket checks the crossing
+        order = np.argsort(times)
         times = times[order]
-        slope = np.cumsum(np.concatenate((w, -w))[order])  # after each breakpoint
-        value = float(base[k]) + float(bottom.sum()) + np.concatenate(([0.0], np.cumsum(slope[:-1] * np.diff(times))))
+        slope = np.concatenate((w, -w))[order].cumsum()  # after each breakpoint
+        rise = np.empty(times.size)  # the load's rise from each breakpoint to the next, 0 before the first
+        rise[0] = 0.0
+        np.multiply(slope[:-1], times[1:] - times[:-1], out=rise[1:])
+        value = rise.cumsum()
+        value += float(base[k]) + float(bottom.sum())
         j = int(np.searchsorted(value, limit[k], side="right"))  # the first breakpoint past the limit
         if j == 0:
             return 0.0

@@ -91,8 +91,8 @@ def _merged(before: Inputs, new: Inputs, rows: IntArray, snaps: list[ChargerSnap
         a[rows] = getattr(new, name)
         values[name] = a
     sessions, priority = before.sessions.copy(), before.priority.copy()
-    for k, i in enumerate(rows.tolist()):
-        sessions[i], priority[i] = new.sessions[k], new.priority[k]
+    for i, session, prio in zip(rows.tolist(), new.sessions, new.priority, strict=True):
+        sessions[i], priority[i] = session, prio
     return Inputs(snaps=snaps, sessions=sessions, priority=priority, **values)
 
 
