@@ -54,7 +54,7 @@ class ChargerMemory(NamedTuple):
 class Follows:
     """Per charger, the decreases being followed, oldest first: ``a[i, j]`` (line A it may still draw) until
     ``until[i, j]`` for the slots j < n[i] whose until is not -inf (a lapsed one is marked so, and the slots
-    are compacted only when a row needs room)."""
+    are compacted only when a row needs room: then the arrays become as wide as the fullest row)."""
 
     a: FloatArray
     until: FloatArray
@@ -79,8 +79,8 @@ class Follows:
         idx = np.flatnonzero(rows)
         if not idx.size:
             return
-        if int(self.n[idx].max()) >= self.a.shape[1]:
-            self._compact()
+        if int(self.n[idx].max()) >= self.a.shape[1] and np.count_nonzero(self.until > NEVER) < self.n.sum():
+            self._compact()  # lapsed slots to reuse
         if int(self.n[idx].max()) >= self.a.shape[1]:
             self.a = np.hstack([self.a, np.zeros((len(self.n), 1))])
             self.until = np.hstack([self.until, np.full((len(self.n), 1), NEVER)])
@@ -89,12 +89,16 @@ class Follows:
         self.n[idx] += 1
 
     def _compact(self) -> None:
-        """Every row's followed decreases to its first slots, in their order."""
+        """Every row's followed decreases to its first slots, in their order, in arrays as wide as the fullest row."""
         keep = self.until > NEVER
-        order = np.argsort(~keep, axis=1, kind="stable")
-        self.n = keep.sum(axis=1).astype(np.intp)
-        self.a = np.take_along_axis(self.a, order, axis=1)
-        self.until = np.take_along_axis(self.until, order, axis=1)
+        src = np.flatnonzero(keep)  # row by row, in slot order
+        n = np.bincount(src // max(keep.shape[1], 1), minlength=keep.shape[0])  # (faster than a row sum)
+        width = int(n.max(initial=0))
+        rows = np.repeat(np.arange(len(n)), n)
+        dst = rows * width + (np.arange(src.size) - (np.cumsum(n) - n)[rows])  # each row's from its first slot
+        a, until = np.zeros(len(n) * width), np.full(len(n) * width, NEVER)
+        a[dst], until[dst] = self.a.ravel()[src], self.until.ravel()[src]
+        self.a, self.until, self.n = a.reshape(len(n), width), until.reshape(len(n), width), n.astype(np.intp)
 
     def highest(self, now: float) -> FloatArray:
         """Per charger, the highest earlier limit it may still draw while it follows (0: none)."""
