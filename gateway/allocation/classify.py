@@ -147,7 +147,8 @@ def _decide_fixed(c: Classes, plan: Plan, failsafe: Mapping[int, str], raw_max: 
     limit = np.where(offline, np.where(mem.has, mem.limit, 0.0), limit)
     limit = np.where(noncompliant, np.where(mem.has, prev, plan.min_limit), limit)
     reason = np.where(idle, IDLE_REASON[inp.state], "")
-    reason = np.where(offline, "offline:reserved", np.where(noncompliant, "noncompliant:fixed-load", reason))
+    if offline.any() or noncompliant.any():
+        reason = np.where(offline, "offline:reserved", np.where(noncompliant, "noncompliant:fixed-load", reason))
     for i, why in failsafe.items():
         reason[i] = why
     c.reason = reason

@@ -118,6 +118,8 @@ def _beyond_reserves(plan: Plan, c: Classes, free: FloatArray) -> tuple[FloatArr
         return c.line, np.zeros(len(plan.ids), dtype=bool)
     want = plan.per_constraint(delta)
     factor_k = np.where(want > EPS_A, np.minimum(1.0, free / np.maximum(want, EPS_A)), 1.0)
+    if not (factor_k < 1.0 - 1e-9).any():  # every constraint has room for its increases: none is scaled
+        return c.line, np.zeros(len(plan.ids), dtype=bool)
     factor = np.minimum(1.0, plan.lowest_per_charger(factor_k[plan.mem_k]))
     sel = (delta > EPS_A) & (factor < 1.0 - 1e-9)
     return np.where(sel, c.reserve + delta * factor, c.line), sel
