@@ -45,10 +45,12 @@ def fill(
         o_c, o_k = g_c[keep], compact[g_k[keep]]
         usage = _usage(o_c, o_k, weight, lo, hi, usage_fixed[kk], kk.size)
         limit_o = limit[kk]
-        excess = (float(np.max(u0[kk] - limit_o)), float(np.max(u_hi[kk] - limit_o)))  # at 0 and t_hi_all
         wmax = float(weight[grow].max())
         crossing = _crossing(o_c, o_k, weight, lo, hi, usage_fixed[kk], limit_o)
         known = _exact_bracket(usage, crossing, limit_o, t_hi_all, u_hi[kk], TOL_A / wmax)
+        # at 0 and t_hi_all (the regula falsi's start, needed only without the exact bracket)
+        excess = (0.0, 0.0) if known is not None else (float(np.max(u0[kk] - limit_o)),
+                                                        float(np.max(u_hi[kk] - limit_o)))
         t_lo, t_up = _bisect(usage, limit_o, t_hi_all, wmax, excess, known)
         # the members of a constraint full at t_up freeze at t_lo, named after their first such constraint
         sel = (usage(t_up) > limit_o)[o_k]
