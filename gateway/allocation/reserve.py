@@ -124,9 +124,12 @@ def report_for(r: Reports, reading_at: FloatArray, inp: Inputs, now: float) -> R
     report that may not can only count as load."""
     used = np.arange(KEEP_REPORTS) >= KEEP_REPORTS - r.n[:, None]
     seen = used & (r.at <= reading_at[:, None] + 1e-9)
-    j = KEEP_REPORTS - 1 - np.argmax(seen[:, ::-1], axis=1)
-    rows = np.arange(len(j))
-    at = r.at[rows, j]
+    # the last slot seen (the last slot when none is), column by column: faster than an argmax along rows of 3
+    j = np.full(len(r.n), KEEP_REPORTS - 1, dtype=np.intp)
+    for col in range(KEEP_REPORTS):
+        j[seen[:, col]] = col
+    flat = np.arange(len(j)) * KEEP_REPORTS + j  # (row, j) in the (rows, slots) arrays
+    at = r.at.ravel().take(flat)
     sca = inp.state_changed_at
     ok = row_any(seen) & ~(now - at > REPORT_MAX_AGE_S) & (np.isnan(sca) | (at >= sca))
-    return Report(ok, at, r.draw[rows, j], r.low[rows, j])
+    return Report(ok, at, r.draw.reshape(-1, r.draw.shape[2]).take(flat, axis=0), r.low.ravel().take(flat))
