@@ -50,11 +50,14 @@ class ChargerMemory(NamedTuple):
     reports: tuple[tuple[float, tuple[float, ...], float], ...] = ()
 
 
+_SPARE = 2  # slots a compaction or a widening leaves free beyond the fullest row
+
+
 @dataclass
 class Follows:
     """Per charger, the decreases being followed, oldest first: ``a[i, j]`` (line A it may still draw) until
     ``until[i, j]`` for the slots j < n[i] whose until is not -inf (a lapsed one is marked so, and the slots
-    are compacted only when a row needs room: then the arrays become as wide as the fullest row)."""
+    are compacted only when a row needs room: then two slots beyond the fullest row are left free)."""
 
     a: FloatArray
     until: FloatArray
@@ -81,19 +84,22 @@ class Follows:
             return
         if int(self.n[idx].max()) >= self.a.shape[1] and np.count_nonzero(self.until > NEVER) < self.n.sum():
             self._compact()  # lapsed slots to reuse
-        if int(self.n[idx].max()) >= self.a.shape[1]:
-            self.a = np.hstack([self.a, np.zeros((len(self.n), 1))])
-            self.until = np.hstack([self.until, np.full((len(self.n), 1), NEVER)])
+        if int(self.n[idx].max()) >= self.a.shape[1]:  # room for this and the next (fewer compactions)
+            self.a = np.hstack([self.a, np.zeros((len(self.n), _SPARE))])
+            self.until = np.hstack([self.until, np.full((len(self.n), _SPARE), NEVER)])
         slot = self.n[idx]
-        self.a[idx, slot], self.until[idx, slot] = a[idx], until[idx]
+        flat = idx * self.a.shape[1] + slot  # (row, slot) in the flattened arrays
+        np.put(self.a, flat, a[idx])
+        np.put(self.until, flat, until[idx])
         self.n[idx] += 1
 
     def _compact(self) -> None:
-        """Every row's followed decreases to its first slots, in their order, in arrays as wide as the fullest row."""
+        """Every row's followed decreases to its first slots, in their order, in arrays as wide as the fullest row
+        and two free slots."""
         keep = self.until > NEVER
         src = np.flatnonzero(keep)  # row by row, in slot order
         n = np.bincount(src // max(keep.shape[1], 1), minlength=keep.shape[0])  # (faster than a row sum)
-        width = int(n.max(initial=0))
+        width = int(n.max(initial=0)) + _SPARE
         rows = np.repeat(np.arange(len(n)), n)
         dst = rows * width + (np.arange(src.size) - (np.cumsum(n) - n)[rows])  # each row's from its first slot
         a, until = np.zeros(len(n) * width), np.full(len(n) * width, NEVER)
